@@ -1,0 +1,59 @@
+/* agent/main.c: the atrest binary, a table of subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "agent/cmd.h"
+#include "crypto/config.h"
+
+struct subcmd {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *summary;
+};
+
+static const struct subcmd cmds[] = {
+    {"agent", ar_cmd_agent, "run the daemon beside kube-apiserver"},
+    {"lint", ar_cmd_lint, "validate EncryptionConfiguration files exactly as kube-apiserver does"},
+    {"encrypt", ar_cmd_encrypt, "encrypt one value (stdin) for storage in etcd (stdout)"},
+    {"decrypt", ar_cmd_decrypt, "decrypt one stored etcd value (stdin) to plaintext (stdout)"},
+    {"genkey", ar_cmd_genkey, "print a fresh random key, base64"},
+    {"status", ar_cmd_status, "show the local agent's view of the cluster"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: atrest COMMAND [ARGS]\n\n"
+               "atrest keeps Kubernetes data encrypted at rest and rotates its keys across\n"
+               "highly-available control planes.\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+        fprintf(f, "  %-9s %s\n", cmds[i].name, cmds[i].summary);
+    fprintf(f, "\n'atrest COMMAND --help' explains each command.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("atrest %s\n", ATREST_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        if (!strcmp(argv[1], cmds[i].name)) {
+            if (ar_crypto_init() < 0) {
+                fprintf(stderr, "atrest: cannot initialise libsodium\n");
+                return 1;
+            }
+            return cmds[i].fn(argc - 1, argv + 1);
+        }
+    }
+    fprintf(stderr, "atrest: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
