@@ -1,0 +1,59 @@
+/*
+ * coord/election.h: leader election on one lease-bound key (default <prefix>leader).
+ *
+ * A contender grants a lease of ttl_s seconds, keeps it alive, and campaigns with a txn
+ * "IF create_revision(key) == 0 THEN put(key, value, lease) ELSE range(key)". It watches the key
+ * to observe who leads and campaigns again when the key goes away.
+ *
+ * Safety: a leader never acts after it could have lost the lease. The lease deadline is counted
+ * from the time the keepalive REQUEST was sent (not when the answer came) plus the TTL granted,
+ * minus margin_ms. ar_election_is_leader(e, now) is true only while now is before that. When the
+ * deadline passes without a renewal, or etcd says the lease is gone, the contender steps down at
+ * once (callback), then gets a new lease and campaigns again.
+ */
+#ifndef ATREST_COORD_ELECTION_H
+#define ATREST_COORD_ELECTION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "coord/etcd.h"
+
+struct ar_election;
+
+struct ar_election_settings {
+    const char *key;     /* full key, e.g. "/atrest/leader" */
+    const char *value;   /* this node's name */
+    int64_t ttl_s;       /* lease TTL; 0: 10. etcd's minimum is 2 */
+    unsigned margin_ms;  /* safety margin before the deadline; 0: ttl/6 (at least 300 ms) */
+};
+
+struct ar_election_state {
+    bool is_leader;          /* this contender leads (deadline not yet reached) */
+    const char *leader;      /* observed leader's value, NULL when nobody leads */
+    int64_t leader_revision; /* create_revision of the leader key */
+    int status;              /* last error (0: none) */
+    const struct ar_etcd_error *err;
+};
+
+typedef void (*ar_election_cb)(void *arg, const struct ar_election_state *st);
+
+/* Starts campaigning at once. cb runs on every change of leadership or observed leader. */
+struct ar_election *ar_election_start(struct ar_etcd *c, const struct ar_election_settings *s,
+                                      ar_election_cb cb, void *arg);
+/* now: ar_etcd_now_ms(). */
+bool ar_election_is_leader(const struct ar_election *e, uint64_t now_ms);
+/* The lease deadline minus margin (0 when not leader). */
+uint64_t ar_election_deadline(const struct ar_election *e);
+/* Observed leader's value (NULL: none). Valid until the next callback. */
+const char *ar_election_leader(const struct ar_election *e);
+/*
+ * Resign cleanly: stop acting as leader at once, delete the key if we hold it (txn on our
+ * create_revision) and revoke the lease; done(arg) runs when that finished or failed (bounded
+ * by the request timeout). Then free the election with ar_election_free. done may be NULL.
+ */
+void ar_election_resign(struct ar_election *e, void (*done)(void *arg), void *arg);
+/* Frees without talking to etcd (the lease then expires on its own). No callback after it. */
+void ar_election_free(struct ar_election *e);
+
+#endif

@@ -1,0 +1,57 @@
+/*
+ * coord/member.h: membership under a prefix (default "/atrest/"):
+ *   <prefix>members/<node>   persistent registration (JSON)
+ *   <prefix>alive/<node>     liveness key bound to this agent's lease, carrying a small JSON report
+ */
+#ifndef ATREST_COORD_MEMBER_H
+#define ATREST_COORD_MEMBER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "coord/etcd.h"
+
+#define AR_DEFAULT_PREFIX "/atrest/"
+
+/* Build "<prefix><kind>/<node>" into out; -ENAMETOOLONG/-EINVAL on bad input (node must be
+ * non-empty and contain no '/'). prefix NULL means AR_DEFAULT_PREFIX. */
+int ar_member_key(char *out, size_t outsz, const char *prefix, const char *kind,
+                  const char *node);
+
+/* Put <prefix>members/<node> = json (persistent). */
+int ar_member_register(struct ar_etcd *c, const char *prefix, const char *node,
+                       const char *json, ar_etcd_cb cb, void *arg);
+
+/*
+ * Liveness: grant a lease (ttl_s), keep it alive, put <prefix>alive/<node> = report bound to it.
+ * When the lease is lost the key is re-created on a new lease. ar_member_alive_update replaces
+ * the report (written at once). cb (may be NULL) reports every write (status, err).
+ */
+struct ar_member_alive;
+struct ar_member_alive *ar_member_alive_start(struct ar_etcd *c, const char *prefix,
+                                              const char *node, int64_t ttl_s,
+                                              const char *report_json, ar_etcd_cb cb, void *arg);
+int ar_member_alive_update(struct ar_member_alive *a, const char *report_json);
+bool ar_member_alive_ok(const struct ar_member_alive *a);
+/* Revoke the lease (deletes the alive key) and free; done may be NULL. */
+void ar_member_alive_stop(struct ar_member_alive *a, void (*done)(void *arg), void *arg);
+
+/* One member as seen in etcd. */
+struct ar_member_info {
+    char *node;
+    char *registration; /* JSON text, NULL if not registered */
+    char *report;       /* JSON text of the alive key, NULL if not alive */
+};
+struct ar_member_list {
+    struct ar_member_info *m;
+    size_t n;
+    int64_t revision;
+};
+typedef void (*ar_member_list_cb)(void *arg, int status, struct ar_member_list *list,
+                                  const struct ar_etcd_error *err);
+/* Lists registered and alive members at one revision (sorted by node). list belongs to the
+ * callback: free with ar_member_list_free. */
+int ar_member_list(struct ar_etcd *c, const char *prefix, ar_member_list_cb cb, void *arg);
+void ar_member_list_free(struct ar_member_list *l);
+
+#endif
