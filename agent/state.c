@@ -102,7 +102,7 @@ int ar_state_init(struct ar_state *st)
     return ar_chain_slot_init(&st->chain);
 }
 
-void ar_member_info_free(struct ar_member_info *m, size_t n)
+void ar_state_members_free(struct ar_state_member *m, size_t n)
 {
     if (!m)
         return;
@@ -115,9 +115,9 @@ void ar_member_info_free(struct ar_member_info *m, size_t n)
     free(m);
 }
 
-void ar_state_set_members(struct ar_state *st, struct ar_member_info *m, size_t n)
+void ar_state_set_members(struct ar_state *st, struct ar_state_member *m, size_t n)
 {
-    ar_member_info_free(st->members, st->nmembers);
+    ar_state_members_free(st->members, st->nmembers);
     st->members = m;
     st->nmembers = m ? n : 0;
 }
@@ -145,7 +145,7 @@ void ar_state_free(struct ar_state *st)
     free(st->last_reload_error);
     free(st->etcd_error);
     free(st->leader);
-    ar_member_info_free(st->members, st->nmembers);
+    ar_state_members_free(st->members, st->nmembers);
     st->desired_error = st->last_reload_error = st->etcd_error = st->leader = NULL;
     st->members = NULL;
     st->nmembers = 0;

@@ -64,7 +64,7 @@ enum ar_etcd_conn {
 /* "not configured", "connecting", "connected", "unreachable" */
 const char *ar_etcd_conn_name(enum ar_etcd_conn c);
 
-struct ar_member_info {
+struct ar_state_member {
     char *node;
     bool alive;             /* alive/<node> exists (its lease is live) */
     char *desired_fp;       /* "sha256:..." as reported, or NULL */
@@ -108,7 +108,7 @@ struct ar_state {
     char *etcd_error;           /* last failure text, or NULL */
     int64_t etcd_last_ok_ms;
     char *leader;               /* node name of the leader, or NULL when none/unknown */
-    struct ar_member_info *members;
+    struct ar_state_member *members;
     size_t nmembers;
 
     /* serving */
@@ -125,8 +125,8 @@ void ar_state_free(struct ar_state *st);
 /* Replace a string field: *field = strdup(s) (s may be NULL). 0 or -ENOMEM. */
 int ar_state_set_str(char **field, const char *s);
 /* Take ownership of members (replacing the old list). */
-void ar_state_set_members(struct ar_state *st, struct ar_member_info *m, size_t n);
-void ar_member_info_free(struct ar_member_info *m, size_t n);
+void ar_state_set_members(struct ar_state *st, struct ar_state_member *m, size_t n);
+void ar_state_members_free(struct ar_state_member *m, size_t n);
 
 /* ready = a valid effective config is in force and the status server is up. */
 bool ar_state_ready(const struct ar_state *st);
