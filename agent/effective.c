@@ -150,6 +150,21 @@ int ar_config_read_checked(const char *path, size_t max_bytes, struct ar_config 
     return r;
 }
 
+int ar_file_sha256(const char *path, size_t max_bytes, uint8_t out[AR_SHA256_LEN])
+{
+    char *buf;
+    size_t len, alloc;
+    int r;
+
+    r = read_locked(path, max_bytes ? max_bytes : AR_DESIRED_MAX_BYTES, &buf, &len, &alloc, NULL);
+    if (r < 0)
+        return r;
+    crypto_hash_sha256(out, (const unsigned char *)buf, len);
+    sodium_memzero(buf, alloc);
+    sodium_free(buf);
+    return 0;
+}
+
 /* ---- writing ---------------------------------------------------------------------------- */
 
 static int split_path(const char *path, char *dir, size_t dlen, const char **base)

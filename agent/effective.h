@@ -38,6 +38,10 @@
 int ar_config_read_checked(const char *path, size_t max_bytes, struct ar_config **out,
                            uint8_t sha256[AR_SHA256_LEN], bool *have_sha, struct ar_diags *diags);
 
+/* SHA-256 of a file's bytes with the same checks and errors as ar_config_read_checked (no
+ * diagnostics). 0 or negative errno. */
+int ar_file_sha256(const char *path, size_t max_bytes, uint8_t out[AR_SHA256_LEN]);
+
 struct ar_effective_opts {
     const char *path;       /* the effective file */
     const char *state_dir;  /* history goes to <state_dir>/history; NULL: no history */
