@@ -53,7 +53,8 @@ struct ar_kms {
     char *name;
     char *endpoint;
     int api_version;        /* 1 or 2 (defaulted to 1 when absent, as kube-apiserver does) */
-    int64_t timeout_ms;     /* defaulted to 3000 */
+    int64_t timeout_ms;     /* defaulted to 3000 (timeout_ns / 1e6, truncated) */
+    int64_t timeout_ns;     /* the exact metav1.Duration value; defaulted to 3e9 */
     int32_t cachesize;      /* v1: defaulted to 1000; v2: 0 */
     bool cachesize_set;
 };
