@@ -79,4 +79,43 @@ static inline void hex2bin_or_die(const char *hex, uint8_t *out, size_t n)
         abort();
 }
 
+#ifdef KAT_WITH_CONFIG
+#include "crypto/chain.h"
+#include "crypto/config.h"
+
+/* Load a config from YAML text; any diagnostic error fails the test (printed, no key text). */
+static inline struct ar_config *kat_config(const char *yaml)
+{
+    struct ar_load_opts lo = {.kmsv1_allowed = true};
+    struct ar_diags d;
+    struct ar_config *c = NULL;
+    int r;
+
+    ar_diags_init(&d);
+    r = ar_config_load_mem("test.yaml", yaml, strlen(yaml), &lo, &c, &d);
+    if (r < 0 || d.nerrors) {
+        for (size_t i = 0; i < d.n; i++) {
+            char line[1024];
+
+            ar_diag_format(&d.v[i], line, sizeof(line));
+            fprintf(stderr, "config: %s\n", line);
+        }
+        abort();
+    }
+    ar_diags_free(&d);
+    return c;
+}
+
+static inline struct ar_chain *kat_chain(const char *yaml)
+{
+    struct ar_config *c = kat_config(yaml);
+    struct ar_chain *ch = NULL;
+
+    if (ar_chain_new(c, &ch) != 0)
+        abort();
+    ar_config_unref(c);
+    return ch;
+}
+#endif
+
 #endif
