@@ -1,0 +1,1246 @@
+/*
+ * coord/etcd.c: the etcd client core: libcurl multi on the libuv loop, unary requests with
+ * timeouts, failover and auth, and the KV / lease operations. See coord/etcd.h.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "coord/etcd_int.h"
+
+#define MAX_ATTEMPTS 64
+
+/* --- lists ------------------------------------------------------------------------------- */
+
+void ar_link_init(struct ar_link *l)
+{
+    l->prev = l->next = l;
+}
+
+void ar_link_add(struct ar_link *head, struct ar_link *l)
+{
+    l->prev = head->prev;
+    l->next = head;
+    head->prev->next = l;
+    head->prev = l;
+}
+
+void ar_link_del(struct ar_link *l)
+{
+    if (!l->next || l->next == l)
+        return;
+    l->prev->next = l->next;
+    l->next->prev = l->prev;
+    l->prev = l->next = l;
+}
+
+bool ar_link_linked(const struct ar_link *l)
+{
+    return l->next && l->next != l;
+}
+
+/* --- time, prefixes ------------------------------------------------------------------------ */
+
+uint64_t ar_etcd_now_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+size_t ar_etcd_prefix_end(const uint8_t *prefix, size_t prefix_len, uint8_t *out)
+{
+    for (size_t i = prefix_len; i > 0; i--) {
+        if (prefix[i - 1] != 0xff) {
+            memcpy(out, prefix, i - 1);
+            out[i - 1] = prefix[i - 1] + 1;
+            return i;
+        }
+    }
+    out[0] = 0;
+    return 1;
+}
+
+uv_loop_t *ar_etcd_loop(struct ar_etcd *c)
+{
+    return c->loop;
+}
+
+size_t ar_etcd_kvs_peak(const struct ar_etcd *c)
+{
+    return c->kvs_peak;
+}
+
+void ar_etcd_kvs_peak_reset(struct ar_etcd *c)
+{
+    c->kvs_peak = c->kvs_live;
+}
+
+/* --- errors ------------------------------------------------------------------------------- */
+
+void ar_etcd_set_error(struct ar_etcd_error *e, int code, const char *endpoint, const char *fmt,
+                       ...)
+{
+    va_list ap;
+
+    if (!e)
+        return;
+    memset(e, 0, sizeof(*e));
+    e->code = code;
+    snprintf(e->endpoint, sizeof(e->endpoint), "%s", endpoint ? endpoint : "");
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+    va_end(ap);
+}
+
+int ar_etcd_grpc_errno(int grpc_code, const char *msg)
+{
+    switch (grpc_code) {
+    case 1:
+        return -ECANCELED;
+    case 2:
+        return strstr(msg, "deadline exceeded") ? -ETIMEDOUT : -EPROTO;
+    case 3:
+        return -EINVAL;
+    case 4:
+        return -ETIMEDOUT;
+    case 5:
+        return -ENOENT;
+    case 7:
+    case 16:
+        return -EACCES;
+    case 8:
+        return -ENOSPC;
+    case 11:
+        return -ERANGE;
+    case 14:
+        return strstr(msg, "timed out") ? -ETIMEDOUT : -EHOSTUNREACH;
+    default:
+        return -EPROTO;
+    }
+}
+
+static int curl_errno(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+        return -ECONNREFUSED;
+    case CURLE_OPERATION_TIMEDOUT:
+        return -ETIMEDOUT;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_CRL_BADFILE:
+        return -EACCES;
+    case CURLE_FILESIZE_EXCEEDED:
+        return -EMSGSIZE;
+    case CURLE_OUT_OF_MEMORY:
+        return -ENOMEM;
+    case CURLE_GOT_NOTHING:
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_PARTIAL_FILE:
+        return -ECONNRESET;
+    default:
+        return -EPROTO;
+    }
+}
+
+/* Was the request certainly not processed by etcd? (safe to send elsewhere) */
+static bool not_applied(CURLcode rc, const struct ar_etcd_error *e)
+{
+    if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
+        rc == CURLE_SSL_CONNECT_ERROR || rc == CURLE_PEER_FAILED_VERIFICATION)
+        return true;
+    return e->grpc_code == 14 && !strcmp(e->msg, "etcdserver: no leader");
+}
+
+int ar_etcd_xfer_error(struct ar_xfer *x, CURLcode rc, long http, struct ar_etcd_error *e)
+{
+    const char *ep = x->c->endpoints[x->ep];
+    json_t *root;
+    json_error_t jerr;
+
+    if (x->resp_too_big || rc == CURLE_FILESIZE_EXCEEDED) {
+        ar_etcd_set_error(e, -EMSGSIZE, ep, "response larger than %u bytes", AR_ETCD_MAX_BODY);
+        return e->code;
+    }
+    if (rc != CURLE_OK) {
+        ar_etcd_set_error(e, curl_errno(rc), ep, "%s",
+                          x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+        return e->code;
+    }
+    if (http == 200) {
+        memset(e, 0, sizeof(*e));
+        return 0;
+    }
+    ar_etcd_set_error(e, -EPROTO, ep, "HTTP %ld", http);
+    e->http_status = http;
+    root = x->resp_len ? json_loadb(x->resp, x->resp_len, 0, &jerr) : NULL;
+    if (root && ar_etcd_parse_error_json(root, e, http)) {
+        json_decref(root);
+        return e->code;
+    }
+    json_decref(root);
+    if (x->resp_len) { /* plain text: 404 page not found, 405, CommonName ... */
+        size_t n = x->resp_len;
+
+        while (n && (x->resp[n - 1] == '\n' || x->resp[n - 1] == '\r'))
+            n--;
+        snprintf(e->msg, sizeof(e->msg), "HTTP %ld: %.*s", http, (int)(n > 200 ? 200 : n),
+                 x->resp);
+    }
+    if (http == 401 || http == 403 || strstr(e->msg, "CommonName"))
+        e->code = -EACCES;
+    else if (http == 503)
+        e->code = -EHOSTUNREACH;
+    return e->code;
+}
+
+/* --- libcurl multi on libuv ---------------------------------------------------------------- */
+
+struct sockctx {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    struct ar_etcd *c;
+};
+
+static void process_dirty(struct ar_etcd *c)
+{
+    while (ar_link_linked(&c->dirty)) {
+        struct ar_link *l = c->dirty.next;
+        struct ar_xfer *x = AR_CONTAINER(l, struct ar_xfer, dirty);
+
+        ar_link_del(l);
+        x->on_process(x);
+    }
+}
+
+static void check_multi(struct ar_etcd *c)
+{
+    CURLMsg *m;
+    int pending;
+
+    while ((m = curl_multi_info_read(c->multi, &pending))) {
+        struct ar_xfer *x = NULL;
+        CURLcode rc;
+        long http = 0;
+
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        rc = m->data.result;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&x);
+        curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &http);
+        ar_xfer_stop(x);
+        x->on_done(x, rc, http);
+    }
+    process_dirty(c);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+    struct sockctx *ctx = p->data;
+    struct ar_etcd *c = ctx->c;
+    int flags = 0, running;
+
+    if (status < 0)
+        flags = CURL_CSELECT_ERR;
+    else {
+        if (events & UV_READABLE)
+            flags |= CURL_CSELECT_IN;
+        if (events & UV_WRITABLE)
+            flags |= CURL_CSELECT_OUT;
+    }
+    curl_multi_socket_action(c->multi, ctx->fd, flags, &running);
+    check_multi(c);
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    struct ar_etcd *c = t->data;
+    int running;
+
+    curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_multi(c);
+}
+
+static void free_ctx(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static int socket_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    struct ar_etcd *c = userp;
+    struct sockctx *ctx = socketp;
+    int events = 0;
+
+    (void)e;
+    if (what == CURL_POLL_REMOVE) {
+        if (ctx) {
+            uv_poll_stop(&ctx->poll);
+            uv_close((uv_handle_t *)&ctx->poll, free_ctx);
+            curl_multi_assign(c->multi, s, NULL);
+        }
+        return 0;
+    }
+    if (!ctx) {
+        if (c->closing)
+            return 0;
+        ctx = calloc(1, sizeof(*ctx));
+        if (!ctx)
+            return -1;
+        if (uv_poll_init_socket(c->loop, &ctx->poll, s) < 0) {
+            free(ctx);
+            return -1;
+        }
+        ctx->fd = s;
+        ctx->c = c;
+        ctx->poll.data = ctx;
+        curl_multi_assign(c->multi, s, ctx);
+    }
+    if (what & CURL_POLL_IN)
+        events |= UV_READABLE;
+    if (what & CURL_POLL_OUT)
+        events |= UV_WRITABLE;
+    uv_poll_start(&ctx->poll, events, on_poll);
+    return 0;
+}
+
+static int timer_cb(CURLM *m, long timeout_ms, void *userp)
+{
+    struct ar_etcd *c = userp;
+
+    (void)m;
+    if (timeout_ms < 0)
+        uv_timer_stop(&c->timer);
+    else if (!c->closing)
+        uv_timer_start(&c->timer, on_timeout, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+/* --- transfers ---------------------------------------------------------------------------- */
+
+static size_t write_cb(char *p, size_t size, size_t nmemb, void *ud)
+{
+    struct ar_xfer *x = ud;
+    size_t n = size * nmemb;
+
+    if (x->on_data)
+        return x->on_data(x, p, n) < 0 ? CURL_WRITEFUNC_ERROR : n;
+    if (x->resp_len + n + 1 > x->resp_cap) {
+        size_t cap = x->resp_cap ? x->resp_cap : 1024;
+        char *np;
+
+        while (cap < x->resp_len + n + 1)
+            cap *= 2;
+        if (cap > (size_t)AR_ETCD_MAX_BODY + 1) {
+            x->resp_too_big = true;
+            return CURL_WRITEFUNC_ERROR;
+        }
+        np = malloc(cap);
+        if (!np)
+            return CURL_WRITEFUNC_ERROR;
+        if (x->resp) {
+            memcpy(np, x->resp, x->resp_len);
+            sodium_memzero(x->resp, x->resp_cap);
+            free(x->resp);
+        }
+        x->resp = np;
+        x->resp_cap = cap;
+    }
+    memcpy(x->resp + x->resp_len, p, n);
+    x->resp_len += n;
+    x->resp[x->resp_len] = 0;
+    return n;
+}
+
+static size_t read_cb(char *buf, size_t size, size_t nitems, void *ud)
+{
+    struct ar_xfer *x = ud;
+
+    return x->on_read(x, buf, size * nitems);
+}
+
+static CURL *pool_get(struct ar_etcd *c)
+{
+    if (c->n_pool) {
+        CURL *h = c->pool[--c->n_pool];
+
+        curl_easy_reset(h);
+        return h;
+    }
+    return curl_easy_init();
+}
+
+static void pool_put(struct ar_etcd *c, CURL *h)
+{
+    if (!c->closing && c->n_pool < sizeof(c->pool) / sizeof(c->pool[0]))
+        c->pool[c->n_pool++] = h;
+    else
+        curl_easy_cleanup(h);
+}
+
+int ar_xfer_start(struct ar_etcd *c, struct ar_xfer *x, const char *path, bool has_leader,
+                  long timeout_ms)
+{
+    char url[600], auth[1100];
+    struct curl_slist *hl = NULL, *t;
+    CURL *h;
+    long conn_ms = (long)c->dial_timeout_ms;
+
+    x->c = c;
+    x->resp_len = 0;
+    x->resp_too_big = false;
+    x->errbuf[0] = 0;
+    if (x->resp)
+        x->resp[0] = 0;
+    curl_slist_free_all(x->hdrs);
+    x->hdrs = NULL;
+    snprintf(url, sizeof(url), "%s%s", c->endpoints[x->ep], path);
+    h = pool_get(c);
+    if (!h)
+        return -ENOMEM;
+#define ADDH(s)                                                                                    \
+    do {                                                                                           \
+        if (!(t = curl_slist_append(hl, (s))))                                                     \
+            goto nomem;                                                                            \
+        hl = t;                                                                                    \
+    } while (0)
+    ADDH("Content-Type: application/json");
+    ADDH("Expect:");
+    if (has_leader)
+        ADDH("Grpc-Metadata-Hasleader: true");
+    if (c->token) {
+        snprintf(auth, sizeof(auth), "Authorization: %s", c->token);
+        ADDH(auth);
+    }
+    if (x->on_read)
+        ADDH("Transfer-Encoding: chunked");
+#undef ADDH
+    x->hdrs = hl;
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_PRIVATE, (char *)x);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(h, CURLOPT_POST, 1L);
+    if (x->on_read) {
+        curl_easy_setopt(h, CURLOPT_READFUNCTION, read_cb);
+        curl_easy_setopt(h, CURLOPT_READDATA, x);
+    } else {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, x->body ? x->body : "{}");
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE,
+                         (curl_off_t)(x->body ? x->body_len : 2));
+    }
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, x->errbuf);
+    if (timeout_ms > 0 && timeout_ms < conn_ms)
+        conn_ms = timeout_ms;
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, conn_ms);
+    if (timeout_ms > 0)
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
+    if (x->stream) {
+        curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    } else {
+        curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)AR_ETCD_MAX_BODY);
+    }
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 10L);
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 5L);
+    curl_easy_setopt(h, CURLOPT_CA_CACHE_TIMEOUT, 60L);
+    if (c->cacert)
+        curl_easy_setopt(h, CURLOPT_CAINFO, c->cacert);
+    if (c->cert)
+        curl_easy_setopt(h, CURLOPT_SSLCERT, c->cert);
+    if (c->key)
+        curl_easy_setopt(h, CURLOPT_SSLKEY, c->key);
+    if (curl_multi_add_handle(c->multi, h) != CURLM_OK) {
+        pool_put(c, h);
+        return -ENOMEM;
+    }
+    x->h = h;
+    x->active = true;
+    return 0;
+nomem:
+    curl_slist_free_all(hl);
+    pool_put(c, h);
+    return -ENOMEM;
+}
+
+void ar_xfer_stop(struct ar_xfer *x)
+{
+    if (!x->active)
+        return;
+    x->active = false;
+    curl_multi_remove_handle(x->c->multi, x->h);
+    pool_put(x->c, x->h);
+    x->h = NULL;
+}
+
+void ar_xfer_release(struct ar_xfer *x)
+{
+    ar_xfer_stop(x);
+    ar_link_del(&x->dirty);
+    curl_slist_free_all(x->hdrs);
+    x->hdrs = NULL;
+    if (x->body) {
+        sodium_memzero(x->body, x->body_len);
+        free(x->body);
+        x->body = NULL;
+    }
+    if (x->resp) {
+        sodium_memzero(x->resp, x->resp_cap);
+        free(x->resp);
+        x->resp = NULL;
+    }
+    x->resp_cap = x->resp_len = 0;
+}
+
+void ar_xfer_mark_dirty(struct ar_xfer *x)
+{
+    if (!ar_link_linked(&x->dirty))
+        ar_link_add(&x->c->dirty, &x->dirty);
+}
+
+void ar_xfer_unpause(struct ar_xfer *x)
+{
+    if (x->active)
+        curl_easy_pause(x->h, CURLPAUSE_CONT);
+}
+
+/* --- unary requests ----------------------------------------------------------------------- */
+
+struct req {
+    struct ar_xfer x;
+    struct ar_auth_wait aw;
+    struct ar_link link;
+    struct ar_etcd *c;
+    const char *path;
+    enum ar_etcd_op_type type;
+    bool idempotent, has_leader, is_auth, auth_retried;
+    ar_etcd_cb cb;
+    void *arg;
+    uint64_t deadline;
+    unsigned attempts;
+    uv_timer_t *backoff;
+    struct ar_etcd_error last_err, etcd_err;
+    bool have_etcd_err;
+};
+
+static void req_attempt(struct req *r);
+
+static void close_free(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void req_free(struct req *r)
+{
+    ar_link_del(&r->link);
+    ar_link_del(&r->aw.link);
+    ar_xfer_release(&r->x);
+    if (r->backoff)
+        uv_close((uv_handle_t *)r->backoff, close_free);
+    free(r);
+}
+
+static void req_finish(struct req *r, int status, struct ar_etcd_result *res,
+                       const struct ar_etcd_error *err)
+{
+    ar_link_del(&r->link);
+    ar_xfer_stop(&r->x);
+    if (r->cb)
+        r->cb(r->arg, status, status < 0 ? NULL : res, status < 0 ? err : NULL);
+    if (res && !res->kept_) {
+        ar_result_clear(res);
+        free(res);
+    }
+    req_free(r);
+}
+
+static void req_fail(struct req *r, int status, const struct ar_etcd_error *err)
+{
+    struct ar_etcd_error e;
+
+    if (!err || !err->code) {
+        ar_etcd_set_error(&e, status, r->c->endpoints[r->x.ep], "%s", strerror(-status));
+        err = &e;
+    }
+    req_finish(r, status, NULL, err);
+}
+
+static void on_backoff(uv_timer_t *t)
+{
+    req_attempt(t->data);
+}
+
+static void req_retry_or_fail(struct req *r, CURLcode rc, const struct ar_etcd_error *err)
+{
+    struct ar_etcd *c = r->c;
+    uint64_t now = ar_etcd_now_ms(), delay;
+    bool retry;
+
+    r->last_err = *err;
+    if (err->http_status) {
+        r->etcd_err = *err;
+        r->have_etcd_err = true;
+    }
+    retry = not_applied(rc, err);
+    if (!retry && r->idempotent)
+        retry = rc != CURLE_OK || err->http_status == 503 || err->grpc_code == 14 ||
+                (err->grpc_code == 2 && err->code == -ETIMEDOUT);
+    if (err->code == -EMSGSIZE || err->code == -ENOMEM)
+        retry = false;
+    if (!retry || c->closing || now >= r->deadline || r->attempts >= MAX_ATTEMPTS) {
+        req_fail(r, r->have_etcd_err ? r->etcd_err.code : err->code,
+                 r->have_etcd_err ? &r->etcd_err : err);
+        return;
+    }
+    /* next endpoint; back off once every endpoint was tried */
+    if (c->n_ep > 1) {
+        r->x.ep = (r->x.ep + 1) % c->n_ep;
+        c->cur_ep = r->x.ep;
+    }
+    delay = (c->n_ep > 1 && r->attempts % c->n_ep) ? 0 : 50u << (r->attempts / c->n_ep > 3 ? 3 : r->attempts / c->n_ep);
+    if (delay > r->deadline - now)
+        delay = r->deadline - now;
+    if (!r->backoff) {
+        r->backoff = malloc(sizeof(*r->backoff));
+        if (!r->backoff) {
+            req_fail(r, -ENOMEM, NULL);
+            return;
+        }
+        uv_timer_init(c->loop, r->backoff);
+        r->backoff->data = r;
+    }
+    uv_timer_start(r->backoff, on_backoff, delay, 0);
+}
+
+static void req_done(struct ar_xfer *x, CURLcode rc, long http)
+{
+    struct req *r = AR_CONTAINER(x, struct req, x);
+    struct ar_etcd *c = r->c;
+    struct ar_etcd_error err;
+    struct ar_etcd_result *res;
+    json_t *root;
+    json_error_t jerr;
+    int st;
+
+    st = ar_etcd_xfer_error(x, rc, http, &err);
+    if (st < 0) {
+        if (err.grpc_code == 16 && c->username && !r->is_auth && !r->auth_retried) {
+            r->auth_retried = true;
+            ar_etcd_auth_invalidate(c, c->token);
+            ar_etcd_auth_wait(c, &r->aw);
+            return;
+        }
+        req_retry_or_fail(r, rc, &err);
+        return;
+    }
+    c->cur_ep = x->ep;
+    root = json_loadb(x->resp ? x->resp : "", x->resp_len, 0, &jerr);
+    res = calloc(1, sizeof(*res));
+    if (!root || !res) {
+        ar_etcd_set_error(&err, -EPROTO, c->endpoints[x->ep], "malformed response: %s",
+                          root ? "no memory" : jerr.text);
+        json_decref(root);
+        free(res);
+        req_fail(r, err.code, &err);
+        return;
+    }
+    st = ar_parse_result(c, root, r->type, res);
+    json_decref(root);
+    if (st < 0) {
+        ar_result_clear(res);
+        free(res);
+        ar_etcd_set_error(&err, st, c->endpoints[x->ep], "malformed response (%s)",
+                          strerror(-st));
+        req_fail(r, st, &err);
+        return;
+    }
+    req_finish(r, 0, res, NULL);
+}
+
+static void req_attempt(struct req *r)
+{
+    struct ar_etcd *c = r->c;
+    uint64_t now = ar_etcd_now_ms();
+    int rc;
+
+    if (now >= r->deadline) {
+        if (r->attempts) {
+            req_fail(r, r->have_etcd_err ? r->etcd_err.code : r->last_err.code,
+                     r->have_etcd_err ? &r->etcd_err : &r->last_err);
+        } else {
+            struct ar_etcd_error e;
+
+            ar_etcd_set_error(&e, -ETIMEDOUT, c->endpoints[r->x.ep], "request timed out");
+            req_fail(r, -ETIMEDOUT, &e);
+        }
+        return;
+    }
+    r->attempts++;
+    rc = ar_xfer_start(c, &r->x, r->path, r->has_leader, (long)(r->deadline - now));
+    if (rc < 0)
+        req_fail(r, rc, NULL);
+}
+
+static void req_auth_resume(struct ar_auth_wait *w, int status, const struct ar_etcd_error *err)
+{
+    struct req *r = AR_CONTAINER(w, struct req, aw);
+
+    if (status < 0)
+        req_fail(r, status, err);
+    else
+        req_attempt(r);
+}
+
+static struct req *req_new(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type,
+                           json_t *body, ar_etcd_cb cb, void *arg)
+{
+    struct req *r = calloc(1, sizeof(*r));
+
+    if (!r)
+        return NULL;
+    r->c = c;
+    r->path = path;
+    r->type = type;
+    r->cb = cb;
+    r->arg = arg;
+    r->has_leader = true;
+    r->x.c = c;
+    r->x.ep = c->cur_ep;
+    r->x.on_done = req_done;
+    ar_link_init(&r->link);
+    ar_link_init(&r->aw.link);
+    ar_link_init(&r->x.dirty);
+    r->aw.resume = req_auth_resume;
+    r->x.body = ar_json_dump(body, &r->x.body_len);
+    if (!r->x.body) {
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static void req_submit(struct req *r)
+{
+    struct ar_etcd *c = r->c;
+
+    ar_link_add(&c->reqs, &r->link);
+    r->deadline = ar_etcd_now_ms() + c->req_timeout_ms;
+    if (r->is_auth)
+        req_attempt(r);
+    else
+        ar_etcd_auth_wait(c, &r->aw);
+}
+
+/* body is consumed (decref'd) in every case. */
+static int submit(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type, json_t *body,
+                  bool idempotent, bool has_leader, ar_etcd_cb cb, void *arg)
+{
+    struct req *r;
+
+    if (!body)
+        return -ENOMEM;
+    if (c->closing) {
+        json_decref(body);
+        return -ESHUTDOWN;
+    }
+    r = req_new(c, path, type, body, cb, arg);
+    json_decref(body);
+    if (!r)
+        return -ENOMEM;
+    r->idempotent = idempotent;
+    r->has_leader = has_leader;
+    req_submit(r);
+    return 0;
+}
+
+/* --- auth --------------------------------------------------------------------------------- */
+
+static void auth_done(void *arg, int status, const struct ar_etcd_result *res,
+                      const struct ar_etcd_error *err)
+{
+    struct ar_etcd *c = arg;
+    struct ar_etcd_error e;
+
+    c->authing = false;
+    if (status == 0 && (!res->token || !*res->token)) {
+        ar_etcd_set_error(&e, -EACCES, c->endpoints[c->cur_ep], "authenticate: no token");
+        err = &e;
+        status = -EACCES;
+    }
+    if (status == 0) {
+        ar_etcd_auth_invalidate(c, c->token);
+        c->token = strdup(res->token);
+        if (!c->token) {
+            status = -ENOMEM;
+            ar_etcd_set_error(&e, -ENOMEM, "", "no memory");
+            err = &e;
+        }
+    }
+    while (ar_link_linked(&c->auth_waiters)) {
+        struct ar_link *l = c->auth_waiters.next;
+        struct ar_auth_wait *w = AR_CONTAINER(l, struct ar_auth_wait, link);
+
+        ar_link_del(l);
+        w->resume(w, status, err);
+    }
+}
+
+void ar_etcd_auth_wait(struct ar_etcd *c, struct ar_auth_wait *w)
+{
+    json_t *body;
+    struct req *r;
+
+    if (!c->username || c->token) {
+        w->resume(w, 0, NULL);
+        return;
+    }
+    ar_link_add(&c->auth_waiters, &w->link);
+    if (c->authing)
+        return;
+    body = json_pack("{s:s,s:s}", "name", c->username, "password", c->password ? c->password : "");
+    r = body ? req_new(c, "/v3/auth/authenticate", AR_ETCD_RANGE, body, auth_done, c) : NULL;
+    json_decref(body);
+    if (!r) {
+        struct ar_etcd_error e;
+
+        ar_etcd_set_error(&e, -ENOMEM, "", "no memory");
+        auth_done(c, -ENOMEM, NULL, &e);
+        return;
+    }
+    c->authing = true;
+    r->is_auth = true;
+    r->idempotent = true;
+    r->has_leader = false;
+    req_submit(r);
+}
+
+void ar_etcd_auth_invalidate(struct ar_etcd *c, const char *token)
+{
+    if (!c->token || !token || strcmp(c->token, token))
+        return;
+    sodium_memzero(c->token, strlen(c->token));
+    free(c->token);
+    c->token = NULL;
+}
+
+/* --- client ------------------------------------------------------------------------------- */
+
+static char *dup_opt(const char *s, bool *bad)
+{
+    char *d;
+
+    if (!s || !*s)
+        return NULL;
+    d = strdup(s);
+    if (!d)
+        *bad = true;
+    return d;
+}
+
+struct ar_etcd *ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s)
+{
+    struct ar_etcd *c;
+    bool bad = false;
+
+    if (!loop || !s || !s->n_endpoints || s->n_endpoints > AR_ETCD_MAX_ENDPOINTS) {
+        errno = EINVAL;
+        return NULL;
+    }
+    for (size_t i = 0; i < s->n_endpoints; i++) {
+        const char *e = s->endpoints[i];
+
+        if (!e || (strncmp(e, "http://", 7) && strncmp(e, "https://", 8)) || strlen(e) > 400) {
+            errno = EINVAL;
+            return NULL;
+        }
+    }
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->loop = loop;
+    ar_link_init(&c->auth_waiters);
+    ar_link_init(&c->reqs);
+    ar_link_init(&c->streams);
+    ar_link_init(&c->dirty);
+    for (size_t i = 0; i < s->n_endpoints; i++) {
+        size_t n = strlen(s->endpoints[i]);
+
+        c->endpoints[i] = strdup(s->endpoints[i]);
+        if (!c->endpoints[i]) {
+            bad = true;
+            break;
+        }
+        c->n_ep++;
+        if (n && c->endpoints[i][n - 1] == '/')
+            c->endpoints[i][n - 1] = 0;
+    }
+    c->cacert = dup_opt(s->cacert, &bad);
+    c->cert = dup_opt(s->cert, &bad);
+    c->key = dup_opt(s->key, &bad);
+    c->username = dup_opt(s->username, &bad);
+    c->password = dup_opt(s->password, &bad);
+    c->req_timeout_ms = s->request_timeout_ms ? s->request_timeout_ms : 5000;
+    c->dial_timeout_ms = s->dial_timeout_ms ? s->dial_timeout_ms : 2000;
+    c->multi = curl_multi_init();
+    if (bad || !c->multi)
+        goto fail;
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, 256L);
+    uv_timer_init(loop, &c->timer);
+    c->timer.data = c;
+    return c;
+fail:
+    if (c->multi)
+        curl_multi_cleanup(c->multi);
+    for (size_t i = 0; i < c->n_ep; i++)
+        free(c->endpoints[i]);
+    free(c->cacert);
+    free(c->cert);
+    free(c->key);
+    free(c->username);
+    if (c->password)
+        sodium_memzero(c->password, strlen(c->password));
+    free(c->password);
+    free(c);
+    errno = ENOMEM;
+    return NULL;
+}
+
+static void free_client(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+void ar_etcd_close(struct ar_etcd *c)
+{
+    struct ar_etcd_error e;
+
+    if (!c)
+        return;
+    c->closing = true;
+    ar_etcd_set_error(&e, -ECANCELED, "", "etcd client closed");
+    /* streams first (their owners must not use them afterwards) */
+    while (ar_link_linked(&c->streams)) {
+        struct ar_link *l = c->streams.next;
+        struct ar_stream *s = AR_CONTAINER(l, struct ar_stream, link);
+
+        ar_link_del(l);
+        s->destroy(s);
+    }
+    while (ar_link_linked(&c->reqs)) {
+        struct req *r = AR_CONTAINER(c->reqs.next, struct req, link);
+
+        req_fail(r, -ECANCELED, &e);
+    }
+    while (c->n_pool)
+        curl_easy_cleanup(c->pool[--c->n_pool]);
+    curl_multi_cleanup(c->multi);
+    uv_timer_stop(&c->timer);
+    for (size_t i = 0; i < c->n_ep; i++)
+        free(c->endpoints[i]);
+    free(c->cacert);
+    free(c->cert);
+    free(c->key);
+    free(c->username);
+    if (c->password)
+        sodium_memzero(c->password, strlen(c->password));
+    free(c->password);
+    ar_etcd_auth_invalidate(c, c->token);
+    uv_close((uv_handle_t *)&c->timer, free_client);
+}
+
+/* --- results ------------------------------------------------------------------------------ */
+
+struct ar_etcd_result *ar_etcd_result_keep(const struct ar_etcd_result *res)
+{
+    struct ar_etcd_result *r = (struct ar_etcd_result *)res;
+
+    if (r)
+        r->kept_ = true;
+    return r;
+}
+
+void ar_etcd_result_free(struct ar_etcd_result *res)
+{
+    if (!res)
+        return;
+    ar_result_clear(res);
+    free(res);
+}
+
+/* --- KV ----------------------------------------------------------------------------------- */
+
+int ar_etcd_range(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_cb cb, void *arg)
+{
+    struct ar_etcd_op o = *op;
+    json_t *body;
+    int rc;
+
+    o.type = AR_ETCD_RANGE;
+    if ((rc = ar_json_op(&o, &body)) < 0)
+        return rc;
+    return submit(c, "/v3/kv/range", AR_ETCD_RANGE, body, true, !o.serializable, cb, arg);
+}
+
+int ar_etcd_put(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_cb cb, void *arg)
+{
+    struct ar_etcd_op o = *op;
+    json_t *body;
+    int rc;
+
+    o.type = AR_ETCD_PUT;
+    if ((rc = ar_json_op(&o, &body)) < 0)
+        return rc;
+    return submit(c, "/v3/kv/put", AR_ETCD_PUT, body, false, true, cb, arg);
+}
+
+int ar_etcd_delete(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_cb cb, void *arg)
+{
+    struct ar_etcd_op o = *op;
+    json_t *body;
+    int rc;
+
+    o.type = AR_ETCD_DELETE;
+    if ((rc = ar_json_op(&o, &body)) < 0)
+        return rc;
+    return submit(c, "/v3/kv/deleterange", AR_ETCD_DELETE, body, false, true, cb, arg);
+}
+
+static const char *const cmp_target[] = {"VERSION", "CREATE", "MOD", "VALUE"};
+static const char *const cmp_result[] = {"EQUAL", "GREATER", "LESS", "NOT_EQUAL"};
+static const char *const cmp_field[] = {"version", "create_revision", "mod_revision", "value"};
+
+static json_t *json_ops(const struct ar_etcd_op *ops, size_t n, int *rc)
+{
+    static const char *const names[] = {"request_range", "request_put", "request_delete_range"};
+    json_t *arr = json_array();
+
+    *rc = -ENOMEM;
+    if (!arr)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        json_t *o;
+
+        if ((unsigned)ops[i].type > AR_ETCD_DELETE) {
+            *rc = -EINVAL;
+            goto fail;
+        }
+        if ((*rc = ar_json_op(&ops[i], &o)) < 0)
+            goto fail;
+        if (json_array_append_new(arr, json_pack("{s:o}", names[ops[i].type], o))) {
+            *rc = -ENOMEM;
+            goto fail;
+        }
+    }
+    *rc = 0;
+    return arr;
+fail:
+    json_decref(arr);
+    return NULL;
+}
+
+int ar_etcd_txn(struct ar_etcd *c, const struct ar_etcd_txn *t, ar_etcd_cb cb, void *arg)
+{
+    json_t *body = json_object(), *cmps = json_array(), *ops;
+    int rc = -ENOMEM;
+
+    if (!body || !cmps)
+        goto fail;
+    for (size_t i = 0; i < t->n_compare; i++) {
+        const struct ar_etcd_compare *cp = &t->compare[i];
+        json_t *o;
+
+        if ((unsigned)cp->target > AR_ETCD_CMP_VALUE ||
+            (unsigned)cp->result > AR_ETCD_NOT_EQUAL || !cp->key || !cp->key_len) {
+            rc = -EINVAL;
+            goto fail;
+        }
+        o = json_pack("{s:s,s:s}", "target", cmp_target[cp->target], "result",
+                      cmp_result[cp->result]);
+        if (!o || json_array_append_new(cmps, o))
+            goto fail;
+        if ((rc = ar_json_b64(o, "key", cp->key, cp->key_len)) < 0)
+            goto fail;
+        if (cp->target == AR_ETCD_CMP_VALUE)
+            rc = ar_json_b64(o, "value", cp->value, cp->value_len);
+        else
+            rc = ar_json_i64str(o, cmp_field[cp->target], cp->number);
+        if (rc < 0)
+            goto fail;
+    }
+    rc = -ENOMEM;
+    if (json_object_set_new(body, "compare", cmps)) {
+        cmps = NULL;
+        goto fail;
+    }
+    cmps = NULL;
+    if (!(ops = json_ops(t->success, t->n_success, &rc)) ||
+        json_object_set_new(body, "success", ops))
+        goto fail;
+    if (!(ops = json_ops(t->failure, t->n_failure, &rc)) ||
+        json_object_set_new(body, "failure", ops))
+        goto fail;
+    return submit(c, "/v3/kv/txn", AR_ETCD_RANGE, body, false, true, cb, arg);
+fail:
+    json_decref(cmps);
+    json_decref(body);
+    return rc;
+}
+
+int ar_etcd_compact(struct ar_etcd *c, int64_t revision, ar_etcd_cb cb, void *arg)
+{
+    json_t *body = json_object();
+
+    if (body && (ar_json_i64str(body, "revision", revision) < 0 ||
+                 json_object_set_new(body, "physical", json_true()))) {
+        json_decref(body);
+        return -ENOMEM;
+    }
+    return submit(c, "/v3/kv/compaction", AR_ETCD_RANGE, body, false, true, cb, arg);
+}
+
+/* --- leases ------------------------------------------------------------------------------- */
+
+static json_t *id_body(const char *idname, int64_t id)
+{
+    json_t *b = json_object();
+
+    if (b && ar_json_i64str(b, idname, id) < 0) {
+        json_decref(b);
+        return NULL;
+    }
+    return b;
+}
+
+int ar_etcd_lease_grant(struct ar_etcd *c, int64_t ttl_s, int64_t id, ar_etcd_cb cb, void *arg)
+{
+    json_t *body = id_body("TTL", ttl_s);
+
+    if (body && id && ar_json_i64str(body, "ID", id) < 0) {
+        json_decref(body);
+        return -ENOMEM;
+    }
+    return submit(c, "/v3/lease/grant", AR_ETCD_RANGE, body, true, true, cb, arg);
+}
+
+int ar_etcd_lease_revoke(struct ar_etcd *c, int64_t id, ar_etcd_cb cb, void *arg)
+{
+    return submit(c, "/v3/lease/revoke", AR_ETCD_RANGE, id_body("ID", id), true, true, cb, arg);
+}
+
+int ar_etcd_lease_ttl(struct ar_etcd *c, int64_t id, ar_etcd_cb cb, void *arg)
+{
+    return submit(c, "/v3/lease/timetolive", AR_ETCD_RANGE, id_body("ID", id), true, true, cb,
+                  arg);
+}
+
+/* --- iteration ---------------------------------------------------------------------------- */
+
+struct iter {
+    struct ar_etcd *c;
+    struct ar_etcd_op op;
+    uint8_t *key, *end;
+    ar_etcd_page_cb cb;
+    void *arg;
+};
+
+static void iter_free(struct iter *it)
+{
+    free(it->key);
+    free(it->end);
+    free(it);
+}
+
+static void iter_page(void *arg, int status, const struct ar_etcd_result *res,
+                      const struct ar_etcd_error *err)
+{
+    struct iter *it = arg;
+    struct ar_etcd_error e;
+    const struct ar_etcd_kv *last;
+    uint8_t *nk;
+    int rc;
+
+    if (status < 0) {
+        it->cb(it->arg, status, NULL, err);
+        iter_free(it);
+        return;
+    }
+    if (!it->op.revision)
+        it->op.revision = res->revision;
+    if (it->cb(it->arg, 0, res, NULL) || !res->more || !res->n_kvs) {
+        iter_free(it);
+        return;
+    }
+    last = &res->kvs[res->n_kvs - 1];
+    nk = malloc(last->key_len + 1);
+    if (!nk) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    memcpy(nk, last->key, last->key_len);
+    nk[last->key_len] = 0; /* the next key after last */
+    free(it->key);
+    it->key = nk;
+    it->op.key = nk;
+    it->op.key_len = last->key_len + 1;
+    if ((rc = ar_etcd_range(it->c, &it->op, iter_page, it)) == 0)
+        return;
+fail:
+    ar_etcd_set_error(&e, rc, "", "iterate: %s", strerror(-rc));
+    it->cb(it->arg, rc, NULL, &e);
+    iter_free(it);
+}
+
+int ar_etcd_iterate(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_page_cb cb,
+                    void *arg)
+{
+    struct iter *it = calloc(1, sizeof(*it));
+    int rc = -ENOMEM;
+
+    if (!it)
+        return -ENOMEM;
+    it->c = c;
+    it->op = *op;
+    it->cb = cb;
+    it->arg = arg;
+    if (!op->key || !op->key_len) {
+        rc = -EINVAL;
+        goto fail;
+    }
+    it->key = malloc(op->key_len);
+    if (!it->key)
+        goto fail;
+    memcpy(it->key, op->key, op->key_len);
+    it->op.key = it->key;
+    if (op->range_end) {
+        it->end = malloc(op->range_end_len ? op->range_end_len : 1);
+        if (!it->end)
+            goto fail;
+        memcpy(it->end, op->range_end, op->range_end_len);
+        it->op.range_end = it->end;
+    }
+    if (!it->op.limit)
+        it->op.limit = 500;
+    it->op.count_only = false;
+    if ((rc = ar_etcd_range(c, &it->op, iter_page, it)) < 0)
+        goto fail;
+    return 0;
+fail:
+    iter_free(it);
+    return rc;
+}

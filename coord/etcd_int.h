@@ -1,0 +1,135 @@
+/*
+ * coord/etcd_int.h: private to coord/etcd*.c. The client structure, the libcurl transfer
+ * wrapper shared by unary requests and streams, and the JSON helpers.
+ */
+#ifndef ATREST_COORD_ETCD_INT_H
+#define ATREST_COORD_ETCD_INT_H
+
+#include <curl/curl.h>
+#include <jansson.h>
+
+#include "coord/etcd.h"
+
+struct ar_link {
+    struct ar_link *prev, *next;
+};
+
+void ar_link_init(struct ar_link *l);
+void ar_link_add(struct ar_link *head, struct ar_link *l); /* append */
+void ar_link_del(struct ar_link *l);                     /* safe when not linked */
+bool ar_link_linked(const struct ar_link *l);
+
+#define AR_CONTAINER(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+
+struct ar_xfer;
+/* Streams: data arrived (inside a curl callback: only buffer it). <0 aborts the transfer. */
+typedef int (*ar_xfer_data_fn)(struct ar_xfer *x, const char *p, size_t n);
+/* Streams: fill buf with upload data; return bytes, or CURL_READFUNC_PAUSE. */
+typedef size_t (*ar_xfer_read_fn)(struct ar_xfer *x, char *buf, size_t n);
+/* The transfer finished (outside curl callbacks). */
+typedef void (*ar_xfer_done_fn)(struct ar_xfer *x, CURLcode rc, long http_status);
+/* Deferred processing of buffered stream data (outside curl callbacks). */
+typedef void (*ar_xfer_process_fn)(struct ar_xfer *x);
+
+struct ar_xfer {
+    struct ar_etcd *c;
+    CURL *h;
+    struct curl_slist *hdrs;
+    char *body; /* request body, owned */
+    size_t body_len;
+    char *resp; /* unary response, NUL-terminated, owned */
+    size_t resp_len, resp_cap;
+    bool resp_too_big;
+    size_t ep; /* endpoint index */
+    bool active;
+    bool stream;
+    ar_xfer_data_fn on_data;
+    ar_xfer_read_fn on_read;
+    ar_xfer_done_fn on_done;
+    ar_xfer_process_fn on_process;
+    struct ar_link dirty; /* in c->dirty while it has unprocessed data */
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+/* Something that waits for an auth token before it can start. */
+struct ar_auth_wait {
+    struct ar_link link;
+    void (*resume)(struct ar_auth_wait *w, int status, const struct ar_etcd_error *err);
+};
+
+/* A watch or keeper registered with the client, so ar_etcd_close can destroy leftovers. */
+struct ar_stream {
+    struct ar_link link;
+    void (*destroy)(struct ar_stream *s);
+};
+
+struct ar_etcd {
+    uv_loop_t *loop;
+    CURLM *multi;
+    uv_timer_t timer;
+    char *endpoints[AR_ETCD_MAX_ENDPOINTS];
+    size_t n_ep;
+    size_t cur_ep;
+    char *cacert, *cert, *key, *username, *password;
+    unsigned req_timeout_ms, dial_timeout_ms;
+    char *token;
+    bool authing;
+    struct ar_link auth_waiters;
+    struct ar_link reqs;    /* unary requests in flight or waiting */
+    struct ar_link streams; /* watches and keepers (owned by their users) */
+    struct ar_link dirty;
+    CURL *pool[64];
+    size_t n_pool;
+    bool closing;
+    size_t kvs_live, kvs_peak;
+};
+
+/* Transfers. ar_xfer_start sets up the easy handle for POST <endpoint><path>. */
+int ar_xfer_start(struct ar_etcd *c, struct ar_xfer *x, const char *path, bool has_leader,
+                  long timeout_ms);
+/* Remove from the multi (no on_done); keeps buffers. Safe when not active. */
+void ar_xfer_stop(struct ar_xfer *x);
+/* Stop and free buffers. */
+void ar_xfer_release(struct ar_xfer *x);
+void ar_xfer_mark_dirty(struct ar_xfer *x);
+/* Pause or resume the upload side (streams). */
+void ar_xfer_unpause(struct ar_xfer *x);
+
+/* Errors. */
+void ar_etcd_set_error(struct ar_etcd_error *e, int code, const char *endpoint, const char *fmt,
+                       ...) __attribute__((format(printf, 4, 5)));
+int ar_etcd_grpc_errno(int grpc_code, const char *msg);
+/* Fill e from a finished transfer; returns the status (0 for HTTP 200). */
+int ar_etcd_xfer_error(struct ar_xfer *x, CURLcode rc, long http, struct ar_etcd_error *e);
+/* Parse {"error":"..","message":"..","code":N} or {"error":{"grpc_code":..,"message":..}}. */
+bool ar_etcd_parse_error_json(json_t *root, struct ar_etcd_error *e, long http);
+
+/* Auth: call w->resume once a token is there (or at once without auth). */
+void ar_etcd_auth_wait(struct ar_etcd *c, struct ar_auth_wait *w);
+void ar_etcd_auth_invalidate(struct ar_etcd *c, const char *token);
+
+/* JSON. */
+int ar_json_b64(json_t *obj, const char *name, const uint8_t *p, size_t n);
+int ar_json_i64str(json_t *obj, const char *name, int64_t v);
+int ar_b64_decode(const char *s, size_t slen, uint8_t **out, size_t *outlen);
+int64_t ar_json_get_i64(const json_t *obj, const char *name);
+int ar_parse_kv(struct ar_etcd *c, const json_t *o, struct ar_etcd_kv *kv);
+void ar_kv_clear(struct ar_etcd_kv *kv);
+int ar_parse_result(struct ar_etcd *c, const json_t *root, enum ar_etcd_op_type type,
+                    struct ar_etcd_result *res);
+void ar_result_clear(struct ar_etcd_result *res);
+int ar_json_op(const struct ar_etcd_op *op, json_t **out);
+char *ar_json_dump(json_t *o, size_t *len); /* compact; steals nothing */
+
+/* Line buffer for newline-delimited streams. */
+struct ar_linebuf {
+    char *p;
+    size_t len, cap;
+};
+int ar_linebuf_add(struct ar_linebuf *b, const char *p, size_t n);
+/* Next complete line (without '\n', NUL-terminated in place) or NULL; *consumed is advanced. */
+char *ar_linebuf_next(struct ar_linebuf *b, size_t *consumed);
+void ar_linebuf_shift(struct ar_linebuf *b, size_t consumed);
+void ar_linebuf_free(struct ar_linebuf *b);
+
+#endif

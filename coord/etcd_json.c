@@ -1,0 +1,383 @@
+/* coord/etcd_json.c: JSON shapes of the etcd v3 gateway (requests and responses). */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "coord/etcd_int.h"
+
+#define LINE_MAX_BYTES ((size_t)AR_ETCD_MAX_BODY)
+
+int ar_json_b64(json_t *obj, const char *name, const uint8_t *p, size_t n)
+{
+    size_t cap = sodium_base64_ENCODED_LEN(n, sodium_base64_VARIANT_ORIGINAL);
+    char *s = malloc(cap);
+    int rc = -ENOMEM;
+
+    if (!s)
+        goto out;
+    sodium_bin2base64(s, cap, p ? p : (const uint8_t *)"", n, sodium_base64_VARIANT_ORIGINAL);
+    rc = json_object_set_new_nocheck(obj, name, json_stringn_nocheck(s, cap - 1)) ? -ENOMEM : 0;
+out:
+    free(s);
+    return rc;
+}
+
+int ar_json_i64str(json_t *obj, const char *name, int64_t v)
+{
+    char s[24];
+
+    snprintf(s, sizeof(s), "%" PRId64, v);
+    return json_object_set_new_nocheck(obj, name, json_string(s)) ? -ENOMEM : 0;
+}
+
+int ar_b64_decode(const char *s, size_t slen, uint8_t **out, size_t *outlen)
+{
+    size_t cap = slen / 4 * 3 + 1;
+    uint8_t *p = malloc(cap);
+    size_t n = 0;
+
+    *out = NULL;
+    *outlen = 0;
+    if (!p)
+        return -ENOMEM;
+    if (slen && sodium_base642bin(p, cap, s, slen, NULL, &n, NULL,
+                                  sodium_base64_VARIANT_ORIGINAL) != 0) {
+        free(p);
+        return -EPROTO;
+    }
+    p[n] = 0;
+    *out = p;
+    *outlen = n;
+    return 0;
+}
+
+int64_t ar_json_get_i64(const json_t *obj, const char *name)
+{
+    const json_t *v = json_object_get(obj, name);
+
+    if (json_is_integer(v))
+        return (int64_t)json_integer_value(v);
+    if (json_is_string(v)) {
+        const char *s = json_string_value(v);
+        char *end;
+        long long r;
+
+        errno = 0;
+        r = strtoll(s, &end, 10);
+        if (errno || end == s || *end)
+            return 0;
+        return (int64_t)r;
+    }
+    return 0;
+}
+
+static int get_bytes(const json_t *obj, const char *name, uint8_t **out, size_t *len)
+{
+    const json_t *v = json_object_get(obj, name);
+
+    if (!v) {
+        /* omitted = empty; still give a NUL-terminated buffer for keys/values */
+        *out = calloc(1, 1);
+        *len = 0;
+        return *out ? 0 : -ENOMEM;
+    }
+    if (!json_is_string(v))
+        return -EPROTO;
+    return ar_b64_decode(json_string_value(v), json_string_length(v), out, len);
+}
+
+void ar_kv_clear(struct ar_etcd_kv *kv)
+{
+    if (kv->value)
+        sodium_memzero(kv->value, kv->value_len);
+    free(kv->key);
+    free(kv->value);
+    memset(kv, 0, sizeof(*kv));
+}
+
+int ar_parse_kv(struct ar_etcd *c, const json_t *o, struct ar_etcd_kv *kv)
+{
+    int rc;
+
+    memset(kv, 0, sizeof(*kv));
+    if (!json_is_object(o))
+        return -EPROTO;
+    rc = get_bytes(o, "key", &kv->key, &kv->key_len);
+    if (rc < 0)
+        goto fail;
+    rc = get_bytes(o, "value", &kv->value, &kv->value_len);
+    if (rc < 0)
+        goto fail;
+    kv->create_revision = ar_json_get_i64(o, "create_revision");
+    kv->mod_revision = ar_json_get_i64(o, "mod_revision");
+    kv->version = ar_json_get_i64(o, "version");
+    kv->lease = ar_json_get_i64(o, "lease");
+    (void)c;
+    return 0;
+fail:
+    ar_kv_clear(kv);
+    return rc;
+}
+
+static void kvs_account(struct ar_etcd *c, size_t n, bool add)
+{
+    if (!c)
+        return;
+    if (add) {
+        c->kvs_live += n;
+        if (c->kvs_live > c->kvs_peak)
+            c->kvs_peak = c->kvs_live;
+    } else {
+        c->kvs_live -= n;
+    }
+}
+
+static int parse_kv_array(struct ar_etcd *c, const json_t *arr, struct ar_etcd_result *res)
+{
+    size_t n = json_array_size(arr);
+    int rc;
+
+    if (!n)
+        return 0;
+    if (res->kvs)
+        return -EPROTO;
+    res->kvs = calloc(n, sizeof(*res->kvs));
+    if (!res->kvs)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        rc = ar_parse_kv(c, json_array_get(arr, i), &res->kvs[i]);
+        if (rc < 0)
+            return rc;
+        res->n_kvs++;
+        kvs_account(c, 1, true);
+    }
+    return 0;
+}
+
+void ar_result_clear(struct ar_etcd_result *res)
+{
+    for (size_t i = 0; i < res->n_kvs; i++)
+        ar_kv_clear(&res->kvs[i]);
+    kvs_account(res->owner_, res->n_kvs, false);
+    free(res->kvs);
+    for (size_t i = 0; i < res->n_ops; i++)
+        ar_result_clear(&res->ops[i]);
+    free(res->ops);
+    if (res->token) {
+        sodium_memzero(res->token, strlen(res->token));
+        free(res->token);
+    }
+    memset(res, 0, sizeof(*res));
+}
+
+int ar_parse_result(struct ar_etcd *c, const json_t *root, enum ar_etcd_op_type type,
+                    struct ar_etcd_result *res)
+{
+    const json_t *v;
+    int rc = 0;
+
+    memset(res, 0, sizeof(*res));
+    res->owner_ = c;
+    res->type = type;
+    if (!json_is_object(root))
+        return -EPROTO;
+    res->revision = ar_json_get_i64(json_object_get(root, "header"), "revision");
+    if ((v = json_object_get(root, "kvs")) && (rc = parse_kv_array(c, v, res)) < 0)
+        return rc;
+    if ((v = json_object_get(root, "prev_kvs")) && (rc = parse_kv_array(c, v, res)) < 0)
+        return rc;
+    if ((v = json_object_get(root, "prev_kv"))) {
+        json_t *arr = json_array();
+
+        if (!arr)
+            return -ENOMEM;
+        json_array_append(arr, (json_t *)v);
+        rc = parse_kv_array(c, arr, res);
+        json_decref(arr);
+        if (rc < 0)
+            return rc;
+    }
+    res->count = ar_json_get_i64(root, "count");
+    res->more = json_is_true(json_object_get(root, "more"));
+    res->deleted = ar_json_get_i64(root, "deleted");
+    res->succeeded = json_is_true(json_object_get(root, "succeeded"));
+    res->lease_id = ar_json_get_i64(root, "ID");
+    res->ttl = ar_json_get_i64(root, "TTL");
+    res->granted_ttl = ar_json_get_i64(root, "grantedTTL");
+    if (json_is_string(v = json_object_get(root, "token"))) {
+        res->token = strdup(json_string_value(v));
+        if (!res->token)
+            return -ENOMEM;
+    }
+    v = json_object_get(root, "responses");
+    if (json_array_size(v)) {
+        size_t n = json_array_size(v);
+
+        res->ops = calloc(n, sizeof(*res->ops));
+        if (!res->ops)
+            return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+            const json_t *r = json_array_get(v, i), *inner;
+            enum ar_etcd_op_type t;
+
+            if ((inner = json_object_get(r, "response_range")))
+                t = AR_ETCD_RANGE;
+            else if ((inner = json_object_get(r, "response_put")))
+                t = AR_ETCD_PUT;
+            else if ((inner = json_object_get(r, "response_delete_range")))
+                t = AR_ETCD_DELETE;
+            else
+                return -EPROTO; /* nested txn is not part of this API */
+            rc = ar_parse_result(c, inner, t, &res->ops[i]);
+            res->n_ops++;
+            if (rc < 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+int ar_json_op(const struct ar_etcd_op *op, json_t **out)
+{
+    json_t *o = json_object();
+    int rc = -ENOMEM;
+
+    *out = NULL;
+    if (!o)
+        goto fail;
+    if (!op->key || !op->key_len) {
+        rc = -EINVAL;
+        goto fail;
+    }
+    if ((rc = ar_json_b64(o, "key", op->key, op->key_len)) < 0)
+        goto fail;
+    if (op->range_end && (rc = ar_json_b64(o, "range_end", op->range_end, op->range_end_len)) < 0)
+        goto fail;
+    rc = -ENOMEM;
+    switch (op->type) {
+    case AR_ETCD_RANGE:
+        if (op->limit && ar_json_i64str(o, "limit", op->limit) < 0)
+            goto fail;
+        if (op->revision && ar_json_i64str(o, "revision", op->revision) < 0)
+            goto fail;
+        if (op->keys_only && json_object_set_new(o, "keys_only", json_true()))
+            goto fail;
+        if (op->count_only && json_object_set_new(o, "count_only", json_true()))
+            goto fail;
+        if (op->serializable && json_object_set_new(o, "serializable", json_true()))
+            goto fail;
+        break;
+    case AR_ETCD_PUT:
+        if ((rc = ar_json_b64(o, "value", op->value, op->value_len)) < 0)
+            goto fail;
+        rc = -ENOMEM;
+        if (op->lease && ar_json_i64str(o, "lease", op->lease) < 0)
+            goto fail;
+        if (op->prev_kv && json_object_set_new(o, "prev_kv", json_true()))
+            goto fail;
+        break;
+    case AR_ETCD_DELETE:
+        if (op->prev_kv && json_object_set_new(o, "prev_kv", json_true()))
+            goto fail;
+        break;
+    default:
+        rc = -EINVAL;
+        goto fail;
+    }
+    *out = o;
+    return 0;
+fail:
+    json_decref(o);
+    return rc;
+}
+
+char *ar_json_dump(json_t *o, size_t *len)
+{
+    char *s = json_dumps(o, JSON_COMPACT);
+
+    if (s && len)
+        *len = strlen(s);
+    return s;
+}
+
+bool ar_etcd_parse_error_json(json_t *root, struct ar_etcd_error *e, long http)
+{
+    json_t *err = json_object_get(root, "error");
+    const char *msg = NULL;
+    int code = 0;
+
+    if (json_is_object(err)) { /* stream shape */
+        msg = json_string_value(json_object_get(err, "message"));
+        code = (int)ar_json_get_i64(err, "grpc_code");
+    } else if (json_is_string(err)) {
+        msg = json_string_value(json_object_get(root, "message"));
+        if (!msg)
+            msg = json_string_value(err);
+        code = (int)ar_json_get_i64(root, "code");
+    } else {
+        return false;
+    }
+    e->grpc_code = code;
+    e->http_status = http;
+    e->code = ar_etcd_grpc_errno(code, msg ? msg : "");
+    snprintf(e->msg, sizeof(e->msg), "%s", msg ? msg : "(no message)");
+    return true;
+}
+
+int ar_linebuf_add(struct ar_linebuf *b, const char *p, size_t n)
+{
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        char *np;
+
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        if (cap > LINE_MAX_BYTES + 1)
+            return -EMSGSIZE;
+        np = realloc(b->p, cap);
+        if (!np)
+            return -ENOMEM;
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+    b->p[b->len] = 0;
+    return 0;
+}
+
+char *ar_linebuf_next(struct ar_linebuf *b, size_t *consumed)
+{
+    char *start, *nl;
+
+    if (*consumed >= b->len)
+        return NULL;
+    start = b->p + *consumed;
+    nl = memchr(start, '\n', b->len - *consumed);
+    if (!nl)
+        return NULL;
+    *nl = 0;
+    *consumed = (size_t)(nl - b->p) + 1;
+    return start;
+}
+
+void ar_linebuf_shift(struct ar_linebuf *b, size_t consumed)
+{
+    if (!consumed)
+        return;
+    memmove(b->p, b->p + consumed, b->len - consumed);
+    b->len -= consumed;
+    b->p[b->len] = 0;
+}
+
+void ar_linebuf_free(struct ar_linebuf *b)
+{
+    if (b->p)
+        sodium_memzero(b->p, b->cap);
+    free(b->p);
+    memset(b, 0, sizeof(*b));
+}
