@@ -1,0 +1,733 @@
+/*
+ * agent/daemon.c: `atrest agent`, the daemon beside kube-apiserver.
+ *
+ * One libuv loop, one thread: the desired-file watch, the status server, signals, timers and
+ * (when configured) etcd. The settings and the desired file are read at start and on SIGHUP;
+ * the desired file also whenever it changes. A valid desired config reaches the effective file
+ * through apply_desired() (the one place the rotation protocol will replace); the in-process
+ * provider chain is rebuilt beside the old one and swapped in (struct ar_chain_slot).
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sodium.h>
+#include <uv.h>
+
+#include "agent/cmd.h"
+#include "agent/effective.h"
+#include "agent/http.h"
+#include "agent/log.h"
+#include "agent/metrics.h"
+#include "agent/notify.h"
+#include "agent/settings.h"
+#include "agent/state.h"
+#include "agent/watch.h"
+#include "crypto/chain.h"
+#include "crypto/config.h"
+
+#define HEARTBEAT_MS        1000
+#define HEALTH_MAX_LAG_MS   5000
+#define ETCD_GRACE_MS       (5 * 60 * 1000) /* watchdog: etcd may be unreachable this long */
+#define MAX_LOGGED_DIAGS    10
+
+struct agent {
+    uv_loop_t loop;
+    struct ar_settings set;
+    int argc;
+    char **argv;
+    const char *config_file;    /* NULL: flags only */
+    bool config_explicit;
+
+    struct ar_state st;
+    struct ar_metrics *metrics;
+    struct ar_watch *watch;
+    struct ar_http *http;
+    struct ar_http_route routes[4];
+
+    uv_signal_t sig_hup, sig_term, sig_int;
+    uv_timer_t heartbeat;
+    uv_timer_t watchdog;
+    uint64_t watchdog_usec;
+
+    bool have_desired_sha;
+    uint8_t desired_sha[AR_SHA256_LEN];
+    int desired_status;         /* result of the last read (0 or negative errno) */
+    bool stopping;
+};
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void publish_status(struct agent *a)
+{
+    char fp[AR_HASH_STRLEN] = "none";
+    if (a->st.effective)
+        ar_config_fingerprint_str(a->st.effective, fp);
+    ar_notify_status("effective %.23s; desired %s; last reload %s", fp,
+                     a->st.desired_valid ? "valid" : "INVALID",
+                     ar_reload_result_name(a->st.last_reload_result));
+}
+
+static void set_reload(struct agent *a, enum ar_reload_result r, const char *err)
+{
+    a->st.last_reload_ms = now_ms();
+    a->st.last_reload_result = r;
+    ar_state_set_str(&a->st.last_reload_error, err);
+    if (r == AR_RELOAD_APPLIED) {
+        a->st.reloads_ok++;
+        ar_metrics_reload(a->metrics, true, (double)a->st.last_reload_ms / 1000.0);
+    } else if (r == AR_RELOAD_INVALID || r == AR_RELOAD_FAILED) {
+        a->st.reloads_failed++;
+        ar_metrics_reload(a->metrics, false, (double)a->st.last_reload_ms / 1000.0);
+    }
+}
+
+/* Read the effective file back (what kube-apiserver will load) and make it the config in force:
+ * state, metrics and a new chain swapped in. 0 or negative errno. */
+static int adopt_effective(struct agent *a, char *err, size_t errlen)
+{
+    struct ar_config *cfg = NULL;
+    struct ar_chain *ch = NULL;
+    struct ar_diags d;
+    char hash[AR_HASH_STRLEN];
+    int r;
+
+    ar_diags_init(&d);
+    r = ar_config_read_checked(a->set.effective_path, 0, &cfg, NULL, NULL, &d);
+    if (r < 0) {
+        char line[512] = "";
+        if (d.n)
+            ar_diag_format(&d.v[0], line, sizeof(line));
+        snprintf(err, errlen, "%s", line);
+        goto out;
+    }
+    if (a->st.effective && !memcmp(a->st.effective->fingerprint, cfg->fingerprint,
+                                   AR_SHA256_LEN) &&
+        !memcmp(a->st.effective->file_sha256, cfg->file_sha256, AR_SHA256_LEN))
+        goto out; /* the same config is already in force */
+    r = ar_chain_new(cfg, &ch);
+    if (r < 0) {
+        snprintf(err, errlen, "cannot build the provider chain: %s", strerror(-r));
+        goto out;
+    }
+    ar_chain_slot_swap(&a->st.chain, ch);
+    ar_metrics_chain_swap(a->metrics);
+    ar_config_unref(a->st.effective);
+    a->st.effective = ar_config_ref(cfg);
+    ar_config_file_hash_str(cfg, hash);
+    ar_metrics_last_config(a->metrics, hash);
+out:
+    ar_chain_unref(ch);
+    ar_config_unref(cfg);
+    ar_diags_free(&d);
+    return r;
+}
+
+/*
+ * ============================================================================================
+ * apply_desired: THE ROTATION HOOK.
+ * For now (before the rotation protocol exists) a validated desired config is written to the
+ * effective file directly. The rotation issue replaces this function with: publish the desired
+ * fingerprint, wait for agreement, then write the phase configs one by one.
+ * Returns the reload result and fills err on failure.
+ * ============================================================================================
+ */
+static enum ar_reload_result apply_desired(struct agent *a, struct ar_config *desired, char *err,
+                                           size_t errlen)
+{
+    struct ar_effective_opts o = {
+        .path = a->set.effective_path,
+        .state_dir = a->set.state_dir,
+        .history = a->set.history,
+        .owner_set = a->set.owner_set,
+        .owner = a->set.owner_uid,
+        .group_set = a->set.group_set,
+        .group = a->set.group_gid,
+    };
+    char fp[AR_HASH_STRLEN];
+    int w, r;
+
+    w = ar_effective_write(&o, desired, err, errlen);
+    if (w < 0) {
+        log_err("effective: cannot write %s: %s (the previous file stays in force)", o.path, err);
+        return AR_RELOAD_FAILED;
+    }
+    ar_config_fingerprint_str(desired, fp);
+    if (w == 1) {
+        a->st.effective_writes++;
+        a->st.effective_written_ms = now_ms();
+        ar_metrics_effective_write(a->metrics);
+        log_info("effective: wrote %s (fingerprint %s)", o.path, fp);
+    }
+    r = adopt_effective(a, err, errlen);
+    if (r < 0) {
+        log_err("effective: %s was written but cannot be read back: %s", o.path, err);
+        return AR_RELOAD_FAILED;
+    }
+    return w == 1 ? AR_RELOAD_APPLIED : AR_RELOAD_UNCHANGED;
+}
+
+/* Read the desired file; when it is new and valid, apply it. force: re-apply even when the
+ * bytes did not change (SIGHUP, startup). */
+static void reload_desired(struct agent *a, bool force, const char *why)
+{
+    struct ar_config *cfg = NULL;
+    struct ar_diags d;
+    uint8_t sha[AR_SHA256_LEN];
+    bool have = false;
+    char err[1024] = "", hash[AR_HASH_STRLEN];
+    enum ar_reload_result res;
+    int r;
+
+    ar_diags_init(&d);
+    r = ar_config_read_checked(a->set.desired_path, 0, &cfg, sha, &have, &d);
+    a->st.desired_read_ms = now_ms();
+    if (!force && have && a->have_desired_sha && r == a->desired_status &&
+        !memcmp(sha, a->desired_sha, sizeof(sha)))
+        goto out; /* nothing new */
+    if (have && (!a->have_desired_sha || memcmp(sha, a->desired_sha, sizeof(sha))))
+        a->st.desired_changed_ms = a->st.desired_read_ms;
+    a->have_desired_sha = have;
+    if (have)
+        memcpy(a->desired_sha, sha, sizeof(sha));
+    a->desired_status = r;
+
+    if (r < 0) {
+        /* report, keep the last valid config in force */
+        char line[1024] = "";
+        if (d.n)
+            ar_diag_format(&d.v[0], line, sizeof(line));
+        a->st.desired_valid = false;
+        a->st.desired_nerrors = d.nerrors ? d.nerrors : 1;
+        ar_state_set_str(&a->st.desired_error, line);
+        log_err("desired: %s is not usable (%zu error%s, %s); the last valid config stays in "
+                "force",
+                a->set.desired_path, a->st.desired_nerrors, a->st.desired_nerrors == 1 ? "" : "s",
+                why);
+        for (size_t i = 0, shown = 0; i < d.n && shown < MAX_LOGGED_DIAGS; i++, shown++) {
+            ar_diag_format(&d.v[i], line, sizeof(line));
+            if (d.v[i].severity == AR_SEV_ERROR)
+                log_err("desired: %s", line);
+            else
+                log_warn("desired: %s", line);
+        }
+        if (have) {
+            char hx[2 * AR_SHA256_LEN + 1];
+            ar_hex(sha, sizeof(sha), hx);
+            snprintf(hash, sizeof(hash), "sha256:%s", hx);
+        }
+        ar_metrics_desired(a->metrics, have ? hash : NULL, true);
+        ar_diag_format(&d.v[0], err, sizeof(err));
+        set_reload(a, AR_RELOAD_INVALID, err);
+        goto out;
+    }
+    for (size_t i = 0; i < d.n; i++) {
+        char line[1024];
+        ar_diag_format(&d.v[i], line, sizeof(line));
+        log_warn("desired: %s", line);
+    }
+    a->st.desired_valid = true;
+    a->st.desired_nerrors = 0;
+    ar_state_set_str(&a->st.desired_error, NULL);
+    ar_config_unref(a->st.desired);
+    a->st.desired = ar_config_ref(cfg);
+    ar_config_file_hash_str(cfg, hash);
+    ar_metrics_desired(a->metrics, hash, false);
+    {
+        char fp[AR_HASH_STRLEN];
+        ar_config_fingerprint_str(cfg, fp);
+        log_info("desired: %s is valid (fingerprint %s, %s)", a->set.desired_path, fp, why);
+    }
+    res = apply_desired(a, cfg, err, sizeof(err));
+    set_reload(a, res, res == AR_RELOAD_FAILED ? err : NULL);
+out:
+    ar_config_unref(cfg);
+    ar_diags_free(&d);
+    publish_status(a);
+}
+
+/* ---- status server ---------------------------------------------------------------------- */
+
+static void h_status(void *arg, struct ar_http_resp *out)
+{
+    struct agent *a = arg;
+    char *s = NULL;
+    size_t n = 0;
+
+    if (ar_status_json(&a->st, &s, &n) < 0) {
+        out->status = 500;
+        return;
+    }
+    out->status = 200;
+    out->content_type = "application/json";
+    ar_http_resp_append(out, s, n);
+    free(s);
+}
+
+static void h_metrics(void *arg, struct ar_http_resp *out)
+{
+    struct agent *a = arg;
+    char *s = NULL;
+    size_t n = 0;
+
+    if (ar_metrics_render(a->metrics, &s, &n) < 0) {
+        out->status = 500;
+        return;
+    }
+    out->status = 200;
+    out->content_type = AR_METRICS_CONTENT_TYPE;
+    ar_http_resp_append(out, s, n);
+    free(s);
+}
+
+static void h_healthz(void *arg, struct ar_http_resp *out)
+{
+    struct agent *a = arg;
+
+    uv_update_time(&a->loop);
+    if (ar_state_healthy(&a->st, uv_now(&a->loop), HEALTH_MAX_LAG_MS)) {
+        out->status = 200;
+        ar_http_resp_printf(out, "ok\n");
+    } else {
+        out->status = 503;
+        ar_http_resp_printf(out, a->st.stopping ? "stopping\n" : "loop not responsive\n");
+    }
+}
+
+static void h_readyz(void *arg, struct ar_http_resp *out)
+{
+    struct agent *a = arg;
+
+    if (ar_state_ready(&a->st)) {
+        out->status = 200;
+        ar_http_resp_printf(out, "ok\n");
+        return;
+    }
+    out->status = 503;
+    if (a->st.stopping)
+        ar_http_resp_printf(out, "stopping\n");
+    else if (!a->st.effective)
+        ar_http_resp_printf(out, "no valid effective config in force yet\n");
+    else
+        ar_http_resp_printf(out, "status server not up\n");
+}
+
+static void http_log(void *arg, const char *msg)
+{
+    log_warn("status: %s", msg);
+}
+
+static int status_start(struct agent *a)
+{
+    struct ar_http_opts o = {0};
+    char err[256] = "";
+    int r;
+
+    if (!a->set.status_host[0] && !a->set.status_socket) {
+        log_warn("status: no listener configured");
+        return 0;
+    }
+    o.host = a->set.status_host[0] ? a->set.status_host : NULL;
+    o.port = a->set.status_port;
+    o.unix_path = a->set.status_socket;
+    o.log = http_log;
+    o.log_arg = a;
+    a->routes[0] = (struct ar_http_route){"/status", h_status, a};
+    a->routes[1] = (struct ar_http_route){"/metrics", h_metrics, a};
+    a->routes[2] = (struct ar_http_route){"/healthz", h_healthz, a};
+    a->routes[3] = (struct ar_http_route){"/readyz", h_readyz, a};
+    r = ar_http_start(&a->loop, &o, a->routes, 4, &a->http, err, sizeof(err));
+    if (r < 0) {
+        log_err("status: cannot listen: %s", err[0] ? err : strerror(-r));
+        return r;
+    }
+    a->st.status_up = true;
+    if (o.host) {
+        if (strchr(o.host, ':'))
+            log_info("status: listening on http://[%s]:%u", o.host, ar_http_port(a->http));
+        else
+            log_info("status: listening on http://%s:%u", o.host, ar_http_port(a->http));
+    }
+    if (o.unix_path)
+        log_info("status: listening on unix:%s", o.unix_path);
+    return 0;
+}
+
+static void status_stop(struct agent *a)
+{
+    ar_http_close(a->http);
+    a->http = NULL;
+    a->st.status_up = false;
+}
+
+/* ---- watch ------------------------------------------------------------------------------ */
+
+static void on_desired_change(void *arg, int status)
+{
+    struct agent *a = arg;
+    reload_desired(a, false, status == 0 ? "changed" : "no longer readable");
+}
+
+static int watch_start(struct agent *a)
+{
+    int r = ar_watch_start(&a->loop, a->set.desired_path, a->set.debounce_ms,
+                           a->set.poll_interval_s * 1000u, on_desired_change, a, &a->watch);
+    if (r < 0)
+        log_err("watch: cannot watch %s: %s", a->set.desired_path, strerror(-r));
+    return r;
+}
+
+/* ---- settings --------------------------------------------------------------------------- */
+
+static void print_diags(const struct ar_diags *d, bool to_log)
+{
+    char line[1024];
+    for (size_t i = 0; i < d->n; i++) {
+        ar_diag_format(&d->v[i], line, sizeof(line));
+        if (to_log) {
+            if (d->v[i].severity == AR_SEV_ERROR)
+                log_err("settings: %s", line);
+            else
+                log_warn("settings: %s", line);
+        } else {
+            fprintf(stderr, "%s%s\n", line, "");
+        }
+    }
+}
+
+/* Build settings from the file (if any) and flags, then check them. 0 or -EINVAL. */
+static int settings_build(struct agent *a, struct ar_settings *s, struct ar_diags *d)
+{
+    struct stat st;
+    int r = ar_settings_init(s);
+
+    if (r < 0)
+        return r;
+    if (a->config_file && (a->config_explicit || stat(a->config_file, &st) == 0)) {
+        r = ar_settings_load_file(s, a->config_file, d);
+        if (r < 0)
+            return r;
+    }
+    r = ar_settings_apply_flags(s, a->argc, a->argv, d);
+    if (r < 0)
+        return r;
+    return ar_settings_check(s, d);
+}
+
+static bool str_eq(const char *x, const char *y)
+{
+    return (!x && !y) || (x && y && !strcmp(x, y));
+}
+
+static void point_state_at_settings(struct agent *a)
+{
+    a->st.node = a->set.node;
+    a->st.desired_path = a->set.desired_path;
+    a->st.effective_path = a->set.effective_path;
+}
+
+/* SIGHUP: re-read settings (applied when valid) and the desired file. */
+static void reload_all(struct agent *a)
+{
+    struct ar_settings ns;
+    struct ar_diags d;
+    int r;
+
+    ar_notify_reloading();
+    a->st.sighup_reloads++;
+    log_info("reload: SIGHUP: re-reading settings and the desired file");
+    ar_diags_init(&d);
+    r = settings_build(a, &ns, &d);
+    print_diags(&d, true);
+    if (r < 0) {
+        char line[1024] = "invalid settings";
+        for (size_t i = 0; i < d.n; i++)
+            if (d.v[i].severity == AR_SEV_ERROR) {
+                ar_diag_format(&d.v[i], line, sizeof(line));
+                break;
+            }
+        log_err("reload: the settings are invalid; keeping the running ones");
+        ar_settings_free(&ns);
+        set_reload(a, AR_RELOAD_INVALID, line);
+        ar_diags_free(&d);
+        reload_desired(a, true, "SIGHUP");
+        ar_notify_ready(NULL);
+        publish_status(a);
+        return;
+    }
+    ar_diags_free(&d);
+    if (!str_eq(ns.node, a->set.node)) {
+        log_warn("reload: node name changes (%s -> %s) take effect at the next restart",
+                 a->set.node, ns.node);
+        free(ns.node);
+        ns.node = strdup(a->set.node);
+    }
+    bool watch_changed = !str_eq(ns.desired_path, a->set.desired_path) ||
+                         ns.debounce_ms != a->set.debounce_ms ||
+                         ns.poll_interval_s != a->set.poll_interval_s;
+    bool status_changed = !str_eq(ns.status_listen, a->set.status_listen) ||
+                          !str_eq(ns.status_socket, a->set.status_socket);
+    if (status_changed)
+        status_stop(a);
+    if (watch_changed) {
+        ar_watch_close(a->watch);
+        a->watch = NULL;
+    }
+    ar_settings_free(&a->set);
+    a->set = ns;
+    /* field_src_ points into the old settings' file name: the positions are only used by
+     * ar_settings_check, which ran already */
+    point_state_at_settings(a);
+    ar_log_set_level(a->set.log_level);
+    if (status_changed && status_start(a) < 0)
+        log_err("reload: the status server could not be restarted");
+    if (watch_changed) {
+        a->have_desired_sha = false;
+        watch_start(a);
+    }
+    reload_desired(a, true, "SIGHUP");
+    ar_notify_ready(NULL);
+    publish_status(a);
+}
+
+/* ---- signals, heartbeat, watchdog, shutdown --------------------------------------------- */
+
+static void close_all(struct agent *a);
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct agent *a = h->data;
+
+    if (signum == SIGHUP) {
+        if (!a->stopping)
+            reload_all(a);
+        return;
+    }
+    if (a->stopping)
+        return;
+    log_info("agent: %s received, stopping", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    close_all(a);
+}
+
+static void on_heartbeat(uv_timer_t *t)
+{
+    struct agent *a = t->data;
+    a->st.loop_tick_mono_ms = uv_now(&a->loop);
+}
+
+static bool daemon_healthy(struct agent *a)
+{
+    uint64_t now = uv_now(&a->loop);
+    if (!ar_state_healthy(&a->st, now, HEALTH_MAX_LAG_MS))
+        return false;
+    if (a->st.etcd == AR_ETCD_UNREACHABLE || a->st.etcd == AR_ETCD_CONNECTING) {
+        int64_t since = a->st.etcd_last_ok_ms ? a->st.etcd_last_ok_ms : a->st.started_ms;
+        if (now_ms() - since > ETCD_GRACE_MS)
+            return false;
+    }
+    return true;
+}
+
+static void on_watchdog(uv_timer_t *t)
+{
+    struct agent *a = t->data;
+    if (daemon_healthy(a))
+        ar_notify_watchdog();
+    else
+        log_warn("agent: not healthy; withholding the watchdog ping");
+}
+
+static void close_all(struct agent *a)
+{
+    a->stopping = true;
+    a->st.stopping = true;
+    ar_notify_stopping("stopping");
+    ar_watch_close(a->watch);
+    a->watch = NULL;
+    status_stop(a);
+    if (!uv_is_closing((uv_handle_t *)&a->sig_hup)) {
+        uv_close((uv_handle_t *)&a->sig_hup, NULL);
+        uv_close((uv_handle_t *)&a->sig_term, NULL);
+        uv_close((uv_handle_t *)&a->sig_int, NULL);
+        uv_close((uv_handle_t *)&a->heartbeat, NULL);
+        uv_close((uv_handle_t *)&a->watchdog, NULL);
+    }
+}
+
+/* ---- main ------------------------------------------------------------------------------- */
+
+static int parse_cli(struct agent *a, int argc, char **argv, bool *check, bool *help)
+{
+    a->argc = argc;
+    a->argv = argv;
+    a->config_file = AR_SETTINGS_DEFAULT_PATH;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--check")) {
+            *check = true;
+        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            *help = true;
+        } else if (!strcmp(argv[i], "--config")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "atrest agent: --config needs a file\n");
+                return -EINVAL;
+            }
+            a->config_file = argv[++i];
+            a->config_explicit = true;
+        } else if (!strncmp(argv[i], "--config=", 9)) {
+            a->config_file = argv[i] + 9;
+            a->config_explicit = true;
+        }
+    }
+    return 0;
+}
+
+static int agent_init_loop(struct agent *a)
+{
+    int r = uv_loop_init(&a->loop);
+    if (r < 0)
+        return r;
+    uv_signal_init(&a->loop, &a->sig_hup);
+    uv_signal_init(&a->loop, &a->sig_term);
+    uv_signal_init(&a->loop, &a->sig_int);
+    uv_timer_init(&a->loop, &a->heartbeat);
+    uv_timer_init(&a->loop, &a->watchdog);
+    a->sig_hup.data = a->sig_term.data = a->sig_int.data = a;
+    a->heartbeat.data = a->watchdog.data = a;
+    uv_signal_start(&a->sig_hup, on_signal, SIGHUP);
+    uv_signal_start(&a->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&a->sig_int, on_signal, SIGINT);
+    uv_timer_start(&a->heartbeat, on_heartbeat, 0, HEARTBEAT_MS);
+    a->watchdog_usec = ar_notify_watchdog_usec();
+    if (a->watchdog_usec) {
+        uint64_t ms = a->watchdog_usec / 2000;
+        uv_timer_start(&a->watchdog, on_watchdog, ms ? ms : 1, ms ? ms : 1);
+    }
+    return 0;
+}
+
+static int agent_start(struct agent *a)
+{
+    char err[512];
+    int r, n;
+
+    if (mkdir(a->set.state_dir, 0700) < 0 && errno != EEXIST) {
+        log_err("agent: cannot create the state directory %s: %s", a->set.state_dir,
+                strerror(errno));
+        return -errno;
+    }
+    n = ar_effective_cleanup_temps(a->set.effective_path);
+    if (n > 0)
+        log_info("effective: removed %d temp file%s left by an earlier run", n, n == 1 ? "" : "s");
+    /* what kube-apiserver runs now, before anything is written */
+    if (access(a->set.effective_path, F_OK) == 0) {
+        if (adopt_effective(a, err, sizeof(err)) < 0)
+            log_warn("effective: the current %s is not valid (%s); it will be replaced by the "
+                     "desired config",
+                     a->set.effective_path, err);
+        else
+            log_info("effective: %s is in force", a->set.effective_path);
+    }
+    reload_desired(a, true, "startup");
+    r = status_start(a);
+    if (r < 0)
+        return r;
+    r = watch_start(a);
+    if (r < 0)
+        return r;
+    if (!a->set.n_etcd_endpoints)
+        log_info("etcd: not configured; running standalone");
+    return 0;
+}
+
+int ar_cmd_agent(int argc, char **argv)
+{
+    struct agent *a;
+    struct ar_diags d;
+    bool check = false, help = false;
+    int r, rc = 1;
+
+    a = calloc(1, sizeof(*a));
+    if (!a)
+        return 1;
+    if (parse_cli(a, argc, argv, &check, &help) < 0) {
+        free(a);
+        return 2;
+    }
+    if (help) {
+        ar_settings_usage(stdout);
+        free(a);
+        return 0;
+    }
+    ar_diags_init(&d);
+    r = settings_build(a, &a->set, &d);
+    if (check) {
+        print_diags(&d, false);
+        if (r < 0)
+            fprintf(stderr, "atrest agent: the settings are invalid (%zu error%s)\n", d.nerrors,
+                    d.nerrors == 1 ? "" : "s");
+        else
+            printf("atrest agent: settings OK (%s)\n",
+                   a->config_file && a->set.file ? a->set.file : "flags only");
+        ar_diags_free(&d);
+        ar_settings_free(&a->set);
+        free(a);
+        return r < 0 ? 1 : 0;
+    }
+    ar_log_set_level(a->set.log_level);
+    print_diags(&d, true);
+    ar_diags_free(&d);
+    if (r < 0) {
+        log_err("agent: the settings are invalid; run 'atrest agent --check' for details");
+        ar_settings_free(&a->set);
+        free(a);
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+
+    if (ar_state_init(&a->st) < 0 || !(a->metrics = ar_metrics_new()) ||
+        ar_metrics_atrest_init(a->metrics, ATREST_VERSION) < 0) {
+        log_err("agent: out of memory");
+        goto out_free;
+    }
+    a->st.version = ATREST_VERSION;
+    point_state_at_settings(a);
+    if (agent_init_loop(a) < 0) {
+        log_err("agent: cannot initialise the event loop");
+        goto out_free;
+    }
+    log_info("agent: atrest %s starting as node %s (desired %s, effective %s)", ATREST_VERSION,
+             a->set.node, a->set.desired_path, a->set.effective_path);
+    if (agent_start(a) < 0) {
+        close_all(a);
+        uv_run(&a->loop, UV_RUN_DEFAULT);
+        goto out_loop;
+    }
+    ar_notify_ready(NULL);
+    publish_status(a);
+    log_info("agent: ready");
+    uv_run(&a->loop, UV_RUN_DEFAULT);
+    rc = 0;
+out_loop:
+    r = uv_loop_close(&a->loop);
+    if (r < 0) {
+        log_err("agent: the event loop did not close cleanly: %s", uv_strerror(r));
+        rc = 1;
+    }
+    log_info("agent: stopped");
+out_free:
+    ar_state_free(&a->st);
+    ar_metrics_free(a->metrics);
+    ar_settings_free(&a->set);
+    free(a);
+    return rc;
+}
