@@ -225,21 +225,28 @@ static const char *short_fp(const char *fp, char out[16])
     return out;
 }
 
-/* A time field: epoch ms or s (number) or a string. "12s ago (2025-01-31 12:00:00Z)". */
+/* A time field: RFC 3339 UTC ("2025-01-31T12:00:00.123Z") or epoch s/ms. Printed as
+ * "12s ago (2025-01-31 12:00:00Z)". */
 static const char *when(json_t *v, char *out, size_t len)
 {
+    time_t t;
     if (json_is_string(v)) {
-        snprintf(out, len, "%s", json_string_value(v));
-        return out;
-    }
-    if (!json_is_number(v))
-        return "-";
-    double x = json_number_value(v);
-    if (x <= 0)
+        struct tm tm;
+        memset(&tm, 0, sizeof(tm));
+        const char *end = strptime(json_string_value(v), "%Y-%m-%dT%H:%M:%S", &tm);
+        if (!end) {
+            snprintf(out, len, "%s", json_string_value(v));
+            return out;
+        }
+        t = timegm(&tm);
+    } else if (json_is_number(v)) {
+        double x = json_number_value(v);
+        if (x <= 0)
+            return "never";
+        t = (time_t)(x > 1e11 ? x / 1000.0 : x);
+    } else {
         return "never";
-    if (x > 1e11)
-        x /= 1000.0;
-    time_t t = (time_t)x;
+    }
     struct tm tm;
     char iso[32] = "";
     if (gmtime_r(&t, &tm))
@@ -339,9 +346,9 @@ static void print_members(json_t *root)
         json_t *alive = jget(m, "alive");
         printf("%-20s %-7s %-14s %-14s %-10s %s\n", dash(jstr(m, "node|name")),
                json_is_boolean(alive) ? (json_is_true(alive) ? "yes" : "NO") : "-",
-               short_fp(jstr(m, "desired_fp|desired.fingerprint|desired"), f1),
-               short_fp(jstr(m, "effective_fp|effective.fingerprint|effective"), f2),
-               dash(jstr(m, "version")), when(jget(m, "reported_ms|reported"), tb, sizeof(tb)));
+               short_fp(jstr(m, "desired_fingerprint|desired_fp"), f1),
+               short_fp(jstr(m, "effective_fingerprint|effective_fp"), f2),
+               dash(jstr(m, "version")), when(jget(m, "reported_at|reported"), tb, sizeof(tb)));
     }
 }
 
@@ -352,16 +359,16 @@ static void print_table(json_t *root)
     printf("%-10s %s (atrest %s)%s\n", "node", dash(jstr(root, "node")),
            dash(jstr(root, "version")),
            json_is_boolean(ready) ? (json_is_true(ready) ? "  ready" : "  NOT READY") : "");
-    printf("%-10s %s\n", "started", when(jget(root, "started_ms|started"), tb, sizeof(tb)));
+    printf("%-10s %s\n", "started", when(jget(root, "started"), tb, sizeof(tb)));
 
-    const char *res = jstr(root, "reload.last_result|reload.result|last_reload.result");
+    const char *res = jstr(root, "last_reload.result|reload.result");
     printf("%-10s %s, %s\n", "reload", dash(res),
-           when(jget(root, "reload.last_ms|reload.time|reload.last|last_reload.time_ms"), tb,
+           when(jget(root, "last_reload.time|reload.time"), tb,
                 sizeof(tb)));
-    jnum_str(jget(root, "reload.ok|reloads.ok|reload.success"), n1, sizeof(n1));
-    jnum_str(jget(root, "reload.failed|reloads.failed|reload.failure"), n2, sizeof(n2));
+    jnum_str(jget(root, "last_reload.ok_total|reload.ok_total"), n1, sizeof(n1));
+    jnum_str(jget(root, "last_reload.failed_total|reload.failed_total"), n2, sizeof(n2));
     printf("%-10s %s applied, %s failed\n", "", n1, n2);
-    const char *rerr = jstr(root, "reload.error|last_reload.error");
+    const char *rerr = jstr(root, "last_reload.error|reload.error");
     if (rerr)
         printf("%-10s error: %s\n", "", rerr);
 
