@@ -1,0 +1,1124 @@
+/*
+ * tests/unit/test_config.c: the EncryptionConfiguration loader, validator, fingerprints and
+ * renderer (crypto/config.h) against kube-apiserver's test files and its exact error texts
+ * (shared spec section 2).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <errno.h>
+#include <stdbool.h>
+
+#include "crypto/config.h"
+#include "crypto/config_int.h"
+
+#define TD "tests/data/k8s-encryptionconfig-testdata/"
+#define HDR "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n"
+#define K16 "c2VjcmV0IGlzIHNlY3VyZQ=="                     /* "secret is secure" */
+#define K32 "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY=" /* "abc...3456" */
+
+static const char *const valid_files[] = {
+    TD "ec_config.yaml",
+    TD "valid-configs/aes-cbc-first.yaml",
+    TD "valid-configs/aes-gcm-first.yaml",
+    TD "valid-configs/identity-first.yaml",
+    TD "valid-configs/kms-first.yaml",
+    TD "valid-configs/kmsv2-first.yaml",
+    TD "valid-configs/legacy.yaml",
+    TD "valid-configs/secret-box-first.yaml",
+    TD "valid-configs/aes/aes-cbc-multiple-keys.json",
+    TD "valid-configs/aes/aes-cbc-multiple-keys-reversed.json",
+    TD "valid-configs/aes/aes-cbc-multiple-providers.json",
+    TD "valid-configs/aes/aes-cbc-multiple-providers-reversed.json",
+    TD "valid-configs/aes/aes-gcm.yaml",
+    TD "valid-configs/kms/default-timeout.yaml",
+    TD "valid-configs/kms/multiple-providers.yaml",
+    TD "valid-configs/kms/multiple-providers-mixed.yaml",
+    TD "valid-configs/kms/multiple-providers-kmsv2.yaml",
+    "tests/data/configs/special-names.yaml",
+    "tests/data/configs/all-providers.json",
+    NULL,
+};
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static int load(const char *text, bool reload, bool v1ok, struct ar_config **c, struct ar_diags *d)
+{
+    struct ar_load_opts o = {.reload = reload, .kmsv1_allowed = v1ok};
+
+    ar_diags_init(d);
+    return ar_config_load_mem("t.yaml", text, strlen(text), &o, c, d);
+}
+
+static void dump(const struct ar_diags *d)
+{
+    char buf[1024];
+    size_t i;
+
+    for (i = 0; i < d->n; i++) {
+        ar_diag_format(&d->v[i], buf, sizeof(buf));
+        print_message("  diag: %s\n", buf);
+    }
+}
+
+static const struct ar_diag *find(const struct ar_diags *d, enum ar_severity sev, const char *path,
+                                  const char *detail)
+{
+    size_t i;
+
+    for (i = 0; i < d->n; i++)
+        if (d->v[i].severity == sev && strcmp(d->v[i].path, path) == 0 &&
+            strcmp(d->v[i].detail, detail) == 0)
+            return &d->v[i];
+    dump(d);
+    print_message("  wanted: %s: %s\n", path, detail);
+    return NULL;
+}
+
+/* No diagnostic may contain key text: neither the base64 nor the decoded bytes. */
+static void assert_no_secret(const struct ar_diags *d, const char *const *secrets)
+{
+    size_t i;
+
+    for (i = 0; i < d->n; i++) {
+        const char *const *s;
+        for (s = secrets; *s; s++) {
+            assert_null(strstr(d->v[i].detail, *s));
+            assert_null(strstr(d->v[i].path, *s));
+        }
+    }
+}
+
+struct rcase {
+    const char *name;
+    const char *yaml;
+    bool reload;
+    const char *path;
+    const char *detail;
+    int line, col;          /* 0: not checked */
+    size_t nerrors;         /* 0: not checked */
+};
+
+static const struct rcase rule_cases[] = {
+    {"no resources", HDR "resources: []\n", false, "resources",
+     "Required value: at least one resources is required", 3, 12, 1},
+    {"resources absent", HDR, false, "resources",
+     "Required value: at least one resources is required", 0, 0, 1},
+    {"empty resource list", HDR "resources:\n- resources: []\n  providers: [{identity: {}}]\n", false,
+     "resources[0].resources", "Required value: at least one resources[0].resources is required",
+     4, 14, 1},
+    {"empty providers", HDR "resources:\n- resources: [secrets]\n  providers: []\n", false,
+     "resources[0].providers", "Required value: at least one resources[0].providers is required",
+     5, 14, 1},
+    {"provider with no type", HDR "resources:\n- resources: [secrets]\n  providers: [{}]\n", false,
+     "resources[0].providers[0]",
+     "Invalid value: apiserver.ProviderConfiguration{AESGCM:(*apiserver.AESConfiguration)(nil), "
+     "AESCBC:(*apiserver.AESConfiguration)(nil), Secretbox:(*apiserver.SecretboxConfiguration)(nil), "
+     "Identity:(*apiserver.IdentityConfiguration)(nil), KMS:(*apiserver.KMSConfiguration)(nil)}: "
+     "provider does not contain any of the expected providers: KMS, AESGCM, AESCBC, Secretbox, "
+     "Identity",
+     5, 15, 1},
+    {"null identity is no provider", HDR "resources:\n- resources: [secrets]\n  providers:\n  - identity:\n",
+     false, "resources[0].providers[0]",
+     "Invalid value: apiserver.ProviderConfiguration{AESGCM:(*apiserver.AESConfiguration)(nil), "
+     "AESCBC:(*apiserver.AESConfiguration)(nil), Secretbox:(*apiserver.SecretboxConfiguration)(nil), "
+     "Identity:(*apiserver.IdentityConfiguration)(nil), KMS:(*apiserver.KMSConfiguration)(nil)}: "
+     "provider does not contain any of the expected providers: KMS, AESGCM, AESCBC, Secretbox, "
+     "Identity",
+     6, 5, 1},
+    {"two types in one provider",
+     HDR "resources:\n- resources: [secrets]\n  providers:\n  - identity: {}\n    aesgcm: {keys: "
+         "[{name: k, secret: " K16 "}]}\n",
+     false, "resources[0].providers[0]",
+     "Invalid value: apiserver.ProviderConfiguration{AESGCM:(*apiserver.AESConfiguration)(non-nil), "
+     "AESCBC:(*apiserver.AESConfiguration)(nil), Secretbox:(*apiserver.SecretboxConfiguration)(nil), "
+     "Identity:(*apiserver.IdentityConfiguration)(non-nil), KMS:(*apiserver.KMSConfiguration)(nil)}: "
+     "more than one provider specified in a single element, should split into different list "
+     "elements",
+     6, 5, 1},
+    {"no keys", HDR "resources:\n- resources: [secrets]\n  providers: [{aescbc: {keys: []}}]\n", false,
+     "resources[0].providers[0].aescbc.keys", "Required value: at least one keys is required", 5, 31, 1},
+    {"key name empty",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{secretbox: {keys: [{secret: " K32 "}]}}]\n",
+     false, "resources[0].providers[0].secretbox.keys[0].name",
+     "Required value: name is a mandatory field for a key", 5, 35, 1},
+    {"key secret empty",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{aesgcm: {keys: [{name: a, secret: \"\"}]}}]\n",
+     false, "resources[0].providers[0].aesgcm.keys[0].secret",
+     "Required value: secret is a mandatory field for a key", 5, 50, 1},
+    {"secret not base64 (no padding)",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{aesgcm: {keys: [{name: a, secret: "
+         "c2VjcmV0IGlzIHNlY3VyZQ}]}}]\n",
+     false, "resources[0].providers[0].aesgcm.keys[0].secret",
+     "Invalid value: \"REDACTED\": secrets must be base64 encoded", 5, 50, 1},
+    {"aes key length",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{aescbc: {keys: [{name: a, secret: "
+         "aGVsbG8=}]}}]\n",
+     false, "resources[0].providers[0].aescbc.keys[0].secret",
+     "Invalid value: \"REDACTED\": secret is not of the expected length, got 5, expected one of "
+     "[16 24 32]",
+     5, 50, 1},
+    {"secretbox key length",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{secretbox: {keys: [{name: a, secret: " K16
+         "}]}}]\n",
+     false, "resources[0].providers[0].secretbox.keys[0].secret",
+     "Invalid value: \"REDACTED\": secret is not of the expected length, got 16, expected one of "
+     "[32]",
+     5, 53, 1},
+    {"kms name empty",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, endpoint: "
+         "\"unix:///k.sock\"}}]\n",
+     false, "resources[0].providers[0].kms.name",
+     "Required value: name is a mandatory field for a provider", 5, 21, 1},
+    {"kms v2 name with colon",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: \"a:b\", "
+         "endpoint: \"unix:///k.sock\"}}]\n",
+     false, "resources[0].providers[0].kms.name",
+     "Invalid value: \"a:b\": invalid KMS provider name a:b, must not contain ':'", 5, 44, 1},
+    {"kms v2 duplicate name",
+     HDR "resources:\n- resources: [secrets]\n  providers:\n  - kms: {apiVersion: v2, name: k, endpoint: "
+         "\"unix:///k.sock\"}\n  - kms: {apiVersion: v2, name: k, endpoint: \"unix:///k.sock\"}\n",
+     false, "resources[0].providers[1].kms.name",
+     "Invalid value: \"k\": duplicate KMS provider name k, names must be unique", 7, 33, 1},
+    {"kms v1 then v2 duplicate name across items",
+     HDR "resources:\n- resources: [secrets]\n  providers:\n  - kms: {name: k, endpoint: "
+         "\"unix:///k.sock\"}\n- resources: [configmaps]\n  providers:\n  - kms: {apiVersion: v2, "
+         "name: k, endpoint: \"unix:///k.sock\"}\n",
+     false, "resources[1].providers[0].kms.name",
+     "Invalid value: \"k\": duplicate KMS provider name k, names must be unique", 9, 33, 1},
+    {"kms v1 duplicate name with reload",
+     HDR "resources:\n- resources: [secrets]\n  providers:\n  - kms: {name: k, endpoint: "
+         "\"unix:///k.sock\"}\n  - kms: {name: k, endpoint: \"unix:///k.sock\"}\n",
+     true, "resources[0].providers[1].kms.name",
+     "Invalid value: \"k\": duplicate KMS provider name k, names must be unique", 7, 17, 1},
+    {"timeout zero",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
+         "\"unix:///k.sock\", timeout: 0s}}]\n",
+     false, "resources[0].providers[0].kms.timeout",
+     "Invalid value: 0s: timeout should be a positive value", 5, 84, 1},
+    {"timeout negative",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
+         "\"unix:///k.sock\", timeout: -1m30s}}]\n",
+     false, "resources[0].providers[0].kms.timeout",
+     "Invalid value: -1m30s: timeout should be a positive value", 0, 0, 1},
+    {"endpoint empty",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k}}]\n",
+     false, "resources[0].providers[0].kms.endpoint",
+     "Invalid value: \"\": endpoint is a mandatory field for a kms", 5, 21, 1},
+    {"endpoint unparsable",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
+         "\"::\"}}]\n",
+     false, "resources[0].providers[0].kms.endpoint",
+     "Invalid value: \"::\": invalid endpoint for kms provider, error: parse \"::\": missing "
+     "protocol scheme",
+     5, 57, 1},
+    {"endpoint bad port",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
+         "\"unix://host:port/x\"}}]\n",
+     false, "resources[0].providers[0].kms.endpoint",
+     "Invalid value: \"unix://host:port/x\": invalid endpoint for kms provider, error: parse "
+     "\"unix://host:port/x\": invalid port \":port\" after host",
+     0, 0, 1},
+    {"endpoint scheme",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
+         "\"tcp://127.0.0.1:9000\"}}]\n",
+     false, "resources[0].providers[0].kms.endpoint",
+     "Invalid value: \"tcp://127.0.0.1:9000\": unsupported scheme \"tcp\" for KMS provider, only "
+     "unix is supported",
+     5, 57, 1},
+    {"endpoint without scheme",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
+         "/tmp/k.sock}}]\n",
+     false, "resources[0].providers[0].kms.endpoint",
+     "Invalid value: \"/tmp/k.sock\": unsupported scheme \"\" for KMS provider, only unix is "
+     "supported",
+     0, 0, 1},
+    {"v2 with cachesize",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
+         "\"unix:///k.sock\", cachesize: 10}}]\n",
+     false, "resources[0].providers[0].kms.cachesize",
+     "Invalid value: 10: cachesize is not supported in v2", 5, 86, 1},
+    {"v1 with cachesize 0",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {name: k, endpoint: "
+         "\"unix:///k.sock\", cachesize: 0}}]\n",
+     false, "resources[0].providers[0].kms.cachesize",
+     "Invalid value: 0: cachesize should be a positive value, or negative to disable", 5, 70, 1},
+    {"apiVersion v3",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v3, name: k, endpoint: "
+         "\"unix:///k.sock\"}}]\n",
+     false, "resources[0].providers[0].kms.apiVersion",
+     "Invalid value: \"v3\": unsupported apiVersion apiVersion for KMS provider, only v1 and v2 are "
+     "supported",
+     5, 34, 1},
+    {"capital letters", HDR "resources:\n- resources: [Secrets]\n  providers: [{identity: {}}]\n",
+     false, "resources[0].resources[0]",
+     "Invalid value: \"Secrets\": resource name should not contain capital letters", 4, 15, 1},
+    {"star", HDR "resources:\n- resources: [\"*\"]\n  providers: [{identity: {}}]\n", false,
+     "resources[0].resources[0]",
+     "Invalid value: \"*\": use '*.' to encrypt all the resources from core API group or *.* to "
+     "encrypt all resources",
+     4, 15, 1},
+    {"apiserveripinfo", HDR "resources:\n- resources: [apiserveripinfo]\n  providers: [{identity: {}}]\n",
+     false, "resources[0].resources[0]",
+     "Invalid value: \"apiserveripinfo\": resources which do not have REST API/s cannot be "
+     "encrypted",
+     4, 15, 1},
+    {"serviceipallocations",
+     HDR "resources:\n- resources: [secrets, serviceipallocations]\n  providers: [{identity: {}}]\n",
+     false, "resources[0].resources[1]",
+     "Invalid value: \"serviceipallocations\": resources which do not have REST API/s cannot be "
+     "encrypted",
+     4, 24, 1},
+    {"servicenodeportallocations",
+     HDR "resources:\n- resources: [servicenodeportallocations]\n  providers: [{identity: {}}]\n", false,
+     "resources[0].resources[0]",
+     "Invalid value: \"servicenodeportallocations\": resources which do not have REST API/s cannot "
+     "be encrypted",
+     0, 0, 1},
+    {"events.k8s.io", HDR "resources:\n- resources: [events.events.k8s.io]\n  providers: [{identity: {}}]\n",
+     false, "resources[0].resources[0]",
+     "Invalid value: \"events.events.k8s.io\": '*.events.k8s.io' objects are stored using the "
+     "'events' API group in etcd. Use 'events' instead in the config file",
+     0, 0, 1},
+    {"extensions", HDR "resources:\n- resources: [\"*.extensions\"]\n  providers: [{identity: {}}]\n",
+     false, "resources[0].resources[0]",
+     "Invalid value: \"*.extensions\": 'extensions' group has been removed and cannot be used for "
+     "encryption",
+     0, 0, 1},
+    {"across groups", HDR "resources:\n- resources: [\"secrets.*\"]\n  providers: [{identity: {}}]\n",
+     false, "resources[0].resources[0]",
+     "Invalid value: \"secrets.*\": encrypting the same resource across groups is not supported", 4,
+     15, 1},
+    {"duplicate resource",
+     HDR "resources:\n- resources: [secrets, configmaps, secrets, secrets]\n  providers: [{identity: {}}]\n",
+     false, "resources[0].resources",
+     "Invalid value: []string{\"secrets\", \"configmaps\", \"secrets\", \"secrets\"}: the same "
+     "resource cannot be specified multiple times",
+     4, 14, 1},
+    {"star-star overlap",
+     HDR "resources:\n- resources: [\"*.*\", secrets, configmaps]\n  providers: [{identity: {}}]\n", false,
+     "resources[0].resources",
+     "Invalid value: []string{\"*.*\", \"secrets\", \"configmaps\"}: using overlapping resources "
+     "such as 'secrets' and '*.' in the same resource list is not allowed as they will be masked",
+     4, 14, 1},
+    {"group overlap",
+     HDR "resources:\n- resources: [deployments.apps, \"*.apps\"]\n  providers: [{identity: {}}]\n",
+     false, "resources[0].resources",
+     "Invalid value: []string{\"deployments.apps\", \"*.apps\"}: using overlapping resources such "
+     "as 'secrets' and '*.' in the same resource list is not allowed as they will be masked",
+     0, 0, 1},
+    {"core overlap", HDR "resources:\n- resources: [secrets, \"*.\"]\n  providers: [{identity: {}}]\n",
+     false, "resources[0].resources",
+     "Invalid value: []string{\"secrets\", \"*.\"}: using overlapping resources such as 'secrets' "
+     "and '*.' in the same resource list is not allowed as they will be masked",
+     0, 0, 1},
+    {"masked by core wildcard",
+     HDR "resources:\n- resources: [\"*.\"]\n  providers: [{identity: {}}]\n- resources: [secrets]\n  "
+         "providers: [{identity: {}}]\n",
+     false, "resources[1].resources[0]", "resource \"secrets\" is masked by earlier rule \"*.\"", 6,
+     15, 1},
+    {"masked by star-star",
+     HDR "resources:\n- resources: [\"*.*\"]\n  providers: [{identity: {}}]\n- resources: [\"*.*\"]\n  "
+         "providers: [{identity: {}}]\n",
+     false, "resources[1].resources[0]", "resource \"*.*\" is masked by earlier rule \"*.*\"", 6, 15,
+     1},
+    {"masked by group wildcard",
+     HDR "resources:\n- resources: [\"*.apps\"]\n  providers: [{identity: {}}]\n- resources: "
+         "[configmaps, deployments.apps]\n  providers: [{identity: {}}]\n",
+     false, "resources[1].resources[1]",
+     "resource \"deployments.apps\" is masked by earlier rule \"*.apps\"", 6, 27, 1},
+    {NULL, NULL, false, NULL, NULL, 0, 0, 0},
+};
+
+static void test_rules(void **state)
+{
+    const struct rcase *rc;
+    int bad = 0;
+
+    for (rc = rule_cases; rc->name; rc++) {
+        struct ar_config *c = (struct ar_config *)1;
+        struct ar_diags d;
+        const struct ar_diag *g;
+        int r;
+
+        print_message("case: %s\n", rc->name);
+        r = load(rc->yaml, rc->reload, true, &c, &d);
+        if (r != -EINVAL)
+            dump(&d);
+        assert_int_equal(r, -EINVAL);
+        assert_null(c);
+        g = find(&d, AR_SEV_ERROR, rc->path, rc->detail);
+        assert_non_null(g);
+        assert_string_equal(g->file, "t.yaml");
+        if (rc->line && (g->pos.line != rc->line || g->pos.col != rc->col)) {
+            print_message("  MISMATCH %s: pos %d:%d\n", rc->name, g->pos.line, g->pos.col);
+            bad++;
+        }
+        if (rc->nerrors) {
+            if (d.nerrors != rc->nerrors)
+                dump(&d);
+            assert_int_equal(d.nerrors, rc->nerrors);
+        }
+        ar_diags_free(&d);
+    }
+    assert_int_equal(bad, 0);
+}
+
+/* Things kube-apiserver accepts. */
+static void test_accepted(void **state)
+{
+    static const char *const ok[] = {
+        /* reverse order of masking is fine; the same exact resource in two items too */
+        HDR "resources:\n- resources: [secrets]\n  providers: [{identity: {}}]\n- resources: "
+            "[secrets]\n  providers: [{identity: {}}]\n- resources: [\"*.\"]\n  providers: "
+            "[{identity: {}}]\n",
+        /* duplicate v1 names without reload */
+        HDR "resources:\n- resources: [secrets]\n  providers:\n  - kms: {name: k, endpoint: "
+            "\"unix:///k.sock\"}\n  - kms: {name: k, endpoint: \"unix:///k.sock\"}\n",
+        /* v1 names may hold ':'; AES key names may hold ':' and repeat */
+        HDR "resources:\n- resources: [secrets]\n  providers:\n  - kms: {name: \"a:b\", endpoint: "
+            "\"unix:///k.sock\", cachesize: -1}\n  - aescbc: {keys: [{name: \"a:b\", secret: " K16
+            "}, {name: \"a:b\", secret: " K16 "}]}\n",
+        /* an empty resource string passes validation in Go too */
+        HDR "resources:\n- resources: [\"\"]\n  providers: [{identity: {}}]\n",
+        /* CRs, 24-byte keys, newlines inside a secret, UNIX scheme in capitals */
+        HDR "resources:\n- resources: [pandas.awesome.bears.example, \"*.apps\"]\n  providers:\n"
+            "  - aesgcm: {keys: [{name: k, secret: \"YWJjZGVmZ2hp\\namtsbW5vcHFyc3R1dnd4\"}]}\n"
+            "  - kms: {apiVersion: v2, name: k2, endpoint: \"UNIX:///x\"}\n",
+        NULL,
+    };
+    size_t i;
+
+    for (i = 0; ok[i]; i++) {
+        struct ar_config *c = NULL;
+        struct ar_diags d;
+        int r = load(ok[i], false, true, &c, &d);
+        if (r != 0)
+            dump(&d);
+        assert_int_equal(r, 0);
+        assert_int_equal(d.nerrors, 0);
+        ar_config_unref(c);
+        ar_diags_free(&d);
+    }
+}
+
+static void test_multiple_errors(void **state)
+{
+    static const char *y = HDR "resources:\n"
+                               "- resources: [Secrets, secrets.*]\n"
+                               "  providers:\n"
+                               "  - aesgcm: {keys: [{name: \"\", secret: \"not base64!\"}]}\n"
+                               "  - kms: {apiVersion: v2, name: \"x:y\", endpoint: \"tcp://a\", "
+                               "timeout: 0s, cachesize: 5}\n"
+                               "- resources: []\n"
+                               "  providers: []\n";
+    struct ar_config *c = NULL;
+    struct ar_diags d;
+    size_t i;
+
+    assert_int_equal(load(y, false, true, &c, &d), -EINVAL);
+    assert_int_equal(d.nerrors, 10);
+    /* Go's order: per item, resources then providers; per provider name, timeout, endpoint,
+     * cachesize, apiVersion */
+    static const char *const paths[] = {
+        "resources[0].resources[0]",
+        "resources[0].resources[1]",
+        "resources[0].providers[0].aesgcm.keys[0].name",
+        "resources[0].providers[0].aesgcm.keys[0].secret",
+        "resources[0].providers[1].kms.name",
+        "resources[0].providers[1].kms.timeout",
+        "resources[0].providers[1].kms.endpoint",
+        "resources[0].providers[1].kms.cachesize",
+        "resources[1].resources",
+        "resources[1].providers",
+    };
+    for (i = 0; i < 10; i++)
+        assert_string_equal(d.v[i].path, paths[i]);
+    assert_int_equal(d.v[3].pos.line, 6);
+    assert_int_equal(d.v[3].pos.col, 40);
+    ar_diags_free(&d);
+}
+
+/* ---- kube-apiserver's test files --------------------------------------------------------- */
+
+static void test_valid_files(void **state)
+{
+    const char *const *f;
+
+    for (f = valid_files; *f; f++) {
+        struct ar_config *c = NULL, *c2 = NULL;
+        struct ar_diags d, d2;
+        struct ar_load_opts o = {0};
+        char *out = NULL;
+        size_t n = 0;
+        int r;
+
+        print_message("file: %s\n", *f);
+        ar_diags_init(&d);
+        r = ar_config_load_file(*f, &o, &c, &d);
+        if (r)
+            dump(&d);
+        assert_int_equal(r, 0);
+        assert_non_null(c);
+        assert_int_equal(d.nerrors, 0);
+        /* render round trip: same fingerprint */
+        assert_int_equal(ar_config_render(c, false, &out, &n), 0);
+        assert_int_equal(strlen(out), n);
+        ar_diags_init(&d2);
+        r = ar_config_load_mem("rendered", out, n, &o, &c2, &d2);
+        if (r) {
+            dump(&d2);
+            print_message("%s", out);
+        }
+        assert_int_equal(r, 0);
+        assert_memory_equal(c->fingerprint, c2->fingerprint, AR_SHA256_LEN);
+        /* rendering is deterministic: render(load(render(x))) == render(x) */
+        {
+            char *out2 = NULL;
+            size_t n2 = 0;
+            assert_int_equal(ar_config_render(c2, false, &out2, &n2), 0);
+            assert_int_equal(n, n2);
+            assert_memory_equal(out, out2, n);
+            ar_config_render_free(out2, n2);
+        }
+        ar_config_render_free(out, n);
+        ar_config_unref(c2);
+        ar_diags_free(&d2);
+        ar_config_unref(c);
+        ar_diags_free(&d);
+    }
+}
+
+static void test_invalid_files(void **state)
+{
+    static const struct {
+        const char *file, *path, *detail;
+        int line, col;
+    } cases[] = {
+        {TD "invalid-configs/invalid-typo.yaml", "resources[0].providers[3].kms.pandas",
+         "strict decoding error: unknown field \"resources[0].providers[3].kms.pandas\"", 26, 11},
+        {TD "invalid-configs/invalid-aes-gcm.yaml", "resources[0].providers[0].aesgcm.keys",
+         "Required value: at least one keys is required", 8, 16},
+        {TD "invalid-configs/kms/invalid-apiversion.yaml", "resources[0].providers[0].kms.apiVersion",
+         "Invalid value: \"v3\": unsupported apiVersion apiVersion for KMS provider, only v1 and v2 "
+         "are supported",
+         8, 23},
+        {TD "invalid-configs/kms/invalid-config-type.yaml", "",
+         "no kind \"EncryptionConfigurations\" is registered for version "
+         "\"apiserver.config.k8s.io/v1\"",
+         1, 7},
+        {TD "invalid-configs/kms/invalid-gvk.yaml", "",
+         "Object 'Kind' is missing in '<the file content is not repeated>'", 1, 1},
+        {TD "invalid-configs/kms/invalid-content.yaml", "",
+         "encryption provider configuration file \"" TD
+         "invalid-configs/kms/invalid-content.yaml\" is empty",
+         0, 0},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct ar_config *c = NULL;
+        struct ar_diags d;
+        const struct ar_diag *g;
+
+        ar_diags_init(&d);
+        assert_int_equal(ar_config_load_file(cases[i].file, NULL, &c, &d), -EINVAL);
+        assert_null(c);
+        assert_int_equal(d.nerrors, 1);
+        g = find(&d, AR_SEV_ERROR, cases[i].path, cases[i].detail);
+        assert_non_null(g);
+        assert_int_equal(g->pos.line, cases[i].line);
+        assert_int_equal(g->pos.col, cases[i].col);
+        ar_diags_free(&d);
+    }
+}
+
+static void test_file_hash(void **state)
+{
+    struct ar_config *c = NULL;
+    char h[AR_HASH_STRLEN];
+
+    assert_int_equal(ar_config_load_file(TD "ec_config.yaml", NULL, &c, NULL), 0);
+    ar_config_file_hash_str(c, h);
+    assert_string_equal(h, "sha256:6bc9f4aa2e5587afbb96074e1809550cbc4de3cc3a35717dac8ff2800a147fd3");
+    /* defaults of ec_config.yaml: KMS v1, 3s, cachesize 1000 */
+    assert_int_equal(c->nrules, 1);
+    assert_int_equal(c->rules[0].nproviders, 1);
+    assert_int_equal(c->rules[0].providers[0].type, AR_P_KMS);
+    assert_int_equal(c->rules[0].providers[0].kms.api_version, 1);
+    assert_int_equal(c->rules[0].providers[0].kms.timeout_ms, 3000);
+    assert_int_equal(c->rules[0].providers[0].kms.timeout_ns, 3000000000LL);
+    assert_int_equal(c->rules[0].providers[0].kms.cachesize, 1000);
+    assert_false(c->rules[0].providers[0].kms.cachesize_set);
+    assert_string_equal(c->rules[0].providers[0].kms.name, "foo");
+    assert_string_equal(c->rules[0].providers[0].kms.endpoint, "unix:///tmp/testprovider.sock");
+    /* references */
+    assert_ptr_equal(ar_config_ref(c), c);
+    assert_int_equal(c->refs, 2);
+    assert_null(ar_config_unref(c));
+    assert_int_equal(c->refs, 1);
+    assert_null(ar_config_unref(c));
+    assert_null(ar_config_unref(NULL));
+}
+
+static void test_model(void **state)
+{
+    struct ar_config *c = NULL;
+    const struct ar_provider *p;
+    struct ar_diags d;
+
+    ar_diags_init(&d);
+    assert_int_equal(ar_config_load_file(TD "valid-configs/aes-cbc-first.yaml", NULL, &c, &d), 0);
+    /* the KMS v1 provider warns (kube-apiserver 1.29+ refuses it without the gate) */
+    assert_int_equal(d.nerrors, 0);
+    assert_int_equal(d.n, 1);
+    assert_non_null(find(&d, AR_SEV_WARNING, "resources[0].providers[1].kms",
+                         "KMSv1 is deprecated and will only receive security updates going "
+                         "forward. Use KMSv2 instead.  Set --feature-gates=KMSv1=true to use the "
+                         "deprecated KMSv1 feature."));
+    assert_int_equal(d.v[0].pos.line, 14);
+    assert_int_equal(d.v[0].pos.col, 11);
+    assert_false(c->legacy_kind);
+    assert_int_equal(c->rules[0].nresources, 1);
+    assert_string_equal(c->rules[0].resources[0], "secrets");
+    assert_string_equal(c->rules[0].parsed[0].group, "");
+    assert_string_equal(c->rules[0].parsed[0].resource, "secrets");
+    assert_int_equal(c->rules[0].nproviders, 6);
+    p = &c->rules[0].providers[0];
+    assert_int_equal(p->type, AR_P_AESCBC);
+    assert_int_equal(p->nkeys, 2);
+    assert_string_equal(p->keys[0].name, "key1");
+    assert_int_equal(p->keys[0].secret_len, 16);
+    assert_memory_equal(p->keys[0].secret, "secret is secure", 16);
+    assert_memory_equal(p->keys[1].secret, "this is password", 16);
+    /* fp = first 8 bytes of sha256("secret is secure") */
+    {
+        char hex[17];
+        ar_hex(p->keys[0].fp, 8, hex);
+        assert_string_equal(hex, "66337256703eecc9");
+    }
+    p = &c->rules[0].providers[1];
+    assert_int_equal(p->type, AR_P_KMS);
+    assert_int_equal(p->kms.cachesize, 10);
+    assert_true(p->kms.cachesize_set);
+    assert_int_equal(p->kms.timeout_ms, 5000);
+    p = &c->rules[0].providers[2];
+    assert_int_equal(p->kms.api_version, 2);
+    assert_int_equal(p->kms.cachesize, 0);
+    assert_int_equal(p->kms.timeout_ms, 3000);
+    assert_int_equal(c->rules[0].providers[3].type, AR_P_IDENTITY);
+    assert_int_equal(c->rules[0].providers[4].type, AR_P_SECRETBOX);
+    assert_int_equal(c->rules[0].providers[4].keys[0].secret_len, 32);
+    assert_int_equal(c->rules[0].providers[5].type, AR_P_AESGCM);
+    ar_config_unref(c);
+    ar_diags_free(&d);
+
+    /* with the gate, no warning */
+    {
+        struct ar_load_opts o = {.kmsv1_allowed = true};
+        ar_diags_init(&d);
+        assert_int_equal(ar_config_load_file(TD "valid-configs/aes-cbc-first.yaml", &o, &c, &d), 0);
+        assert_int_equal(d.n, 0);
+        ar_config_unref(c);
+        ar_diags_free(&d);
+    }
+    /* legacy kind */
+    assert_int_equal(ar_config_load_file(TD "valid-configs/legacy.yaml", NULL, &c, NULL), 0);
+    assert_true(c->legacy_kind);
+    assert_string_equal(c->rules[0].resources[1], "namespaces");
+    ar_config_unref(c);
+}
+
+/* ---- decoding ------------------------------------------------------------------------------ */
+
+struct dcase {
+    const char *name, *text, *path, *detail;
+    int line, col;
+};
+
+static const struct dcase decode_cases[] = {
+    {"unknown root field", HDR "resources: []\nextra: 1\n", "extra",
+     "strict decoding error: unknown field \"extra\"", 4, 1},
+    {"field names are case-sensitive", HDR "Resources: []\n", "Resources",
+     "strict decoding error: unknown field \"Resources\"", 3, 1},
+    {"unknown key field",
+     HDR "resources:\n- resources: [s]\n  providers: [{aescbc: {keys: [{name: a, secret: " K16
+         ", Secret: x}]}}]\n",
+     "resources[0].providers[0].aescbc.keys[0].Secret",
+     "strict decoding error: unknown field \"resources[0].providers[0].aescbc.keys[0].Secret\"", 5,
+     76},
+    {"unknown identity field", HDR "resources:\n- resources: [s]\n  providers: [{identity: {a: 1}}]\n",
+     "resources[0].providers[0].identity.a",
+     "strict decoding error: unknown field \"resources[0].providers[0].identity.a\"", 5, 27},
+    {"duplicate field yaml",
+     HDR "resources:\n- resources: [s]\n  providers:\n  - kms:\n      name: a\n      name: b\n",
+     "resources[0].providers[0].kms.name",
+     "strict decoding error: yaml: unmarshal errors: line 8: key \"name\" already set in map", 8, 7},
+    {"duplicate field json",
+     "{\"kind\": \"EncryptionConfiguration\", \"apiVersion\": \"apiserver.config.k8s.io/v1\",\n"
+     " \"resources\": [{\"resources\": [\"s\"], \"resources\": [\"t\"]}]}",
+     "resources[0].resources",
+     "strict decoding error: duplicate field \"resources[0].resources\"", 2, 37},
+    {"wrong kind", "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfig\nresources: []\n", "",
+     "no kind \"EncryptionConfig\" is registered for version \"apiserver.config.k8s.io/v1\"", 2, 7},
+    {"legacy kind needs v1", "apiVersion: v1\nkind: EncryptionConfiguration\nresources: []\n", "",
+     "no kind \"EncryptionConfiguration\" is registered for version \"v1\"", 2, 7},
+    {"missing apiVersion", "kind: EncryptionConfiguration\nresources: []\n", "",
+     "Object 'apiVersion' is missing in '<the file content is not repeated>'", 1, 1},
+    {"whitespace only", "  \n\n", "", "Object 'Kind' is missing in '<the file content is not repeated>'",
+     0, 0},
+    {"top-level list", "- a\n- b\n", "",
+     "couldn't get version/kind; json parse error: json: cannot unmarshal array into Go value of "
+     "type struct { APIVersion string \"json:\\\"apiVersion,omitempty\\\"\"; Kind string "
+     "\"json:\\\"kind,omitempty\\\"\" }",
+     1, 1},
+    {"kind not a string", "kind: 5\napiVersion: v1\n", "kind",
+     "couldn't get version/kind; json parse error: json: cannot unmarshal number into Go struct "
+     "field .kind of type string",
+     1, 7},
+    {"resources not a list", HDR "resources: secrets\n", "resources",
+     "json: cannot unmarshal string into Go struct field EncryptionConfiguration.resources of type "
+     "[]v1.ResourceConfiguration",
+     3, 12},
+    {"number as key name",
+     HDR "resources:\n- resources: [s]\n  providers: [{aescbc: {keys: [{name: 1, secret: " K16 "}]}}]\n",
+     "resources[0].providers[0].aescbc.keys[0].name",
+     "json: cannot unmarshal number into Go struct field Key.resources.providers.aescbc.keys.name "
+     "of type string",
+     5, 39},
+    {"bool as resource", HDR "resources:\n- resources: [yes]\n  providers: [{identity: {}}]\n",
+     "resources[0].resources[0]",
+     "json: cannot unmarshal bool into Go struct field ResourceConfiguration.resources.resources "
+     "of type string",
+     4, 15},
+    {"provider is a string", HDR "resources:\n- resources: [s]\n  providers: [identity]\n",
+     "resources[0].providers[0]",
+     "json: cannot unmarshal string into Go struct field ResourceConfiguration.resources.providers "
+     "of type v1.ProviderConfiguration",
+     5, 15},
+    {"kms is a list", HDR "resources:\n- resources: [s]\n  providers: [{kms: []}]\n",
+     "resources[0].providers[0].kms",
+     "json: cannot unmarshal array into Go struct field ProviderConfiguration.resources.providers.kms "
+     "of type v1.KMSConfiguration",
+     5, 21},
+    {"cachesize a string",
+     HDR "resources:\n- resources: [s]\n  providers: [{kms: {name: k, endpoint: \"unix:///a\", "
+         "cachesize: \"10\"}}]\n",
+     "resources[0].providers[0].kms.cachesize",
+     "json: cannot unmarshal string into Go struct field "
+     "KMSConfiguration.resources.providers.kms.cachesize of type int32",
+     0, 0},
+    {"cachesize overflow",
+     HDR "resources:\n- resources: [s]\n  providers: [{kms: {name: k, endpoint: \"unix:///a\", "
+         "cachesize: 4294967296}}]\n",
+     "resources[0].providers[0].kms.cachesize",
+     "json: cannot unmarshal number 4294967296 into Go struct field "
+     "KMSConfiguration.resources.providers.kms.cachesize of type int32",
+     0, 0},
+    {"timeout bad", HDR "resources:\n- resources: [s]\n  providers: [{kms: {name: k, timeout: 3x}}]\n",
+     "resources[0].providers[0].kms.timeout", "time: unknown unit \"x\" in duration \"3x\"", 5, 40},
+    {"timeout number", HDR "resources:\n- resources: [s]\n  providers: [{kms: {name: k, timeout: 3}}]\n",
+     "resources[0].providers[0].kms.timeout",
+     "json: cannot unmarshal number into Go value of type string", 5, 40},
+    {"yaml syntax", HDR "resources:\n- resources: [s\n", "",
+     "error converting YAML to JSON: yaml: line 4: did not find expected ',' or ']'", 5, 1},
+    {"tabs", HDR "resources:\n\t- a\n", "",
+     "error converting YAML to JSON: yaml: line 4: found character that cannot start any token",
+     4, 1},
+    {"alias", HDR "resources:\n- resources: &r [s]\n  providers: *r\n", "",
+     "error converting YAML to JSON: yaml: line 5: aliases are not supported by atrest", 5, 14},
+    {NULL, NULL, NULL, NULL, 0, 0},
+};
+
+static void test_decode(void **state)
+{
+    const struct dcase *dc;
+    int bad = 0;
+
+    for (dc = decode_cases; dc->name; dc++) {
+        struct ar_config *c = NULL;
+        struct ar_diags d;
+        const struct ar_diag *g;
+
+        print_message("case: %s\n", dc->name);
+        assert_int_equal(load(dc->text, false, true, &c, &d), -EINVAL);
+        assert_null(c);
+        g = find(&d, AR_SEV_ERROR, dc->path, dc->detail);
+        assert_non_null(g);
+        if (dc->line && (g->pos.line != dc->line || g->pos.col != dc->col)) {
+            print_message("  MISMATCH %s: pos %d:%d\n", dc->name, g->pos.line, g->pos.col);
+            bad++;
+        }
+        assert_int_equal(d.nerrors, 1);
+        ar_diags_free(&d);
+    }
+    assert_int_equal(bad, 0);
+}
+
+static void test_limits(void **state)
+{
+    struct ar_load_opts o = {.max_bytes = 64};
+    struct ar_config *c = NULL;
+    struct ar_diags d;
+    char *deep;
+    size_t i, n = 200;
+
+    ar_diags_init(&d);
+    assert_int_equal(ar_config_load_mem("big", HDR "resources: []\n#..........", 90, &o, &c, &d),
+                     -EFBIG);
+    assert_non_null(find(&d, AR_SEV_ERROR, "",
+                         "encryption provider configuration file \"big\" is larger than 64 bytes"));
+    ar_diags_free(&d);
+
+    ar_diags_init(&d);
+    assert_int_equal(ar_config_load_mem("empty", "", 0, NULL, &c, &d), -EINVAL);
+    assert_non_null(
+        find(&d, AR_SEV_ERROR, "", "encryption provider configuration file \"empty\" is empty"));
+    ar_diags_free(&d);
+
+    deep = malloc(2 * n + 1);
+    assert_non_null(deep);
+    for (i = 0; i < n; i++) {
+        deep[i] = '[';
+        deep[2 * n - 1 - i] = ']';
+    }
+    deep[2 * n] = '\0';
+    assert_int_equal(load(deep, false, true, &c, &d), -EINVAL);
+    assert_non_null(find(&d, AR_SEV_ERROR, "",
+                         "error converting YAML to JSON: nesting deeper than 32 levels"));
+    ar_diags_free(&d);
+    free(deep);
+
+    ar_diags_init(&d);
+    assert_int_equal(ar_config_load_file("tests/data/configs/does-not-exist.yaml", NULL, &c, &d),
+                     -ENOENT);
+    assert_non_null(find(&d, AR_SEV_ERROR, "",
+                         "error reading encryption provider configuration file "
+                         "\"tests/data/configs/does-not-exist.yaml\": open "
+                         "tests/data/configs/does-not-exist.yaml: no such file or directory"));
+    ar_diags_free(&d);
+}
+
+/* ---- fingerprints -------------------------------------------------------------------------- */
+
+static void fp_of(const char *text, uint8_t fp[AR_SHA256_LEN])
+{
+    struct ar_config *c = NULL;
+    struct ar_diags d;
+    int r = load(text, false, true, &c, &d);
+
+    if (r)
+        dump(&d);
+    assert_int_equal(r, 0);
+    memcpy(fp, c->fingerprint, AR_SHA256_LEN);
+    ar_config_unref(c);
+    ar_diags_free(&d);
+}
+
+static void test_fingerprint(void **state)
+{
+    uint8_t a[32], b[32];
+    static const char *const same[] = {
+        HDR "resources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: "
+            "k1\n        secret: " K16 "\n  - kms:\n      name: p\n      endpoint: unix:///p.sock\n"
+            "  - identity: {}\n",
+        /* JSON */
+        "{\"apiVersion\": \"apiserver.config.k8s.io/v1\", \"kind\": \"EncryptionConfiguration\", "
+        "\"resources\": [{\"resources\": [\"secrets\"], \"providers\": [{\"aescbc\": {\"keys\": "
+        "[{\"name\": \"k1\", \"secret\": \"" K16 "\"}]}}, {\"kms\": {\"name\": \"p\", \"endpoint\": "
+        "\"unix:///p.sock\"}}, {\"identity\": {}}]}]}",
+        /* reordered keys, comments, legacy kind, explicit defaults, other duration spelling */
+        "# a comment\nkind: EncryptionConfig\nresources:\n- providers:\n  - aescbc:\n      keys:\n"
+        "      - secret: \"" K16 "\"   # the key\n        name: 'k1'\n  - kms:\n      timeout: "
+        "3000ms\n      cachesize: 1000\n      apiVersion: v1\n      endpoint: \"unix:///p.sock\"\n"
+        "      name: p\n  - identity: {}\n  resources:\n  - secrets\napiVersion: v1\n",
+        NULL,
+    };
+    static const char *const differ[] = {
+        /* another key secret (last byte) */
+        HDR "resources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: "
+            "k1\n        secret: c2VjcmV0IGlzIHNlY3VyZg==\n  - kms:\n      name: p\n      endpoint: "
+            "unix:///p.sock\n  - identity: {}\n",
+        /* another key name */
+        HDR "resources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: "
+            "k2\n        secret: " K16 "\n  - kms:\n      name: p\n      endpoint: unix:///p.sock\n"
+            "  - identity: {}\n",
+        /* aesgcm instead of aescbc */
+        HDR "resources:\n- resources: [secrets]\n  providers:\n  - aesgcm:\n      keys:\n      - name: "
+            "k1\n        secret: " K16 "\n  - kms:\n      name: p\n      endpoint: unix:///p.sock\n"
+            "  - identity: {}\n",
+        /* provider order */
+        HDR "resources:\n- resources: [secrets]\n  providers:\n  - kms:\n      name: p\n      endpoint: "
+            "unix:///p.sock\n  - aescbc:\n      keys:\n      - name: k1\n        secret: " K16
+            "\n  - identity: {}\n",
+        /* timeout */
+        HDR "resources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: "
+            "k1\n        secret: " K16 "\n  - kms:\n      name: p\n      endpoint: unix:///p.sock\n"
+            "      timeout: 4s\n  - identity: {}\n",
+        /* resource */
+        HDR "resources:\n- resources: [configmaps]\n  providers:\n  - aescbc:\n      keys:\n      - name: "
+            "k1\n        secret: " K16 "\n  - kms:\n      name: p\n      endpoint: unix:///p.sock\n"
+            "  - identity: {}\n",
+        NULL,
+    };
+    size_t i;
+
+    fp_of(same[0], a);
+    for (i = 1; same[i]; i++) {
+        fp_of(same[i], b);
+        assert_memory_equal(a, b, 32);
+    }
+    for (i = 0; differ[i]; i++) {
+        fp_of(differ[i], b);
+        assert_memory_not_equal(a, b, 32);
+    }
+}
+
+static void test_render(void **state)
+{
+    struct ar_config *c = NULL;
+    char *out = NULL, hex[17];
+    size_t n = 0;
+
+    assert_int_equal(
+        ar_config_load_file("tests/data/configs/special-names.yaml", NULL, &c, NULL), 0);
+    assert_int_equal(ar_config_render(c, false, &out, &n), 0);
+    assert_string_equal(out,
+                        "apiVersion: apiserver.config.k8s.io/v1\n"
+                        "kind: EncryptionConfiguration\n"
+                        "resources:\n"
+                        "  - resources:\n"
+                        "      - \"secrets\"\n"
+                        "      - \"*.apps\"\n"
+                        "    providers:\n"
+                        "      - aescbc:\n"
+                        "          keys:\n"
+                        "            - name: \"a:b # c\"\n"
+                        "              secret: \"" K16 "\"\n"
+                        "            - name: \"yes\"\n"
+                        "              secret: \"" K16 "\"\n"
+                        "            - name: \"q\\\"\\\\\\x01\\x09\xc3\xa9\"\n"
+                        "              secret: \"" K16 "\"\n"
+                        "      - kms:\n"
+                        "          apiVersion: v1\n"
+                        "          name: \"v1:name\"\n"
+                        "          endpoint: \"unix:///tmp/a b.sock\"\n"
+                        "          cachesize: -1\n"
+                        "          timeout: \"1m30.5s\"\n"
+                        "      - kms:\n"
+                        "          apiVersion: v2\n"
+                        "          name: \"v2\"\n"
+                        "          endpoint: \"unix:///tmp/x.sock\"\n"
+                        "          timeout: \"1\xc2\xb5s\"\n"
+                        "      - identity: {}\n"
+                        "  - resources:\n"
+                        "      - \"*.*\"\n"
+                        "    providers:\n"
+                        "      - identity: {}\n");
+    ar_config_render_free(out, n);
+    assert_int_equal(ar_config_render(c, true, &out, &n), 0);
+    assert_null(strstr(out, K16));
+    ar_hex(c->rules[0].providers[0].keys[0].fp, 8, hex);
+    assert_non_null(strstr(out, hex));
+    assert_non_null(strstr(out, "secret: \"REDACTED:66337256703eecc9\"\n"));
+    ar_config_render_free(out, n);
+    ar_config_unref(c);
+}
+
+/* ---- no key text in any diagnostic -------------------------------------------------------- */
+
+static void test_no_secret_in_diags(void **state)
+{
+    static const char *const secrets[] = {"c2VjcmV0IGlz", "secret is secure", "aGVsbG8", "hello",
+                                          "bm90IGEga2V5IQ", NULL};
+    static const char *const texts[] = {
+        /* wrong lengths, bad base64, unknown fields next to keys, type errors on secrets */
+        HDR "resources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, secret: "
+            "aGVsbG8=}, {name: b, secret: \"bm90IGEga2V5IQ==x\"}]}\n"
+            "  - secretbox: {keys: [{name: c, secret: " K16 "}]}\n",
+        HDR "resources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, secret: " K16
+            ", sekret: " K16 "}]}\n",
+        HDR "resources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, secret: [" K16
+            "]}]}\n",
+        HDR "resources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, secret: " K16
+            ", secret: " K16 "}]}\n",
+        /* a syntax error right after a key */
+        HDR "resources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, secret: " K16
+            "]]\n",
+        /* no kind: Go would print the whole file here */
+        "apiVersion: v1\nresources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, "
+        "secret: " K16 "}]}\n",
+        NULL,
+    };
+    size_t i;
+
+    for (i = 0; texts[i]; i++) {
+        struct ar_config *c = NULL;
+        struct ar_diags d;
+
+        assert_int_equal(load(texts[i], false, true, &c, &d), -EINVAL);
+        assert_true(d.nerrors >= 1);
+        assert_no_secret(&d, secrets);
+        ar_diags_free(&d);
+    }
+}
+
+/* ---- base64, durations, diag format --------------------------------------------------------- */
+
+static void test_b64(void **state)
+{
+    static const struct {
+        const char *in;
+        int rc;
+        const char *out;
+    } cases[] = {
+        {"aGVsbG8=", 0, "hello"},
+        {"aGVsbA==", 0, "hell"},
+        {"aGVs", 0, "hel"},
+        {"", 0, ""},
+        {"aGVsbG9=", 0, "hello"},          /* non-canonical trailing bits: Go accepts */
+        {"aGVsbB==", 0, "hell"},           /* same with two pads */
+        {"aGVs\nbG8=", 0, "hello"},        /* \n skipped */
+        {"aGVsbG8=\r\n", 0, "hello"},      /* trailing CRLF skipped */
+        {"\naG\rVsb\nA=\n=", 0, "hell"},   /* even between the pads */
+        {"aGVsbG8", -EINVAL, NULL},        /* padding required */
+        {"aGVs bG8=", -EINVAL, NULL},      /* space */
+        {" aGVsbG8=", -EINVAL, NULL},
+        {"aGVsbG8=\t", -EINVAL, NULL},
+        {"aGVsbG8==", -EINVAL, NULL},      /* extra pad */
+        {"aGVsbA==aGVs", -EINVAL, NULL},   /* data after pad */
+        {"aGVs*G8=", -EINVAL, NULL},
+        {"ab-_", -EINVAL, NULL},           /* URL alphabet */
+        {"a===", -EINVAL, NULL},
+        {"====", -EINVAL, NULL},
+        {"aGV=bG8=", -EINVAL, NULL},       /* pad inside */
+        {"a", -EINVAL, NULL},
+        {"\n", 0, ""},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        uint8_t buf[64];
+        size_t n = 99;
+        int rc = ar_b64_decode(cases[i].in, strlen(cases[i].in), buf, &n);
+
+        print_message("b64 case %zu\n", i);
+        assert_true(ar_b64_decoded_max(strlen(cases[i].in)) <= sizeof(buf));
+        assert_int_equal(rc, cases[i].rc);
+        if (rc == 0) {
+            assert_int_equal(n, strlen(cases[i].out));
+            assert_memory_equal(buf, cases[i].out, n);
+        }
+    }
+    {
+        char enc[16];
+        ar_b64_encode((const uint8_t *)"hello", 5, enc);
+        assert_string_equal(enc, "aGVsbG8=");
+        ar_b64_encode((const uint8_t *)"", 0, enc);
+        assert_string_equal(enc, "");
+    }
+}
+
+static void test_duration(void **state)
+{
+    static const struct {
+        const char *in;
+        int64_t ns;
+        const char *err;
+        const char *str; /* Duration.String() of ns */
+    } cases[] = {
+        {"3s", 3000000000LL, NULL, "3s"},
+        {"1m30s", 90000000000LL, NULL, "1m30s"},
+        {"500ms", 500000000LL, NULL, "500ms"},
+        {"1.5h", 5400000000000LL, NULL, "1h30m0s"},
+        {"0", 0, NULL, "0s"},
+        {"-0", 0, NULL, "0s"},
+        {"+5m", 300000000000LL, NULL, "5m0s"},
+        {"-1.5s", -1500000000LL, NULL, "-1.5s"},
+        {"1h2m3s4ms5us6ns", 3723004005006LL, NULL, "1h2m3.004005006s"},
+        {"1\xc2\xb5s", 1000LL, NULL, "1\xc2\xb5s"},
+        {"1\xce\xbcs", 1000LL, NULL, "1\xc2\xb5s"},
+        {".5s", 500000000LL, NULL, "500ms"},
+        {"1.s", 1000000000LL, NULL, "1s"},
+        {"7ns", 7, NULL, "7ns"},
+        {"2562047h47m16.854775807s", INT64_MAX, NULL, "2562047h47m16.854775807s"},
+        {"", 0, "time: invalid duration \"\"", NULL},
+        {"1", 0, "time: missing unit in duration \"1\"", NULL},
+        {"3x", 0, "time: unknown unit \"x\" in duration \"3x\"", NULL},
+        {"3 s", 0, "time: unknown unit \" s\" in duration \"3 s\"", NULL},
+        {"s", 0, "time: invalid duration \"s\"", NULL},
+        {".s", 0, "time: invalid duration \".s\"", NULL},
+        {"-", 0, "time: invalid duration \"-\"", NULL},
+        {"9223372036854775808ns", 0, "time: invalid duration \"9223372036854775808ns\"", NULL},
+        {"3000000h", 0, "time: invalid duration \"3000000h\"", NULL},
+        {"1\xe2s", 0, "time: unknown unit \"\\xe2s\" in duration \"1\\xe2s\"", NULL},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char err[256] = "", s[64];
+        int64_t ns = 42;
+        int rc = ar_parse_go_duration(cases[i].in, &ns, err, sizeof(err));
+
+        print_message("duration case %s\n", cases[i].in);
+        if (cases[i].err) {
+            assert_int_equal(rc, -EINVAL);
+            assert_string_equal(err, cases[i].err);
+            continue;
+        }
+        assert_int_equal(rc, 0);
+        assert_int_equal(ns, cases[i].ns);
+        ar_format_go_duration(ns, s, sizeof(s));
+        assert_string_equal(s, cases[i].str);
+    }
+}
+
+static void test_diag_format(void **state)
+{
+    struct ar_diags d;
+    struct ar_pos p = {3, 7}, p0 = {0, 0};
+    char buf[256];
+    int n;
+
+    ar_diags_init(&d);
+    assert_int_equal(ar_diags_add(&d, AR_SEV_ERROR, "f.yaml", p, "resources", "Required value: %s",
+                                  "x"),
+                     0);
+    assert_int_equal(ar_diags_add(&d, AR_SEV_WARNING, "f.yaml", p0, "", "w"), 0);
+    assert_int_equal(d.n, 2);
+    assert_int_equal(d.nerrors, 1);
+    n = ar_diag_format(&d.v[0], buf, sizeof(buf));
+    assert_string_equal(buf, "f.yaml:3:7: resources: Required value: x");
+    assert_int_equal(n, (int)strlen(buf));
+    ar_diag_format(&d.v[1], buf, sizeof(buf));
+    assert_string_equal(buf, "f.yaml:0:0: warning: w");
+    n = ar_diag_format(&d.v[0], buf, 4);
+    assert_string_equal(buf, "f.y");
+    assert_int_equal(n, 40);
+    ar_diags_free(&d);
+    assert_int_equal(d.n, 0);
+    assert_string_equal(ar_ptype_name(AR_P_SECRETBOX), "secretbox");
+    assert_string_equal(ar_ptype_name(AR_P_IDENTITY), "identity");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_valid_files),   cmocka_unit_test(test_invalid_files),
+        cmocka_unit_test(test_file_hash),     cmocka_unit_test(test_model),
+        cmocka_unit_test(test_rules),         cmocka_unit_test(test_accepted),
+        cmocka_unit_test(test_multiple_errors), cmocka_unit_test(test_decode),
+        cmocka_unit_test(test_limits),        cmocka_unit_test(test_fingerprint),
+        cmocka_unit_test(test_render),        cmocka_unit_test(test_no_secret_in_diags),
+        cmocka_unit_test(test_b64),           cmocka_unit_test(test_duration),
+        cmocka_unit_test(test_diag_format),
+    };
+
+    return cmocka_run_group_tests_name("config", tests, NULL, NULL);
+}
