@@ -430,16 +430,14 @@ static int read_kms(const struct cprov *cp, const uint8_t *in, size_t n, struct 
     return -ENOPKG;
 }
 
-int ar_chain_read(const struct ar_chain *c, const char *group, const char *resource,
-                  const uint8_t *aad, size_t aadlen, const uint8_t *in, size_t inlen,
-                  struct ar_buf *out, struct ar_result *res)
+static int chain_read(const struct ar_chain *c, const char *group, const char *resource,
+                      const uint8_t *aad, size_t aadlen, const uint8_t *in, size_t inlen,
+                      struct ar_buf *out, struct ar_result *res)
 {
     const struct centry *e;
     struct agg errs;
     int kms_i = -1;
 
-    res_init(res);
-    ar_buf_reset(out);
     if (!c || !group || !resource || (!in && inlen) || (!aad && aadlen))
         return -EINVAL;
     e = lookup(c, group, resource);
@@ -511,17 +509,15 @@ int ar_chain_read(const struct ar_chain *c, const char *group, const char *resou
 
 /* ---- write -------------------------------------------------------------------------- */
 
-int ar_chain_write(const struct ar_chain *c, const char *group, const char *resource,
-                   const uint8_t *aad, size_t aadlen, const uint8_t *in, size_t inlen,
-                   struct ar_buf *out, struct ar_result *res)
+static int chain_write(const struct ar_chain *c, const char *group, const char *resource,
+                       const uint8_t *aad, size_t aadlen, const uint8_t *in, size_t inlen,
+                       struct ar_buf *out, struct ar_result *res)
 {
     const struct centry *e;
     const struct cprov *cp;
     const struct ckey *ck;
     int r;
 
-    res_init(res);
-    ar_buf_reset(out);
     if (!c || !group || !resource || (!in && inlen) || (!aad && aadlen))
         return -EINVAL;
     e = lookup(c, group, resource);
@@ -569,9 +565,52 @@ int ar_chain_write(const struct ar_chain *c, const char *group, const char *reso
         goto fail;
     return 0;
 fail:
-    ar_buf_reset(out);
     if (!res->err[0])
         res_err(res, "%s", strerror(-r));
+    return r;
+}
+
+/*
+ * out is "reset, then filled" (chain.h). Instead of wiping the old contents first, the new
+ * value overwrites them and only the old bytes past the new length are wiped afterwards (on
+ * failure: all of them): the same end state as ar_buf_reset without a second pass over the
+ * buffer on every call.
+ */
+static void finish_out(struct ar_buf *out, size_t old, int r)
+{
+    if (r < 0 && out->len) {
+        sodium_memzero(out->p, out->len);
+        out->len = 0;
+    }
+    if (old > out->len)
+        sodium_memzero(out->p + out->len, old - out->len);
+}
+
+int ar_chain_read(const struct ar_chain *c, const char *group, const char *resource,
+                  const uint8_t *aad, size_t aadlen, const uint8_t *in, size_t inlen,
+                  struct ar_buf *out, struct ar_result *res)
+{
+    size_t old = out->len;
+    int r;
+
+    res_init(res);
+    out->len = 0;
+    r = chain_read(c, group, resource, aad, aadlen, in, inlen, out, res);
+    finish_out(out, old, r);
+    return r;
+}
+
+int ar_chain_write(const struct ar_chain *c, const char *group, const char *resource,
+                   const uint8_t *aad, size_t aadlen, const uint8_t *in, size_t inlen,
+                   struct ar_buf *out, struct ar_result *res)
+{
+    size_t old = out->len;
+    int r;
+
+    res_init(res);
+    out->len = 0;
+    r = chain_write(c, group, resource, aad, aadlen, in, inlen, out, res);
+    finish_out(out, old, r);
     return r;
 }
 
