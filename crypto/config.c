@@ -1412,11 +1412,8 @@ int ar_config_load_mem(const char *name, const void *buf, size_t len,
             rc = -ENOMEM;
             goto fail;
         }
-        /* sodium_malloc ignores an mlock failure; lock again to know. */
-        if (sodium_mlock(c->arena, asz) != 0)
-            ar_diags_add(diags, AR_SEV_WARNING, name, p0, "",
-                         "the key memory could not be locked (mlock: %s); raise RLIMIT_MEMLOCK",
-                         strerror(errno));
+        /* sodium_malloc ignores an mlock failure; lock again to know (mlock is idempotent). */
+        c->keys_locked = sodium_mlock(c->arena, asz) == 0;
         arena_assign(&d, c->arena);
     }
     rc = ar_cfg_validate(&d, &vc);
@@ -1464,9 +1461,10 @@ int ar_config_load_file(const char *path, const struct ar_load_opts *opts, struc
     size_t max = opts && opts->max_bytes ? opts->max_bytes : AR_CFG_DEFAULT_MAX_BYTES;
     size_t cap, len = 0;
     uint8_t *buf = NULL;
+    const char *op = "read";
     char es[128];
     struct stat st;
-    int fd, rc;
+    int fd = -1, rc;
 
     *out = NULL;
     if (sodium_init() < 0) /* idempotent; sodium_malloc needs it */
@@ -1474,27 +1472,24 @@ int ar_config_load_file(const char *path, const struct ar_load_opts *opts, struc
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) {
         rc = -errno;
-        go_errstr(errno, es, sizeof(es));
-        ar_diags_add(diags, AR_SEV_ERROR, path, p0, "",
-                     "error reading encryption provider configuration file \"%s\": open %s: %s",
-                     path, path, es);
-        return rc;
+        op = "open";
+        goto fail;
     }
-    if (fstat(fd, &st) < 0 || S_ISDIR(st.st_mode)) {
-        rc = S_ISDIR(st.st_mode) ? -EISDIR : -errno;
-        go_errstr(-rc, es, sizeof(es));
-        ar_diags_add(diags, AR_SEV_ERROR, path, p0, "",
-                     "error reading encryption provider configuration file \"%s\": read %s: %s",
-                     path, path, es);
-        goto out_fd;
+    if (fstat(fd, &st) < 0) {
+        rc = -errno;
+        goto fail;
     }
-    /* One locked, guarded buffer of max+1 bytes at most: enough to see "too large". */
+    if (S_ISDIR(st.st_mode)) {
+        rc = -EISDIR;
+        goto fail;
+    }
+    /* One guarded, locked (sodium_malloc) buffer: the file holds the keys in base64. It grows
+     * to max + 1 bytes at most: enough to see "too large". */
     cap = S_ISREG(st.st_mode) && (size_t)st.st_size < max ? (size_t)st.st_size + 1 : max + 1;
     buf = sodium_malloc(cap);
     if (!buf) {
         rc = -ENOMEM;
-        ar_diags_add(diags, AR_SEV_ERROR, path, p0, "", "out of memory");
-        goto out_fd;
+        goto fail;
     }
     for (;;) {
         ssize_t n;
@@ -1507,8 +1502,7 @@ int ar_config_load_file(const char *path, const struct ar_load_opts *opts, struc
             nb = sodium_malloc(ncap);
             if (!nb) {
                 rc = -ENOMEM;
-                ar_diags_add(diags, AR_SEV_ERROR, path, p0, "", "out of memory");
-                goto out_buf;
+                goto fail;
             }
             memcpy(nb, buf, len);
             sodium_free(buf);
@@ -1520,21 +1514,31 @@ int ar_config_load_file(const char *path, const struct ar_load_opts *opts, struc
             continue;
         if (n < 0) {
             rc = -errno;
-            go_errstr(errno, es, sizeof(es));
-            ar_diags_add(diags, AR_SEV_ERROR, path, p0, "",
-                         "error reading encryption provider configuration file \"%s\": read %s: %s",
-                         path, path, es);
-            goto out_buf;
+            goto fail;
         }
         if (n == 0)
             break;
         len += (size_t)n;
     }
-    rc = ar_config_load_mem(path, buf, len, opts, out, diags);
-out_buf:
-    sodium_free(buf); /* wipes */
-out_fd:
     close(fd);
+    fd = -1;
+    rc = ar_config_load_mem(path, buf, len, opts, out, diags);
+    sodium_free(buf); /* wipes */
+    return rc;
+fail:
+    if (rc == -ENOMEM) {
+        ar_diags_add(diags, AR_SEV_ERROR, path, p0, "", "out of memory");
+    } else {
+        /* Go: error reading encryption provider configuration file %q: %w, with an *os.PathError */
+        go_errstr(-rc, es, sizeof(es));
+        ar_diags_add(diags, AR_SEV_ERROR, path, p0, "",
+                     "error reading encryption provider configuration file \"%s\": %s %s: %s", path,
+                     op, path, es);
+    }
+    if (buf)
+        sodium_free(buf);
+    if (fd >= 0)
+        close(fd);
     return rc;
 }
 

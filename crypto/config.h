@@ -88,7 +88,8 @@ struct ar_config {
     size_t nrules;
     uint8_t file_sha256[AR_SHA256_LEN]; /* over the raw file bytes */
     uint8_t fingerprint[AR_SHA256_LEN]; /* over the canonical meaning (see ar_config_fingerprint) */
-    void *arena;            /* private: the locked key arena */
+    void *arena;            /* private: the locked key arena (read-only once loaded) */
+    bool keys_locked;       /* the arena is mlock'ed (false: RLIMIT_MEMLOCK too low; log it) */
 };
 
 /* ---- diagnostics ----------------------------------------------------------------------- */

@@ -14,6 +14,10 @@
 #include <cmocka.h>
 #include <errno.h>
 #include <stdbool.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "crypto/config.h"
 #include "crypto/config_int.h"
@@ -1104,7 +1108,54 @@ static void test_diag_format(void **state)
     ar_diags_free(&d);
     assert_int_equal(d.n, 0);
     assert_string_equal(ar_ptype_name(AR_P_SECRETBOX), "secretbox");
+    assert_string_equal(ar_ptype_name(AR_P_AESGCM), "aesgcm");
     assert_string_equal(ar_ptype_name(AR_P_IDENTITY), "identity");
+}
+
+/* In a child: ar_crypto_init must leave the process non-dumpable with no core files. (Not in
+ * this process: LeakSanitizer needs to ptrace it.) */
+static void test_crypto_init(void **state)
+{
+    int st = 0;
+    pid_t pid = fork();
+
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct rlimit rl;
+        int ok = ar_crypto_init() == 0 && prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 0 &&
+                 getrlimit(RLIMIT_CORE, &rl) == 0 && rl.rlim_cur == 0 && rl.rlim_max == 0;
+        _exit(ok ? 0 : 1);
+    }
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+static void test_load_errors(void **state)
+{
+    struct ar_config *c = (struct ar_config *)1;
+    struct ar_diags d;
+    struct rlimit rl;
+
+    /* without a diagnostics list the result is the same */
+    assert_int_equal(ar_config_load_file(TD "invalid-configs/invalid-typo.yaml", NULL, &c, NULL),
+                     -EINVAL);
+    assert_null(c);
+    assert_int_equal(ar_config_load_mem("x", HDR "resources: []\n", strlen(HDR) + 14, NULL, &c,
+                                         NULL),
+                     -EINVAL);
+    ar_diags_init(&d);
+    assert_int_equal(ar_config_load_file("tests/data/configs", NULL, &c, &d), -EISDIR);
+    assert_non_null(find(&d, AR_SEV_ERROR, "",
+                         "error reading encryption provider configuration file "
+                         "\"tests/data/configs\": read tests/data/configs: is a directory"));
+    ar_diags_free(&d);
+    /* the key arena is locked when RLIMIT_MEMLOCK allows it */
+    assert_int_equal(ar_config_load_file(TD "valid-configs/aes-gcm-first.yaml", NULL, &c, NULL), 0);
+    assert_int_equal(getrlimit(RLIMIT_MEMLOCK, &rl), 0);
+    if (rl.rlim_cur >= 1024 * 1024)
+        assert_true(c->keys_locked);
+    ar_config_unref(c);
 }
 
 int main(void)
@@ -1117,7 +1168,8 @@ int main(void)
         cmocka_unit_test(test_limits),        cmocka_unit_test(test_fingerprint),
         cmocka_unit_test(test_render),        cmocka_unit_test(test_no_secret_in_diags),
         cmocka_unit_test(test_b64),           cmocka_unit_test(test_duration),
-        cmocka_unit_test(test_diag_format),
+        cmocka_unit_test(test_diag_format),   cmocka_unit_test(test_crypto_init),
+        cmocka_unit_test(test_load_errors),
     };
 
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
