@@ -101,8 +101,8 @@ int ar_cmd_lint(int argc, char **argv)
         }
         ar_config_unref(cfg);
         ar_diags_free(&diags);
+        fflush(stdout);
     }
-    fflush(stdout);
     return bad ? 1 : 0;
 }
 
