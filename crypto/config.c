@@ -151,10 +151,10 @@ enum yk { YN_SCALAR, YN_SEQ, YN_MAP };
 struct yn {
     enum yk kind;
     struct ar_pos pos;
-    char *s;        /* scalar text (NUL terminated), wiped on free */
+    char *s; /* scalar text (NUL terminated), wiped on free */
     size_t len;
-    bool plain;     /* plain style and no tag: subject to YAML type resolution */
-    bool str_tag;   /* explicit !!str */
+    bool plain;       /* plain style and no tag: subject to YAML type resolution */
+    bool str_tag;     /* explicit !!str */
     struct yn **kids; /* seq: items; map: key, value, key, value, ... */
     size_t n, cap;
 };
@@ -193,7 +193,7 @@ static int yn_push(struct yn *parent, struct yn *kid)
 struct dctx {
     struct ar_diags *diags;
     const char *file;
-    bool json;              /* the input looked like JSON (first non-blank byte '{') */
+    bool json; /* the input looked like JSON (first non-blank byte '{') */
     int nomem;
     size_t nerr;
     char path[1024];
@@ -298,9 +298,10 @@ static int tree_build(struct dctx *dc, const uint8_t *buf, size_t len, struct yn
             done = true; /* only the first document counts, as in sigs.k8s.io/yaml */
             break;
         case YAML_ALIAS_EVENT:
-            derr(dc, mark_pos(ev.start_mark), "",
-                 "error converting YAML to JSON: yaml: line %d: aliases are not supported by atrest",
-                 (int)ev.start_mark.line + 1);
+            derr(
+                dc, mark_pos(ev.start_mark), "",
+                "error converting YAML to JSON: yaml: line %d: aliases are not supported by atrest",
+                (int)ev.start_mark.line + 1);
             rc = -EINVAL;
             break;
         case YAML_SCALAR_EVENT:
@@ -446,7 +447,8 @@ static bool resolve_number(const char *s, double *dv, bool *is_int, long long *i
             u = strtoull(p, &end, base);
             if (errno == 0 && *end == '\0') {
                 *is_int = true;
-                if (neg ? u <= (unsigned long long)LLONG_MAX + 1ULL : u <= (unsigned long long)LLONG_MAX)
+                if (neg ? u <= (unsigned long long)LLONG_MAX + 1ULL
+                        : u <= (unsigned long long)LLONG_MAX)
                     *iv = neg ? (long long)(0ULL - u) : (long long)u;
                 else
                     *is_int = false; /* a huge uint: still a number, never an int32 */
@@ -496,9 +498,9 @@ static bool resolve_number(const char *s, double *dv, bool *is_int, long long *i
         *is_int = false;
         return *end == '\0';
     }
-special: {
-    static const char *const inf[] = {".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF",
-                                      "-.inf", "-.Inf", "-.INF", ".nan", ".NaN", ".NAN", NULL};
+special : {
+    static const char *const inf[] = {".inf",  ".Inf",  ".INF", "+.inf", "+.Inf", "+.INF", "-.inf",
+                                      "-.Inf", "-.INF", ".nan", ".NaN",  ".NAN",  NULL};
     if (str_in(s, inf)) {
         *is_int = false;
         *dv = 0;
@@ -511,10 +513,9 @@ special: {
 static enum jt node_jt(const struct yn *n)
 {
     static const char *const nulls[] = {"", "~", "null", "Null", "NULL", NULL};
-    static const char *const bools[] = {"y",    "Y",     "yes",   "Yes",   "YES",  "true", "True",
-                                        "TRUE", "on",    "On",    "ON",    "n",    "N",    "no",
-                                        "No",   "NO",    "false", "False", "FALSE", "off", "Off",
-                                        "OFF",  NULL};
+    static const char *const bools[] = {
+        "y", "Y",  "yes", "Yes", "YES",   "true",  "True",  "TRUE", "on",  "On",  "ON", "n",
+        "N", "no", "No",  "NO",  "false", "False", "FALSE", "off",  "Off", "OFF", NULL};
     double d;
     bool isint;
     long long iv;
@@ -559,11 +560,11 @@ static const char *jt_name(enum jt t)
 static size_t path_push_field(struct dctx *dc, const char *name)
 {
     size_t old = dc->plen;
-    int n = snprintf(dc->path + dc->plen, sizeof(dc->path) - dc->plen, "%s%s",
-                     dc->plen ? "." : "", name);
+    int n = snprintf(dc->path + dc->plen, sizeof(dc->path) - dc->plen, "%s%s", dc->plen ? "." : "",
+                     name);
     if (n > 0)
-        dc->plen += (size_t)n < sizeof(dc->path) - dc->plen ? (size_t)n
-                                                            : sizeof(dc->path) - dc->plen - 1;
+        dc->plen +=
+            (size_t)n < sizeof(dc->path) - dc->plen ? (size_t)n : sizeof(dc->path) - dc->plen - 1;
     return old;
 }
 
@@ -572,8 +573,8 @@ static size_t path_push_index(struct dctx *dc, size_t i)
     size_t old = dc->plen;
     int n = snprintf(dc->path + dc->plen, sizeof(dc->path) - dc->plen, "[%zu]", i);
     if (n > 0)
-        dc->plen += (size_t)n < sizeof(dc->path) - dc->plen ? (size_t)n
-                                                            : sizeof(dc->path) - dc->plen - 1;
+        dc->plen +=
+            (size_t)n < sizeof(dc->path) - dc->plen ? (size_t)n : sizeof(dc->path) - dc->plen - 1;
     return old;
 }
 
@@ -648,8 +649,8 @@ struct field {
 typedef void (*field_fn)(struct dctx *dc, void *obj, int idx, const struct yn *key,
                          const struct yn *val);
 
-static void dec_struct(struct dctx *dc, const struct yn *map, const char *const *fields,
-                       void *obj, field_fn fn)
+static void dec_struct(struct dctx *dc, const struct yn *map, const char *const *fields, void *obj,
+                       field_fn fn)
 {
     unsigned seen = 0;
     size_t i;
@@ -772,8 +773,8 @@ static void dec_keys(struct dctx *dc, const struct yn *v, struct dkeys *ks, cons
 }
 
 /* KMSConfiguration */
-static const char *const kms_fields[] = {"apiVersion", "name", "cachesize", "endpoint", "timeout",
-                                         NULL};
+static const char *const kms_fields[] = {"apiVersion", "name",    "cachesize",
+                                         "endpoint",   "timeout", NULL};
 
 static void kms_field(struct dctx *dc, void *obj, int idx, const struct yn *k, const struct yn *v)
 {
@@ -801,8 +802,7 @@ static void kms_field(struct dctx *dc, void *obj, int idx, const struct yn *k, c
             type_error(dc, v, "KMSConfiguration", "int32");
             break;
         }
-        if (!resolve_number(v->s, &d, &isint, &iv) || !isint || iv < INT32_MIN ||
-            iv > INT32_MAX) {
+        if (!resolve_number(v->s, &d, &isint, &iv) || !isint || iv < INT32_MIN || iv > INT32_MAX) {
             char fs[1024];
             go_field_stack(dc, fs, sizeof(fs));
             derr(dc, v->pos, dc->path,
@@ -844,8 +844,7 @@ static void kms_field(struct dctx *dc, void *obj, int idx, const struct yn *k, c
 }
 
 /* ProviderConfiguration */
-static const char *const prov_fields[] = {"aesgcm", "aescbc", "secretbox", "identity", "kms",
-                                          NULL};
+static const char *const prov_fields[] = {"aesgcm", "aescbc", "secretbox", "identity", "kms", NULL};
 static const char *const no_fields[] = {NULL};
 
 static void no_field(struct dctx *dc, void *obj, int idx, const struct yn *k, const struct yn *v)
@@ -1053,7 +1052,8 @@ static int check_gvk(struct dctx *dc, const struct yn *root, bool *legacy)
         return -EINVAL;
     }
     if (!ver || node_jt(ver) == JT_NULL || ver->len == 0) {
-        derr(dc, root->pos, "", "Object 'apiVersion' is missing in '<the file content is not repeated>'");
+        derr(dc, root->pos, "",
+             "Object 'apiVersion' is missing in '<the file content is not repeated>'");
         return -EINVAL;
     }
     if (strcmp(ver->s, "apiserver.config.k8s.io/v1") == 0 &&

@@ -14,22 +14,22 @@
 
 #include "crypto/config.h"
 
-#define AR_CFG_MAX_DEPTH 32
-#define AR_CFG_DEFAULT_MAX_BYTES (4u * 1024u * 1024u)
+#define AR_CFG_MAX_DEPTH          32
+#define AR_CFG_DEFAULT_MAX_BYTES  (4u * 1024u * 1024u)
 #define AR_KMS_DEFAULT_TIMEOUT_NS 3000000000LL
-#define AR_KMS_DEFAULT_CACHESIZE 1000
+#define AR_KMS_DEFAULT_CACHESIZE  1000
 
 struct dkey {
-    char *name;             /* "" when absent or null */
-    const char *secret;     /* borrowed from the node tree; "" when absent */
+    char *name;         /* "" when absent or null */
+    const char *secret; /* borrowed from the node tree; "" when absent */
     size_t secret_len;
-    uint8_t *dst;           /* slot in the arena (ar_b64_decoded_max(secret_len) bytes) */
-    size_t dec_len;         /* after a successful decode */
+    uint8_t *dst;   /* slot in the arena (ar_b64_decoded_max(secret_len) bytes) */
+    size_t dec_len; /* after a successful decode */
     struct ar_pos pos, name_pos, secret_pos;
 };
 
 struct dkeys {
-    bool set;               /* the Go pointer is non-nil */
+    bool set; /* the Go pointer is non-nil */
     struct dkey *v;
     size_t n;
     struct ar_pos pos, keys_pos;
@@ -37,7 +37,7 @@ struct dkeys {
 
 struct dkms {
     bool set;
-    char *api_version;      /* "" when absent: defaulted to "v1" */
+    char *api_version; /* "" when absent: defaulted to "v1" */
     char *name;
     char *endpoint;
     bool cachesize_set;

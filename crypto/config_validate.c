@@ -13,8 +13,8 @@
 #include "crypto/config.h"
 #include "crypto/config_int.h"
 
-#define KMSV1_DEPRECATED                                                                          \
-    "KMSv1 is deprecated and will only receive security updates going forward. Use KMSv2 "       \
+#define KMSV1_DEPRECATED                                                                           \
+    "KMSv1 is deprecated and will only receive security updates going forward. Use KMSv2 "         \
     "instead.  Set --feature-gates=KMSv1=true to use the deprecated KMSv1 feature."
 
 /* ---- Go string helpers ---------------------------------------------------------------------- */
@@ -75,14 +75,29 @@ char *ar_go_quote(const char *s, size_t n)
         if (c < 0x80) {
             const char *e = NULL;
             switch (c) {
-            case '\a': e = "\\a"; break;
-            case '\b': e = "\\b"; break;
-            case '\f': e = "\\f"; break;
-            case '\n': e = "\\n"; break;
-            case '\r': e = "\\r"; break;
-            case '\t': e = "\\t"; break;
-            case '\v': e = "\\v"; break;
-            default: break;
+            case '\a':
+                e = "\\a";
+                break;
+            case '\b':
+                e = "\\b";
+                break;
+            case '\f':
+                e = "\\f";
+                break;
+            case '\n':
+                e = "\\n";
+                break;
+            case '\r':
+                e = "\\r";
+                break;
+            case '\t':
+                e = "\\t";
+                break;
+            case '\v':
+                e = "\\v";
+                break;
+            default:
+                break;
             }
             if (e) {
                 memcpy(o, e, 2);
@@ -175,13 +190,9 @@ int ar_parse_go_duration(const char *orig, int64_t *ns, char *err, size_t errlen
     static const struct {
         const char *name;
         uint64_t mult;
-    } units[] = {{"ns", 1ULL},
-                 {"us", 1000ULL},
-                 {"\xc2\xb5s", 1000ULL}, /* U+00B5 */
-                 {"\xce\xbcs", 1000ULL}, /* U+03BC */
-                 {"ms", 1000000ULL},
-                 {"s", 1000000000ULL},
-                 {"m", 60000000000ULL},
+    } units[] = {{"ns", 1ULL},           {"us", 1000ULL},      {"\xc2\xb5s", 1000ULL}, /* U+00B5 */
+                 {"\xce\xbcs", 1000ULL},                                               /* U+03BC */
+                 {"ms", 1000000ULL},     {"s", 1000000000ULL}, {"m", 60000000000ULL},
                  {"h", 3600000000000ULL}};
     const uint64_t lim = 1ULL << 63;
     const char *s = orig;
@@ -752,8 +763,8 @@ static void validate_names(struct vstate *vs, const struct drule *r, size_t ri)
         qv = q(vs, res);
         if (!qv)
             return;
-        verr(vs, AR_SEV_ERROR, r->res_pos[j], "resources[%zu].resources[%zu]\x1fInvalid value: %s: %s",
-             ri, j, qv, msg);
+        verr(vs, AR_SEV_ERROR, r->res_pos[j],
+             "resources[%zu].resources[%zu]\x1fInvalid value: %s: %s", ri, j, qv, msg);
         free(qv);
     }
 }
@@ -777,7 +788,8 @@ static void validate_keys(struct vstate *vs, struct dkeys *ks, const char *path,
                  "%s[%zu].name\x1fRequired value: name is a mandatory field for a key", path, k);
         if (key->secret_len == 0) {
             verr(vs, AR_SEV_ERROR, key->secret_pos,
-                 "%s[%zu].secret\x1fRequired value: secret is a mandatory field for a key", path, k);
+                 "%s[%zu].secret\x1fRequired value: secret is a mandatory field for a key", path,
+                 k);
             continue;
         }
         rc = ar_b64_decode(key->secret, key->secret_len, key->dst, &key->dec_len);
@@ -857,7 +869,8 @@ static void validate_kms(struct vstate *vs, struct dkms *k, const char *path)
         } else if ((qv = q(vs, k->endpoint))) {
             if (rc < 0) {
                 verr(vs, AR_SEV_ERROR, k->endpoint_pos,
-                     "%s.endpoint\x1fInvalid value: %s: invalid endpoint for kms provider, error: %s",
+                     "%s.endpoint\x1fInvalid value: %s: invalid endpoint for kms provider, error: "
+                     "%s",
                      path, qv, err);
             } else if (strcmp(scheme, "unix") != 0) {
                 char *qs = q(vs, scheme);

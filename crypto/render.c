@@ -16,7 +16,7 @@
 #include "crypto/config_int.h"
 
 struct w {
-    char *buf;  /* NULL while measuring */
+    char *buf; /* NULL while measuring */
     size_t len;
 };
 

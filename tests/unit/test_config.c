@@ -22,7 +22,7 @@
 #include "crypto/config.h"
 #include "crypto/config_int.h"
 
-#define TD "tests/data/k8s-encryptionconfig-testdata/"
+#define TD  "tests/data/k8s-encryptionconfig-testdata/"
 #define HDR "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\n"
 #define K16 "c2VjcmV0IGlzIHNlY3VyZQ=="                     /* "secret is secure" */
 #define K32 "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY=" /* "abc...3456" */
@@ -105,8 +105,8 @@ struct rcase {
     bool reload;
     const char *path;
     const char *detail;
-    int line, col;          /* 0: not checked */
-    size_t nerrors;         /* 0: not checked */
+    int line, col;  /* 0: not checked */
+    size_t nerrors; /* 0: not checked */
 };
 
 static const struct rcase rule_cases[] = {
@@ -114,24 +114,27 @@ static const struct rcase rule_cases[] = {
      "Required value: at least one resources is required", 3, 12, 1},
     {"resources absent", HDR, false, "resources",
      "Required value: at least one resources is required", 0, 0, 1},
-    {"empty resource list", HDR "resources:\n- resources: []\n  providers: [{identity: {}}]\n", false,
-     "resources[0].resources", "Required value: at least one resources[0].resources is required",
-     4, 14, 1},
+    {"empty resource list", HDR "resources:\n- resources: []\n  providers: [{identity: {}}]\n",
+     false, "resources[0].resources",
+     "Required value: at least one resources[0].resources is required", 4, 14, 1},
     {"empty providers", HDR "resources:\n- resources: [secrets]\n  providers: []\n", false,
-     "resources[0].providers", "Required value: at least one resources[0].providers is required",
-     5, 14, 1},
+     "resources[0].providers", "Required value: at least one resources[0].providers is required", 5,
+     14, 1},
     {"provider with no type", HDR "resources:\n- resources: [secrets]\n  providers: [{}]\n", false,
      "resources[0].providers[0]",
      "Invalid value: apiserver.ProviderConfiguration{AESGCM:(*apiserver.AESConfiguration)(nil), "
-     "AESCBC:(*apiserver.AESConfiguration)(nil), Secretbox:(*apiserver.SecretboxConfiguration)(nil), "
+     "AESCBC:(*apiserver.AESConfiguration)(nil), "
+     "Secretbox:(*apiserver.SecretboxConfiguration)(nil), "
      "Identity:(*apiserver.IdentityConfiguration)(nil), KMS:(*apiserver.KMSConfiguration)(nil)}: "
      "provider does not contain any of the expected providers: KMS, AESGCM, AESCBC, Secretbox, "
      "Identity",
      5, 15, 1},
-    {"null identity is no provider", HDR "resources:\n- resources: [secrets]\n  providers:\n  - identity:\n",
-     false, "resources[0].providers[0]",
+    {"null identity is no provider",
+     HDR "resources:\n- resources: [secrets]\n  providers:\n  - identity:\n", false,
+     "resources[0].providers[0]",
      "Invalid value: apiserver.ProviderConfiguration{AESGCM:(*apiserver.AESConfiguration)(nil), "
-     "AESCBC:(*apiserver.AESConfiguration)(nil), Secretbox:(*apiserver.SecretboxConfiguration)(nil), "
+     "AESCBC:(*apiserver.AESConfiguration)(nil), "
+     "Secretbox:(*apiserver.SecretboxConfiguration)(nil), "
      "Identity:(*apiserver.IdentityConfiguration)(nil), KMS:(*apiserver.KMSConfiguration)(nil)}: "
      "provider does not contain any of the expected providers: KMS, AESGCM, AESCBC, Secretbox, "
      "Identity",
@@ -140,20 +143,26 @@ static const struct rcase rule_cases[] = {
      HDR "resources:\n- resources: [secrets]\n  providers:\n  - identity: {}\n    aesgcm: {keys: "
          "[{name: k, secret: " K16 "}]}\n",
      false, "resources[0].providers[0]",
-     "Invalid value: apiserver.ProviderConfiguration{AESGCM:(*apiserver.AESConfiguration)(non-nil), "
-     "AESCBC:(*apiserver.AESConfiguration)(nil), Secretbox:(*apiserver.SecretboxConfiguration)(nil), "
-     "Identity:(*apiserver.IdentityConfiguration)(non-nil), KMS:(*apiserver.KMSConfiguration)(nil)}: "
+     "Invalid value: "
+     "apiserver.ProviderConfiguration{AESGCM:(*apiserver.AESConfiguration)(non-nil), "
+     "AESCBC:(*apiserver.AESConfiguration)(nil), "
+     "Secretbox:(*apiserver.SecretboxConfiguration)(nil), "
+     "Identity:(*apiserver.IdentityConfiguration)(non-nil), "
+     "KMS:(*apiserver.KMSConfiguration)(nil)}: "
      "more than one provider specified in a single element, should split into different list "
      "elements",
      6, 5, 1},
-    {"no keys", HDR "resources:\n- resources: [secrets]\n  providers: [{aescbc: {keys: []}}]\n", false,
-     "resources[0].providers[0].aescbc.keys", "Required value: at least one keys is required", 5, 31, 1},
+    {"no keys", HDR "resources:\n- resources: [secrets]\n  providers: [{aescbc: {keys: []}}]\n",
+     false, "resources[0].providers[0].aescbc.keys",
+     "Required value: at least one keys is required", 5, 31, 1},
     {"key name empty",
-     HDR "resources:\n- resources: [secrets]\n  providers: [{secretbox: {keys: [{secret: " K32 "}]}}]\n",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{secretbox: {keys: [{secret: " K32
+         "}]}}]\n",
      false, "resources[0].providers[0].secretbox.keys[0].name",
      "Required value: name is a mandatory field for a key", 5, 35, 1},
     {"key secret empty",
-     HDR "resources:\n- resources: [secrets]\n  providers: [{aesgcm: {keys: [{name: a, secret: \"\"}]}}]\n",
+     HDR "resources:\n- resources: [secrets]\n  providers: [{aesgcm: {keys: [{name: a, secret: "
+         "\"\"}]}}]\n",
      false, "resources[0].providers[0].aesgcm.keys[0].secret",
      "Required value: secret is a mandatory field for a key", 5, 50, 1},
     {"secret not base64 (no padding)",
@@ -169,8 +178,9 @@ static const struct rcase rule_cases[] = {
      "[16 24 32]",
      5, 50, 1},
     {"secretbox key length",
-     HDR "resources:\n- resources: [secrets]\n  providers: [{secretbox: {keys: [{name: a, secret: " K16
-         "}]}}]\n",
+     HDR
+     "resources:\n- resources: [secrets]\n  providers: [{secretbox: {keys: [{name: a, secret: " K16
+     "}]}}]\n",
      false, "resources[0].providers[0].secretbox.keys[0].secret",
      "Invalid value: \"REDACTED\": secret is not of the expected length, got 16, expected one of "
      "[32]",
@@ -186,7 +196,8 @@ static const struct rcase rule_cases[] = {
      false, "resources[0].providers[0].kms.name",
      "Invalid value: \"a:b\": invalid KMS provider name a:b, must not contain ':'", 5, 44, 1},
     {"kms v2 duplicate name",
-     HDR "resources:\n- resources: [secrets]\n  providers:\n  - kms: {apiVersion: v2, name: k, endpoint: "
+     HDR "resources:\n- resources: [secrets]\n  providers:\n  - kms: {apiVersion: v2, name: k, "
+         "endpoint: "
          "\"unix:///k.sock\"}\n  - kms: {apiVersion: v2, name: k, endpoint: \"unix:///k.sock\"}\n",
      false, "resources[0].providers[1].kms.name",
      "Invalid value: \"k\": duplicate KMS provider name k, names must be unique", 7, 33, 1},
@@ -202,13 +213,15 @@ static const struct rcase rule_cases[] = {
      true, "resources[0].providers[1].kms.name",
      "Invalid value: \"k\": duplicate KMS provider name k, names must be unique", 7, 17, 1},
     {"timeout zero",
-     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
-         "\"unix:///k.sock\", timeout: 0s}}]\n",
+     HDR
+     "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
+     "\"unix:///k.sock\", timeout: 0s}}]\n",
      false, "resources[0].providers[0].kms.timeout",
      "Invalid value: 0s: timeout should be a positive value", 5, 84, 1},
     {"timeout negative",
-     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
-         "\"unix:///k.sock\", timeout: -1m30s}}]\n",
+     HDR
+     "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
+     "\"unix:///k.sock\", timeout: -1m30s}}]\n",
      false, "resources[0].providers[0].kms.timeout",
      "Invalid value: -1m30s: timeout should be a positive value", 0, 0, 1},
     {"endpoint empty",
@@ -216,36 +229,41 @@ static const struct rcase rule_cases[] = {
      false, "resources[0].providers[0].kms.endpoint",
      "Invalid value: \"\": endpoint is a mandatory field for a kms", 5, 21, 1},
     {"endpoint unparsable",
-     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
-         "\"::\"}}]\n",
+     HDR
+     "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
+     "\"::\"}}]\n",
      false, "resources[0].providers[0].kms.endpoint",
      "Invalid value: \"::\": invalid endpoint for kms provider, error: parse \"::\": missing "
      "protocol scheme",
      5, 57, 1},
     {"endpoint bad port",
-     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
-         "\"unix://host:port/x\"}}]\n",
+     HDR
+     "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
+     "\"unix://host:port/x\"}}]\n",
      false, "resources[0].providers[0].kms.endpoint",
      "Invalid value: \"unix://host:port/x\": invalid endpoint for kms provider, error: parse "
      "\"unix://host:port/x\": invalid port \":port\" after host",
      0, 0, 1},
     {"endpoint scheme",
-     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
-         "\"tcp://127.0.0.1:9000\"}}]\n",
+     HDR
+     "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
+     "\"tcp://127.0.0.1:9000\"}}]\n",
      false, "resources[0].providers[0].kms.endpoint",
      "Invalid value: \"tcp://127.0.0.1:9000\": unsupported scheme \"tcp\" for KMS provider, only "
      "unix is supported",
      5, 57, 1},
     {"endpoint without scheme",
-     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
-         "/tmp/k.sock}}]\n",
+     HDR
+     "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
+     "/tmp/k.sock}}]\n",
      false, "resources[0].providers[0].kms.endpoint",
      "Invalid value: \"/tmp/k.sock\": unsupported scheme \"\" for KMS provider, only unix is "
      "supported",
      0, 0, 1},
     {"v2 with cachesize",
-     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
-         "\"unix:///k.sock\", cachesize: 10}}]\n",
+     HDR
+     "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v2, name: k, endpoint: "
+     "\"unix:///k.sock\", cachesize: 10}}]\n",
      false, "resources[0].providers[0].kms.cachesize",
      "Invalid value: 10: cachesize is not supported in v2", 5, 86, 1},
     {"v1 with cachesize 0",
@@ -254,10 +272,12 @@ static const struct rcase rule_cases[] = {
      false, "resources[0].providers[0].kms.cachesize",
      "Invalid value: 0: cachesize should be a positive value, or negative to disable", 5, 70, 1},
     {"apiVersion v3",
-     HDR "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v3, name: k, endpoint: "
-         "\"unix:///k.sock\"}}]\n",
+     HDR
+     "resources:\n- resources: [secrets]\n  providers: [{kms: {apiVersion: v3, name: k, endpoint: "
+     "\"unix:///k.sock\"}}]\n",
      false, "resources[0].providers[0].kms.apiVersion",
-     "Invalid value: \"v3\": unsupported apiVersion apiVersion for KMS provider, only v1 and v2 are "
+     "Invalid value: \"v3\": unsupported apiVersion apiVersion for KMS provider, only v1 and v2 "
+     "are "
      "supported",
      5, 34, 1},
     {"capital letters", HDR "resources:\n- resources: [Secrets]\n  providers: [{identity: {}}]\n",
@@ -268,46 +288,52 @@ static const struct rcase rule_cases[] = {
      "Invalid value: \"*\": use '*.' to encrypt all the resources from core API group or *.* to "
      "encrypt all resources",
      4, 15, 1},
-    {"apiserveripinfo", HDR "resources:\n- resources: [apiserveripinfo]\n  providers: [{identity: {}}]\n",
-     false, "resources[0].resources[0]",
+    {"apiserveripinfo",
+     HDR "resources:\n- resources: [apiserveripinfo]\n  providers: [{identity: {}}]\n", false,
+     "resources[0].resources[0]",
      "Invalid value: \"apiserveripinfo\": resources which do not have REST API/s cannot be "
      "encrypted",
      4, 15, 1},
     {"serviceipallocations",
-     HDR "resources:\n- resources: [secrets, serviceipallocations]\n  providers: [{identity: {}}]\n",
+     HDR
+     "resources:\n- resources: [secrets, serviceipallocations]\n  providers: [{identity: {}}]\n",
      false, "resources[0].resources[1]",
      "Invalid value: \"serviceipallocations\": resources which do not have REST API/s cannot be "
      "encrypted",
      4, 24, 1},
     {"servicenodeportallocations",
-     HDR "resources:\n- resources: [servicenodeportallocations]\n  providers: [{identity: {}}]\n", false,
-     "resources[0].resources[0]",
+     HDR "resources:\n- resources: [servicenodeportallocations]\n  providers: [{identity: {}}]\n",
+     false, "resources[0].resources[0]",
      "Invalid value: \"servicenodeportallocations\": resources which do not have REST API/s cannot "
      "be encrypted",
      0, 0, 1},
-    {"events.k8s.io", HDR "resources:\n- resources: [events.events.k8s.io]\n  providers: [{identity: {}}]\n",
-     false, "resources[0].resources[0]",
+    {"events.k8s.io",
+     HDR "resources:\n- resources: [events.events.k8s.io]\n  providers: [{identity: {}}]\n", false,
+     "resources[0].resources[0]",
      "Invalid value: \"events.events.k8s.io\": '*.events.k8s.io' objects are stored using the "
      "'events' API group in etcd. Use 'events' instead in the config file",
      0, 0, 1},
-    {"extensions", HDR "resources:\n- resources: [\"*.extensions\"]\n  providers: [{identity: {}}]\n",
-     false, "resources[0].resources[0]",
+    {"extensions",
+     HDR "resources:\n- resources: [\"*.extensions\"]\n  providers: [{identity: {}}]\n", false,
+     "resources[0].resources[0]",
      "Invalid value: \"*.extensions\": 'extensions' group has been removed and cannot be used for "
      "encryption",
      0, 0, 1},
-    {"across groups", HDR "resources:\n- resources: [\"secrets.*\"]\n  providers: [{identity: {}}]\n",
-     false, "resources[0].resources[0]",
+    {"across groups",
+     HDR "resources:\n- resources: [\"secrets.*\"]\n  providers: [{identity: {}}]\n", false,
+     "resources[0].resources[0]",
      "Invalid value: \"secrets.*\": encrypting the same resource across groups is not supported", 4,
      15, 1},
     {"duplicate resource",
-     HDR "resources:\n- resources: [secrets, configmaps, secrets, secrets]\n  providers: [{identity: {}}]\n",
+     HDR "resources:\n- resources: [secrets, configmaps, secrets, secrets]\n  providers: "
+         "[{identity: {}}]\n",
      false, "resources[0].resources",
      "Invalid value: []string{\"secrets\", \"configmaps\", \"secrets\", \"secrets\"}: the same "
      "resource cannot be specified multiple times",
      4, 14, 1},
     {"star-star overlap",
-     HDR "resources:\n- resources: [\"*.*\", secrets, configmaps]\n  providers: [{identity: {}}]\n", false,
-     "resources[0].resources",
+     HDR "resources:\n- resources: [\"*.*\", secrets, configmaps]\n  providers: [{identity: {}}]\n",
+     false, "resources[0].resources",
      "Invalid value: []string{\"*.*\", \"secrets\", \"configmaps\"}: using overlapping resources "
      "such as 'secrets' and '*.' in the same resource list is not allowed as they will be masked",
      4, 14, 1},
@@ -317,21 +343,24 @@ static const struct rcase rule_cases[] = {
      "Invalid value: []string{\"deployments.apps\", \"*.apps\"}: using overlapping resources such "
      "as 'secrets' and '*.' in the same resource list is not allowed as they will be masked",
      0, 0, 1},
-    {"core overlap", HDR "resources:\n- resources: [secrets, \"*.\"]\n  providers: [{identity: {}}]\n",
-     false, "resources[0].resources",
+    {"core overlap",
+     HDR "resources:\n- resources: [secrets, \"*.\"]\n  providers: [{identity: {}}]\n", false,
+     "resources[0].resources",
      "Invalid value: []string{\"secrets\", \"*.\"}: using overlapping resources such as 'secrets' "
      "and '*.' in the same resource list is not allowed as they will be masked",
      0, 0, 1},
     {"masked by core wildcard",
-     HDR "resources:\n- resources: [\"*.\"]\n  providers: [{identity: {}}]\n- resources: [secrets]\n  "
-         "providers: [{identity: {}}]\n",
+     HDR
+     "resources:\n- resources: [\"*.\"]\n  providers: [{identity: {}}]\n- resources: [secrets]\n  "
+     "providers: [{identity: {}}]\n",
      false, "resources[1].resources[0]", "resource \"secrets\" is masked by earlier rule \"*.\"", 6,
      15, 1},
     {"masked by star-star",
-     HDR "resources:\n- resources: [\"*.*\"]\n  providers: [{identity: {}}]\n- resources: [\"*.*\"]\n  "
-         "providers: [{identity: {}}]\n",
-     false, "resources[1].resources[0]", "resource \"*.*\" is masked by earlier rule \"*.*\"", 6, 15,
-     1},
+     HDR
+     "resources:\n- resources: [\"*.*\"]\n  providers: [{identity: {}}]\n- resources: [\"*.*\"]\n  "
+     "providers: [{identity: {}}]\n",
+     false, "resources[1].resources[0]", "resource \"*.*\" is masked by earlier rule \"*.*\"", 6,
+     15, 1},
     {"masked by group wildcard",
      HDR "resources:\n- resources: [\"*.apps\"]\n  providers: [{identity: {}}]\n- resources: "
          "[configmaps, deployments.apps]\n  providers: [{identity: {}}]\n",
@@ -509,8 +538,10 @@ static void test_invalid_files(void **state)
          "strict decoding error: unknown field \"resources[0].providers[3].kms.pandas\"", 26, 11},
         {TD "invalid-configs/invalid-aes-gcm.yaml", "resources[0].providers[0].aesgcm.keys",
          "Required value: at least one keys is required", 8, 16},
-        {TD "invalid-configs/kms/invalid-apiversion.yaml", "resources[0].providers[0].kms.apiVersion",
-         "Invalid value: \"v3\": unsupported apiVersion apiVersion for KMS provider, only v1 and v2 "
+        {TD "invalid-configs/kms/invalid-apiversion.yaml",
+         "resources[0].providers[0].kms.apiVersion",
+         "Invalid value: \"v3\": unsupported apiVersion apiVersion for KMS provider, only v1 and "
+         "v2 "
          "are supported",
          8, 23},
         {TD "invalid-configs/kms/invalid-config-type.yaml", "",
@@ -550,7 +581,8 @@ static void test_file_hash(void **state)
 
     assert_int_equal(ar_config_load_file(TD "ec_config.yaml", NULL, &c, NULL), 0);
     ar_config_file_hash_str(c, h);
-    assert_string_equal(h, "sha256:6bc9f4aa2e5587afbb96074e1809550cbc4de3cc3a35717dac8ff2800a147fd3");
+    assert_string_equal(h,
+                        "sha256:6bc9f4aa2e5587afbb96074e1809550cbc4de3cc3a35717dac8ff2800a147fd3");
     /* defaults of ec_config.yaml: KMS v1, 3s, cachesize 1000 */
     assert_int_equal(c->nrules, 1);
     assert_int_equal(c->rules[0].nproviders, 1);
@@ -657,26 +689,29 @@ static const struct dcase decode_cases[] = {
      "resources[0].providers[0].aescbc.keys[0].Secret",
      "strict decoding error: unknown field \"resources[0].providers[0].aescbc.keys[0].Secret\"", 5,
      76},
-    {"unknown identity field", HDR "resources:\n- resources: [s]\n  providers: [{identity: {a: 1}}]\n",
+    {"unknown identity field",
+     HDR "resources:\n- resources: [s]\n  providers: [{identity: {a: 1}}]\n",
      "resources[0].providers[0].identity.a",
      "strict decoding error: unknown field \"resources[0].providers[0].identity.a\"", 5, 27},
     {"duplicate field yaml",
      HDR "resources:\n- resources: [s]\n  providers:\n  - kms:\n      name: a\n      name: b\n",
      "resources[0].providers[0].kms.name",
-     "strict decoding error: yaml: unmarshal errors: line 8: key \"name\" already set in map", 8, 7},
+     "strict decoding error: yaml: unmarshal errors: line 8: key \"name\" already set in map", 8,
+     7},
     {"duplicate field json",
      "{\"kind\": \"EncryptionConfiguration\", \"apiVersion\": \"apiserver.config.k8s.io/v1\",\n"
      " \"resources\": [{\"resources\": [\"s\"], \"resources\": [\"t\"]}]}",
-     "resources[0].resources",
-     "strict decoding error: duplicate field \"resources[0].resources\"", 2, 37},
-    {"wrong kind", "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfig\nresources: []\n", "",
+     "resources[0].resources", "strict decoding error: duplicate field \"resources[0].resources\"",
+     2, 37},
+    {"wrong kind",
+     "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfig\nresources: []\n", "",
      "no kind \"EncryptionConfig\" is registered for version \"apiserver.config.k8s.io/v1\"", 2, 7},
     {"legacy kind needs v1", "apiVersion: v1\nkind: EncryptionConfiguration\nresources: []\n", "",
      "no kind \"EncryptionConfiguration\" is registered for version \"v1\"", 2, 7},
     {"missing apiVersion", "kind: EncryptionConfiguration\nresources: []\n", "",
      "Object 'apiVersion' is missing in '<the file content is not repeated>'", 1, 1},
-    {"whitespace only", "  \n\n", "", "Object 'Kind' is missing in '<the file content is not repeated>'",
-     0, 0},
+    {"whitespace only", "  \n\n", "",
+     "Object 'Kind' is missing in '<the file content is not repeated>'", 0, 0},
     {"top-level list", "- a\n- b\n", "",
      "couldn't get version/kind; json parse error: json: cannot unmarshal array into Go value of "
      "type struct { APIVersion string \"json:\\\"apiVersion,omitempty\\\"\"; Kind string "
@@ -691,7 +726,8 @@ static const struct dcase decode_cases[] = {
      "[]v1.ResourceConfiguration",
      3, 12},
     {"number as key name",
-     HDR "resources:\n- resources: [s]\n  providers: [{aescbc: {keys: [{name: 1, secret: " K16 "}]}}]\n",
+     HDR "resources:\n- resources: [s]\n  providers: [{aescbc: {keys: [{name: 1, secret: " K16
+         "}]}}]\n",
      "resources[0].providers[0].aescbc.keys[0].name",
      "json: cannot unmarshal number into Go struct field Key.resources.providers.aescbc.keys.name "
      "of type string",
@@ -708,7 +744,8 @@ static const struct dcase decode_cases[] = {
      5, 15},
     {"kms is a list", HDR "resources:\n- resources: [s]\n  providers: [{kms: []}]\n",
      "resources[0].providers[0].kms",
-     "json: cannot unmarshal array into Go struct field ProviderConfiguration.resources.providers.kms "
+     "json: cannot unmarshal array into Go struct field "
+     "ProviderConfiguration.resources.providers.kms "
      "of type v1.KMSConfiguration",
      5, 21},
     {"cachesize a string",
@@ -725,16 +762,18 @@ static const struct dcase decode_cases[] = {
      "json: cannot unmarshal number 4294967296 into Go struct field "
      "KMSConfiguration.resources.providers.kms.cachesize of type int32",
      0, 0},
-    {"timeout bad", HDR "resources:\n- resources: [s]\n  providers: [{kms: {name: k, timeout: 3x}}]\n",
+    {"timeout bad",
+     HDR "resources:\n- resources: [s]\n  providers: [{kms: {name: k, timeout: 3x}}]\n",
      "resources[0].providers[0].kms.timeout", "time: unknown unit \"x\" in duration \"3x\"", 5, 40},
-    {"timeout number", HDR "resources:\n- resources: [s]\n  providers: [{kms: {name: k, timeout: 3}}]\n",
+    {"timeout number",
+     HDR "resources:\n- resources: [s]\n  providers: [{kms: {name: k, timeout: 3}}]\n",
      "resources[0].providers[0].kms.timeout",
      "json: cannot unmarshal number into Go value of type string", 5, 40},
     {"yaml syntax", HDR "resources:\n- resources: [s\n", "",
      "error converting YAML to JSON: yaml: line 4: did not find expected ',' or ']'", 5, 1},
     {"tabs", HDR "resources:\n\t- a\n", "",
-     "error converting YAML to JSON: yaml: line 4: found character that cannot start any token",
-     4, 1},
+     "error converting YAML to JSON: yaml: line 4: found character that cannot start any token", 4,
+     1},
     {"alias", HDR "resources:\n- resources: &r [s]\n  providers: *r\n", "",
      "error converting YAML to JSON: yaml: line 5: aliases are not supported by atrest", 5, 14},
     {NULL, NULL, NULL, NULL, 0, 0},
@@ -794,8 +833,8 @@ static void test_limits(void **state)
     }
     deep[2 * n] = '\0';
     assert_int_equal(load(deep, false, true, &c, &d), -EINVAL);
-    assert_non_null(find(&d, AR_SEV_ERROR, "",
-                         "error converting YAML to JSON: nesting deeper than 32 levels"));
+    assert_non_null(
+        find(&d, AR_SEV_ERROR, "", "error converting YAML to JSON: nesting deeper than 32 levels"));
     ar_diags_free(&d);
     free(deep);
 
@@ -829,13 +868,15 @@ static void test_fingerprint(void **state)
 {
     uint8_t a[32], b[32];
     static const char *const same[] = {
-        HDR "resources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: "
-            "k1\n        secret: " K16 "\n  - kms:\n      name: p\n      endpoint: unix:///p.sock\n"
-            "  - identity: {}\n",
+        HDR
+        "resources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: "
+        "k1\n        secret: " K16 "\n  - kms:\n      name: p\n      endpoint: unix:///p.sock\n"
+        "  - identity: {}\n",
         /* JSON */
         "{\"apiVersion\": \"apiserver.config.k8s.io/v1\", \"kind\": \"EncryptionConfiguration\", "
         "\"resources\": [{\"resources\": [\"secrets\"], \"providers\": [{\"aescbc\": {\"keys\": "
-        "[{\"name\": \"k1\", \"secret\": \"" K16 "\"}]}}, {\"kms\": {\"name\": \"p\", \"endpoint\": "
+        "[{\"name\": \"k1\", \"secret\": \"" K16
+        "\"}]}}, {\"kms\": {\"name\": \"p\", \"endpoint\": "
         "\"unix:///p.sock\"}}, {\"identity\": {}}]}]}",
         /* reordered keys, comments, legacy kind, explicit defaults, other duration spelling */
         "# a comment\nkind: EncryptionConfig\nresources:\n- providers:\n  - aescbc:\n      keys:\n"
@@ -846,27 +887,33 @@ static void test_fingerprint(void **state)
     };
     static const char *const differ[] = {
         /* another key secret (last byte) */
-        HDR "resources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: "
-            "k1\n        secret: c2VjcmV0IGlzIHNlY3VyZg==\n  - kms:\n      name: p\n      endpoint: "
-            "unix:///p.sock\n  - identity: {}\n",
+        HDR
+        "resources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: "
+        "k1\n        secret: c2VjcmV0IGlzIHNlY3VyZg==\n  - kms:\n      name: p\n      endpoint: "
+        "unix:///p.sock\n  - identity: {}\n",
         /* another key name */
-        HDR "resources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: "
-            "k2\n        secret: " K16 "\n  - kms:\n      name: p\n      endpoint: unix:///p.sock\n"
-            "  - identity: {}\n",
+        HDR
+        "resources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: "
+        "k2\n        secret: " K16 "\n  - kms:\n      name: p\n      endpoint: unix:///p.sock\n"
+        "  - identity: {}\n",
         /* aesgcm instead of aescbc */
-        HDR "resources:\n- resources: [secrets]\n  providers:\n  - aesgcm:\n      keys:\n      - name: "
-            "k1\n        secret: " K16 "\n  - kms:\n      name: p\n      endpoint: unix:///p.sock\n"
-            "  - identity: {}\n",
+        HDR
+        "resources:\n- resources: [secrets]\n  providers:\n  - aesgcm:\n      keys:\n      - name: "
+        "k1\n        secret: " K16 "\n  - kms:\n      name: p\n      endpoint: unix:///p.sock\n"
+        "  - identity: {}\n",
         /* provider order */
-        HDR "resources:\n- resources: [secrets]\n  providers:\n  - kms:\n      name: p\n      endpoint: "
+        HDR "resources:\n- resources: [secrets]\n  providers:\n  - kms:\n      name: p\n      "
+            "endpoint: "
             "unix:///p.sock\n  - aescbc:\n      keys:\n      - name: k1\n        secret: " K16
             "\n  - identity: {}\n",
         /* timeout */
-        HDR "resources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: "
-            "k1\n        secret: " K16 "\n  - kms:\n      name: p\n      endpoint: unix:///p.sock\n"
-            "      timeout: 4s\n  - identity: {}\n",
+        HDR
+        "resources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n      - name: "
+        "k1\n        secret: " K16 "\n  - kms:\n      name: p\n      endpoint: unix:///p.sock\n"
+        "      timeout: 4s\n  - identity: {}\n",
         /* resource */
-        HDR "resources:\n- resources: [configmaps]\n  providers:\n  - aescbc:\n      keys:\n      - name: "
+        HDR "resources:\n- resources: [configmaps]\n  providers:\n  - aescbc:\n      keys:\n      "
+            "- name: "
             "k1\n        secret: " K16 "\n  - kms:\n      name: p\n      endpoint: unix:///p.sock\n"
             "  - identity: {}\n",
         NULL,
@@ -890,41 +937,40 @@ static void test_render(void **state)
     char *out = NULL, hex[17];
     size_t n = 0;
 
-    assert_int_equal(
-        ar_config_load_file("tests/data/configs/special-names.yaml", NULL, &c, NULL), 0);
+    assert_int_equal(ar_config_load_file("tests/data/configs/special-names.yaml", NULL, &c, NULL),
+                     0);
     assert_int_equal(ar_config_render(c, false, &out, &n), 0);
-    assert_string_equal(out,
-                        "apiVersion: apiserver.config.k8s.io/v1\n"
-                        "kind: EncryptionConfiguration\n"
-                        "resources:\n"
-                        "  - resources:\n"
-                        "      - \"secrets\"\n"
-                        "      - \"*.apps\"\n"
-                        "    providers:\n"
-                        "      - aescbc:\n"
-                        "          keys:\n"
-                        "            - name: \"a:b # c\"\n"
-                        "              secret: \"" K16 "\"\n"
-                        "            - name: \"yes\"\n"
-                        "              secret: \"" K16 "\"\n"
-                        "            - name: \"q\\\"\\\\\\x01\\x09\xc3\xa9\"\n"
-                        "              secret: \"" K16 "\"\n"
-                        "      - kms:\n"
-                        "          apiVersion: v1\n"
-                        "          name: \"v1:name\"\n"
-                        "          endpoint: \"unix:///tmp/a b.sock\"\n"
-                        "          cachesize: -1\n"
-                        "          timeout: \"1m30.5s\"\n"
-                        "      - kms:\n"
-                        "          apiVersion: v2\n"
-                        "          name: \"v2\"\n"
-                        "          endpoint: \"unix:///tmp/x.sock\"\n"
-                        "          timeout: \"1\xc2\xb5s\"\n"
-                        "      - identity: {}\n"
-                        "  - resources:\n"
-                        "      - \"*.*\"\n"
-                        "    providers:\n"
-                        "      - identity: {}\n");
+    assert_string_equal(out, "apiVersion: apiserver.config.k8s.io/v1\n"
+                             "kind: EncryptionConfiguration\n"
+                             "resources:\n"
+                             "  - resources:\n"
+                             "      - \"secrets\"\n"
+                             "      - \"*.apps\"\n"
+                             "    providers:\n"
+                             "      - aescbc:\n"
+                             "          keys:\n"
+                             "            - name: \"a:b # c\"\n"
+                             "              secret: \"" K16 "\"\n"
+                             "            - name: \"yes\"\n"
+                             "              secret: \"" K16 "\"\n"
+                             "            - name: \"q\\\"\\\\\\x01\\x09\xc3\xa9\"\n"
+                             "              secret: \"" K16 "\"\n"
+                             "      - kms:\n"
+                             "          apiVersion: v1\n"
+                             "          name: \"v1:name\"\n"
+                             "          endpoint: \"unix:///tmp/a b.sock\"\n"
+                             "          cachesize: -1\n"
+                             "          timeout: \"1m30.5s\"\n"
+                             "      - kms:\n"
+                             "          apiVersion: v2\n"
+                             "          name: \"v2\"\n"
+                             "          endpoint: \"unix:///tmp/x.sock\"\n"
+                             "          timeout: \"1\xc2\xb5s\"\n"
+                             "      - identity: {}\n"
+                             "  - resources:\n"
+                             "      - \"*.*\"\n"
+                             "    providers:\n"
+                             "      - identity: {}\n");
     ar_config_render_free(out, n);
     assert_int_equal(ar_config_render(c, true, &out, &n), 0);
     assert_null(strstr(out, K16));
@@ -939,8 +985,8 @@ static void test_render(void **state)
 
 static void test_no_secret_in_diags(void **state)
 {
-    static const char *const secrets[] = {"c2VjcmV0IGlz", "secret is secure", "aGVsbG8", "hello",
-                                          "bm90IGEga2V5IQ", NULL};
+    static const char *const secrets[] = {"c2VjcmV0IGlz", "secret is secure", "aGVsbG8",
+                                          "hello",        "bm90IGEga2V5IQ",   NULL};
     static const char *const texts[] = {
         /* wrong lengths, bad base64, unknown fields next to keys, type errors on secrets */
         HDR "resources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, secret: "
@@ -948,8 +994,9 @@ static void test_no_secret_in_diags(void **state)
             "  - secretbox: {keys: [{name: c, secret: " K16 "}]}\n",
         HDR "resources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, secret: " K16
             ", sekret: " K16 "}]}\n",
-        HDR "resources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, secret: [" K16
-            "]}]}\n",
+        HDR
+        "resources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, secret: [" K16
+        "]}]}\n",
         HDR "resources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, secret: " K16
             ", secret: " K16 "}]}\n",
         /* a syntax error right after a key */
@@ -986,22 +1033,22 @@ static void test_b64(void **state)
         {"aGVsbA==", 0, "hell"},
         {"aGVs", 0, "hel"},
         {"", 0, ""},
-        {"aGVsbG9=", 0, "hello"},          /* non-canonical trailing bits: Go accepts */
-        {"aGVsbB==", 0, "hell"},           /* same with two pads */
-        {"aGVs\nbG8=", 0, "hello"},        /* \n skipped */
-        {"aGVsbG8=\r\n", 0, "hello"},      /* trailing CRLF skipped */
-        {"\naG\rVsb\nA=\n=", 0, "hell"},   /* even between the pads */
-        {"aGVsbG8", -EINVAL, NULL},        /* padding required */
-        {"aGVs bG8=", -EINVAL, NULL},      /* space */
+        {"aGVsbG9=", 0, "hello"},        /* non-canonical trailing bits: Go accepts */
+        {"aGVsbB==", 0, "hell"},         /* same with two pads */
+        {"aGVs\nbG8=", 0, "hello"},      /* \n skipped */
+        {"aGVsbG8=\r\n", 0, "hello"},    /* trailing CRLF skipped */
+        {"\naG\rVsb\nA=\n=", 0, "hell"}, /* even between the pads */
+        {"aGVsbG8", -EINVAL, NULL},      /* padding required */
+        {"aGVs bG8=", -EINVAL, NULL},    /* space */
         {" aGVsbG8=", -EINVAL, NULL},
         {"aGVsbG8=\t", -EINVAL, NULL},
-        {"aGVsbG8==", -EINVAL, NULL},      /* extra pad */
-        {"aGVsbA==aGVs", -EINVAL, NULL},   /* data after pad */
+        {"aGVsbG8==", -EINVAL, NULL},    /* extra pad */
+        {"aGVsbA==aGVs", -EINVAL, NULL}, /* data after pad */
         {"aGVs*G8=", -EINVAL, NULL},
-        {"ab-_", -EINVAL, NULL},           /* URL alphabet */
+        {"ab-_", -EINVAL, NULL}, /* URL alphabet */
         {"a===", -EINVAL, NULL},
         {"====", -EINVAL, NULL},
-        {"aGV=bG8=", -EINVAL, NULL},       /* pad inside */
+        {"aGV=bG8=", -EINVAL, NULL}, /* pad inside */
         {"a", -EINVAL, NULL},
         {"\n", 0, ""},
     };
@@ -1091,9 +1138,8 @@ static void test_diag_format(void **state)
     int n;
 
     ar_diags_init(&d);
-    assert_int_equal(ar_diags_add(&d, AR_SEV_ERROR, "f.yaml", p, "resources", "Required value: %s",
-                                  "x"),
-                     0);
+    assert_int_equal(
+        ar_diags_add(&d, AR_SEV_ERROR, "f.yaml", p, "resources", "Required value: %s", "x"), 0);
     assert_int_equal(ar_diags_add(&d, AR_SEV_WARNING, "f.yaml", p0, "", "w"), 0);
     assert_int_equal(d.n, 2);
     assert_int_equal(d.nerrors, 1);
@@ -1141,9 +1187,8 @@ static void test_load_errors(void **state)
     assert_int_equal(ar_config_load_file(TD "invalid-configs/invalid-typo.yaml", NULL, &c, NULL),
                      -EINVAL);
     assert_null(c);
-    assert_int_equal(ar_config_load_mem("x", HDR "resources: []\n", strlen(HDR) + 14, NULL, &c,
-                                         NULL),
-                     -EINVAL);
+    assert_int_equal(
+        ar_config_load_mem("x", HDR "resources: []\n", strlen(HDR) + 14, NULL, &c, NULL), -EINVAL);
     ar_diags_init(&d);
     assert_int_equal(ar_config_load_file("tests/data/configs", NULL, &c, &d), -EISDIR);
     assert_non_null(find(&d, AR_SEV_ERROR, "",
@@ -1161,14 +1206,22 @@ static void test_load_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_valid_files),   cmocka_unit_test(test_invalid_files),
-        cmocka_unit_test(test_file_hash),     cmocka_unit_test(test_model),
-        cmocka_unit_test(test_rules),         cmocka_unit_test(test_accepted),
-        cmocka_unit_test(test_multiple_errors), cmocka_unit_test(test_decode),
-        cmocka_unit_test(test_limits),        cmocka_unit_test(test_fingerprint),
-        cmocka_unit_test(test_render),        cmocka_unit_test(test_no_secret_in_diags),
-        cmocka_unit_test(test_b64),           cmocka_unit_test(test_duration),
-        cmocka_unit_test(test_diag_format),   cmocka_unit_test(test_crypto_init),
+        cmocka_unit_test(test_valid_files),
+        cmocka_unit_test(test_invalid_files),
+        cmocka_unit_test(test_file_hash),
+        cmocka_unit_test(test_model),
+        cmocka_unit_test(test_rules),
+        cmocka_unit_test(test_accepted),
+        cmocka_unit_test(test_multiple_errors),
+        cmocka_unit_test(test_decode),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_fingerprint),
+        cmocka_unit_test(test_render),
+        cmocka_unit_test(test_no_secret_in_diags),
+        cmocka_unit_test(test_b64),
+        cmocka_unit_test(test_duration),
+        cmocka_unit_test(test_diag_format),
+        cmocka_unit_test(test_crypto_init),
         cmocka_unit_test(test_load_errors),
     };
 
