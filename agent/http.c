@@ -375,11 +375,13 @@ static int start_mhd(struct ar_http *h, struct listener *l, int fd,
     unsigned flags = MHD_USE_EPOLL | (h->log ? MHD_USE_ERROR_LOG : 0);
     l->h = h;
     l->d = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, h, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
+        flags, 0, NULL, NULL, on_request, h,
+        /* the logger first, or MHD warns that earlier options may log to stderr */
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)(o->conn_limit ? o->conn_limit : DEFAULT_CONN_LIMIT),
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(o->mem_limit ? o->mem_limit : DEFAULT_MEM_LIMIT),
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(o->timeout_s ? o->timeout_s : DEFAULT_TIMEOUT_S),
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h, MHD_OPTION_END);
+        MHD_OPTION_END);
     if (!l->d) {
         seterr(err, errlen, "cannot start the status server (libmicrohttpd)");
         /* MHD may or may not have closed the socket it was given. */

@@ -1,0 +1,366 @@
+"""Fixtures for the black-box integration tests: the real `atrest agent` binary, temp dirs,
+free loopback ports, an HTTP client for its status server, a key registry and a key-leak
+scanner, and strict process hygiene (every process a test starts is gone when it ends).
+
+Environment:
+  ATREST        the release binary (default ./atrest)
+  ATREST_ASAN   the ASan+UBSan build (default build/asan/atrest); tests that take the
+                `agent_bin` fixture run with both, and fail on any sanitizer report.
+"""
+import base64
+import http.client
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+ATREST = os.environ.get("ATREST", str(ROOT / "atrest"))
+ATREST_ASAN = os.environ.get("ATREST_ASAN", str(ROOT / "build" / "asan" / "atrest"))
+
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "SUMMARY: AddressSanitizer", "SUMMARY: UndefinedBehaviorSanitizer")
+
+METRICS_CTYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+# ---- keys and the leak scan -----------------------------------------------------------------
+
+class Keys:
+    """Every key a test generates; the leak scan looks for each of them in every form."""
+
+    def __init__(self):
+        self.keys = []
+
+    def new(self, n=32):
+        k = os.urandom(n)
+        self.keys.append(k)
+        return k
+
+    @staticmethod
+    def forms(k):
+        b = base64.b64encode(k)
+        return [("raw", k), ("base64", b), ("base64-nopad", b.rstrip(b"=")),
+                ("base64url", base64.urlsafe_b64encode(k).rstrip(b"=")),
+                ("hex", k.hex().encode()), ("HEX", k.hex().upper().encode())]
+
+    def scan(self, data, where):
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogateescape")
+        for i, k in enumerate(self.keys):
+            for form, needle in self.forms(k):
+                assert needle not in data, "key #%d leaked (%s form) in %s" % (i, form, where)
+
+
+@pytest.fixture
+def keys():
+    return Keys()
+
+
+def b64(k):
+    return base64.b64encode(k).decode()
+
+
+def enc_config(rules, kind="EncryptionConfiguration",
+               api_version="apiserver.config.k8s.io/v1"):
+    """rules: [(["secrets", ...], [("aescbc", [("k1", keybytes), ...]), ("identity",), ...]), ...]"""
+    out = ["apiVersion: " + api_version, "kind: " + kind, "resources:"]
+    for resources, providers in rules:
+        out.append("  - resources:")
+        out += ["      - " + r for r in resources]
+        out.append("    providers:")
+        for p in providers:
+            if p[0] == "identity":
+                out.append("      - identity: {}")
+            elif p[0] == "kms":
+                out += ["      - kms:"] + ["          %s: %s" % kv for kv in p[1]]
+            else:
+                out += ["      - %s:" % p[0], "          keys:"]
+                for name, k in p[1]:
+                    out += ["            - name: " + name, "              secret: " + b64(k)]
+    return "\n".join(out) + "\n"
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout=10.0, what="condition", interval=0.02):
+    """Poll pred() until it returns a truthy value; bounded in time."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            v = pred()
+            if v:
+                return v
+        except (OSError, http.client.HTTPException, ValueError, KeyError) as e:
+            last_exc = e
+        time.sleep(interval)
+    raise AssertionError("timed out after %.1fs waiting for %s (last error: %r)"
+                         % (timeout, what, last_exc))
+
+
+# ---- Prometheus text -------------------------------------------------------------------------
+
+SAMPLE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
+LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)')
+
+
+def parse_metrics(text):
+    """Parse and strictly check the text exposition format; returns
+    {name: {"type": t, "help": h, "samples": {frozenset(labels.items()): value}}}."""
+    assert text.endswith("\n"), "exposition must end with a newline"
+    out = {}
+    for line in text[:-1].split("\n"):
+        assert line, "empty line in exposition"
+        if line.startswith("# HELP "):
+            name, _, help_ = line[7:].partition(" ")
+            assert name not in out, "HELP for %s twice or after its samples" % name
+            out[name] = {"help": help_, "type": None, "samples": {}}
+        elif line.startswith("# TYPE "):
+            name, _, typ = line[7:].partition(" ")
+            assert name in out and out[name]["type"] is None, "TYPE %s out of place" % name
+            assert typ in ("counter", "gauge"), typ
+            out[name]["type"] = typ
+        else:
+            m = SAMPLE_RE.match(line)
+            assert m, "bad sample line %r" % line
+            name = m.group(1)
+            assert name in out and out[name]["type"], "sample %s before its HELP/TYPE" % name
+            labels = {}
+            if m.group(3):
+                rest = m.group(3)
+                pos = 0
+                while pos < len(rest):
+                    lm = LABEL_RE.match(rest, pos)
+                    assert lm, "bad labels in %r" % line
+                    labels[lm.group(1)] = lm.group(2)
+                    pos = lm.end()
+            value = float(m.group(4))
+            key = frozenset(labels.items())
+            assert key not in out[name]["samples"], "duplicate series %r" % line
+            out[name]["samples"][key] = value
+    return out
+
+
+# ---- the agent under test --------------------------------------------------------------------
+
+class Agent:
+    def __init__(self, tmp, binary, keys, node="node-a", extra=(), use_socket=True):
+        self.tmp = pathlib.Path(tmp)
+        self.binary = binary
+        self.keys = keys
+        self.node = node
+        self.extra = list(extra)
+        for d in ("desired", "enc", "state", "run"):
+            (self.tmp / d).mkdir(exist_ok=True)
+        self.desired = self.tmp / "desired" / "desired.yaml"
+        self.effective = self.tmp / "enc" / "config.yaml"
+        self.state_dir = self.tmp / "state"
+        self.sock = str(self.tmp / "run" / "status.sock") if use_socket else None
+        self.port = free_port()
+        self.log_path = self.tmp / "agent.log"
+        self.proc = None
+        self.bodies = []          # every HTTP body received, for the leak scan
+        self.returncode = None
+
+    @property
+    def asan(self):
+        return "asan" in os.path.basename(os.path.dirname(self.binary)) or \
+            self.binary == ATREST_ASAN
+
+    def args(self):
+        a = [self.binary, "agent", "--node", self.node, "--desired", str(self.desired),
+             "--effective", str(self.effective), "--state-dir", str(self.state_dir),
+             "--status-listen", "127.0.0.1:%d" % self.port, "--debounce-ms", "40",
+             "--poll-interval", "1", "--log-level", "debug"]
+        if self.sock:
+            a += ["--status-socket", self.sock]
+        return a + self.extra
+
+    def start(self, wait_ready=True):
+        env = dict(os.environ)
+        env.pop("JOURNAL_STREAM", None)
+        env.pop("NOTIFY_SOCKET", None)
+        env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0:exitcode=66"
+        env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args(), stdin=subprocess.DEVNULL, stdout=self.logf,
+                                     stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True,
+                                     preexec_fn=getattr(self, "preexec", None))
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_ready(self, timeout=15):
+        def ready():
+            assert self.alive(), "agent exited (%s):\n%s" % (self.proc.returncode, self.log())
+            return self.get("/readyz")[0] == 200
+        wait_for(ready, timeout, "agent /readyz == 200")
+
+    # -- HTTP --
+    def request(self, path, method="GET", via_socket=False):
+        if via_socket:
+            conn = UnixHTTPConnection(self.sock, timeout=5)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request(method, path)
+            r = conn.getresponse()
+            body = r.read()
+            self.bodies.append((method + " " + path, body))
+            return r.status, dict((k.lower(), v) for k, v in r.getheaders()), body
+        finally:
+            conn.close()
+
+    def get(self, path, via_socket=False):
+        st, hd, body = self.request(path, via_socket=via_socket)
+        return st, hd, body
+
+    def status(self):
+        st, hd, body = self.get("/status")
+        assert st == 200, (st, body)
+        assert hd["content-type"].startswith("application/json"), hd
+        return json.loads(body)
+
+    def metrics(self):
+        st, hd, body = self.get("/metrics")
+        assert st == 200, (st, body)
+        assert hd["content-type"] == METRICS_CTYPE, hd
+        return parse_metrics(body.decode())
+
+    def metric(self, name, **labels):
+        m = self.metrics()
+        if name not in m:
+            return None
+        return m[name]["samples"].get(frozenset(labels.items()))
+
+    # -- files, log, signals --
+    def log(self):
+        try:
+            return self.log_path.read_bytes().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def send_signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if not self.alive():
+            self.returncode = self.proc.returncode if self.proc else None
+            return self.returncode
+        self.proc.send_signal(sig)
+        try:
+            self.returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError("agent did not exit within %ss after %s" % (timeout, sig))
+        return self.returncode
+
+    def kill(self):
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def leftovers(self):
+        """True when a process of the agent's process group still exists."""
+        if self.proc is None:
+            return False
+        try:
+            os.killpg(self.proc.pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+    def finish(self):
+        """Teardown: stop, kill the group, assert hygiene, scan for leaks and sanitizers."""
+        if self.proc is None or getattr(self, "finished", False):
+            return
+        self.finished = True
+        if self.alive():
+            self.stop()
+        self.kill()
+        self.logf.close()
+        if self.leftovers():
+            wait_for(lambda: not self.leftovers(), 5, "the agent's process group to be empty")
+        text = self.log()
+        for marker in SANITIZER_MARKERS:
+            assert marker not in text, "sanitizer report in the agent's output:\n" + text[-6000:]
+        self.keys.scan(self.log_path.read_bytes(), "the agent's log")
+        for what, body in self.bodies:
+            self.keys.scan(body, "HTTP response to " + what)
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=5):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+def _binaries():
+    out = [pytest.param(ATREST, id="rel")]
+    out.append(pytest.param(ATREST_ASAN, id="asan",
+                            marks=pytest.mark.skipif(not os.path.exists(ATREST_ASAN),
+                                                     reason="no ASan build")))
+    return out
+
+
+@pytest.fixture(params=_binaries())
+def agent_bin(request):
+    """Both builds: tests taking this fixture run against the release and the ASan build."""
+    return request.param
+
+
+@pytest.fixture
+def make_agent(tmp_path, keys):
+    """make_agent(binary=ATREST, **kw) -> Agent (not started). Everything is stopped, checked
+    for leftovers, sanitizer reports and key leaks at teardown."""
+    agents = []
+
+    def make(binary=ATREST, sub="a", base=None, **kw):
+        d = pathlib.Path(base or tmp_path) / sub
+        d.mkdir(exist_ok=True)
+        a = Agent(d, binary, keys, **kw)
+        agents.append(a)
+        return a
+
+    yield make
+    errors = []
+    for a in agents:
+        try:
+            a.finish()
+        except AssertionError as e:
+            errors.append(str(e))
+    assert not errors, "\n".join(errors)
+
+
+def run_cli(args, timeout=30, **kw):
+    return subprocess.run([ATREST] + args, capture_output=True, timeout=timeout, **kw)

@@ -1,0 +1,119 @@
+"""The agent as a process: signals, exit codes, its status server (both listeners), the
+`atrest status` command, and process hygiene."""
+import json
+import os
+import signal
+import socket
+import stat
+import time
+
+import pytest
+
+from conftest import ATREST, enc_config, parse_metrics, run_cli, wait_for
+
+
+def good(keys):
+    return enc_config([(["secrets"], [("aesgcm", [("k1", keys.new(32))]), ("identity",)])])
+
+
+def started(make_agent, keys, binary=ATREST, **kw):
+    a = make_agent(binary=binary, **kw)
+    a.desired.write_text(good(keys))
+    a.start()
+    return a
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_clean_exit(make_agent, keys, agent_bin, sig):
+    a = started(make_agent, keys, agent_bin)
+    pid = a.proc.pid
+    assert a.stop(sig) == 0, a.log()
+    assert not a.leftovers()
+    # the status socket is gone, and the port is free again
+    assert not os.path.exists(a.sock)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", a.port))
+    assert not os.path.exists("/proc/%d" % pid)
+
+
+def test_endpoints(make_agent, keys):
+    a = started(make_agent, keys)
+    for path in ("/healthz", "/readyz"):
+        st, hd, body = a.get(path)
+        assert st == 200, (path, body)
+        assert hd["content-type"].startswith("text/plain"), hd
+    st, hd, body = a.get("/status")
+    assert st == 200 and hd["content-type"].startswith("application/json")
+    doc = json.loads(body)
+    assert doc.get("node") == "node-a"
+    st, hd, body = a.get("/metrics")
+    assert st == 200
+    assert hd["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    m = parse_metrics(body.decode())
+    for name in ("atrest_config_reloads_total", "atrest_config_last_config_info",
+                 "atrest_desired_config_invalid", "atrest_build_info",
+                 "atrest_effective_writes_total"):
+        assert name in m, name
+    assert a.get("/nope")[0] == 404
+    for method in ("POST", "PUT", "DELETE"):
+        st, hd, _ = a.request("/status", method)
+        assert st == 405 and hd.get("allow") == "GET, HEAD", (method, st, hd)
+    st, hd, body = a.request("/status", "HEAD")
+    assert st == 200 and body == b""
+    # the unix socket serves the same, with mode 0660
+    assert stat.S_IMODE(os.stat(a.sock).st_mode) == 0o660
+    st, _, body = a.get("/status", via_socket=True)
+    assert st == 200 and json.loads(body)["node"] == "node-a"
+
+
+def test_status_command(make_agent, keys):
+    a = started(make_agent, keys)
+    wait_for(lambda: a.status().get("effective", {}).get("fingerprint"), 10, "effective")
+    p = run_cli(["status", "--addr", "http://127.0.0.1:%d" % a.port])
+    out = p.stdout.decode()
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "node-a" in out
+    assert "secrets" in out
+    fp = a.status()["effective"]["fingerprint"]
+    assert fp.split(":")[-1][:12] in out
+    a.keys.scan(p.stdout + p.stderr, "atrest status output")
+    p = run_cli(["status", "--socket", a.sock, "--json"])
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["node"] == "node-a"
+    a.keys.scan(p.stdout, "atrest status --json output")
+
+
+def test_status_command_agent_down(tmp_path):
+    port = __import__("conftest").free_port()
+    p = run_cli(["status", "--addr", "127.0.0.1:%d" % port])
+    assert p.returncode == 1
+    err = p.stderr.decode()
+    assert "cannot reach the agent at http://127.0.0.1:%d" % port in err, err
+    assert "is it running?" in err
+    p = run_cli(["status", "--socket", str(tmp_path / "none.sock")])
+    assert p.returncode == 1
+    assert "cannot reach the agent at unix socket" in p.stderr.decode()
+    p = run_cli(["status", "--bogus"])
+    assert p.returncode == 2
+    p = run_cli(["status", "--addr", "x", "--socket", "y"])
+    assert p.returncode == 2
+
+
+def test_status_command_reads_agent_yaml(make_agent, keys, tmp_path):
+    a = started(make_agent, keys)
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("desiredConfig: %s\neffectiveConfig:\n  path: %s\nstatus:\n"
+                   "  listen: 127.0.0.1:%d\n" % (a.desired, a.effective, a.port))
+    p = run_cli(["status", "--config", str(cfg), "--json"])
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["node"] == "node-a"
+
+
+def test_leak_scanner_detects_every_form(keys):
+    """The scanner the fixtures run over every log and response must catch each form."""
+    k = keys.new(32)
+    for form, needle in keys.forms(k):
+        with pytest.raises(AssertionError, match=form):
+            keys.scan(b"xx " + needle + b" yy", "self-test")
+    keys.scan(b"nothing here", "self-test")
