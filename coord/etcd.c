@@ -452,6 +452,8 @@ int ar_xfer_start(struct ar_etcd *c, struct ar_xfer *x, const char *path, bool h
     } else {
         curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)AR_ETCD_MAX_BODY);
     }
+    if (getenv("ATREST_CURL_VERBOSE"))
+        curl_easy_setopt(h, CURLOPT_VERBOSE, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 10L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPINTVL, 5L);

@@ -16,6 +16,8 @@
  *     -ERANGE        revision compacted or in the future (gRPC 11)
  *     -ENOSPC        quota exhausted (gRPC 8)
  *     -EMSGSIZE      response larger than the cap
+ *     -EINVAL        etcd rejected the request as invalid (gRPC 3), e.g. duplicate txn key
+ *     -ECONNRESET    the connection broke mid-request
  *     -EPROTO        malformed response, or any other etcd error
  *     -ECANCELED     the client or the watch/keeper was closed
  *   and the struct ar_etcd_error next to it carries the endpoint and etcd's own message.
@@ -214,7 +216,9 @@ int ar_etcd_lease_revoke(struct ar_etcd *c, int64_t id, ar_etcd_cb cb, void *arg
 int ar_etcd_lease_ttl(struct ar_etcd *c, int64_t id, ar_etcd_cb cb, void *arg);
 
 /*
- * Keep a lease alive over one streamed POST /v3/lease/keepalive, sending {"ID":..} every ttl/3.
+ * Keep a lease alive: one POST /v3/lease/keepalive {"ID":..} (a one-message stream) every ttl/3
+ * on a kept-alive connection. (A single chunked POST fed line by line does not stream through
+ * etcd 3.4's gateway: Go's HTTP/1.1 server holds the answers until the upload ends.)
  * After each answer cb gets status 0, the TTL granted and the deadline: the monotonic time (ms)
  * at which the lease expires at the latest, counted from when that keepalive REQUEST was sent.
  * On transport errors the stream is reopened (next endpoint) and cb gets status < 0 with the

@@ -446,8 +446,13 @@ void ar_etcd_watch_drop_connection(struct ar_etcd_watch *w)
 
 /* --- keepalive ---------------------------------------------------------------------------- */
 
-#define KA_MAX_OUTSTANDING 8
-
+/*
+ * One POST /v3/lease/keepalive per renewal, each with one {"ID":..} body, on kept-alive
+ * connections. A single long chunked POST fed line by line does not work through etcd 3.4's
+ * gateway (Go 1.19 net/http drains the request body before it sends response headers, so the
+ * answers only arrive when the upload ends; measured with curl: without "Expect: 100-continue"
+ * no answer came before EOF, with it only the first one did).
+ */
 struct ar_etcd_keeper {
     struct ar_stream s;
     struct ar_xfer x;
@@ -458,14 +463,11 @@ struct ar_etcd_keeper {
     void *arg;
     struct ar_linebuf lb;
     uv_timer_t *timer;
-    char line[64];
-    size_t line_len, line_off;
-    uint64_t sent_at[KA_MAX_OUTSTANDING];
-    size_t n_sent;
+    uint64_t sent_at;
     uint64_t deadline;
     unsigned failures;
     int busy;
-    bool dead, lost, conn_failed;
+    bool dead, lost, got_reply, failed;
 };
 
 static void keeper_connect(struct ar_etcd_keeper *k);
@@ -504,20 +506,12 @@ static uint64_t reply_timeout(const struct ar_etcd_keeper *k)
 
     if (t > k->c->req_timeout_ms)
         t = k->c->req_timeout_ms;
-    return t < 200 ? 200 : t;
+    return t < 300 ? 300 : t;
 }
 
-static void on_keeper_timer(uv_timer_t *t);
-
-static void keeper_send(struct ar_etcd_keeper *k)
+static void on_keeper_timer(uv_timer_t *t)
 {
-    if (k->n_sent >= KA_MAX_OUTSTANDING || k->line_off < k->line_len)
-        return;
-    k->line_len = (size_t)snprintf(k->line, sizeof(k->line), "{\"ID\":\"%" PRId64 "\"}\n", k->id);
-    k->line_off = 0;
-    k->sent_at[k->n_sent++] = ar_etcd_now_ms();
-    ar_xfer_unpause(&k->x);
-    uv_timer_start(k->timer, on_keeper_timer, reply_timeout(k), 0);
+    keeper_connect(t->data);
 }
 
 static void keeper_fail(struct ar_etcd_keeper *k, const struct ar_etcd_error *e)
@@ -525,12 +519,10 @@ static void keeper_fail(struct ar_etcd_keeper *k, const struct ar_etcd_error *e)
     struct ar_etcd *c = k->c;
     uint64_t delay;
 
-    k->conn_failed = true;
+    k->failed = true;
     ar_xfer_stop(&k->x);
     ar_link_del(&k->x.dirty);
     k->lb.len = 0;
-    k->n_sent = 0;
-    k->line_len = k->line_off = 0;
     keeper_report(k, e->code ? e->code : -EPROTO, e);
     if (k->dead || k->lost)
         return;
@@ -540,43 +532,6 @@ static void keeper_fail(struct ar_etcd_keeper *k, const struct ar_etcd_error *e)
         k->x.ep = (k->x.ep + 1) % c->n_ep;
     uv_timer_stop(k->timer);
     uv_timer_start(k->timer, on_keeper_timer, delay, 0);
-}
-
-static void on_keeper_timer(uv_timer_t *t)
-{
-    struct ar_etcd_keeper *k = t->data;
-    struct ar_etcd_error e;
-
-    keeper_enter(k);
-    if (k->dead || k->lost)
-        goto out;
-    if (!k->x.active) {
-        keeper_connect(k);
-        goto out;
-    }
-    if (k->n_sent) {
-        ar_etcd_set_error(&e, -ETIMEDOUT, k->c->endpoints[k->x.ep],
-                          "keepalive: no answer within %" PRIu64 " ms", reply_timeout(k));
-        keeper_fail(k, &e);
-        goto out;
-    }
-    keeper_send(k);
-out:
-    keeper_leave(k);
-}
-
-static size_t keeper_read(struct ar_xfer *x, char *buf, size_t n)
-{
-    struct ar_etcd_keeper *k = AR_CONTAINER(x, struct ar_etcd_keeper, x);
-    size_t left = k->line_len - k->line_off;
-
-    if (!left)
-        return CURL_READFUNC_PAUSE;
-    if (n > left)
-        n = left;
-    memcpy(buf, k->line + k->line_off, n);
-    k->line_off += n;
-    return n;
 }
 
 static int keeper_data(struct ar_xfer *x, const char *p, size_t n)
@@ -591,7 +546,7 @@ static bool keeper_line(struct ar_etcd_keeper *k, const char *line, size_t len)
     struct ar_etcd_error e;
     const char *ep = k->c->endpoints[k->x.ep];
     json_t *root = json_loadb(line, len, 0, NULL), *res;
-    uint64_t sent, now = ar_etcd_now_ms(), next;
+    uint64_t now = ar_etcd_now_ms(), next;
     int64_t ttl;
 
     if (!root || !(res = json_object_get(root, "result"))) {
@@ -604,14 +559,7 @@ static bool keeper_line(struct ar_etcd_keeper *k, const char *line, size_t len)
     }
     ttl = ar_json_get_i64(res, "TTL");
     json_decref(root);
-    if (!k->n_sent) {
-        ar_etcd_set_error(&e, -EPROTO, ep, "keepalive: unexpected answer");
-        keeper_fail(k, &e);
-        return false;
-    }
-    sent = k->sent_at[0];
-    memmove(k->sent_at, k->sent_at + 1, (k->n_sent - 1) * sizeof(k->sent_at[0]));
-    k->n_sent--;
+    k->got_reply = true;
     if (ttl <= 0) {
         k->lost = true;
         ar_xfer_stop(&k->x);
@@ -622,16 +570,14 @@ static bool keeper_line(struct ar_etcd_keeper *k, const char *line, size_t len)
     }
     k->ttl = ttl;
     k->failures = 0;
-    if (sent + (uint64_t)ttl * 1000 > k->deadline)
-        k->deadline = sent + (uint64_t)ttl * 1000;
+    if (k->sent_at + (uint64_t)ttl * 1000 > k->deadline)
+        k->deadline = k->sent_at + (uint64_t)ttl * 1000;
     keeper_report(k, 0, NULL);
     if (k->dead)
         return false;
-    if (!k->n_sent) {
-        next = sent + (uint64_t)ttl * 1000 / 3;
-        uv_timer_stop(k->timer);
-        uv_timer_start(k->timer, on_keeper_timer, next > now ? next - now : 0, 0);
-    }
+    next = k->sent_at + (uint64_t)ttl * 1000 / 3;
+    uv_timer_stop(k->timer);
+    uv_timer_start(k->timer, on_keeper_timer, next > now ? next - now : 0, 0);
     return true;
 }
 
@@ -670,8 +616,11 @@ static void keeper_done(struct ar_xfer *x, CURLcode rc, long http)
         ar_link_del(&x->dirty);
         keeper_process(x);
     }
-    if (!k->dead && !k->lost && !k->conn_failed) {
+    if (!k->dead && !k->lost && !k->failed && (!k->got_reply || rc != CURLE_OK)) {
         stream_end_error(x, rc, http, &k->lb, &e);
+        if (rc == CURLE_OPERATION_TIMEDOUT)
+            snprintf(e.msg, sizeof(e.msg), "keepalive: no answer within %" PRIu64 " ms",
+                     reply_timeout(k));
         keeper_fail(k, &e);
     }
     keeper_leave(k);
@@ -681,6 +630,7 @@ static void keeper_auth_resume(struct ar_auth_wait *aw, int status, const struct
 {
     struct ar_etcd_keeper *k = AR_CONTAINER(aw, struct ar_etcd_keeper, aw);
     struct ar_etcd_error err;
+    char body[64];
     int rc;
 
     keeper_enter(k);
@@ -689,16 +639,20 @@ static void keeper_auth_resume(struct ar_auth_wait *aw, int status, const struct
         goto out;
     }
     k->lb.len = 0;
-    k->n_sent = 0;
-    k->line_len = k->line_off = 0;
-    k->conn_failed = false;
-    rc = ar_xfer_start(k->c, &k->x, "/v3/lease/keepalive", true, 0);
+    k->failed = false;
+    k->got_reply = false;
+    snprintf(body, sizeof(body), "{\"ID\":\"%" PRId64 "\"}", k->id);
+    free(k->x.body);
+    k->x.body = strdup(body);
+    k->x.body_len = strlen(body);
+    k->sent_at = ar_etcd_now_ms();
+    rc = k->x.body ? ar_xfer_start(k->c, &k->x, "/v3/lease/keepalive", true,
+                                   (long)reply_timeout(k))
+                   : -ENOMEM;
     if (rc < 0) {
         ar_etcd_set_error(&err, rc, k->c->endpoints[k->x.ep], "keepalive: %s", strerror(-rc));
         keeper_fail(k, &err);
-        goto out;
     }
-    keeper_send(k);
 out:
     keeper_leave(k);
 }
@@ -706,7 +660,7 @@ out:
 static void keeper_connect(struct ar_etcd_keeper *k)
 {
     keeper_enter(k);
-    if (!k->dead && !k->lost)
+    if (!k->dead && !k->lost && !k->x.active)
         ar_etcd_auth_wait(k->c, &k->aw);
     keeper_leave(k);
 }
@@ -749,7 +703,6 @@ int ar_etcd_keepalive_start(struct ar_etcd *c, int64_t lease_id, int64_t ttl_s,
     k->x.ep = c->cur_ep;
     k->x.stream = true;
     k->x.on_data = keeper_data;
-    k->x.on_read = keeper_read;
     k->x.on_process = keeper_process;
     k->x.on_done = keeper_done;
     k->timer = timer_new(c->loop, k);

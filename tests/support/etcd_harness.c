@@ -449,3 +449,30 @@ void etcd_harness_destroy(struct etcd_harness *h)
         h->dir[0] = 0;
     }
 }
+
+static void on_run_timer(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+}
+
+bool etcd_harness_run_until(uv_loop_t *loop, const bool *flag, unsigned ms)
+{
+    uv_timer_t t;
+    bool fired = false;
+
+    uv_timer_init(loop, &t);
+    t.data = &fired;
+    uv_timer_start(&t, on_run_timer, ms, 0);
+    while (!*flag && !fired)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return *flag;
+}
+
+void etcd_harness_run_for(uv_loop_t *loop, unsigned ms)
+{
+    bool never = false;
+
+    etcd_harness_run_until(loop, &never, ms);
+}

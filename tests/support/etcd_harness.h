@@ -50,6 +50,11 @@ void etcd_harness_settings(const struct etcd_harness *h, struct ar_etcd_settings
 int etcd_harness_ctl(const struct etcd_harness *h, const char *args);
 /* Print the tail of member i's log to stderr (for failing tests). */
 void etcd_harness_dump_log(const struct etcd_harness *h, int i);
+/* Run loop until *flag is true or ms passed; returns *flag. */
+bool etcd_harness_run_until(uv_loop_t *loop, const bool *flag, unsigned ms);
+/* Run loop for ms milliseconds. */
+void etcd_harness_run_for(uv_loop_t *loop, unsigned ms);
+
 /* Kill everything, remove the directory. Safe to call twice. */
 void etcd_harness_destroy(struct etcd_harness *h);
 
