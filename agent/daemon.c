@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <sodium.h>
 #include <uv.h>
 
@@ -28,6 +29,7 @@
 #include "agent/settings.h"
 #include "agent/state.h"
 #include "agent/watch.h"
+#include "coord/etcd.h"
 #include "crypto/chain.h"
 #include "crypto/config.h"
 
@@ -35,6 +37,24 @@
 #define HEALTH_MAX_LAG_MS   5000
 #define ETCD_GRACE_MS       (5 * 60 * 1000) /* watchdog: etcd may be unreachable this long */
 #define MAX_LOGGED_DIAGS    10
+#define COORD_TICK_MS       5000
+
+struct agent;
+
+/*
+ * The etcd side, behind a small interface (coord_start / coord_stop). For now: register
+ * members/<node>, and every COORD_TICK_MS read members/, alive/ and leader in one transaction
+ * for connectivity, the leader and the member list. The lease-bound alive/<node> report and
+ * the election come from coord/member.h and coord/election.h when those land.
+ */
+struct coord {
+    struct agent *a;
+    struct ar_etcd *etcd;
+    uv_timer_t tick;
+    bool inflight;
+    bool registered;
+    bool closing;
+};
 
 struct agent {
     uv_loop_t loop;
@@ -59,6 +79,7 @@ struct agent {
     uint8_t desired_sha[AR_SHA256_LEN];
     int desired_status;         /* result of the last read (0 or negative errno) */
     bool stopping;
+    struct coord *coord;
 };
 
 static int64_t now_ms(void)
@@ -254,6 +275,282 @@ out:
     ar_config_unref(cfg);
     ar_diags_free(&d);
     publish_status(a);
+}
+
+
+/* ---- etcd ------------------------------------------------------------------------------- */
+
+static void coord_tick(uv_timer_t *t);
+
+static void etcd_failed(struct agent *a, const char *what, int status,
+                        const struct ar_etcd_error *err)
+{
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s: %s%s%s", what, err && err->msg[0] ? err->msg : strerror(-status),
+             err && err->endpoint[0] ? " at " : "", err && err->endpoint[0] ? err->endpoint : "");
+    if (a->st.etcd != AR_ETCD_UNREACHABLE)
+        log_warn("etcd: unreachable (%s); retrying every %d s", msg, COORD_TICK_MS / 1000);
+    else
+        log_debug("etcd: still unreachable (%s)", msg);
+    a->st.etcd = AR_ETCD_UNREACHABLE;
+    ar_state_set_str(&a->st.etcd_error, msg);
+    ar_metrics_etcd_request(a->metrics, "txn", status == -ETIMEDOUT ? "timeout" : "error");
+}
+
+static char *kv_suffix(const struct ar_etcd_kv *kv, size_t plen)
+{
+    if (kv->key_len <= plen)
+        return NULL;
+    return strndup((const char *)kv->key + plen, kv->key_len - plen);
+}
+
+static struct ar_state_member *member_find(struct ar_state_member *m, size_t n, const char *node)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(m[i].node, node))
+            return &m[i];
+    return NULL;
+}
+
+static char *json_strdup(json_t *o, const char *k)
+{
+    const char *v = json_string_value(json_object_get(o, k));
+    return v ? strdup(v) : NULL;
+}
+
+static void on_coord_read(void *arg, int status, const struct ar_etcd_result *res,
+                          const struct ar_etcd_error *err)
+{
+    struct coord *co = arg;
+    struct agent *a = co->a;
+    char pm[512], pa[512];
+    struct ar_state_member *m = NULL;
+    size_t n = 0;
+
+    co->inflight = false;
+    if (co->closing || status == -ECANCELED)
+        return;
+    if (status < 0 || !res || res->n_ops < 3) {
+        etcd_failed(a, "reading members", status < 0 ? status : -EPROTO, err);
+        return;
+    }
+    if (a->st.etcd != AR_ETCD_CONNECTED)
+        log_info("etcd: connected");
+    a->st.etcd = AR_ETCD_CONNECTED;
+    a->st.etcd_last_ok_ms = now_ms();
+    ar_state_set_str(&a->st.etcd_error, NULL);
+    ar_metrics_etcd_request(a->metrics, "txn", "ok");
+    snprintf(pm, sizeof(pm), "%smembers/", a->set.coord_prefix);
+    snprintf(pa, sizeof(pa), "%salive/", a->set.coord_prefix);
+    size_t cap = res->ops[0].n_kvs + res->ops[1].n_kvs;
+    m = cap ? calloc(cap, sizeof(*m)) : NULL;
+    for (int pass = 0; pass < 2 && (m || !cap); pass++) {
+        const struct ar_etcd_result *op = &res->ops[pass];
+        size_t plen = strlen(pass ? pa : pm);
+        for (size_t i = 0; i < op->n_kvs; i++) {
+            char *node = kv_suffix(&op->kvs[i], plen);
+            struct ar_state_member *e;
+            if (!node)
+                continue;
+            e = member_find(m, n, node);
+            if (!e) {
+                e = &m[n++];
+                e->node = node;
+            } else {
+                free(node);
+            }
+            if (pass == 1) {
+                json_t *j = json_loadb((const char *)op->kvs[i].value, op->kvs[i].value_len, 0,
+                                       NULL);
+                e->alive = true;
+                if (j) {
+                    free(e->desired_fp);
+                    free(e->effective_fp);
+                    free(e->version);
+                    e->desired_fp = json_strdup(j, "desired_fingerprint");
+                    e->effective_fp = json_strdup(j, "effective_fingerprint");
+                    e->version = json_strdup(j, "version");
+                    json_t *t = json_object_get(j, "time_ms");
+                    e->reported_ms = json_is_integer(t) ? (int64_t)json_integer_value(t) : 0;
+                    json_decref(j);
+                }
+            }
+        }
+    }
+    ar_state_set_members(&a->st, m, n);
+    if (res->ops[2].n_kvs)
+        ar_state_set_str(&a->st.leader, (const char *)res->ops[2].kvs[0].value);
+    else
+        ar_state_set_str(&a->st.leader, NULL);
+}
+
+static void on_coord_register(void *arg, int status, const struct ar_etcd_result *res,
+                              const struct ar_etcd_error *err)
+{
+    struct coord *co = arg;
+    co->inflight = false;
+    if (co->closing || status == -ECANCELED)
+        return;
+    if (status < 0) {
+        etcd_failed(co->a, "registering", status, err);
+        return;
+    }
+    co->registered = true;
+    log_info("etcd: registered member %s under %smembers/", co->a->set.node,
+             co->a->set.coord_prefix);
+    coord_tick(&co->tick);
+}
+
+static void coord_tick(uv_timer_t *t)
+{
+    struct coord *co = t->data;
+    struct agent *a = co->a;
+    char key[512], pm[512], pa[512], pl[512];
+    uint8_t em[512], ea[512];
+    int r;
+
+    if (co->inflight || co->closing)
+        return;
+    if (!co->registered) {
+        json_t *j = json_pack("{s:s, s:s, s:I}", "node", a->set.node, "version", ATREST_VERSION,
+                              "registered_ms", (json_int_t)now_ms());
+        char *v = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        struct ar_etcd_op op = {.type = AR_ETCD_PUT};
+        json_decref(j);
+        snprintf(key, sizeof(key), "%smembers/%s", a->set.coord_prefix, a->set.node);
+        op.key = (const uint8_t *)key;
+        op.key_len = strlen(key);
+        op.value = (const uint8_t *)v;
+        op.value_len = v ? strlen(v) : 0;
+        r = v ? ar_etcd_put(co->etcd, &op, on_coord_register, co) : -ENOMEM;
+        free(v);
+        if (r == 0)
+            co->inflight = true;
+        else
+            etcd_failed(a, "registering", r, NULL);
+        return;
+    }
+    snprintf(pm, sizeof(pm), "%smembers/", a->set.coord_prefix);
+    snprintf(pa, sizeof(pa), "%salive/", a->set.coord_prefix);
+    snprintf(pl, sizeof(pl), "%sleader", a->set.coord_prefix);
+    struct ar_etcd_op ops[3] = {
+        {.type = AR_ETCD_RANGE, .key = (const uint8_t *)pm, .key_len = strlen(pm)},
+        {.type = AR_ETCD_RANGE, .key = (const uint8_t *)pa, .key_len = strlen(pa)},
+        {.type = AR_ETCD_RANGE, .key = (const uint8_t *)pl, .key_len = strlen(pl)},
+    };
+    ops[0].range_end = em;
+    ops[0].range_end_len = ar_etcd_prefix_end((const uint8_t *)pm, strlen(pm), em);
+    ops[1].range_end = ea;
+    ops[1].range_end_len = ar_etcd_prefix_end((const uint8_t *)pa, strlen(pa), ea);
+    struct ar_etcd_txn txn = {.success = ops, .n_success = 3};
+    r = ar_etcd_txn(co->etcd, &txn, on_coord_read, co);
+    if (r == 0)
+        co->inflight = true;
+    else
+        etcd_failed(a, "reading members", r, NULL);
+}
+
+static int read_secret_file(const char *path, char **out)
+{
+    char *b = NULL;
+    size_t n = 0;
+    int r = 0;
+    FILE *f = fopen(path, "re");
+
+    *out = NULL;
+    if (!f)
+        return -errno;
+    b = sodium_malloc(4096);
+    if (!b) {
+        fclose(f);
+        return -ENOMEM;
+    }
+    n = fread(b, 1, 4095, f);
+    if (ferror(f))
+        r = -EIO;
+    fclose(f);
+    while (n && (b[n - 1] == '\n' || b[n - 1] == '\r'))
+        n--;
+    b[n] = '\0';
+    if (r < 0) {
+        sodium_free(b);
+        return r;
+    }
+    *out = b;
+    return 0;
+}
+
+static int coord_start(struct agent *a)
+{
+    struct ar_etcd_settings es = {0};
+    struct coord *co;
+    char *password = NULL;
+    int r;
+
+    if (!a->set.n_etcd_endpoints) {
+        a->st.etcd = AR_ETCD_NOT_CONFIGURED;
+        log_info("etcd: not configured; running standalone");
+        return 0;
+    }
+    for (size_t i = 0; i < a->set.n_etcd_endpoints && i < AR_ETCD_MAX_ENDPOINTS; i++)
+        es.endpoints[es.n_endpoints++] = a->set.etcd_endpoints[i];
+    es.cacert = a->set.etcd_cafile;
+    es.cert = a->set.etcd_certfile;
+    es.key = a->set.etcd_keyfile;
+    if (a->set.etcd_user) {
+        r = read_secret_file(a->set.etcd_password_file, &password);
+        if (r < 0) {
+            log_err("etcd: cannot read the password file %s: %s", a->set.etcd_password_file,
+                    strerror(-r));
+            return r;
+        }
+        es.username = a->set.etcd_user;
+        es.password = password;
+    }
+    co = calloc(1, sizeof(*co));
+    if (!co) {
+        r = -ENOMEM;
+        goto out;
+    }
+    co->a = a;
+    co->etcd = ar_etcd_new(&a->loop, &es);
+    if (!co->etcd) {
+        r = -errno ? -errno : -EINVAL;
+        log_err("etcd: cannot create the client: %s", strerror(-r));
+        free(co);
+        goto out;
+    }
+    uv_timer_init(&a->loop, &co->tick);
+    co->tick.data = co;
+    uv_timer_start(&co->tick, coord_tick, 0, COORD_TICK_MS);
+    a->coord = co;
+    a->st.etcd = AR_ETCD_CONNECTING;
+    log_info("etcd: %zu endpoint%s, prefix %s", es.n_endpoints, es.n_endpoints == 1 ? "" : "s",
+             a->set.coord_prefix);
+    r = 0;
+out:
+    if (password) {
+        sodium_memzero(password, 4096);
+        sodium_free(password);
+    }
+    return r;
+}
+
+static void coord_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void coord_stop(struct agent *a)
+{
+    struct coord *co = a->coord;
+    if (!co)
+        return;
+    a->coord = NULL;
+    co->closing = true;
+    ar_etcd_close(co->etcd); /* pending callbacks run now with -ECANCELED */
+    co->etcd = NULL;
+    uv_close((uv_handle_t *)&co->tick, coord_closed);
 }
 
 /* ---- status server ---------------------------------------------------------------------- */
@@ -555,6 +852,7 @@ static void close_all(struct agent *a)
     ar_watch_close(a->watch);
     a->watch = NULL;
     status_stop(a);
+    coord_stop(a);
     if (!uv_is_closing((uv_handle_t *)&a->sig_hup)) {
         uv_close((uv_handle_t *)&a->sig_hup, NULL);
         uv_close((uv_handle_t *)&a->sig_term, NULL);
@@ -644,9 +942,7 @@ static int agent_start(struct agent *a)
     r = watch_start(a);
     if (r < 0)
         return r;
-    if (!a->set.n_etcd_endpoints)
-        log_info("etcd: not configured; running standalone");
-    return 0;
+    return coord_start(a);
 }
 
 int ar_cmd_agent(int argc, char **argv)
