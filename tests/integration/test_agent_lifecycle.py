@@ -77,6 +77,19 @@ def test_status_command(make_agent, keys):
     fp = a.status()["effective"]["fingerprint"]
     assert fp.split(":")[-1][:12] in out
     a.keys.scan(p.stdout + p.stderr, "atrest status output")
+    assert "ready" in out and "(= desired)" in out
+    # a bad desired file: the table says so, with the error, and the last valid config stays
+    f0 = a.metric("atrest_config_reloads_total", status="failure")
+    a.desired.write_text(enc_config([(["secrets"], [("aesgcm", [("k1", a.keys.new(20))])])]))
+    wait_for(lambda: a.metric("atrest_config_reloads_total", status="failure") > f0, 10, "fail")
+    p = run_cli(["status", "--addr", "http://127.0.0.1:%d/" % a.port])
+    out = p.stdout.decode()
+    assert p.returncode == 0, p.stderr
+    assert "(INVALID: last valid kept)" in out, out
+    assert "got 20, expected one of [16 24 32]" in out, out
+    assert "1 failed" in out, out
+    assert "(differs from desired)" not in out   # desired fp = last valid one
+    a.keys.scan(p.stdout + p.stderr, "atrest status output")
     p = run_cli(["status", "--socket", a.sock, "--json"])
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
@@ -108,12 +121,23 @@ def test_status_command_reads_agent_yaml(make_agent, keys, tmp_path):
     p = run_cli(["status", "--config", str(cfg), "--json"])
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["node"] == "node-a"
+    # status.socket wins over status.listen
+    cfg.write_text("desiredConfig: %s\neffectiveConfig:\n  path: %s\nstatus:\n"
+                   "  listen: 127.0.0.1:1\n  socket: %s\n" % (a.desired, a.effective, a.sock))
+    p = run_cli(["status", "--config", str(cfg)])
+    assert p.returncode == 0, p.stderr
+    assert b"node-a" in p.stdout
+    # a broken settings file named explicitly is an error that says where
+    cfg.write_text("status:\n  listen: [\n")
+    p = run_cli(["status", "--config", str(cfg)])
+    assert p.returncode == 1
+    assert str(cfg).encode() in p.stderr, p.stderr
 
 
 def test_leak_scanner_detects_every_form(keys):
     """The scanner the fixtures run over every log and response must catch each form."""
     k = keys.new(32)
     for form, needle in keys.forms(k):
-        with pytest.raises(AssertionError, match=form):
+        with pytest.raises(AssertionError, match="key #0 leaked"):
             keys.scan(b"xx " + needle + b" yy", "self-test")
     keys.scan(b"nothing here", "self-test")
