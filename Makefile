@@ -53,7 +53,7 @@ SAN_UNIT := $(UNIT_SRC:tests/unit/%.c=$(SAN)/tests/%)
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=$(FZ)/%)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(REL)/bench/%)
 
-.PHONY: all deps check check-inner unit unit-rel unit-asan fuzz fuzz-check fuzz-build bench \
+.PHONY: all deps check check-inner unit-security unit unit-rel unit-asan fuzz fuzz-check fuzz-build bench \
         demo integration install clean format lint-style
 .DEFAULT_GOAL := all
 
@@ -105,7 +105,10 @@ deps:
 check: deps
 	@$(MAKE) --no-print-directory check-inner
 
-check-inner: atrest $(SAN)/atrest unit fuzz-check integration
+check-inner: atrest $(SAN)/atrest unit unit-security fuzz-check integration
+
+unit-security:
+	@sh tests/test_unit_security.sh 2.0
 
 unit: unit-rel unit-asan
 
