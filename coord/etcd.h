@@ -163,6 +163,10 @@ struct ar_etcd_result {
 typedef void (*ar_etcd_cb)(void *arg, int status, const struct ar_etcd_result *res,
                            const struct ar_etcd_error *err);
 
+/* Fill an error (for layers above the client that report in the same shape). */
+void ar_etcd_set_error(struct ar_etcd_error *e, int code, const char *endpoint, const char *fmt,
+                       ...) __attribute__((format(printf, 4, 5)));
+
 /* --- client ------------------------------------------------------------------------------ */
 
 /* Copies the settings. NULL on bad settings (errno EINVAL) or no memory. */

@@ -96,8 +96,6 @@ void ar_xfer_mark_dirty(struct ar_xfer *x);
 void ar_xfer_unpause(struct ar_xfer *x);
 
 /* Errors. */
-void ar_etcd_set_error(struct ar_etcd_error *e, int code, const char *endpoint, const char *fmt,
-                       ...) __attribute__((format(printf, 4, 5)));
 int ar_etcd_grpc_errno(int grpc_code, const char *msg);
 /* Fill e from a finished transfer; returns the status (0 for HTTP 200). */
 int ar_etcd_xfer_error(struct ar_xfer *x, CURLcode rc, long http, struct ar_etcd_error *e);
@@ -111,7 +109,7 @@ void ar_etcd_auth_invalidate(struct ar_etcd *c, const char *token);
 /* JSON. */
 int ar_json_b64(json_t *obj, const char *name, const uint8_t *p, size_t n);
 int ar_json_i64str(json_t *obj, const char *name, int64_t v);
-int ar_b64_decode(const char *s, size_t slen, uint8_t **out, size_t *outlen);
+int ar_etcd_b64_decode(const char *s, size_t slen, uint8_t **out, size_t *outlen);
 int64_t ar_json_get_i64(const json_t *obj, const char *name);
 int ar_parse_kv(struct ar_etcd *c, const json_t *o, struct ar_etcd_kv *kv);
 void ar_kv_clear(struct ar_etcd_kv *kv);
