@@ -364,3 +364,88 @@ def make_agent(tmp_path, keys):
 
 def run_cli(args, timeout=30, **kw):
     return subprocess.run([ATREST] + args, capture_output=True, timeout=timeout, **kw)
+
+
+# ---- a real etcd on loopback -------------------------------------------------------------------
+
+class Etcd:
+    """One etcd member (Debian's /usr/bin/etcd) on free loopback ports in its own process
+    group and temp dir. (tests/support/etcd_harness.c is the C twin for unit tests.)"""
+
+    def __init__(self, tmp, client_port=None):
+        self.dir = pathlib.Path(tmp)
+        self.client_port = client_port or free_port()
+        self.peer_port = free_port()
+        self.endpoint = "http://127.0.0.1:%d" % self.client_port
+        self.proc = None
+
+    def start(self, timeout=20):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        peer = "http://127.0.0.1:%d" % self.peer_port
+        args = ["etcd", "--name", "it", "--data-dir", str(self.dir / "data"),
+                "--listen-client-urls", self.endpoint, "--advertise-client-urls", self.endpoint,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", "it=" + peer, "--initial-cluster-state", "new",
+                "--log-level", "error"]
+        self.log = open(self.dir / "etcd.log", "ab")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+        def healthy():
+            assert self.proc.poll() is None, "etcd exited: " + (self.dir / "etcd.log").read_text()
+            c = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=2)
+            try:
+                c.request("GET", "/health")
+                r = c.getresponse()
+                return r.status == 200 and b'"true"' in r.read()
+            finally:
+                c.close()
+        wait_for(healthy, timeout, "etcd /health")
+        return self
+
+    def dump(self):
+        """Every key and value in etcd (base64-decoded bytes), via the JSON gateway."""
+        c = http.client.HTTPConnection("127.0.0.1", self.client_port, timeout=5)
+        try:
+            body = json.dumps({"key": base64.b64encode(b"\0").decode(),
+                               "range_end": base64.b64encode(b"\0").decode()})
+            c.request("POST", "/v3/kv/range", body, {"Content-Type": "application/json"})
+            doc = json.loads(c.getresponse().read())
+        finally:
+            c.close()
+        return [(base64.b64decode(kv["key"]), base64.b64decode(kv.get("value", "")))
+                for kv in doc.get("kvs", [])]
+
+    def stop(self):
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.log.close()
+        self.proc = None
+
+
+@pytest.fixture
+def make_etcd(tmp_path):
+    started = []
+
+    def make(**kw):
+        e = Etcd(tmp_path / ("etcd%d" % len(started)), **kw)
+        started.append(e)
+        return e
+    yield make
+    for e in started:
+        pid = e.proc.pid if e.proc else None
+        e.stop()
+        if pid:
+            try:
+                os.killpg(pid, 0)
+                raise AssertionError("etcd process group %d still has processes" % pid)
+            except ProcessLookupError:
+                pass

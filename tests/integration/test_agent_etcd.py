@@ -1,0 +1,70 @@
+"""Agents against a real etcd on loopback: connectivity in /status and /metrics, membership,
+what an agent stores in etcd (never a key: S5), etcd going away and coming back."""
+import json
+import signal
+
+from conftest import enc_config, run_cli, wait_for
+
+TICK = 5      # the agent reads etcd every 5 s (agent/daemon.c COORD_TICK_MS)
+
+
+def cfg(keys):
+    return enc_config([(["secrets"], [("secretbox", [("k1", keys.new(32))]),
+                                      ("aescbc", [("old", keys.new(32))]), ("identity",)])])
+
+
+def etcd_state(a):
+    return a.status().get("etcd", {}).get("state")
+
+
+def test_two_agents_one_etcd(make_agent, make_etcd, keys, agent_bin):
+    e = make_etcd().start()
+    agents = []
+    for node in ("node-a", "node-b"):
+        a = make_agent(binary=agent_bin, sub=node,
+                       node=node, extra=["--etcd-servers", e.endpoint])
+        a.desired.write_text(cfg(keys))
+        a.start()
+        agents.append(a)
+    for a in agents:
+        wait_for(lambda: etcd_state(a) == "connected", 15, "etcd connected on " + a.node)
+    # each sees both members (the read runs every TICK s)
+    for a in agents:
+        wait_for(lambda: sorted(m.get("node") for m in a.status().get("members", []))
+                 == ["node-a", "node-b"], 2 * TICK + 5, "both members seen by " + a.node)
+        ok = a.metric("atrest_etcd_requests_total", op="txn", result="ok")
+        assert ok and ok >= 1, a.metrics().get("atrest_etcd_requests_total")
+    a = agents[0]
+    p = run_cli(["status", "--addr", "127.0.0.1:%d" % a.port])
+    out = p.stdout.decode()
+    assert p.returncode == 0, p.stderr
+    assert "connected" in out and "MEMBER" in out and "node-b" in out, out
+    keys.scan(p.stdout, "atrest status")
+    # S5: nothing stored in etcd holds key material
+    kvs = e.dump()
+    assert any(k.endswith(b"members/node-a") for k, _ in kvs), kvs
+    for k, v in kvs:
+        keys.scan(k + b" " + v, "etcd key %r" % k)
+    for a in agents:
+        assert a.stop() == 0
+
+
+def test_etcd_down_and_back(make_agent, make_etcd, keys):
+    e = make_etcd()                      # not started yet: its port is closed
+    a = make_agent(extra=["--etcd-servers", e.endpoint])
+    a.desired.write_text(cfg(keys))
+    a.start()
+    st = wait_for(lambda: (lambda s: s if s["etcd"]["state"] == "unreachable" else None)(
+        a.status()), 15, "etcd unreachable")
+    assert st["etcd"]["error"], st["etcd"]
+    assert a.get("/readyz")[0] == 200     # the local job (valid effective file) goes on
+    assert a.get("/healthz")[0] == 200
+    err = a.metric("atrest_etcd_requests_total", op="txn", result="error")
+    assert err and err >= 1
+    assert "etcd: unreachable" in a.log()
+    e.start()
+    wait_for(lambda: etcd_state(a) == "connected", 2 * TICK + 10, "etcd connected")
+    assert "etcd: connected" in a.log()
+    e.stop()
+    wait_for(lambda: etcd_state(a) == "unreachable", 2 * TICK + 10, "etcd lost")
+    assert a.stop(signal.SIGTERM) == 0    # a clean exit even with etcd gone
