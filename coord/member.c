@@ -1,0 +1,422 @@
+/* coord/member.c: registration and liveness keys (see member.h). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "coord/member.h"
+
+#define RETRY_MS 500
+
+int ar_member_key(char *out, size_t outsz, const char *prefix, const char *kind,
+                  const char *node)
+{
+    int n;
+
+    if (!prefix)
+        prefix = AR_DEFAULT_PREFIX;
+    if (!node || !*node || strchr(node, '/') || !kind)
+        return -EINVAL;
+    n = snprintf(out, outsz, "%s%s%s%s", prefix, kind, *kind ? "/" : "", node);
+    if (n < 0 || (size_t)n >= outsz)
+        return -ENAMETOOLONG;
+    return 0;
+}
+
+int ar_member_register(struct ar_etcd *c, const char *prefix, const char *node,
+                       const char *json, ar_etcd_cb cb, void *arg)
+{
+    char key[512];
+    struct ar_etcd_op op = {0};
+    int rc = ar_member_key(key, sizeof(key), prefix, "members", node);
+
+    if (rc < 0)
+        return rc;
+    op.key = (const uint8_t *)key;
+    op.key_len = strlen(key);
+    op.value = (const uint8_t *)json;
+    op.value_len = json ? strlen(json) : 0;
+    return ar_etcd_put(c, &op, cb, arg);
+}
+
+/* --- liveness ----------------------------------------------------------------------------- */
+
+struct ar_member_alive {
+    struct ar_etcd *c;
+    char key[512];
+    char *report;
+    int64_t ttl, lease;
+    struct ar_etcd_keeper *keeper;
+    uv_timer_t *retry;
+    ar_etcd_cb cb;
+    void *arg;
+    int refs;
+    bool dead, granting, putting, dirty, ok;
+    void (*done)(void *);
+    void *done_arg;
+};
+
+static void alive_grant(struct ar_member_alive *a);
+static void alive_put(struct ar_member_alive *a);
+
+static void close_free(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void alive_unref(struct ar_member_alive *a)
+{
+    if (--a->refs > 0)
+        return;
+    free(a->report);
+    free(a);
+}
+
+static void on_retry(uv_timer_t *t)
+{
+    struct ar_member_alive *a = t->data;
+
+    if (a->dead)
+        return;
+    if (!a->lease)
+        alive_grant(a);
+    else
+        alive_put(a);
+}
+
+static void retry_later(struct ar_member_alive *a)
+{
+    if (!a->dead)
+        uv_timer_start(a->retry, on_retry, RETRY_MS, 0);
+}
+
+static void on_put(void *arg, int status, const struct ar_etcd_result *res,
+                   const struct ar_etcd_error *err)
+{
+    struct ar_member_alive *a = arg;
+
+    a->putting = false;
+    if (!a->dead) {
+        a->ok = status == 0;
+        if (a->cb)
+            a->cb(a->arg, status, res, err);
+        if (status < 0)
+            retry_later(a);
+        else if (a->dirty)
+            alive_put(a);
+    }
+    alive_unref(a);
+}
+
+static void alive_put(struct ar_member_alive *a)
+{
+    struct ar_etcd_op op = {.key = (const uint8_t *)a->key, .key_len = strlen(a->key),
+                            .value = (const uint8_t *)a->report,
+                            .value_len = strlen(a->report), .lease = a->lease};
+
+    if (a->dead || !a->lease)
+        return;
+    if (a->putting) {
+        a->dirty = true;
+        return;
+    }
+    a->dirty = false;
+    a->putting = true;
+    a->refs++;
+    if (ar_etcd_put(a->c, &op, on_put, a) < 0) {
+        a->putting = false;
+        a->refs--;
+        retry_later(a);
+    }
+}
+
+static void on_keepalive(void *arg, int status, int64_t ttl, uint64_t deadline,
+                         const struct ar_etcd_error *err)
+{
+    struct ar_member_alive *a = arg;
+
+    if (status != -ENOENT || a->dead)
+        return;
+    /* lease gone: the alive key went with it; start over on a new lease */
+    a->ok = false;
+    ar_etcd_keepalive_stop(a->keeper);
+    a->keeper = NULL;
+    a->lease = 0;
+    if (a->cb)
+        a->cb(a->arg, status, NULL, err);
+    alive_grant(a);
+}
+
+static void on_grant(void *arg, int status, const struct ar_etcd_result *res,
+                     const struct ar_etcd_error *err)
+{
+    struct ar_member_alive *a = arg;
+
+    a->granting = false;
+    if (a->dead) {
+        alive_unref(a);
+        return;
+    }
+    if (status < 0) {
+        if (a->cb)
+            a->cb(a->arg, status, NULL, err);
+        retry_later(a);
+        alive_unref(a);
+        return;
+    }
+    a->lease = res->lease_id;
+    if (ar_etcd_keepalive_start(a->c, a->lease, res->ttl, on_keepalive, a, &a->keeper) < 0)
+        a->keeper = NULL;
+    alive_put(a);
+    alive_unref(a);
+}
+
+static void alive_grant(struct ar_member_alive *a)
+{
+    if (a->granting || a->dead)
+        return;
+    a->granting = true;
+    a->refs++;
+    if (ar_etcd_lease_grant(a->c, a->ttl, 0, on_grant, a) < 0) {
+        a->granting = false;
+        a->refs--;
+        retry_later(a);
+    }
+}
+
+struct ar_member_alive *ar_member_alive_start(struct ar_etcd *c, const char *prefix,
+                                              const char *node, int64_t ttl_s,
+                                              const char *report_json, ar_etcd_cb cb, void *arg)
+{
+    struct ar_member_alive *a = calloc(1, sizeof(*a));
+
+    if (!a)
+        return NULL;
+    a->refs = 1;
+    a->c = c;
+    a->cb = cb;
+    a->arg = arg;
+    a->ttl = ttl_s > 0 ? ttl_s : 10;
+    if (ar_member_key(a->key, sizeof(a->key), prefix, "alive", node) < 0) {
+        free(a);
+        errno = EINVAL;
+        return NULL;
+    }
+    a->report = strdup(report_json ? report_json : "{}");
+    a->retry = malloc(sizeof(*a->retry));
+    if (!a->report || !a->retry) {
+        free(a->retry);
+        alive_unref(a);
+        errno = ENOMEM;
+        return NULL;
+    }
+    uv_timer_init(ar_etcd_loop(c), a->retry);
+    a->retry->data = a;
+    alive_grant(a);
+    return a;
+}
+
+int ar_member_alive_update(struct ar_member_alive *a, const char *report_json)
+{
+    char *r = strdup(report_json ? report_json : "{}");
+
+    if (!r)
+        return -ENOMEM;
+    free(a->report);
+    a->report = r;
+    alive_put(a);
+    return 0;
+}
+
+bool ar_member_alive_ok(const struct ar_member_alive *a)
+{
+    return a->ok;
+}
+
+static void on_stop_revoke(void *arg, int status, const struct ar_etcd_result *res,
+                           const struct ar_etcd_error *err)
+{
+    struct ar_member_alive *a = arg;
+
+    if (a->done)
+        a->done(a->done_arg);
+    alive_unref(a);
+}
+
+void ar_member_alive_stop(struct ar_member_alive *a, void (*done)(void *arg), void *arg)
+{
+    if (!a)
+        return;
+    a->dead = true;
+    a->ok = false;
+    a->done = done;
+    a->done_arg = arg;
+    ar_etcd_keepalive_stop(a->keeper);
+    a->keeper = NULL;
+    uv_close((uv_handle_t *)a->retry, close_free);
+    a->retry = NULL;
+    if (a->lease && ar_etcd_lease_revoke(a->c, a->lease, on_stop_revoke, a) == 0)
+        return; /* the reference passes to on_stop_revoke */
+    if (done)
+        done(arg);
+    alive_unref(a);
+}
+
+/* --- listing ------------------------------------------------------------------------------ */
+
+struct lister {
+    struct ar_etcd *c;
+    char prefix[256];
+    ar_member_list_cb cb;
+    void *arg;
+    struct ar_etcd_result *members;
+};
+
+static int cmp_info(const void *a, const void *b)
+{
+    return strcmp(((const struct ar_member_info *)a)->node,
+                  ((const struct ar_member_info *)b)->node);
+}
+
+void ar_member_list_free(struct ar_member_list *l)
+{
+    if (!l)
+        return;
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->m[i].node);
+        free(l->m[i].registration);
+        free(l->m[i].report);
+    }
+    free(l->m);
+    free(l);
+}
+
+static struct ar_member_info *find_or_add(struct ar_member_list *l, const char *node)
+{
+    struct ar_member_info *m;
+
+    for (size_t i = 0; i < l->n; i++)
+        if (!strcmp(l->m[i].node, node))
+            return &l->m[i];
+    m = realloc(l->m, (l->n + 1) * sizeof(*m));
+    if (!m)
+        return NULL;
+    l->m = m;
+    m = &l->m[l->n];
+    memset(m, 0, sizeof(*m));
+    m->node = strdup(node);
+    if (!m->node)
+        return NULL;
+    l->n++;
+    return m;
+}
+
+static int add_kvs(struct ar_member_list *l, const struct ar_etcd_result *r, size_t plen,
+                   bool alive)
+{
+    for (size_t i = 0; i < r->n_kvs; i++) {
+        const struct ar_etcd_kv *kv = &r->kvs[i];
+        struct ar_member_info *m;
+        char **slot;
+
+        if (kv->key_len <= plen)
+            continue;
+        m = find_or_add(l, (const char *)kv->key + plen);
+        if (!m)
+            return -ENOMEM;
+        slot = alive ? &m->report : &m->registration;
+        free(*slot);
+        *slot = strndup((const char *)kv->value, kv->value_len);
+        if (!*slot)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+static void on_alive_list(void *arg, int status, const struct ar_etcd_result *res,
+                          const struct ar_etcd_error *err)
+{
+    struct lister *ls = arg;
+    struct ar_member_list *l = NULL;
+    struct ar_etcd_error e;
+    int rc = status;
+
+    if (status == 0) {
+        l = calloc(1, sizeof(*l));
+        rc = l ? 0 : -ENOMEM;
+        if (!rc)
+            rc = add_kvs(l, ls->members, strlen(ls->prefix) + strlen("members/"), false);
+        if (!rc)
+            rc = add_kvs(l, res, strlen(ls->prefix) + strlen("alive/"), true);
+        if (!rc) {
+            l->revision = res->revision;
+            if (l->n)
+                qsort(l->m, l->n, sizeof(l->m[0]), cmp_info);
+        } else {
+            ar_member_list_free(l);
+            l = NULL;
+            ar_etcd_set_error(&e, rc, "", "member list: %s", strerror(-rc));
+            err = &e;
+        }
+    }
+    ls->cb(ls->arg, rc, l, rc < 0 ? err : NULL);
+    ar_etcd_result_free(ls->members);
+    free(ls);
+}
+
+static int range_prefix(struct lister *ls, const char *kind, int64_t rev, ar_etcd_cb cb)
+{
+    char key[512];
+    uint8_t end[512];
+    struct ar_etcd_op op = {0};
+    int n = snprintf(key, sizeof(key), "%s%s/", ls->prefix, kind);
+
+    if (n < 0 || (size_t)n >= sizeof(key))
+        return -ENAMETOOLONG;
+    op.key = (const uint8_t *)key;
+    op.key_len = (size_t)n;
+    op.range_end = end;
+    op.range_end_len = ar_etcd_prefix_end(op.key, op.key_len, end);
+    op.revision = rev;
+    return ar_etcd_range(ls->c, &op, cb, ls);
+}
+
+static void on_members_list(void *arg, int status, const struct ar_etcd_result *res,
+                            const struct ar_etcd_error *err)
+{
+    struct lister *ls = arg;
+    int rc;
+
+    if (status < 0) {
+        ls->cb(ls->arg, status, NULL, err);
+        free(ls);
+        return;
+    }
+    ls->members = ar_etcd_result_keep(res);
+    rc = range_prefix(ls, "alive", res->revision, on_alive_list);
+    if (rc < 0) {
+        struct ar_etcd_error e;
+
+        ar_etcd_set_error(&e, rc, "", "member list: %s", strerror(-rc));
+        ls->cb(ls->arg, rc, NULL, &e);
+        ar_etcd_result_free(ls->members);
+        free(ls);
+    }
+}
+
+int ar_member_list(struct ar_etcd *c, const char *prefix, ar_member_list_cb cb, void *arg)
+{
+    struct lister *ls = calloc(1, sizeof(*ls));
+    int rc;
+
+    if (!ls)
+        return -ENOMEM;
+    ls->c = c;
+    ls->cb = cb;
+    ls->arg = arg;
+    snprintf(ls->prefix, sizeof(ls->prefix), "%s", prefix ? prefix : AR_DEFAULT_PREFIX);
+    rc = range_prefix(ls, "members", 0, on_members_list);
+    if (rc < 0)
+        free(ls);
+    return rc;
+}
