@@ -213,6 +213,9 @@ int ar_resource_of_key(const char *prefix, const char *key, size_t keylen, struc
         if (!slash2 || slash2 == r || (size_t)(slash2 - rest) + 1 >= restlen)
             return -ENOENT;
         rlen = (size_t)(slash2 - r);
+        /* a NUL cannot be part of a group or resource name */
+        if (memchr(rest, '\0', glen) || memchr(r, '\0', rlen))
+            return -ENOENT;
         if (copy_str(out->group, sizeof(out->group), rest, glen) < 0 ||
             copy_str(out->resource, sizeof(out->resource), r, rlen) < 0)
             return -ENOENT;

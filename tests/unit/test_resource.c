@@ -95,6 +95,9 @@ static void test_key_unknown(void **state)
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (ar_resource_of_key("/registry", bad[i], strlen(bad[i]), &r) != -ENOENT)
             fail_msg("%s should not map", bad[i]);
+    /* NUL bytes in the group or resource segment */
+    assert_int_equal(ar_resource_of_key("/registry", "/registry/a.b/\0x/n", 18, &r), -ENOENT);
+    assert_int_equal(ar_resource_of_key("/registry", "/registry/a\0.b/x/n", 18, &r), -ENOENT);
     /* the length is honoured: the bytes after keylen are not looked at */
     assert_int_equal(ar_resource_of_key("/registry", "/registry/secrets/a", 17, &r), -ENOENT);
 }
