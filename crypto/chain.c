@@ -341,7 +341,7 @@ static void agg_format(const struct agg *a, char *out, size_t len)
 
 static inline bool has_prefix(const uint8_t *p, size_t n, const char *pre, size_t plen)
 {
-    return n >= plen && memcmp(p, pre, plen) == 0;
+    return plen == 0 || (n >= plen && memcmp(p, pre, plen) == 0);
 }
 
 /* ---- read --------------------------------------------------------------------------- */

@@ -18,8 +18,15 @@
  *   that needs the plugin fails with -ENOPKG and "needs KMS plugin <name>". A KMS provider can
  *   not write (-ENOPKG).
  * - Errors: 0 or negative errno. -EBADMSG: the value is corrupt or does not authenticate;
- *   -ENOKEY: no provider or key matched; -ENOPKG: needs a KMS plugin; -EINVAL: bad arguments.
- *   res->err holds the one-line reason (never key material).
+ *   -ENOKEY: no provider prefix matched ("no matching prefix found"), or encrypted data for a
+ *   resource no rule names ("identity transformer tried to read encrypted data"); -ENOPKG: needs
+ *   a KMS plugin (wins over -EBADMSG when several providers failed); -EINVAL: bad arguments;
+ *   -ENOMEM/-EMSGSIZE/-EIO: system. res->err holds the one-line reason (never key material),
+ *   aggregated as k8s.io/apimachinery's errors.NewAggregate prints it: nested lists flattened,
+ *   duplicate messages dropped, one message as itself, several as "[e1, e2]".
+ * - On failure out is empty; the bytes it held before the call are wiped either way.
+ * - Thread safety: any number of threads may read and write through one chain; each thread
+ *   keeps its own cipher contexts (crypto/providers.h).
  */
 #ifndef ATREST_CRYPTO_CHAIN_H
 #define ATREST_CRYPTO_CHAIN_H
@@ -57,7 +64,8 @@ struct ar_result {
     const char *key_name;   /* key name, KMS provider name, or NULL (identity); points into the config */
     const uint8_t *key_fp;  /* 8-byte key fingerprint or NULL */
     bool stale;             /* kube-apiserver's stale flag */
-    struct ar_kmsv2_info kms; /* when type == AR_P_KMS and the value is v2: parsed fields */
+    struct ar_kmsv2_info kms; /* valid when kms_version == 2: parsed fields, pointing into the
+                                 input value (valid as long as the caller's input is) */
     int kms_version;        /* 1 or 2 when a KMS value was recognised, else 0 */
     char err[512];          /* one-line reason on failure */
 };

@@ -612,6 +612,44 @@ static void test_threads(void **state)
     }
 }
 
+/* what out held before a call is gone afterwards, also past the new length and on failure */
+static void test_out_wiped(void **state)
+{
+    char a[512];
+    struct ar_chain *c = chain_for(keyed(a, sizeof(a), "aesgcm", "g", k32, NULL, NULL));
+    struct ar_buf enc = AR_BUF_INIT, out = AR_BUF_INIT;
+    struct ar_result res;
+    uint8_t big[1000];
+    size_t cap;
+
+    memset(big, 0xa5, sizeof(big));
+    assert_int_equal(wr(c, big, sizeof(big), &enc, &res), 0);
+    assert_int_equal(rd(c, &enc, &out, &res), 0);
+    assert_int_equal(out.len, sizeof(big));
+    cap = out.cap;
+    assert_int_equal(wr(c, "xy", 2, &enc, &res), 0);
+    assert_int_equal(rd(c, &enc, &out, &res), 0);
+    assert_int_equal(out.len, 2);
+    assert_int_equal(out.cap, cap);
+    for (size_t i = 2; i < sizeof(big); i++)
+        assert_int_equal(out.p[i], 0);
+    /* failure: empty and wiped */
+    enc.p[enc.len - 1] ^= 1;
+    assert_int_equal(rd(c, &enc, &out, &res), -EBADMSG);
+    assert_int_equal(out.len, 0);
+    assert_int_equal(out.p[0], 0);
+    assert_int_equal(out.p[1], 0);
+    /* an empty input, NULL allowed */
+    assert_int_equal(ar_chain_read(c, "", "pods", AAD, AADN, NULL, 0, &out, &res), 0);
+    assert_int_equal(out.len, 0);
+    assert_int_equal(ar_chain_read(c, "", "secrets", AAD, AADN, NULL, 0, &out, &res), -ENOKEY);
+    assert_int_equal(ar_chain_read(c, "", "secrets", NULL, 1, enc.p, enc.len, &out, &res),
+                     -EINVAL);
+    ar_buf_free(&enc);
+    ar_buf_free(&out);
+    ar_chain_unref(c);
+}
+
 /* ---- buffers, genkey -------------------------------------------------------------- */
 
 static void test_buf(void **state)
@@ -676,6 +714,7 @@ int main(void)
         cmocka_unit_test(test_lookup),
         cmocka_unit_test(test_kms_in_list),
         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_out_wiped),
         cmocka_unit_test(test_buf),
         cmocka_unit_test(test_genkey),
     };
