@@ -132,7 +132,7 @@ static void spawn(struct contenders *cs)
 {
     for (int i = 0; i < NC; i++) {
         int p[2];
-        char name[16];
+        char name[32];
 
         assert_int_equal(pipe(p), 0);
         snprintf(name, sizeof(name), "node-%d", i);
