@@ -776,6 +776,12 @@ static void auth_done(void *arg, int status, const struct ar_etcd_result *res,
     struct ar_etcd_error e;
 
     c->authing = false;
+    if (status < 0 && err && err->grpc_code == 3) { /* wrong user/password, auth disabled */
+        e = *err;
+        e.code = -EACCES;
+        err = &e;
+        status = -EACCES;
+    }
     if (status == 0 && (!res->token || !*res->token)) {
         ar_etcd_set_error(&e, -EACCES, c->endpoints[c->cur_ep], "authenticate: no token");
         err = &e;
