@@ -156,7 +156,7 @@ static int curl_errno(CURLcode rc)
 static bool not_applied(CURLcode rc, const struct ar_etcd_error *e)
 {
     if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
-        rc == CURLE_SSL_CONNECT_ERROR || rc == CURLE_PEER_FAILED_VERIFICATION)
+        rc == CURLE_SSL_CONNECT_ERROR)
         return true;
     return e->grpc_code == 14 && !strcmp(e->msg, "etcdserver: no leader");
 }
@@ -601,6 +601,9 @@ static void req_retry_or_fail(struct req *r, CURLcode rc, const struct ar_etcd_e
                 (err->grpc_code == 2 && err->code == -ETIMEDOUT);
     if (err->code == -EMSGSIZE || err->code == -ENOMEM)
         retry = false;
+    if (rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CERTPROBLEM ||
+        rc == CURLE_SSL_CACERT_BADFILE)
+        retry = false; /* configuration error: report it now, not a timeout later */
     if (!retry || c->closing || now >= r->deadline || r->attempts >= MAX_ATTEMPTS) {
         req_fail(r, r->have_etcd_err ? r->etcd_err.code : err->code,
                  r->have_etcd_err ? &r->etcd_err : err);
