@@ -25,7 +25,8 @@ ATREST = os.environ.get("ATREST", str(ROOT / "atrest"))
 ATREST_ASAN = os.environ.get("ATREST_ASAN", str(ROOT / "build" / "asan" / "atrest"))
 
 SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                     "SUMMARY: AddressSanitizer", "SUMMARY: UndefinedBehaviorSanitizer")
+                     "SUMMARY: AddressSanitizer", "SUMMARY: UndefinedBehaviorSanitizer",
+                     "LeakSanitizer has encountered a fatal error", "Sanitizer CHECK failed")
 
 METRICS_CTYPE = "text/plain; version=0.0.4; charset=utf-8"
 

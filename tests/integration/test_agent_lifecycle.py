@@ -141,3 +141,17 @@ def test_leak_scanner_detects_every_form(keys):
         with pytest.raises(AssertionError, match="key #0 leaked"):
             keys.scan(b"xx " + needle + b" yy", "self-test")
     keys.scan(b"nothing here", "self-test")
+
+
+def test_status_command_default_address():
+    """No flags and no /etc/atrest/agent.yaml: the built-in default, said in the error."""
+    if os.path.exists("/etc/atrest/agent.yaml"):
+        pytest.skip("/etc/atrest/agent.yaml exists on this machine")
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", 9798)) == 0:
+            pytest.skip("something listens on 127.0.0.1:9798")
+    p = run_cli(["status"])
+    assert p.returncode == 1
+    assert p.stderr.decode().startswith(
+        "atrest status: cannot reach the agent at http://127.0.0.1:9798 (built-in default; "
+        "/etc/atrest/agent.yaml not found): "), p.stderr

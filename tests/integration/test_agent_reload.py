@@ -185,9 +185,14 @@ def test_sighup_reload(running, keys):
         a.status()), 10, "reload after SIGHUP")
     assert fp_effective(st) == fp_desired(st)
     assert successes(a) == ok0 + 1
+    assert st["last_reload"]["result"] == "applied", st["last_reload"]
+    assert "SIGHUP" in a.log()
     # A SIGHUP with nothing changed is not a reload (kube-apiserver records neither).
+    t0 = st["last_reload"]["time"]
     a.send_signal(signal.SIGHUP)
-    time.sleep(0.5)
+    st = wait_for(lambda: (lambda s: s if s["last_reload"]["time"] != t0 else None)(a.status()),
+                  10, "second SIGHUP handled")
+    assert st["last_reload"]["result"] == "unchanged", st["last_reload"]
     assert a.alive()
     assert successes(a) == ok0 + 1 and failures(a) == 0
     assert_effective_ok(a, fp_effective(st))
