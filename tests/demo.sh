@@ -84,8 +84,10 @@ look() {
     if [ -f "$EFFECTIVE" ]; then redact "$EFFECTIVE"; ls -l "$EFFECTIVE" | cut -d' ' -f1; else echo "(no effective file)"; fi
     show "atrest status --addr 127.0.0.1:$SPORT"
     "$ATREST" status --addr "127.0.0.1:$SPORT" || true
-    show "curl -s 127.0.0.1:$SPORT/metrics | grep -E '^atrest_(config|desired|effective)'"
-    curl -s "http://127.0.0.1:$SPORT/metrics" | grep -E '^atrest_(config|desired|effective)' || true
+    show "curl -s 127.0.0.1:$SPORT/metrics | grep -E '^atrest_(config|desired|effective|etcd)'"
+    curl -s "http://127.0.0.1:$SPORT/metrics" | grep -E '^atrest_(config|desired|effective|etcd)' || true
+    show "etcdctl get --prefix /atrest/    # what agents share through etcd: never a key"
+    etcdctl --endpoints "http://127.0.0.1:$CPORT" get --prefix /atrest/ || true
     show "tail -n 6 agent.log"
     tail -n 6 "$DIR/agent.log"
 }
