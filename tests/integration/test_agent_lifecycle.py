@@ -155,3 +155,40 @@ def test_status_command_default_address():
     assert p.stderr.decode().startswith(
         "atrest status: cannot reach the agent at http://127.0.0.1:9798 (built-in default; "
         "/etc/atrest/agent.yaml not found): "), p.stderr
+
+
+def test_start_with_bad_desired_refuses(make_agent, keys):
+    """An invalid desired file at start: the agent refuses to start (exit 1) naming file:line
+    and field, and leaves an existing effective file alone."""
+    a = make_agent()
+    a.desired.write_text("apiVersion: apiserver.config.k8s.io/v1\n"
+                         "kind: EncryptionConfiguration\nresources: []\n")
+    a.effective.write_text("previous: content\n")
+    a.start(wait_ready=False)
+    rc = a.proc.wait(10)
+    assert rc == 1, a.log()
+    assert "desired.yaml:3:12: resources: Required value: at least one resources is required" \
+        in a.log(), a.log()
+    assert a.effective.read_text() == "previous: content\n"
+    assert not os.path.exists(a.sock)
+
+
+def test_connection_flood_recovers(make_agent, keys):
+    """More idle connections than the status server's limit (64): the agent stays up, and
+    serves again as soon as the clients go away."""
+    a = started(make_agent, keys)
+    socks = []
+    try:
+        for _ in range(80):
+            s = socket.create_connection(("127.0.0.1", a.port), timeout=2)
+            socks.append(s)
+        time.sleep(0.2)
+        assert a.alive()
+    finally:
+        for s in socks:
+            s.close()
+    t0 = time.monotonic()
+    wait_for(lambda: a.get("/readyz")[0] == 200, 10, "readyz after the flood")
+    assert time.monotonic() - t0 < 3
+    assert a.get("/healthz")[0] == 200
+    assert a.stop() == 0
