@@ -69,9 +69,9 @@ static void usage(FILE *f)
 /* ---- where is the agent? ------------------------------------------------------------------- */
 
 struct target {
-    char url[512];            /* base URL (no path) */
-    char sock[256];           /* unix socket or "" */
-    char origin[1200];       /* where the address came from, for error messages */
+    char url[512];     /* base URL (no path) */
+    char sock[256];    /* unix socket or "" */
+    char origin[1200]; /* where the address came from, for error messages */
 };
 
 static int target_from_settings(const char *file, bool explicit_file, struct target *t)
@@ -116,8 +116,8 @@ static int target_from_settings(const char *file, bool explicit_file, struct tar
         char host[64];
         uint16_t port;
         if (ar_parse_listen(s.status_listen, host, sizeof(host), &port) < 0) {
-            fprintf(stderr, "atrest status: invalid status.listen \"%s\" in %s\n",
-                    s.status_listen, file);
+            fprintf(stderr, "atrest status: invalid status.listen \"%s\" in %s\n", s.status_listen,
+                    file);
             rc = -EINVAL;
             goto out;
         }
@@ -301,13 +301,15 @@ static void print_resources(json_t *root)
     printf("\n%-24s %-34s %s\n", "RESOURCES", "WRITE KEY", "READ KEYS");
     size_t i;
     json_t *r;
-    json_array_foreach(res, i, r) {
+    json_array_foreach(res, i, r)
+    {
         char names[256] = "";
         json_t *nm = jget(r, "resources|resource|names");
         if (json_is_array(nm)) {
             size_t j;
             json_t *s;
-            json_array_foreach(nm, j, s) {
+            json_array_foreach(nm, j, s)
+            {
                 if (json_is_string(s))
                     snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
                              j ? "," : "", json_string_value(s));
@@ -322,7 +324,8 @@ static void print_resources(json_t *root)
         if (json_is_array(rd)) {
             size_t j;
             json_t *k;
-            json_array_foreach(rd, j, k) {
+            json_array_foreach(rd, j, k)
+            {
                 char one[160];
                 key_str(k, one, sizeof(one));
                 snprintf(rk + strlen(rk), sizeof(rk) - strlen(rk), "%s%s", j ? ", " : "", one);
@@ -341,7 +344,8 @@ static void print_members(json_t *root)
            "VERSION", "REPORTED");
     size_t i;
     json_t *m;
-    json_array_foreach(ms, i, m) {
+    json_array_foreach(ms, i, m)
+    {
         char f1[16], f2[16], tb[96];
         json_t *alive = jget(m, "alive");
         printf("%-20s %-7s %-14s %-14s %-10s %s\n", dash(jstr(m, "node|name")),
@@ -363,8 +367,7 @@ static void print_table(json_t *root)
 
     const char *res = jstr(root, "last_reload.result|reload.result");
     printf("%-10s %s, %s\n", "reload", dash(res),
-           when(jget(root, "last_reload.time|reload.time"), tb,
-                sizeof(tb)));
+           when(jget(root, "last_reload.time|reload.time"), tb, sizeof(tb)));
     jnum_str(jget(root, "last_reload.ok_total|reload.ok_total"), n1, sizeof(n1));
     jnum_str(jget(root, "last_reload.failed_total|reload.failed_total"), n2, sizeof(n2));
     printf("%-10s %s applied, %s failed\n", "", n1, n2);
@@ -380,8 +383,7 @@ static void print_table(json_t *root)
     const char *derr = jstr(root, "desired.error");
     if (derr)
         printf("%-10s error: %s\n", "", derr);
-    printf("%-10s %-14s %s%s\n", "effective", short_fp(efp, f2),
-           dash(jstr(root, "effective.path")),
+    printf("%-10s %-14s %s%s\n", "effective", short_fp(efp, f2), dash(jstr(root, "effective.path")),
            dfp && efp ? (strcmp(dfp, efp) ? "  (differs from desired)" : "  (= desired)") : "");
 
     const char *es = jstr(root, "etcd.state|etcd.status|etcd");
@@ -400,9 +402,12 @@ static void print_table(json_t *root)
 int ar_cmd_status(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"addr", required_argument, NULL, 'a'},   {"socket", required_argument, NULL, 's'},
-        {"config", required_argument, NULL, 'c'}, {"json", no_argument, NULL, 'j'},
-        {"timeout", required_argument, NULL, 't'}, {"help", no_argument, NULL, 'h'},
+        {"addr", required_argument, NULL, 'a'},
+        {"socket", required_argument, NULL, 's'},
+        {"config", required_argument, NULL, 'c'},
+        {"json", no_argument, NULL, 'j'},
+        {"timeout", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *addr = NULL, *sock = NULL, *config = NULL;
@@ -438,8 +443,7 @@ int ar_cmd_status(int argc, char **argv)
             usage(stdout);
             return 0;
         default:
-            fprintf(stderr, "atrest status: unknown or incomplete option '%s'\n",
-                    argv[optind - 1]);
+            fprintf(stderr, "atrest status: unknown or incomplete option '%s'\n", argv[optind - 1]);
             usage(stderr);
             return 2;
         }

@@ -17,17 +17,17 @@
 #include <microhttpd.h>
 
 #define DEFAULT_CONN_LIMIT 64u
-#define DEFAULT_TIMEOUT_S 5u
-#define DEFAULT_MEM_LIMIT (16u * 1024u)
-#define LISTEN_BACKLOG 64
-#define MAX_GET_BODY (64u * 1024u)
+#define DEFAULT_TIMEOUT_S  5u
+#define DEFAULT_MEM_LIMIT  (16u * 1024u)
+#define LISTEN_BACKLOG     64
+#define MAX_GET_BODY       (64u * 1024u)
 
 struct listener {
     struct ar_http *h;
     struct MHD_Daemon *d;
     uv_poll_t poll;
     uv_timer_t timer;
-    bool handles;             /* poll and timer initialised */
+    bool handles; /* poll and timer initialised */
 };
 
 struct ar_http {
@@ -36,9 +36,9 @@ struct ar_http {
     size_t nroutes;
     struct listener l[2];
     int nl;
-    int closing;              /* uv handles still to be closed */
+    int closing; /* uv handles still to be closed */
     uint16_t port;
-    char *unix_path;          /* set when we created a socket file */
+    char *unix_path; /* set when we created a socket file */
     dev_t unix_dev;
     ino_t unix_ino;
     void (*log)(void *log_arg, const char *msg);
@@ -113,9 +113,8 @@ static enum MHD_Result send_resp(struct MHD_Connection *c, unsigned status, cons
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
-                                  const char *method, const char *version,
-                                  const char *upload_data, size_t *upload_data_size,
-                                  void **con_cls)
+                                  const char *method, const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
 {
     struct ar_http *h = cls;
     static const char text[] = "text/plain; charset=utf-8";
@@ -158,15 +157,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         static const char msg[] = "internal error\n";
         rc = send_resp(c, MHD_HTTP_INTERNAL_SERVER_ERROR, text, msg, sizeof(msg) - 1, false);
     } else {
-        rc = send_resp(c, (unsigned)r.status, r.content_type ? r.content_type : text, r.body,
-                       r.len, false);
+        rc = send_resp(c, (unsigned)r.status, r.content_type ? r.content_type : text, r.body, r.len,
+                       false);
     }
     free(r.body);
     return rc;
 }
 
-__attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const char *fmt,
-                                                             va_list ap)
+__attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     struct ar_http *h = cls;
     char msg[512];
@@ -369,8 +367,8 @@ static void unix_remove(struct ar_http *h)
 
 /* ---- start / stop ------------------------------------------------------------------------ */
 
-static int start_mhd(struct ar_http *h, struct listener *l, int fd,
-                     const struct ar_http_opts *o, char *err, size_t errlen)
+static int start_mhd(struct ar_http *h, struct listener *l, int fd, const struct ar_http_opts *o,
+                     char *err, size_t errlen)
 {
     unsigned flags = MHD_USE_EPOLL | (h->log ? MHD_USE_ERROR_LOG : 0);
     l->h = h;
@@ -379,9 +377,9 @@ static int start_mhd(struct ar_http *h, struct listener *l, int fd,
         /* the logger first, or MHD warns that earlier options may log to stderr */
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, h, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)fd,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)(o->conn_limit ? o->conn_limit : DEFAULT_CONN_LIMIT),
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(o->mem_limit ? o->mem_limit : DEFAULT_MEM_LIMIT),
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(o->timeout_s ? o->timeout_s : DEFAULT_TIMEOUT_S),
-        MHD_OPTION_END);
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        (size_t)(o->mem_limit ? o->mem_limit : DEFAULT_MEM_LIMIT), MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)(o->timeout_s ? o->timeout_s : DEFAULT_TIMEOUT_S), MHD_OPTION_END);
     if (!l->d) {
         seterr(err, errlen, "cannot start the status server (libmicrohttpd)");
         /* MHD may or may not have closed the socket it was given. */
@@ -392,9 +390,8 @@ static int start_mhd(struct ar_http *h, struct listener *l, int fd,
     return 0;
 }
 
-int ar_http_start(uv_loop_t *loop, const struct ar_http_opts *o,
-                  const struct ar_http_route *routes, size_t nroutes, struct ar_http **out,
-                  char *err, size_t errlen)
+int ar_http_start(uv_loop_t *loop, const struct ar_http_opts *o, const struct ar_http_route *routes,
+                  size_t nroutes, struct ar_http **out, char *err, size_t errlen)
 {
     int rc = 0;
     *out = NULL;

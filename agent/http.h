@@ -51,18 +51,18 @@ int ar_http_resp_printf(struct ar_http_resp *r, const char *fmt, ...)
 typedef void (*ar_http_handler_fn)(void *arg, struct ar_http_resp *out);
 
 struct ar_http_route {
-    const char *path;         /* e.g. "/status" */
+    const char *path; /* e.g. "/status" */
     ar_http_handler_fn fn;
     void *arg;
 };
 
 struct ar_http_opts {
-    const char *host;         /* numeric IPv4/IPv6 address, e.g. "127.0.0.1"; NULL: no TCP */
-    uint16_t port;            /* 0: pick a free port */
-    const char *unix_path;    /* NULL: no unix socket */
-    unsigned conn_limit;      /* per listener; 0: 64 */
-    unsigned timeout_s;       /* idle connection timeout; 0: 5 */
-    size_t mem_limit;         /* per connection; 0: 16 KiB */
+    const char *host;      /* numeric IPv4/IPv6 address, e.g. "127.0.0.1"; NULL: no TCP */
+    uint16_t port;         /* 0: pick a free port */
+    const char *unix_path; /* NULL: no unix socket */
+    unsigned conn_limit;   /* per listener; 0: 64 */
+    unsigned timeout_s;    /* idle connection timeout; 0: 5 */
+    size_t mem_limit;      /* per connection; 0: 16 KiB */
     /* Optional: where libmicrohttpd's own error messages go (one line, no newline). */
     void (*log)(void *log_arg, const char *msg);
     void *log_arg;

@@ -9,7 +9,7 @@
 #include <string.h>
 
 struct series {
-    char *labels;             /* rendered: name="escaped",name2="escaped2" ("" for none) */
+    char *labels; /* rendered: name="escaped",name2="escaped2" ("" for none) */
     double v;
 };
 
@@ -17,7 +17,7 @@ struct metric {
     char *name;
     char *help;
     enum ar_metric_type type;
-    char *label_names;        /* "a,b"; NULL until the first series fixes them */
+    char *label_names; /* "a,b"; NULL until the first series fixes them */
     struct series *s;
     size_t n, cap;
 };
@@ -65,8 +65,8 @@ static bool valid_name(const char *s, bool label)
         return false;
     for (const char *p = s; *p; p++) {
         char c = *p;
-        bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' ||
-                     (!label && c == ':');
+        bool alpha =
+            (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (!label && c == ':');
         bool digit = c >= '0' && c <= '9';
         if (!alpha && !(digit && p != s))
             return false;
@@ -317,8 +317,7 @@ int ar_metric_counter_add(struct ar_metrics *m, const char *name, const char *he
     return rc;
 }
 
-int ar_metric_gauge_set(struct ar_metrics *m, const char *name, const char *help, double value,
-                        ...)
+int ar_metric_gauge_set(struct ar_metrics *m, const char *name, const char *help, double value, ...)
 {
     struct series *s;
     va_list ap;
@@ -422,16 +421,16 @@ int ar_metrics_render(const struct ar_metrics *m, char **out, size_t *outlen)
 
 /* ---- atrest's metrics ----------------------------------------------------------------------- */
 
-#define H_RELOADS "Reloads of the desired encryption configuration, by result."
+#define H_RELOADS   "Reloads of the desired encryption configuration, by result."
 #define H_RELOAD_TS "Unix time of the last reload of the desired configuration, by result."
-#define H_LAST_CONFIG                                                                         \
+#define H_LAST_CONFIG                                                                              \
     "The effective encryption configuration in force: hash of its file's bytes (value 1)."
-#define H_DESIRED_CONFIG "The desired configuration file as last read: hash of its bytes (value 1)."
-#define H_DESIRED_INVALID "1 when the desired configuration file as last read is invalid, else 0."
+#define H_DESIRED_CONFIG   "The desired configuration file as last read: hash of its bytes (value 1)."
+#define H_DESIRED_INVALID  "1 when the desired configuration file as last read is invalid, else 0."
 #define H_EFFECTIVE_WRITES "Times the effective configuration file was written."
-#define H_CHAIN_SWAPS "Times a new provider chain was swapped in."
-#define H_ETCD_REQUESTS "Requests to etcd, by operation and result."
-#define H_BUILD_INFO "Build information of the atrest agent (value 1)."
+#define H_CHAIN_SWAPS      "Times a new provider chain was swapped in."
+#define H_ETCD_REQUESTS    "Requests to etcd, by operation and result."
+#define H_BUILD_INFO       "Build information of the atrest agent (value 1)."
 
 int ar_metrics_atrest_init(struct ar_metrics *m, const char *version)
 {
@@ -472,8 +471,7 @@ int ar_metrics_desired(struct ar_metrics *m, const char *hash, bool invalid)
     int rc = hash ? ar_metric_info_set(m, AR_M_DESIRED_CONFIG, H_DESIRED_CONFIG, "hash", hash, NULL)
                   : ar_metric_info_set(m, AR_M_DESIRED_CONFIG, H_DESIRED_CONFIG, NULL);
     if (rc == 0)
-        rc = ar_metric_gauge_set(m, AR_M_DESIRED_INVALID, H_DESIRED_INVALID, invalid ? 1 : 0,
-                                 NULL);
+        rc = ar_metric_gauge_set(m, AR_M_DESIRED_INVALID, H_DESIRED_INVALID, invalid ? 1 : 0, NULL);
     return rc;
 }
 

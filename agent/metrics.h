@@ -26,8 +26,8 @@
 #include <stdint.h>
 
 #define AR_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
-#define AR_METRICS_MAX_SERIES 256
-#define AR_METRICS_MAX_LABELS 8
+#define AR_METRICS_MAX_SERIES   256
+#define AR_METRICS_MAX_LABELS   8
 
 enum ar_metric_type { AR_METRIC_COUNTER = 0, AR_METRIC_GAUGE };
 
@@ -42,8 +42,8 @@ int ar_metric_declare(struct ar_metrics *m, const char *name, enum ar_metric_typ
 
 int ar_metric_counter_add(struct ar_metrics *m, const char *name, const char *help, double delta,
                           ...) __attribute__((sentinel));
-int ar_metric_gauge_set(struct ar_metrics *m, const char *name, const char *help, double value,
-                        ...) __attribute__((sentinel));
+int ar_metric_gauge_set(struct ar_metrics *m, const char *name, const char *help, double value, ...)
+    __attribute__((sentinel));
 /* An "info" gauge: drop every series of the metric, then set this label set to 1. With no
  * labels at all (only the NULL) the metric is left with no series. */
 int ar_metric_info_set(struct ar_metrics *m, const char *name, const char *help, ...)
@@ -59,15 +59,15 @@ int ar_metrics_render(const struct ar_metrics *m, char **out, size_t *outlen);
  * The names the agent exports, mirroring kube-apiserver's encryption-config controller
  * (apiserver_encryption_config_controller_*). ar_metrics_atrest_init declares all of them in
  * this order and sets the zero-valued series so dashboards see them from the start. */
-#define AR_M_RELOADS "atrest_config_reloads_total"
-#define AR_M_RELOAD_TS "atrest_config_reload_last_timestamp_seconds"
-#define AR_M_LAST_CONFIG "atrest_config_last_config_info"
-#define AR_M_DESIRED_CONFIG "atrest_desired_config_info"
-#define AR_M_DESIRED_INVALID "atrest_desired_config_invalid"
+#define AR_M_RELOADS          "atrest_config_reloads_total"
+#define AR_M_RELOAD_TS        "atrest_config_reload_last_timestamp_seconds"
+#define AR_M_LAST_CONFIG      "atrest_config_last_config_info"
+#define AR_M_DESIRED_CONFIG   "atrest_desired_config_info"
+#define AR_M_DESIRED_INVALID  "atrest_desired_config_invalid"
 #define AR_M_EFFECTIVE_WRITES "atrest_effective_writes_total"
-#define AR_M_CHAIN_SWAPS "atrest_chain_swaps_total"
-#define AR_M_ETCD_REQUESTS "atrest_etcd_requests_total"
-#define AR_M_BUILD_INFO "atrest_build_info"
+#define AR_M_CHAIN_SWAPS      "atrest_chain_swaps_total"
+#define AR_M_ETCD_REQUESTS    "atrest_etcd_requests_total"
+#define AR_M_BUILD_INFO       "atrest_build_info"
 
 int ar_metrics_atrest_init(struct ar_metrics *m, const char *version);
 /* A reload finished: ok = a new config was applied (success), !ok = rejected or failed

@@ -166,8 +166,8 @@ static void run_harness(struct harness *hs, const struct ar_http_opts *o,
 {
     char err[256];
     assert_int_equal(uv_loop_init(&hs->loop), 0);
-    assert_int_equal(ar_http_start(&hs->loop, o, routes, sizeof(routes) / sizeof(routes[0]),
-                                   &hs->h, err, sizeof(err)),
+    assert_int_equal(ar_http_start(&hs->loop, o, routes, sizeof(routes) / sizeof(routes[0]), &hs->h,
+                                   err, sizeof(err)),
                      0);
     if (o->host) {
         assert_true(ar_http_port(hs->h) > 0);
@@ -234,7 +234,7 @@ static void test_tcp_routes(void **state)
     assert_int_equal(r[3].code, 405);
     assert_string_equal(r[3].allow, "GET, HEAD");
     assert_int_equal(r[4].code, 200);
-    assert_int_equal(r[4].len, 0);                    /* HEAD: no body */
+    assert_int_equal(r[4].len, 0);                       /* HEAD: no body */
     assert_true(r[4].clen == (double)strlen(r[0].body)); /* but the GET's length */
     assert_int_equal(r[5].code, 200);
     assert_int_equal(r[5].len, 10000 * 38);
@@ -254,8 +254,8 @@ static void client_unix(struct harness *hs)
     req(e, u, "GET", hs->sock, &hs->r[0]);
     req(e, u, "GET", hs->sock, &hs->r[1]);
     struct stat st;
-    hs->extra[0] = stat(hs->sock, &st) == 0 && S_ISSOCK(st.st_mode) ? (int)(st.st_mode & 07777)
-                                                                     : -1;
+    hs->extra[0] =
+        stat(hs->sock, &st) == 0 && S_ISSOCK(st.st_mode) ? (int)(st.st_mode & 07777) : -1;
     curl_easy_cleanup(e);
 }
 
@@ -420,10 +420,8 @@ int main(void)
 {
     curl_global_init(CURL_GLOBAL_DEFAULT);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_resp_buffer),
-        cmocka_unit_test(test_tcp_routes),
-        cmocka_unit_test(test_unix_socket),
-        cmocka_unit_test(test_unix_refuses),
+        cmocka_unit_test(test_resp_buffer), cmocka_unit_test(test_tcp_routes),
+        cmocka_unit_test(test_unix_socket), cmocka_unit_test(test_unix_refuses),
         cmocka_unit_test(test_limits),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -39,17 +39,22 @@ static void test_golden_atrest(void **state)
     assert_int_equal(ar_metrics_atrest_init(m, "0.1.0"), 0);
     char *s = render(m);
     static const char golden0[] =
-        "# HELP atrest_config_reloads_total Reloads of the desired encryption configuration, by result.\n"
+        "# HELP atrest_config_reloads_total Reloads of the desired encryption configuration, by "
+        "result.\n"
         "# TYPE atrest_config_reloads_total counter\n"
         "atrest_config_reloads_total{status=\"success\"} 0\n"
         "atrest_config_reloads_total{status=\"failure\"} 0\n"
-        "# HELP atrest_config_reload_last_timestamp_seconds Unix time of the last reload of the desired configuration, by result.\n"
+        "# HELP atrest_config_reload_last_timestamp_seconds Unix time of the last reload of the "
+        "desired configuration, by result.\n"
         "# TYPE atrest_config_reload_last_timestamp_seconds gauge\n"
-        "# HELP atrest_config_last_config_info The effective encryption configuration in force: hash of its file's bytes (value 1).\n"
+        "# HELP atrest_config_last_config_info The effective encryption configuration in force: "
+        "hash of its file's bytes (value 1).\n"
         "# TYPE atrest_config_last_config_info gauge\n"
-        "# HELP atrest_desired_config_info The desired configuration file as last read: hash of its bytes (value 1).\n"
+        "# HELP atrest_desired_config_info The desired configuration file as last read: hash of "
+        "its bytes (value 1).\n"
         "# TYPE atrest_desired_config_info gauge\n"
-        "# HELP atrest_desired_config_invalid 1 when the desired configuration file as last read is invalid, else 0.\n"
+        "# HELP atrest_desired_config_invalid 1 when the desired configuration file as last read "
+        "is invalid, else 0.\n"
         "# TYPE atrest_desired_config_invalid gauge\n"
         "atrest_desired_config_invalid 0\n"
         "# HELP atrest_effective_writes_total Times the effective configuration file was written.\n"
@@ -81,21 +86,28 @@ static void test_golden_atrest(void **state)
     assert_int_equal(ar_metrics_etcd_request(m, "txn", "error"), 0);
     s = render(m);
     static const char golden1[] =
-        "# HELP atrest_config_reloads_total Reloads of the desired encryption configuration, by result.\n"
+        "# HELP atrest_config_reloads_total Reloads of the desired encryption configuration, by "
+        "result.\n"
         "# TYPE atrest_config_reloads_total counter\n"
         "atrest_config_reloads_total{status=\"success\"} 1\n"
         "atrest_config_reloads_total{status=\"failure\"} 2\n"
-        "# HELP atrest_config_reload_last_timestamp_seconds Unix time of the last reload of the desired configuration, by result.\n"
+        "# HELP atrest_config_reload_last_timestamp_seconds Unix time of the last reload of the "
+        "desired configuration, by result.\n"
         "# TYPE atrest_config_reload_last_timestamp_seconds gauge\n"
         "atrest_config_reload_last_timestamp_seconds{status=\"success\"} 1718000000.25\n"
         "atrest_config_reload_last_timestamp_seconds{status=\"failure\"} 1718000061.5\n"
-        "# HELP atrest_config_last_config_info The effective encryption configuration in force: hash of its file's bytes (value 1).\n"
+        "# HELP atrest_config_last_config_info The effective encryption configuration in force: "
+        "hash of its file's bytes (value 1).\n"
         "# TYPE atrest_config_last_config_info gauge\n"
-        "atrest_config_last_config_info{hash=\"sha256:3c607df3b2bf22c9d9f01d5314b4bbf411c48ef43ff44ff29b1d55b41367c795\"} 1\n"
-        "# HELP atrest_desired_config_info The desired configuration file as last read: hash of its bytes (value 1).\n"
+        "atrest_config_last_config_info{hash=\"sha256:"
+        "3c607df3b2bf22c9d9f01d5314b4bbf411c48ef43ff44ff29b1d55b41367c795\"} 1\n"
+        "# HELP atrest_desired_config_info The desired configuration file as last read: hash of "
+        "its bytes (value 1).\n"
         "# TYPE atrest_desired_config_info gauge\n"
-        "atrest_desired_config_info{hash=\"sha256:0000000000000000000000000000000000000000000000000000000000000001\"} 1\n"
-        "# HELP atrest_desired_config_invalid 1 when the desired configuration file as last read is invalid, else 0.\n"
+        "atrest_desired_config_info{hash=\"sha256:"
+        "0000000000000000000000000000000000000000000000000000000000000001\"} 1\n"
+        "# HELP atrest_desired_config_invalid 1 when the desired configuration file as last read "
+        "is invalid, else 0.\n"
         "# TYPE atrest_desired_config_invalid gauge\n"
         "atrest_desired_config_invalid 1\n"
         "# HELP atrest_effective_writes_total Times the effective configuration file was written.\n"
@@ -218,10 +230,8 @@ static void test_misuse(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_empty),
-        cmocka_unit_test(test_golden_atrest),
-        cmocka_unit_test(test_escaping),
-        cmocka_unit_test(test_values),
+        cmocka_unit_test(test_empty),    cmocka_unit_test(test_golden_atrest),
+        cmocka_unit_test(test_escaping), cmocka_unit_test(test_values),
         cmocka_unit_test(test_misuse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
