@@ -361,13 +361,6 @@ static size_t write_cb(char *p, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
-static size_t read_cb(char *buf, size_t size, size_t nitems, void *ud)
-{
-    struct ar_xfer *x = ud;
-
-    return x->on_read(x, buf, size * nitems);
-}
-
 static CURL *pool_get(struct ar_etcd *c)
 {
     if (c->n_pool) {
@@ -421,8 +414,6 @@ int ar_xfer_start(struct ar_etcd *c, struct ar_xfer *x, const char *path, bool h
         snprintf(auth, sizeof(auth), "Authorization: %s", c->token);
         ADDH(auth);
     }
-    if (x->on_read)
-        ADDH("Transfer-Encoding: chunked");
 #undef ADDH
     x->hdrs = hl;
     curl_easy_setopt(h, CURLOPT_URL, url);
@@ -431,14 +422,8 @@ int ar_xfer_start(struct ar_etcd *c, struct ar_xfer *x, const char *path, bool h
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
     curl_easy_setopt(h, CURLOPT_POST, 1L);
-    if (x->on_read) {
-        curl_easy_setopt(h, CURLOPT_READFUNCTION, read_cb);
-        curl_easy_setopt(h, CURLOPT_READDATA, x);
-    } else {
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, x->body ? x->body : "{}");
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE,
-                         (curl_off_t)(x->body ? x->body_len : 2));
-    }
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, x->body ? x->body : "{}");
+    curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(x->body ? x->body_len : 2));
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write_cb);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, x->errbuf);
@@ -452,7 +437,7 @@ int ar_xfer_start(struct ar_etcd *c, struct ar_xfer *x, const char *path, bool h
     } else {
         curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)AR_ETCD_MAX_BODY);
     }
-    if (getenv("ATREST_CURL_VERBOSE"))
+    if (getenv("ATREST_CURL_VERBOSE")) /* debugging aid: libcurl's trace on stderr */
         curl_easy_setopt(h, CURLOPT_VERBOSE, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 10L);
@@ -510,12 +495,6 @@ void ar_xfer_mark_dirty(struct ar_xfer *x)
 {
     if (!ar_link_linked(&x->dirty))
         ar_link_add(&x->c->dirty, &x->dirty);
-}
-
-void ar_xfer_unpause(struct ar_xfer *x)
-{
-    if (x->active)
-        curl_easy_pause(x->h, CURLPAUSE_CONT);
 }
 
 /* --- unary requests ----------------------------------------------------------------------- */

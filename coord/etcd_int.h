@@ -24,8 +24,6 @@ bool ar_link_linked(const struct ar_link *l);
 struct ar_xfer;
 /* Streams: data arrived (inside a curl callback: only buffer it). <0 aborts the transfer. */
 typedef int (*ar_xfer_data_fn)(struct ar_xfer *x, const char *p, size_t n);
-/* Streams: fill buf with upload data; return bytes, or CURL_READFUNC_PAUSE. */
-typedef size_t (*ar_xfer_read_fn)(struct ar_xfer *x, char *buf, size_t n);
 /* The transfer finished (outside curl callbacks). */
 typedef void (*ar_xfer_done_fn)(struct ar_xfer *x, CURLcode rc, long http_status);
 /* Deferred processing of buffered stream data (outside curl callbacks). */
@@ -44,7 +42,6 @@ struct ar_xfer {
     bool active;
     bool stream;
     ar_xfer_data_fn on_data;
-    ar_xfer_read_fn on_read;
     ar_xfer_done_fn on_done;
     ar_xfer_process_fn on_process;
     struct ar_link dirty; /* in c->dirty while it has unprocessed data */
@@ -92,8 +89,6 @@ void ar_xfer_stop(struct ar_xfer *x);
 /* Stop and free buffers. */
 void ar_xfer_release(struct ar_xfer *x);
 void ar_xfer_mark_dirty(struct ar_xfer *x);
-/* Pause or resume the upload side (streams). */
-void ar_xfer_unpause(struct ar_xfer *x);
 
 /* Errors. */
 int ar_etcd_grpc_errno(int grpc_code, const char *msg);
