@@ -34,7 +34,7 @@ int ar_json_i64str(json_t *obj, const char *name, int64_t v)
     return json_object_set_new_nocheck(obj, name, json_string(s)) ? -ENOMEM : 0;
 }
 
-int ar_b64_decode(const char *s, size_t slen, uint8_t **out, size_t *outlen)
+int ar_etcd_b64_decode(const char *s, size_t slen, uint8_t **out, size_t *outlen)
 {
     size_t cap = slen / 4 * 3 + 1;
     uint8_t *p = malloc(cap);
@@ -87,7 +87,7 @@ static int get_bytes(const json_t *obj, const char *name, uint8_t **out, size_t 
     }
     if (!json_is_string(v))
         return -EPROTO;
-    return ar_b64_decode(json_string_value(v), json_string_length(v), out, len);
+    return ar_etcd_b64_decode(json_string_value(v), json_string_length(v), out, len);
 }
 
 void ar_kv_clear(struct ar_etcd_kv *kv)
