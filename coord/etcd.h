@@ -171,8 +171,10 @@ void ar_etcd_set_error(struct ar_etcd_error *e, int code, const char *endpoint, 
 
 /* Copies the settings. NULL on bad settings (errno EINVAL) or no memory. */
 struct ar_etcd *ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s);
-/* Cancel everything (callbacks get -ECANCELED), close handles, free. The loop must then be run
- * (uv_run) until its close callbacks have fired; after that uv_loop_close() returns 0. */
+/* Cancel everything (callbacks get -ECANCELED), close handles, free. Watches and keepers still
+ * open are freed too (stop them, and free elections, first). Never call it from one of this
+ * client's callbacks. The loop must then be run (uv_run) until its close callbacks have fired;
+ * after that uv_loop_close() returns 0. */
 void ar_etcd_close(struct ar_etcd *c);
 uv_loop_t *ar_etcd_loop(struct ar_etcd *c);
 uint64_t ar_etcd_now_ms(void);
