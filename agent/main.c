@@ -1,6 +1,9 @@
 /* agent/main.c: the atrest binary, a table of subcommands. */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+
+#include <curl/curl.h>
 
 #include "agent/cmd.h"
 #include "crypto/config.h"
@@ -46,11 +49,21 @@ int main(int argc, char **argv)
     }
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
         if (!strcmp(argv[1], cmds[i].name)) {
+            int rc;
+
             if (ar_crypto_init() < 0) {
                 fprintf(stderr, "atrest: cannot initialise libsodium\n");
                 return 1;
             }
-            return cmds[i].fn(argc - 1, argv + 1);
+            /* Once, before any thread exists (curl's threaded resolver starts some). */
+            if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+                fprintf(stderr, "atrest: cannot initialise libcurl\n");
+                return 1;
+            }
+            signal(SIGPIPE, SIG_IGN);
+            rc = cmds[i].fn(argc - 1, argv + 1);
+            curl_global_cleanup();
+            return rc;
         }
     }
     fprintf(stderr, "atrest: unknown command '%s'\n", argv[1]);
