@@ -29,7 +29,9 @@
 #include "agent/settings.h"
 #include "agent/state.h"
 #include "agent/watch.h"
+#include "coord/election.h"
 #include "coord/etcd.h"
+#include "coord/member.h"
 #include "crypto/chain.h"
 #include "crypto/config.h"
 
@@ -41,19 +43,22 @@
 
 struct agent;
 
-/*
- * The etcd side, behind a small interface (coord_start / coord_stop). For now: register
- * members/<node>, and every COORD_TICK_MS read members/, alive/ and leader in one transaction
- * for connectivity, the leader and the member list. The lease-bound alive/<node> report and
- * the election come from coord/member.h and coord/election.h when those land.
- */
+/* The etcd side (see "etcd" below). */
 struct coord {
     struct agent *a;
     struct ar_etcd *etcd;
-    uv_timer_t tick;
-    bool inflight;
-    bool registered;
-    bool closing;
+    uv_timer_t tick;          /* registration retry / member list */
+    uv_timer_t stop_timer;    /* bounds the clean shutdown, then finishes it */
+    int handles;              /* open timers; freed when both closed */
+    struct ar_member_alive *alive;
+    struct ar_election *election;
+    struct ar_etcd_watch *watch; /* <prefix>alive/ */
+    char *report_key;         /* the last report sent, without its time */
+    char *leader;             /* last observed leader (to log changes) */
+    bool was_leader;
+    bool registering, registered, listing, list_again;
+    bool closing, finished;
+    int stop_pending;         /* resign and alive revoke still running */
 };
 
 struct agent {
@@ -89,6 +94,9 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static void coord_publish(struct agent *a);
+static bool str_eq(const char *x, const char *y);
+
 static void publish_status(struct agent *a)
 {
     char fp[AR_HASH_STRLEN] = "none";
@@ -97,6 +105,7 @@ static void publish_status(struct agent *a)
     ar_notify_status("effective %.23s; desired %s; last reload %s", fp,
                      a->st.desired_valid ? "valid" : "INVALID",
                      ar_reload_result_name(a->st.last_reload_result));
+    coord_publish(a);
 }
 
 static void set_reload(struct agent *a, enum ar_reload_result r, const char *err)
@@ -280,7 +289,45 @@ out:
 
 /* ---- etcd ------------------------------------------------------------------------------- */
 
+/*
+ * The etcd side (DESIGN 4.3, 4.4), behind coord_start / coord_publish / coord_stop:
+ * - members/<node>: registration (persistent), read then written so first_seen_ms survives
+ *   restarts; the rest starts once it is in place, and is retried every COORD_TICK_MS.
+ * - alive/<node>: lease-bound report of this node's fingerprints (never key material),
+ *   rewritten whenever they change (coord_publish).
+ * - leader: the election (value = node name); whether this node leads is read live from the
+ *   lease deadline (ar_state_is_leader -> coord_leading).
+ * - the member list for /status: every COORD_TICK_MS, and COORD_SOON_MS after a change under
+ *   alive/ (watch).
+ * - shutdown: resign and revoke the alive lease, bounded by COORD_STOP_MS, then close.
+ * Every answer counts in atrest_etcd_requests_total{op=register|alive|list|election|watch}.
+ */
+#define COORD_SOON_MS 100
+#define COORD_STOP_MS 3000
+
+#define M_LEADER       "atrest_leader"
+#define M_LEADER_HELP  "1 while this agent holds the leader lease (read when scraped), else 0."
+#define M_MEMBERS      "atrest_members"
+#define M_MEMBERS_HELP "Members in etcd: registered (members/<node>) and alive (alive/<node>)."
+
 static void coord_tick(uv_timer_t *t);
+
+static void count_op(struct agent *a, const char *op, int status)
+{
+    ar_metrics_etcd_request(a->metrics, op,
+                            status == 0             ? "ok"
+                            : status == -ETIMEDOUT  ? "timeout"
+                                                    : "error");
+}
+
+static void etcd_ok(struct agent *a)
+{
+    if (a->st.etcd != AR_ETCD_CONNECTED)
+        log_info("etcd: connected");
+    a->st.etcd = AR_ETCD_CONNECTED;
+    a->st.etcd_last_ok_ms = now_ms();
+    ar_state_set_str(&a->st.etcd_error, NULL);
+}
 
 static void etcd_failed(struct agent *a, const char *what, int status,
                         const struct ar_etcd_error *err)
@@ -289,165 +336,375 @@ static void etcd_failed(struct agent *a, const char *what, int status,
     snprintf(msg, sizeof(msg), "%s: %s%s%s", what, err && err->msg[0] ? err->msg : strerror(-status),
              err && err->endpoint[0] ? " at " : "", err && err->endpoint[0] ? err->endpoint : "");
     if (a->st.etcd != AR_ETCD_UNREACHABLE)
-        log_warn("etcd: unreachable (%s); retrying every %d s", msg, COORD_TICK_MS / 1000);
+        log_warn("etcd: unreachable (%s); retrying", msg);
     else
         log_debug("etcd: still unreachable (%s)", msg);
     a->st.etcd = AR_ETCD_UNREACHABLE;
     ar_state_set_str(&a->st.etcd_error, msg);
-    ar_metrics_etcd_request(a->metrics, "txn", status == -ETIMEDOUT ? "timeout" : "error");
 }
 
-static char *kv_suffix(const struct ar_etcd_kv *kv, size_t plen)
+static bool coord_leading(void *arg)
 {
-    if (kv->key_len <= plen)
-        return NULL;
-    return strndup((const char *)kv->key + plen, kv->key_len - plen);
+    struct agent *a = arg;
+    struct coord *co = a->coord;
+    return co && !co->closing && co->election &&
+           ar_election_is_leader(co->election, ar_etcd_now_ms());
 }
 
-static struct ar_state_member *member_find(struct ar_state_member *m, size_t n, const char *node)
+/* This node's report: fingerprints only (S5). with_time: add time_ms (the copy sent). */
+static char *coord_report(struct agent *a, bool with_time)
 {
-    for (size_t i = 0; i < n; i++)
-        if (!strcmp(m[i].node, node))
-            return &m[i];
-    return NULL;
+    char dfp[AR_HASH_STRLEN], efp[AR_HASH_STRLEN], eh[AR_HASH_STRLEN];
+    json_t *j;
+    char *s;
+
+    if (a->st.desired)
+        ar_config_fingerprint_str(a->st.desired, dfp);
+    if (a->st.effective) {
+        ar_config_fingerprint_str(a->st.effective, efp);
+        ar_config_file_hash_str(a->st.effective, eh);
+    }
+    j = json_pack("{s:s, s:s, s:{s:s?, s:b}, s:{s:s?, s:s?}}", "node", a->set.node, "version",
+                  ATREST_VERSION, "desired", "fingerprint", a->st.desired ? dfp : NULL, "valid",
+                  (int)a->st.desired_valid, "effective", "fingerprint",
+                  a->st.effective ? efp : NULL, "file_hash", a->st.effective ? eh : NULL);
+    if (j && with_time)
+        json_object_set_new(j, "time_ms", json_integer((json_int_t)now_ms()));
+    s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(j);
+    return s;
 }
 
-static char *json_strdup(json_t *o, const char *k)
+/* The fingerprints may have changed: rewrite alive/<node> when they did. */
+static void coord_publish(struct agent *a)
+{
+    struct coord *co = a->coord;
+    char *key, *rep;
+
+    if (!co || co->closing || !co->alive)
+        return;
+    key = coord_report(a, false);
+    if (!key || (co->report_key && !strcmp(key, co->report_key))) {
+        free(key);
+        return;
+    }
+    rep = coord_report(a, true);
+    if (rep && ar_member_alive_update(co->alive, rep) == 0) {
+        free(co->report_key);
+        co->report_key = key;
+        key = NULL;
+        log_debug("etcd: alive/%s report updated", a->set.node);
+    }
+    free(rep);
+    free(key);
+}
+
+static void on_alive_write(void *arg, int status, const struct ar_etcd_result *res,
+                           const struct ar_etcd_error *err)
+{
+    struct coord *co = arg;
+    struct agent *a = co->a;
+
+    if (co->closing || status == -ECANCELED)
+        return;
+    count_op(a, "alive", status);
+    if (status == -ENOENT) {
+        log_warn("etcd: the lease of alive/%s expired; re-creating it on a new lease", a->set.node);
+        return;
+    }
+    if (status < 0) {
+        etcd_failed(a, "writing alive/", status, err);
+        return;
+    }
+    etcd_ok(a);
+}
+
+static void on_election(void *arg, const struct ar_election_state *st)
+{
+    struct coord *co = arg;
+    struct agent *a = co->a;
+
+    if (co->closing)
+        return;
+    count_op(a, "election", st->status);
+    if (st->status < 0 && st->status != -ECANCELED)
+        etcd_failed(a, "election", st->status, st->err);
+    else if (st->status == 0)
+        etcd_ok(a);
+    if (!str_eq(st->leader, co->leader)) {
+        if (st->leader)
+            log_info("election: %s leads", st->leader);
+        else
+            log_info("election: nobody leads");
+        ar_state_set_str(&co->leader, st->leader);
+        ar_state_set_str(&a->st.leader, st->leader);
+    }
+    if (st->is_leader != co->was_leader) {
+        co->was_leader = st->is_leader;
+        if (st->is_leader)
+            log_info("election: this node (%s) leads", a->set.node);
+        else
+            log_warn("election: this node (%s) no longer leads%s%s", a->set.node,
+                     st->err && st->err->msg[0] ? ": " : "",
+                     st->err && st->err->msg[0] ? st->err->msg : "");
+    }
+    ar_metric_gauge_set(a->metrics, M_LEADER, M_LEADER_HELP, ar_state_is_leader(&a->st) ? 1 : 0,
+                        NULL);
+}
+
+/* The member list: soon (after a change), then every COORD_TICK_MS again. */
+static void coord_list_soon(struct coord *co)
+{
+    if (co->listing)
+        co->list_again = true;
+    else if (!co->closing)
+        uv_timer_start(&co->tick, coord_tick, COORD_SOON_MS, COORD_TICK_MS);
+}
+
+static void on_alive_watch(void *arg, const struct ar_etcd_watch_update *u)
+{
+    struct coord *co = arg;
+
+    if (co->closing)
+        return;
+    switch (u->kind) {
+    case AR_ETCD_WATCH_CREATED: /* (re)established: catch up */
+    case AR_ETCD_WATCH_EVENTS:
+        coord_list_soon(co);
+        break;
+    case AR_ETCD_WATCH_COMPACTED: /* finished: the tick starts a new one */
+        ar_etcd_watch_stop(co->watch);
+        co->watch = NULL;
+        coord_list_soon(co);
+        break;
+    case AR_ETCD_WATCH_ERROR: /* it reconnects on its own */
+        count_op(co->a, "watch", u->status);
+        break;
+    }
+}
+
+static void coord_watch(struct coord *co)
+{
+    char p[512];
+    uint8_t end[512];
+    struct ar_etcd_watch_opts o = {0};
+    int r;
+
+    snprintf(p, sizeof(p), "%salive/", co->a->set.coord_prefix);
+    o.key = (const uint8_t *)p;
+    o.key_len = strlen(p);
+    o.range_end = end;
+    o.range_end_len = ar_etcd_prefix_end(o.key, o.key_len, end);
+    r = ar_etcd_watch_start(co->etcd, &o, on_alive_watch, co, &co->watch);
+    if (r < 0) {
+        co->watch = NULL;
+        log_warn("etcd: cannot watch %s: %s (the member list is read every %d s)", p,
+                 strerror(-r), COORD_TICK_MS / 1000);
+    }
+}
+
+static char *json_strdup(const json_t *o, const char *k)
 {
     const char *v = json_string_value(json_object_get(o, k));
     return v ? strdup(v) : NULL;
 }
 
-static void on_coord_read(void *arg, int status, const struct ar_etcd_result *res,
-                          const struct ar_etcd_error *err)
+/* One member of the list -> state (the report is another agent's JSON: trust nothing). */
+static void member_from_info(struct ar_state_member *e, const struct ar_member_info *in)
+{
+    json_t *j = NULL, *d, *f, *t;
+
+    e->node = strdup(in->node);
+    e->registered = in->registration != NULL;
+    e->alive = in->report != NULL;
+    if (in->report)
+        j = json_loads(in->report, 0, NULL);
+    if (json_is_object(j)) {
+        d = json_object_get(j, "desired");
+        f = json_object_get(j, "effective");
+        e->desired_fp = json_strdup(d, "fingerprint");
+        e->desired_valid = json_is_true(json_object_get(d, "valid"));
+        e->effective_fp = json_strdup(f, "fingerprint");
+        e->effective_hash = json_strdup(f, "file_hash");
+        e->version = json_strdup(j, "version");
+        t = json_object_get(j, "time_ms");
+        e->reported_ms = json_is_integer(t) ? (int64_t)json_integer_value(t) : 0;
+    }
+    json_decref(j);
+    if (!e->version && in->registration) {
+        j = json_loads(in->registration, 0, NULL);
+        e->version = json_strdup(j, "version");
+        json_decref(j);
+    }
+}
+
+static void on_list(void *arg, int status, struct ar_member_list *l,
+                    const struct ar_etcd_error *err)
 {
     struct coord *co = arg;
     struct agent *a = co->a;
-    char pm[512], pa[512];
     struct ar_state_member *m = NULL;
-    size_t n = 0;
+    size_t n = 0, alive = 0, registered = 0;
 
-    co->inflight = false;
+    co->listing = false;
     if (co->closing || status == -ECANCELED)
-        return;
-    if (status < 0 || !res || res->n_ops < 3) {
-        etcd_failed(a, "reading members", status < 0 ? status : -EPROTO, err);
-        return;
+        goto out;
+    count_op(a, "list", status);
+    if (status < 0 || !l) {
+        etcd_failed(a, "listing members", status < 0 ? status : -EPROTO, err);
+        goto out;
     }
-    if (a->st.etcd != AR_ETCD_CONNECTED)
-        log_info("etcd: connected");
-    a->st.etcd = AR_ETCD_CONNECTED;
-    a->st.etcd_last_ok_ms = now_ms();
-    ar_state_set_str(&a->st.etcd_error, NULL);
-    ar_metrics_etcd_request(a->metrics, "txn", "ok");
-    snprintf(pm, sizeof(pm), "%smembers/", a->set.coord_prefix);
-    snprintf(pa, sizeof(pa), "%salive/", a->set.coord_prefix);
-    size_t cap = res->ops[0].n_kvs + res->ops[1].n_kvs;
-    m = cap ? calloc(cap, sizeof(*m)) : NULL;
-    for (int pass = 0; pass < 2 && (m || !cap); pass++) {
-        const struct ar_etcd_result *op = &res->ops[pass];
-        size_t plen = strlen(pass ? pa : pm);
-        for (size_t i = 0; i < op->n_kvs; i++) {
-            char *node = kv_suffix(&op->kvs[i], plen);
-            struct ar_state_member *e;
-            if (!node)
-                continue;
-            e = member_find(m, n, node);
-            if (!e) {
-                e = &m[n++];
-                e->node = node;
-            } else {
-                free(node);
-            }
-            if (pass == 1) {
-                json_t *j = json_loadb((const char *)op->kvs[i].value, op->kvs[i].value_len, 0,
-                                       NULL);
-                e->alive = true;
-                if (j) {
-                    free(e->desired_fp);
-                    free(e->effective_fp);
-                    free(e->version);
-                    e->desired_fp = json_strdup(j, "desired_fingerprint");
-                    e->effective_fp = json_strdup(j, "effective_fingerprint");
-                    e->version = json_strdup(j, "version");
-                    json_t *t = json_object_get(j, "time_ms");
-                    e->reported_ms = json_is_integer(t) ? (int64_t)json_integer_value(t) : 0;
-                    json_decref(j);
-                }
-            }
+    etcd_ok(a);
+    m = l->n ? calloc(l->n, sizeof(*m)) : NULL;
+    for (size_t i = 0; m && i < l->n; i++) {
+        member_from_info(&m[i], &l->m[i]);
+        n = i + 1;
+        if (!m[i].node) {
+            ar_state_members_free(m, n);
+            m = NULL;
+            break;
         }
+        alive += m[i].alive;
+        registered += m[i].registered;
     }
+    if (l->n && !m)
+        goto out; /* out of memory: keep the previous list */
     ar_state_set_members(&a->st, m, n);
-    if (res->ops[2].n_kvs)
-        ar_state_set_str(&a->st.leader, (const char *)res->ops[2].kvs[0].value);
-    else
-        ar_state_set_str(&a->st.leader, NULL);
+    ar_metric_gauge_set(a->metrics, M_MEMBERS, M_MEMBERS_HELP, (double)alive, "state", "alive",
+                        NULL);
+    ar_metric_gauge_set(a->metrics, M_MEMBERS, M_MEMBERS_HELP, (double)registered, "state",
+                        "registered", NULL);
+    if (co->list_again) {
+        co->list_again = false;
+        coord_list_soon(co);
+    }
+out:
+    ar_member_list_free(l);
 }
 
-static void on_coord_register(void *arg, int status, const struct ar_etcd_result *res,
-                              const struct ar_etcd_error *err)
+/* Registration is in place: liveness, election, watch, list. */
+static void coord_join(struct coord *co)
+{
+    struct agent *a = co->a;
+    char key[512];
+    char *rep = coord_report(a, true);
+    struct ar_election_settings es = {.key = key, .value = a->set.node,
+                                      .ttl_s = a->set.lease_ttl_s};
+
+    co->registered = true;
+    free(co->report_key);
+    co->report_key = coord_report(a, false);
+    co->alive = rep ? ar_member_alive_start(co->etcd, a->set.coord_prefix, a->set.node,
+                                            a->set.lease_ttl_s, rep, on_alive_write, co)
+                    : NULL;
+    free(rep);
+    if (!co->alive)
+        log_err("etcd: cannot start the liveness key: %s", strerror(errno ? errno : ENOMEM));
+    snprintf(key, sizeof(key), "%sleader", a->set.coord_prefix);
+    co->election = ar_election_start(co->etcd, &es, on_election, co);
+    if (!co->election)
+        log_err("etcd: cannot start the election: %s", strerror(errno ? errno : ENOMEM));
+    coord_watch(co);
+    coord_list_soon(co);
+}
+
+static void on_register_put(void *arg, int status, const struct ar_etcd_result *res,
+                            const struct ar_etcd_error *err)
 {
     struct coord *co = arg;
-    co->inflight = false;
+
+    co->registering = false;
     if (co->closing || status == -ECANCELED)
         return;
+    count_op(co->a, "register", status);
     if (status < 0) {
         etcd_failed(co->a, "registering", status, err);
         return;
     }
-    co->registered = true;
-    log_info("etcd: registered member %s under %smembers/", co->a->set.node,
-             co->a->set.coord_prefix);
-    coord_tick(&co->tick);
+    etcd_ok(co->a);
+    log_info("etcd: registered member %s under %smembers/ (lease TTL %u s)", co->a->set.node,
+             co->a->set.coord_prefix, co->a->set.lease_ttl_s);
+    coord_join(co);
+}
+
+/* members/<node> as read: keep its first_seen_ms, then write the registration. */
+static void on_register_read(void *arg, int status, const struct ar_etcd_result *res,
+                             const struct ar_etcd_error *err)
+{
+    struct coord *co = arg;
+    struct agent *a = co->a;
+    json_int_t first = (json_int_t)now_ms();
+    json_t *j;
+    char *v;
+    int r;
+
+    co->registering = false;
+    if (co->closing || status == -ECANCELED)
+        return;
+    count_op(a, "register", status);
+    if (status < 0) {
+        etcd_failed(a, "registering", status, err);
+        return;
+    }
+    if (res->n_kvs) {
+        j = json_loadb((const char *)res->kvs[0].value, res->kvs[0].value_len, 0, NULL);
+        json_t *f = json_object_get(j, "first_seen_ms");
+        if (json_is_integer(f) && json_integer_value(f) > 0)
+            first = json_integer_value(f);
+        json_decref(j);
+    }
+    j = json_pack("{s:s, s:s, s:I, s:I}", "node", a->set.node, "version", ATREST_VERSION,
+                  "first_seen_ms", first, "registered_ms", (json_int_t)now_ms());
+    v = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(j);
+    r = v ? ar_member_register(co->etcd, a->set.coord_prefix, a->set.node, v, on_register_put,
+                               co)
+          : -ENOMEM;
+    free(v);
+    if (r == 0)
+        co->registering = true;
+    else
+        etcd_failed(a, "registering", r, NULL);
+}
+
+static void coord_register(struct coord *co)
+{
+    char key[512];
+    struct ar_etcd_op op = {.type = AR_ETCD_RANGE};
+    int r = ar_member_key(key, sizeof(key), co->a->set.coord_prefix, "members", co->a->set.node);
+
+    if (r == 0) {
+        op.key = (const uint8_t *)key;
+        op.key_len = strlen(key);
+        r = ar_etcd_range(co->etcd, &op, on_register_read, co);
+    }
+    if (r == 0)
+        co->registering = true;
+    else
+        etcd_failed(co->a, "registering", r, NULL);
 }
 
 static void coord_tick(uv_timer_t *t)
 {
     struct coord *co = t->data;
-    struct agent *a = co->a;
-    char key[512], pm[512], pa[512], pl[512];
-    uint8_t em[512], ea[512];
     int r;
 
-    if (co->inflight || co->closing)
+    if (co->closing)
         return;
     if (!co->registered) {
-        json_t *j = json_pack("{s:s, s:s, s:I}", "node", a->set.node, "version", ATREST_VERSION,
-                              "registered_ms", (json_int_t)now_ms());
-        char *v = j ? json_dumps(j, JSON_COMPACT) : NULL;
-        struct ar_etcd_op op = {.type = AR_ETCD_PUT};
-        json_decref(j);
-        snprintf(key, sizeof(key), "%smembers/%s", a->set.coord_prefix, a->set.node);
-        op.key = (const uint8_t *)key;
-        op.key_len = strlen(key);
-        op.value = (const uint8_t *)v;
-        op.value_len = v ? strlen(v) : 0;
-        r = v ? ar_etcd_put(co->etcd, &op, on_coord_register, co) : -ENOMEM;
-        free(v);
-        if (r == 0)
-            co->inflight = true;
-        else
-            etcd_failed(a, "registering", r, NULL);
+        if (!co->registering)
+            coord_register(co);
         return;
     }
-    snprintf(pm, sizeof(pm), "%smembers/", a->set.coord_prefix);
-    snprintf(pa, sizeof(pa), "%salive/", a->set.coord_prefix);
-    snprintf(pl, sizeof(pl), "%sleader", a->set.coord_prefix);
-    struct ar_etcd_op ops[3] = {
-        {.type = AR_ETCD_RANGE, .key = (const uint8_t *)pm, .key_len = strlen(pm)},
-        {.type = AR_ETCD_RANGE, .key = (const uint8_t *)pa, .key_len = strlen(pa)},
-        {.type = AR_ETCD_RANGE, .key = (const uint8_t *)pl, .key_len = strlen(pl)},
-    };
-    ops[0].range_end = em;
-    ops[0].range_end_len = ar_etcd_prefix_end((const uint8_t *)pm, strlen(pm), em);
-    ops[1].range_end = ea;
-    ops[1].range_end_len = ar_etcd_prefix_end((const uint8_t *)pa, strlen(pa), ea);
-    struct ar_etcd_txn txn = {.success = ops, .n_success = 3};
-    r = ar_etcd_txn(co->etcd, &txn, on_coord_read, co);
+    if (!co->watch)
+        coord_watch(co);
+    if (co->listing)
+        return;
+    r = ar_member_list(co->etcd, co->a->set.coord_prefix, on_list, co);
     if (r == 0)
-        co->inflight = true;
+        co->listing = true;
     else
-        etcd_failed(a, "reading members", r, NULL);
+        etcd_failed(co->a, "listing members", r, NULL);
 }
 
 static int read_secret_file(const char *path, char **out)
@@ -513,18 +770,26 @@ static int coord_start(struct agent *a)
         goto out;
     }
     co->a = a;
+    errno = 0;
     co->etcd = ar_etcd_new(&a->loop, &es);
     if (!co->etcd) {
-        r = -errno ? -errno : -EINVAL;
+        r = errno ? -errno : -EINVAL;
         log_err("etcd: cannot create the client: %s", strerror(-r));
         free(co);
         goto out;
     }
     uv_timer_init(&a->loop, &co->tick);
-    co->tick.data = co;
+    uv_timer_init(&a->loop, &co->stop_timer);
+    co->tick.data = co->stop_timer.data = co;
+    co->handles = 2;
     uv_timer_start(&co->tick, coord_tick, 0, COORD_TICK_MS);
     a->coord = co;
     a->st.etcd = AR_ETCD_CONNECTING;
+    a->st.leading = coord_leading;
+    a->st.leading_arg = a;
+    ar_metric_gauge_set(a->metrics, M_LEADER, M_LEADER_HELP, 0, NULL);
+    ar_metric_gauge_set(a->metrics, M_MEMBERS, M_MEMBERS_HELP, 0, "state", "alive", NULL);
+    ar_metric_gauge_set(a->metrics, M_MEMBERS, M_MEMBERS_HELP, 0, "state", "registered", NULL);
     log_info("etcd: %zu endpoint%s, prefix %s", es.n_endpoints, es.n_endpoints == 1 ? "" : "s",
              a->set.coord_prefix);
     r = 0;
@@ -538,19 +803,73 @@ out:
 
 static void coord_closed(uv_handle_t *h)
 {
-    free(h->data);
+    struct coord *co = h->data;
+    if (--co->handles == 0) {
+        free(co->report_key);
+        free(co->leader);
+        free(co);
+    }
+}
+
+/* Resign/revoke finished or timed out: free the election, close the client and the timers.
+ * Runs from a timer (never from an etcd callback: ar_etcd_close forbids it). */
+static void coord_finish(uv_timer_t *t)
+{
+    struct coord *co = t->data;
+
+    co->finished = true;
+    if (co->stop_pending)
+        log_warn("etcd: resign/revoke did not finish within %d ms; the leases expire on their "
+                 "own",
+                 COORD_STOP_MS);
+    else
+        log_info("etcd: resigned and revoked the liveness lease");
+    ar_election_free(co->election);
+    co->election = NULL;
+    ar_etcd_close(co->etcd); /* pending callbacks run now with -ECANCELED */
+    co->etcd = NULL;
+    uv_close((uv_handle_t *)&co->tick, coord_closed);
+    uv_close((uv_handle_t *)&co->stop_timer, coord_closed);
+}
+
+static void on_stop_part(void *arg)
+{
+    struct coord *co = arg;
+
+    if (co->finished)
+        return;
+    if (--co->stop_pending == 0)
+        uv_timer_start(&co->stop_timer, coord_finish, 0, 0);
 }
 
 static void coord_stop(struct agent *a)
 {
     struct coord *co = a->coord;
+    struct ar_member_alive *alive;
+
     if (!co)
         return;
     a->coord = NULL;
+    a->st.leading = NULL;
     co->closing = true;
-    ar_etcd_close(co->etcd); /* pending callbacks run now with -ECANCELED */
-    co->etcd = NULL;
-    uv_close((uv_handle_t *)&co->tick, coord_closed);
+    uv_timer_stop(&co->tick);
+    ar_etcd_watch_stop(co->watch);
+    co->watch = NULL;
+    /* both at once: the others see the leader key go (and campaign) without waiting */
+    co->stop_pending = 1; /* held until both are started */
+    if (co->election) {
+        co->stop_pending++;
+        ar_election_resign(co->election, on_stop_part, co);
+    }
+    if ((alive = co->alive)) {
+        co->alive = NULL;
+        co->stop_pending++;
+        ar_member_alive_stop(alive, on_stop_part, co);
+    }
+    if (--co->stop_pending == 0)
+        uv_timer_start(&co->stop_timer, coord_finish, 0, 0);
+    else
+        uv_timer_start(&co->stop_timer, coord_finish, COORD_STOP_MS, 0);
 }
 
 /* ---- status server ---------------------------------------------------------------------- */
@@ -577,6 +896,9 @@ static void h_metrics(void *arg, struct ar_http_resp *out)
     char *s = NULL;
     size_t n = 0;
 
+    /* leadership ends at a lease deadline without any event: read it now */
+    ar_metric_gauge_set(a->metrics, M_LEADER, M_LEADER_HELP, ar_state_is_leader(&a->st) ? 1 : 0,
+                        NULL);
     if (ar_metrics_render(a->metrics, &s, &n) < 0) {
         out->status = 500;
         return;

@@ -55,6 +55,8 @@ static const struct field fields[] = {
      "file holding the etcd user's password"},
     {"etcd", "prefix", "coord-prefix", F_STR, O(coord_prefix), 0, 0,
      "coordination prefix in etcd (default /atrest/)"},
+    {"etcd", "leaseTTLSeconds", "lease-ttl", F_UINT, O(lease_ttl_s), 2, 300,
+     "TTL of the liveness and leader leases in etcd (s, default 10)"},
     {"apiserver", "url", "apiserver-url", F_STR, O(api_url), 0, 0,
      "the local kube-apiserver, e.g. https://127.0.0.1:6443"},
     {"apiserver", "cafile", "apiserver-cafile", F_PATH, O(api_cafile), 0, 0,
@@ -143,6 +145,7 @@ int ar_settings_init(struct ar_settings *s)
     s->history = 5;
     s->debounce_ms = 300;
     s->poll_interval_s = 60;
+    s->lease_ttl_s = 10;
     s->log_level = AR_LOG_INFO;
     s->proof = AR_PROOF_CANARY;
     if (!s->node || !s->state_dir || !s->coord_prefix || !s->status_listen) {

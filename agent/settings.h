@@ -80,6 +80,7 @@ struct ar_settings {
     char *etcd_user;
     char *etcd_password_file;
     char *coord_prefix;
+    unsigned lease_ttl_s;       /* liveness and leader leases */
 
     char *api_url;
     char *api_cafile;

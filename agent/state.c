@@ -110,6 +110,7 @@ void ar_state_members_free(struct ar_state_member *m, size_t n)
         free(m[i].node);
         free(m[i].desired_fp);
         free(m[i].effective_fp);
+        free(m[i].effective_hash);
         free(m[i].version);
     }
     free(m);
@@ -149,6 +150,11 @@ void ar_state_free(struct ar_state *st)
     st->desired_error = st->last_reload_error = st->etcd_error = st->leader = NULL;
     st->members = NULL;
     st->nmembers = 0;
+}
+
+bool ar_state_is_leader(const struct ar_state *st)
+{
+    return st->leading && !st->stopping && st->leading(st->leading_arg);
 }
 
 bool ar_state_ready(const struct ar_state *st)

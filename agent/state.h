@@ -66,9 +66,12 @@ const char *ar_etcd_conn_name(enum ar_etcd_conn c);
 
 struct ar_state_member {
     char *node;
+    bool registered;        /* members/<node> exists */
     bool alive;             /* alive/<node> exists (its lease is live) */
+    bool desired_valid;     /* its desired file validated (as reported; false when not alive) */
     char *desired_fp;       /* "sha256:..." as reported, or NULL */
     char *effective_fp;
+    char *effective_hash;   /* "sha256:..." of its effective file's bytes, or NULL */
     char *version;          /* the agent's version, or NULL */
     int64_t reported_ms;    /* time of its report, 0 when unknown */
 };
@@ -108,6 +111,10 @@ struct ar_state {
     char *etcd_error;           /* last failure text, or NULL */
     int64_t etcd_last_ok_ms;
     char *leader;               /* node name of the leader, or NULL when none/unknown */
+    /* whether this node leads, read live at every call (a lease deadline passes without any
+     * event, so it is never cached); NULL: never leads. See ar_state_is_leader. */
+    bool (*leading)(void *arg);
+    void *leading_arg;
     struct ar_state_member *members;
     size_t nmembers;
 
@@ -128,6 +135,8 @@ int ar_state_set_str(char **field, const char *s);
 void ar_state_set_members(struct ar_state *st, struct ar_state_member *m, size_t n);
 void ar_state_members_free(struct ar_state_member *m, size_t n);
 
+/* This node holds the leader lease right now (st->leading, evaluated at the call). */
+bool ar_state_is_leader(const struct ar_state *st);
 /* ready = a valid effective config is in force and the status server is up. */
 bool ar_state_ready(const struct ar_state *st);
 /* healthy = the loop ran its heartbeat within max_lag_ms of now_mono_ms. */

@@ -164,14 +164,32 @@ int ar_status_json(const struct ar_state *st, char **out, size_t *outlen)
     json_object_set_new(root, "etcd", o);
 
     json_object_set_new(root, "leader", jstr(st->leader));
+    json_object_set_new(root, "is_leader", json_boolean(ar_state_is_leader(st)));
+    char dfp[AR_HASH_STRLEN] = "", efp[AR_HASH_STRLEN] = "";
+    if (st->desired)
+        ar_config_fingerprint_str(st->desired, dfp);
+    if (st->effective)
+        ar_config_fingerprint_str(st->effective, efp);
     json_t *mem = json_array();
     for (size_t i = 0; i < st->nmembers; i++) {
         const struct ar_state_member *m = &st->members[i];
         json_t *e = json_object();
         json_object_set_new(e, "node", jstr(m->node));
+        json_object_set_new(e, "registered", json_boolean(m->registered));
         json_object_set_new(e, "alive", json_boolean(m->alive));
         json_object_set_new(e, "desired_fingerprint", jstr(m->desired_fp));
+        json_object_set_new(e, "desired_valid",
+                            m->alive ? json_boolean(m->desired_valid) : json_null());
         json_object_set_new(e, "effective_fingerprint", jstr(m->effective_fp));
+        json_object_set_new(e, "effective_file_hash", jstr(m->effective_hash));
+        /* agreement with this node's own fingerprints (null when either side has none) */
+        json_object_set_new(e, "same_desired",
+                            m->desired_fp && dfp[0] ? json_boolean(!strcmp(m->desired_fp, dfp))
+                                                    : json_null());
+        json_object_set_new(e, "same_effective",
+                            m->effective_fp && efp[0]
+                                ? json_boolean(!strcmp(m->effective_fp, efp))
+                                : json_null());
         json_object_set_new(e, "version", jstr(m->version));
         json_object_set_new(e, "reported_at", jtime(m->reported_ms));
         json_array_append_new(mem, e);
