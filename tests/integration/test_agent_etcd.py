@@ -5,7 +5,7 @@ import signal
 
 from conftest import enc_config, run_cli, wait_for
 
-TICK = 5      # the agent reads etcd every 5 s (agent/daemon.c COORD_TICK_MS)
+TICK = 5      # the agent lists members every 5 s (agent/daemon.c COORD_TICK_MS)
 
 
 def cfg(keys):
@@ -32,7 +32,7 @@ def test_two_agents_one_etcd(make_agent, make_etcd, keys, agent_bin):
     for a in agents:
         wait_for(lambda: sorted(m.get("node") for m in a.status().get("members", []))
                  == ["node-a", "node-b"], 2 * TICK + 5, "both members seen by " + a.node)
-        ok = a.metric("atrest_etcd_requests_total", op="txn", result="ok")
+        ok = a.metric("atrest_etcd_requests_total", op="list", result="ok")
         assert ok and ok >= 1, a.metrics().get("atrest_etcd_requests_total")
     a = agents[0]
     p = run_cli(["status", "--addr", "127.0.0.1:%d" % a.port])
@@ -59,7 +59,7 @@ def test_etcd_down_and_back(make_agent, make_etcd, keys):
     assert st["etcd"]["error"], st["etcd"]
     assert a.get("/readyz")[0] == 200     # the local job (valid effective file) goes on
     assert a.get("/healthz")[0] == 200
-    err = a.metric("atrest_etcd_requests_total", op="txn", result="error")
+    err = a.metric("atrest_etcd_requests_total", op="register", result="error")
     assert err and err >= 1
     assert "etcd: unreachable" in a.log()
     e.start()
