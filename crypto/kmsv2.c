@@ -20,6 +20,7 @@ struct rd {
     const uint8_t *p;
     size_t n;
     size_t i;
+    char msgbuf[48];
 };
 
 static void seterr(char *err, size_t errlen, const char *fmt, ...)
@@ -67,7 +68,8 @@ static int rd_bytes(struct rd *r, struct ar_kmsv2_span *s, const char **msg)
 
     if (e < 0)
         return e;
-    if ((int64_t)len < 0) {
+    /* gogo: byteLen < 0, or iNdEx + byteLen overflowing int, is ErrInvalidLengthApi */
+    if ((int64_t)len < 0 || (int64_t)(len + r->i) < 0) {
         *msg = "proto: negative length found during unmarshaling";
         return -EBADMSG;
     }
@@ -123,15 +125,13 @@ static int rd_skip(struct rd *r, unsigned wt, const char **msg)
             r->i += 4;
             break;
         default:
-            *msg = "proto: illegal wireType";
+            snprintf(r->msgbuf, sizeof(r->msgbuf), "proto: illegal wireType %u", wt);
+            *msg = r->msgbuf;
             return -EBADMSG;
         }
         if (depth == 0)
             return 0;
-        if (depth > 64) {
-            *msg = "proto: too many nested groups";
-            return -EBADMSG;
-        }
+        /* no depth limit, as skipApi: every step consumes at least one byte */
         if (rd_varint(r, &v, msg) < 0)
             return -EBADMSG;
         wt = (unsigned)(v & 7);
@@ -142,38 +142,38 @@ static const char *const field_names[] = {
     NULL, "EncryptedData", "KeyID", "EncryptedDEKSource", "Annotations", "EncryptedDEKSourceType",
 };
 
-static int parse_entry(const struct ar_kmsv2_span *e, struct ar_kmsv2_span *k,
-                       struct ar_kmsv2_span *v, char *err, size_t errlen)
+/*
+ * One map entry, read as the gogo-generated code reads it: the entry spans [r->i, end); the
+ * key (field 1) and the value (field 2) are read as length-delimited whatever their wire type,
+ * and their bounds are the whole buffer, not the entry; any other field is skipped and must end
+ * inside the entry. The caller then continues at end, whatever was read.
+ */
+static int parse_entry(struct rd *r, size_t end, struct ar_kmsv2_span *k, struct ar_kmsv2_span *v,
+                       const char **msg)
 {
-    struct rd r = {e->p, e->n, 0};
-    const char *msg = NULL;
     uint64_t tag;
 
-    k->p = e->p;
-    k->n = 0;
-    v->p = e->p;
-    v->n = 0;
-    while (r.i < r.n) {
-        unsigned wt;
+    k->p = v->p = r->p + r->i;
+    k->n = v->n = 0;
+    while (r->i < end) {
+        int32_t f;
 
-        if (rd_varint(&r, &tag, &msg) < 0)
-            goto fail;
-        wt = (unsigned)(tag & 7);
-        if ((tag >> 3) == 1 || (tag >> 3) == 2) {
-            if (wt != 2) {
-                seterr(err, errlen, "proto: wrong wireType = %u for field Annotations", wt);
+        if (rd_varint(r, &tag, msg) < 0)
+            return -EBADMSG;
+        f = (int32_t)(uint32_t)(tag >> 3);
+        if (f == 1 || f == 2) {
+            if (rd_bytes(r, f == 1 ? k : v, msg) < 0)
+                return -EBADMSG;
+        } else {
+            if (rd_skip(r, (unsigned)(tag & 7), msg) < 0)
+                return -EBADMSG;
+            if (r->i > end) {
+                *msg = "unexpected EOF";
                 return -EBADMSG;
             }
-            if (rd_bytes(&r, (tag >> 3) == 1 ? k : v, &msg) < 0)
-                goto fail;
-        } else if (rd_skip(&r, wt, &msg) < 0) {
-            goto fail;
         }
     }
     return 0;
-fail:
-    seterr(err, errlen, "%s", msg);
-    return -EBADMSG;
 }
 
 /* ---- validation (k8s.io/apimachinery/pkg/util/validation) ------------------------------ */
@@ -359,7 +359,7 @@ static void agg_finish(struct agg *a)
 
 int ar_kmsv2_parse(const uint8_t *p, size_t n, struct ar_kmsv2_info *out, char *err, size_t errlen)
 {
-    struct rd r = {p, n, 0};
+    struct rd r = {p, n, 0, ""};
     const char *msg = NULL;
     uint64_t tag, v;
     size_t total = 0;
@@ -380,12 +380,13 @@ int ar_kmsv2_parse(const uint8_t *p, size_t n, struct ar_kmsv2_info *out, char *
             seterr(err, errlen, "proto: EncryptedObject: wiretype end group for non-group");
             return -EBADMSG;
         }
-        if (f == 0 || f > 0x1fffffff) {
-            seterr(err, errlen, "proto: EncryptedObject: illegal tag %d (wire type %u)",
-                   (int)(int32_t)(uint32_t)f, wt);
+        /* gogo: fieldNum := int32(wire >> 3); the message prints the whole tag */
+        if ((int32_t)(uint32_t)f <= 0) {
+            seterr(err, errlen, "proto: EncryptedObject: illegal tag %d (wire type %llu)",
+                   (int)(int32_t)(uint32_t)f, (unsigned long long)tag);
             return -EBADMSG;
         }
-        fnum = (unsigned)f;
+        fnum = (unsigned)(uint32_t)f;
         if (fnum >= 1 && fnum <= 4 && wt != 2) {
             seterr(err, errlen, "proto: wrong wireType = %u for field %s", wt, field_names[fnum]);
             return -EBADMSG;
@@ -408,8 +409,14 @@ int ar_kmsv2_parse(const uint8_t *p, size_t n, struct ar_kmsv2_info *out, char *
 
             if (rd_bytes(&r, &s, &msg) < 0)
                 goto fail;
-            if (parse_entry(&s, &k, &val, err, errlen) < 0)
-                return -EBADMSG;
+            {
+                struct rd er = {p, n, (size_t)(s.p - p), ""};
+
+                if (parse_entry(&er, (size_t)(s.p - p) + s.n, &k, &val, &msg) < 0) {
+                    seterr(err, errlen, "%s", msg);
+                    return -EBADMSG;
+                }
+            }
             for (j = 0; j < out->nannotations; j++)
                 if (out->ann_key[j].n == k.n && memcmp(out->ann_key[j].p, k.p, k.n) == 0)
                     break;

@@ -400,6 +400,120 @@ static void test_wire_errors(void **state)
     expect_err(&m, "encrypted data is empty"); /* the empty message */
 }
 
+/*
+ * The gogo-generated EncryptedObject.Unmarshal of Kubernetes 1.28-1.33, byte for byte:
+ * - "illegal tag %d (wire type %d)" prints int32(wire>>3) and the whole tag varint `wire`;
+ *   field numbers are int32(wire>>3), so 2^32+1 is field 1;
+ * - skipApi: "proto: illegal wireType %d";
+ * - iNdEx+byteLen overflowing int is ErrInvalidLengthApi, not io.ErrUnexpectedEOF;
+ * - map entries: key and value are read whatever their wire type, and their bounds are the
+ *   whole buffer, not the entry (iNdEx is then reset to the entry's end).
+ */
+static void test_gogo_quirks(void **state)
+{
+    struct pb m;
+    struct ar_kmsv2_info info;
+    char err[512];
+
+    m.n = 0;
+    pb_varint(&m, (1ULL << 32) << 3 | 2); /* int32(field) == 0 */
+    expect_err(&m, "proto: EncryptedObject: illegal tag 0 (wire type 34359738370)");
+    m.n = 0;
+    pb_varint(&m, (1ULL << 31) << 3 | 0); /* int32(field) < 0 */
+    expect_err(&m, "proto: EncryptedObject: illegal tag -2147483648 (wire type 17179869184)");
+    m.n = 0;
+    pb_varint(&m, 0); /* field 0, wire type 0 */
+    expect_err(&m, "proto: EncryptedObject: illegal tag 0 (wire type 0)");
+
+    /* field 2^32 + 1 is EncryptedData */
+    m.n = 0;
+    pb_varint(&m, ((1ULL << 32) + 1) << 3 | 2);
+    pb_varint(&m, 4);
+    memcpy(m.b + m.n, "DATA", 4);
+    m.n += 4;
+    pb_str(&m, 2, "k1");
+    pb_str(&m, 3, "SRC");
+    assert_int_equal(parse(&m, &info, err), 0);
+    assert_true(span_eq(info.encrypted_data, "DATA"));
+
+    m.n = 0;
+    pb_varint(&m, 9u << 3 | 6);
+    expect_err(&m, "proto: illegal wireType 6");
+    m.n = 0;
+    pb_varint(&m, 9u << 3 | 7);
+    expect_err(&m, "proto: illegal wireType 7");
+
+    /* a length that makes iNdEx+byteLen overflow */
+    m.n = 0;
+    pb_varint(&m, 1u << 3 | 2);
+    pb_varint(&m, (uint64_t)INT64_MAX - 1);
+    expect_err(&m, "proto: negative length found during unmarshaling");
+    m.n = 0;
+    pb_varint(&m, 2u << 3 | 2);
+    pb_varint(&m, (uint64_t)INT64_MAX);
+    expect_err(&m, "proto: negative length found during unmarshaling");
+    m.n = 0;
+    pb_varint(&m, 3u << 3 | 2);
+    pb_varint(&m, 1000); /* plain too long: EOF */
+    expect_err(&m, "unexpected EOF");
+
+    /* map entry fields with other wire types are still read as length-delimited */
+    {
+        static const uint8_t entry[] = {0x08, 13, 'a', '.', 'e', 'x', 'a', 'm', 'p', 'l', 'e',
+                                        '.',  'c', 'o', 'm', 0x15, 2,  'v', 'w'};
+        m.n = 0;
+        pb_str(&m, 1, "D");
+        pb_str(&m, 2, "k");
+        pb_str(&m, 3, "S");
+        pb_bytes(&m, 4, entry, sizeof(entry));
+        assert_int_equal(parse(&m, &info, err), 0);
+        assert_int_equal(info.nannotations, 1);
+        assert_true(span_eq(info.ann_key[0], "a.example.com"));
+        assert_true(span_eq(info.ann_value[0], "vw"));
+    }
+    /* an entry whose key runs past the entry's end (but not past the buffer): gogo reads it,
+     * then continues after the entry */
+    {
+        m.n = 0;
+        pb_str(&m, 1, "D");
+        pb_str(&m, 2, "k");
+        pb_str(&m, 3, "S");
+        pb_varint(&m, 4u << 3 | 2);
+        pb_varint(&m, 2);      /* entry of 2 bytes: */
+        m.b[m.n++] = 0x0a;     /* key, */
+        m.b[m.n++] = 4;        /* 4 bytes long: runs 4 bytes past the entry */
+        /* "h.h0" = 68 2e 68 30: also two unknown varint fields 13 = 0x2e and 13 = 0x30 */
+        memcpy(m.b + m.n, "h.h0", 4);
+        m.n += 4;
+        assert_int_equal(parse(&m, &info, err), 0);
+        assert_int_equal(info.nannotations, 1);
+        assert_true(span_eq(info.ann_key[0], "h.h0"));
+        assert_int_equal(info.ann_value[0].n, 0);
+    }
+    /* inside an entry an unknown field may not run past the entry */
+    {
+        m.n = 0;
+        pb_str(&m, 1, "D");
+        pb_str(&m, 2, "k");
+        pb_str(&m, 3, "S");
+        pb_varint(&m, 4u << 3 | 2);
+        pb_varint(&m, 2);
+        m.b[m.n++] = 0x1a; /* field 3, bytes */
+        m.b[m.n++] = 2;    /* 2 bytes: past the entry */
+        m.b[m.n++] = 'x';
+        m.b[m.n++] = 'y';
+        expect_err(&m, "unexpected EOF");
+    }
+    /* an end-group inside an entry */
+    {
+        m.n = 0;
+        pb_varint(&m, 4u << 3 | 2);
+        pb_varint(&m, 1);
+        m.b[m.n++] = 0x1c; /* field 3, end group */
+        expect_err(&m, "proto: unexpected end of group");
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -408,6 +522,7 @@ int main(void)
         cmocka_unit_test(test_reordered_unknown_repeated),
         cmocka_unit_test(test_validation),
         cmocka_unit_test(test_wire_errors),
+        cmocka_unit_test(test_gogo_quirks),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
