@@ -625,6 +625,16 @@ static char *xstrdup(struct dctx *dc, const char *s)
     return r;
 }
 
+/* Go strings may hold NUL bytes ("\0" in a double-quoted YAML scalar, "\u0000" in JSON); ours
+ * are C strings. Such a string is refused rather than silently cut short. */
+static bool nul_error(struct dctx *dc, const struct yn *v)
+{
+    if (!memchr(v->s, '\0', v->len))
+        return false;
+    derr(dc, v->pos, dc->path, "atrest: a NUL byte in a string is not supported");
+    return true;
+}
+
 /* A string field. Null leaves it "", as Go does. */
 static void dec_string(struct dctx *dc, const struct yn *v, const char *gostruct, char **out)
 {
@@ -636,8 +646,47 @@ static void dec_string(struct dctx *dc, const struct yn *v, const char *gostruct
         type_error(dc, v, gostruct, "string");
         return;
     }
+    if (nul_error(dc, v))
+        return;
     free(*out);
     *out = xstrdup(dc, v->s);
+}
+
+/* The strict decoder's unknown-field error: Go prints the path with %q. The diagnostic's path
+ * shows a NUL in the field name as \x00. */
+static void unknown_field(struct dctx *dc, size_t old, const struct yn *k)
+{
+    size_t n = old + 1 + k->len;
+    char *raw = malloc(n + 1), *q = NULL;
+
+    if (!raw) {
+        dc->nomem = 1;
+        return;
+    }
+    memcpy(raw, dc->path, old);
+    n = old;
+    if (old)
+        raw[n++] = '.';
+    memcpy(raw + n, k->s, k->len);
+    n += k->len;
+    raw[n] = '\0';
+    q = ar_go_quote(raw, n);
+    if (q) {
+        if (memchr(k->s, '\0', k->len)) {
+            char *qk = ar_go_quote(k->s, k->len);
+            if (qk) {
+                qk[strlen(qk) - 1] = '\0';
+                path_pop(dc, old);
+                path_push_field(dc, qk + 1);
+            }
+            free(qk);
+        }
+        derr(dc, k->pos, dc->path, "strict decoding error: unknown field %s", q);
+    } else {
+        dc->nomem = 1;
+    }
+    free(q);
+    free(raw);
 }
 
 struct field {
@@ -665,11 +714,11 @@ static void dec_struct(struct dctx *dc, const struct yn *map, const char *const 
             continue;
         }
         for (idx = 0; fields[idx]; idx++)
-            if (strcmp(fields[idx], k->s) == 0)
+            if (strlen(fields[idx]) == k->len && memcmp(fields[idx], k->s, k->len) == 0)
                 break;
         old = path_push_field(dc, k->s);
         if (!fields[idx]) {
-            derr(dc, k->pos, dc->path, "strict decoding error: unknown field \"%s\"", dc->path);
+            unknown_field(dc, old, k);
         } else if (seen & (1u << idx)) {
             if (dc->json)
                 derr(dc, k->pos, dc->path, "strict decoding error: duplicate field \"%s\"",
@@ -928,8 +977,10 @@ static void rule_field(struct dctx *dc, void *obj, int idx, const struct yn *k, 
             r->res[i] = xstrdup(dc, "");
             t = node_jt(e);
             if (t == JT_STRING) {
-                free(r->res[i]);
-                r->res[i] = xstrdup(dc, e->s);
+                if (!nul_error(dc, e)) {
+                    free(r->res[i]);
+                    r->res[i] = xstrdup(dc, e->s);
+                }
             } else if (t != JT_NULL) {
                 type_error(dc, e, "ResourceConfiguration", "string");
             }
@@ -1008,9 +1059,16 @@ static const struct yn *map_get(const struct yn *map, const char *name)
     size_t i;
 
     for (i = 0; i + 1 < map->n; i += 2)
-        if (map->kids[i]->kind == YN_SCALAR && strcmp(map->kids[i]->s, name) == 0)
+        if (map->kids[i]->kind == YN_SCALAR && map->kids[i]->len == strlen(name) &&
+            memcmp(map->kids[i]->s, name, map->kids[i]->len) == 0)
             return map->kids[i + 1];
     return NULL;
+}
+
+/* A scalar equal to s, NUL bytes included. */
+static bool node_is(const struct yn *n, const char *s)
+{
+    return n->len == strlen(s) && memcmp(n->s, s, n->len) == 0;
 }
 
 /* runtime.Decode's type sniffing (SimpleMetaFactory.Interpret, then the scheme lookup). */
@@ -1056,16 +1114,24 @@ static int check_gvk(struct dctx *dc, const struct yn *root, bool *legacy)
              "Object 'apiVersion' is missing in '<the file content is not repeated>'");
         return -EINVAL;
     }
-    if (strcmp(ver->s, "apiserver.config.k8s.io/v1") == 0 &&
-        strcmp(kind->s, "EncryptionConfiguration") == 0) {
+    if (node_is(ver, "apiserver.config.k8s.io/v1") && node_is(kind, "EncryptionConfiguration")) {
         *legacy = false;
         return 0;
     }
-    if (strcmp(ver->s, "v1") == 0 && strcmp(kind->s, "EncryptionConfig") == 0) {
+    if (node_is(ver, "v1") && node_is(kind, "EncryptionConfig")) {
         *legacy = true;
         return 0;
     }
-    derr(dc, kind->pos, "", "no kind \"%s\" is registered for version \"%s\"", kind->s, ver->s);
+    {
+        char *qk = ar_go_quote(kind->s, kind->len), *qv = ar_go_quote(ver->s, ver->len);
+
+        if (qk && qv)
+            derr(dc, kind->pos, "", "no kind %s is registered for version %s", qk, qv);
+        else
+            dc->nomem = 1;
+        free(qk);
+        free(qv);
+    }
     return -EINVAL;
 }
 

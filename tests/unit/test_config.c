@@ -679,6 +679,30 @@ struct dcase {
 };
 
 static const struct dcase decode_cases[] = {
+    /* NUL bytes ("\0" in a double-quoted YAML scalar): Go keeps them in the string; C strings
+     * cannot, so atrest refuses them instead of silently cutting the string short (which
+     * would make "v2\0x" read as "v2", "a\0b" a key named "a", and so on). */
+    {"NUL in a key name",
+     HDR "resources:\n- resources: [s]\n  providers: [{aescbc: {keys: [{name: \"a\\0b\", secret: " K16
+         "}]}}]\n",
+     "resources[0].providers[0].aescbc.keys[0].name",
+     "atrest: a NUL byte in a string is not supported", 5, 39},
+    {"NUL in a resource",
+     HDR "resources:\n- resources: [\"secrets\\0x\"]\n  providers: [{identity: {}}]\n",
+     "resources[0].resources[0]", "atrest: a NUL byte in a string is not supported", 4, 15},
+    {"NUL in a KMS apiVersion",
+     HDR "resources:\n- resources: [s]\n  providers: [{kms: {apiVersion: \"v2\\0x\", name: k, "
+         "endpoint: \"unix:///k\"}}]\n",
+     "resources[0].providers[0].kms.apiVersion", "atrest: a NUL byte in a string is not supported",
+     5, 34},
+    {"NUL in a field name", HDR "resources: []\n\"resources\\0\": []\n", "resources\\x00",
+     "strict decoding error: unknown field \"resources\\x00\"", 4, 1},
+    {"NUL in kind",
+     "apiVersion: apiserver.config.k8s.io/v1\nkind: \"EncryptionConfiguration\\0\"\nresources: []\n",
+     "", "no kind \"EncryptionConfiguration\\x00\" is registered for version "
+         "\"apiserver.config.k8s.io/v1\"", 2, 7},
+    {"quote in a field name", HDR "resources: []\n\"a\\\"b\": 1\n", "a\"b",
+     "strict decoding error: unknown field \"a\\\"b\"", 4, 1},
     {"unknown root field", HDR "resources: []\nextra: 1\n", "extra",
      "strict decoding error: unknown field \"extra\"", 4, 1},
     {"field names are case-sensitive", HDR "Resources: []\n", "Resources",
