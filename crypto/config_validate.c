@@ -367,43 +367,216 @@ done:
     snprintf(out, outlen, "%.*s", (int)(sizeof(buf) - w), buf + w);
 }
 
-/* ---- url.Parse, reduced to what decides the endpoint check ----------------------------------- */
+/* ---- url.Parse (Go 1.22/1.23 net/url), as far as it decides the endpoint check --------------- */
 
 static bool is_hex(char c)
 {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
-/* unescape()'s error for a bad %-escape in s, or NULL. */
-static const char *bad_escape(const char *s, size_t n)
+static unsigned unhex(char c)
+{
+    if (c >= '0' && c <= '9')
+        return (unsigned)(c - '0');
+    if (c >= 'a' && c <= 'f')
+        return (unsigned)(c - 'a' + 10);
+    return (unsigned)(c - 'A' + 10);
+}
+
+/* shouldEscape(c, encodeHost) for an ASCII byte. */
+static bool host_should_escape(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return false;
+    return !strchr("!$&'()*+,;=:[]<>\"-_.~", c) || c == '\0';
+}
+
+enum url_mode { UM_PATH, UM_HOST, UM_ZONE, UM_USER, UM_FRAG };
+
+/* unescape()'s checks: 0, or -EINVAL with the EscapeError / InvalidHostError text in err. */
+static int url_unescape_check(const char *s, size_t n, enum url_mode mode, char *err,
+                              size_t errlen)
+{
+    size_t i = 0;
+    char *q;
+
+    while (i < n) {
+        if (s[i] == '%') {
+            size_t el = n - i < 3 ? n - i : 3;
+            bool bad = i + 2 >= n || !is_hex(s[i + 1]) || !is_hex(s[i + 2]);
+
+            if (!bad && mode == UM_HOST && unhex(s[i + 1]) < 8 && memcmp(s + i, "%25", 3) != 0)
+                bad = true;
+            if (!bad && mode == UM_ZONE) {
+                unsigned v = unhex(s[i + 1]) << 4 | unhex(s[i + 2]);
+                if (memcmp(s + i, "%25", 3) != 0 && v != ' ' && v < 0x80 &&
+                    host_should_escape((unsigned char)v))
+                    bad = true;
+                /* shouldEscape of a byte >= 0x80 is true as well */
+                if (memcmp(s + i, "%25", 3) != 0 && v >= 0x80)
+                    bad = true;
+            }
+            if (bad) {
+                q = ar_go_quote(s + i, el);
+                if (!q)
+                    return -ENOMEM;
+                snprintf(err, errlen, "invalid URL escape %s", q);
+                free(q);
+                return -EINVAL;
+            }
+            i += 3;
+            continue;
+        }
+        if ((mode == UM_HOST || mode == UM_ZONE) && (unsigned char)s[i] < 0x80 &&
+            host_should_escape((unsigned char)s[i])) {
+            q = ar_go_quote(s + i, 1);
+            if (!q)
+                return -ENOMEM;
+            snprintf(err, errlen, "invalid character %s in host name", q);
+            free(q);
+            return -EINVAL;
+        }
+        i++;
+    }
+    return 0;
+}
+
+/* validOptionalPort */
+static bool valid_port(const char *p, size_t n)
 {
     size_t i;
 
-    for (i = 0; i < n; i++)
-        if (s[i] == '%' && (i + 2 >= n || !is_hex(s[i + 1]) || !is_hex(s[i + 2])))
+    if (n == 0)
+        return true;
+    if (p[0] != ':')
+        return false;
+    for (i = 1; i < n; i++)
+        if (p[i] < '0' || p[i] > '9')
+            return false;
+    return true;
+}
+
+static const char *mem_rchr(const char *s, size_t n, char c)
+{
+    while (n > 0)
+        if (s[--n] == c)
+            return s + n;
+    return NULL;
+}
+
+static const char *mem_str(const char *s, size_t n, const char *needle)
+{
+    size_t l = strlen(needle), i;
+
+    for (i = 0; i + l <= n; i++)
+        if (memcmp(s + i, needle, l) == 0)
             return s + i;
     return NULL;
 }
 
-/* Sets *scheme (malloc'd, lowercased) or returns -EINVAL with Go's error text in err. */
-static int go_url_parse(const char *raw, char **scheme, char *err, size_t errlen)
+static int port_error(const char *p, size_t n, char *err, size_t errlen)
 {
-    size_t n = strlen(raw), i, sl = 0, restlen;
-    const char *hash = strchr(raw, '#'), *rest, *q, *e;
-    char *qraw = ar_go_quote(raw, n), *sch = NULL;
+    char *q = ar_go_quote(p, n);
+
+    if (!q)
+        return -ENOMEM;
+    snprintf(err, errlen, "invalid port %s after host", q);
+    free(q);
+    return -EINVAL;
+}
+
+/* parseHost */
+static int url_parse_host(const char *h, size_t n, char *err, size_t errlen)
+{
+    const char *c;
+    int rc;
+
+    if (n > 0 && h[0] == '[') {
+        const char *rb = mem_rchr(h, n, ']'), *zone;
+        size_t i;
+
+        if (!rb) {
+            snprintf(err, errlen, "missing ']' in host");
+            return -EINVAL;
+        }
+        i = (size_t)(rb - h);
+        if (!valid_port(rb + 1, n - i - 1))
+            return port_error(rb + 1, n - i - 1, err, errlen);
+        zone = mem_str(h, i, "%25");
+        if (zone) {
+            size_t z = (size_t)(zone - h);
+            if ((rc = url_unescape_check(h, z, UM_HOST, err, errlen)) < 0 ||
+                (rc = url_unescape_check(zone, i - z, UM_ZONE, err, errlen)) < 0 ||
+                (rc = url_unescape_check(rb, n - i, UM_HOST, err, errlen)) < 0)
+                return rc;
+            return 0;
+        }
+    } else if ((c = mem_rchr(h, n, ':'))) {
+        size_t pl = n - (size_t)(c - h);
+        if (!valid_port(c, pl))
+            return port_error(c, pl, err, errlen);
+    }
+    return url_unescape_check(h, n, UM_HOST, err, errlen);
+}
+
+/* validUserinfo */
+static bool valid_userinfo(const char *s, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+            continue;
+        if (c == '\0' || !strchr("-._:~!$&'()*+,;=%@", c))
+            return false; /* non-ASCII runes are refused too */
+    }
+    return true;
+}
+
+/* parseAuthority */
+static int url_parse_authority(const char *a, size_t n, char *err, size_t errlen)
+{
+    const char *at = mem_rchr(a, n, '@');
+    size_t ul;
+    int rc;
+
+    if (!at)
+        return url_parse_host(a, n, err, errlen);
+    ul = (size_t)(at - a);
+    rc = url_parse_host(at + 1, n - ul - 1, err, errlen);
+    if (rc < 0)
+        return rc;
+    if (!valid_userinfo(a, ul)) {
+        snprintf(err, errlen, "net/url: invalid userinfo");
+        return -EINVAL;
+    }
+    return url_unescape_check(a, ul, UM_USER, err, errlen);
+}
+
+/*
+ * url.Parse(raw): sets *scheme (malloc'd, lowercased) or returns -EINVAL with Go's error text
+ * (a *url.Error: `parse "<url>": <cause>`) in err. Errors before the fragment quote the URL
+ * without its "#...", as Go does; a bad escape in the fragment quotes the whole URL.
+ */
+static int go_url_parse(const char *raw, char **scheme, char **err)
+{
+    size_t rawlen = strlen(raw), n = rawlen, i, sl = 0, restlen;
+    const char *hash = strchr(raw, '#'), *rest, *q;
+    char cause[400], *quoted = NULL, *sch = NULL;
     int rc = -EINVAL;
 
     *scheme = NULL;
-    if (!qraw)
-        return -ENOMEM;
+    *err = NULL;
+    cause[0] = '\0';
     if (hash)
         n = (size_t)(hash - raw);
-    for (i = 0; i < strlen(raw); i++)
+    for (i = 0; i < n; i++)
         if ((unsigned char)raw[i] < 0x20 || raw[i] == 0x7f) {
-            snprintf(err, errlen, "parse %s: net/url: invalid control character in URL", qraw);
-            goto out;
+            snprintf(cause, sizeof(cause), "net/url: invalid control character in URL");
+            goto fail;
         }
-    /* getScheme */
+    /* getScheme ("*" has none either) */
     for (i = 0; i < n; i++) {
         char c = raw[i];
         if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
@@ -415,8 +588,8 @@ static int go_url_parse(const char *raw, char **scheme, char *err, size_t errlen
         }
         if (c == ':') {
             if (i == 0) {
-                snprintf(err, errlen, "parse %s: missing protocol scheme", qraw);
-                goto out;
+                snprintf(cause, sizeof(cause), "missing protocol scheme");
+                goto fail;
             }
             sl = i;
         }
@@ -436,95 +609,57 @@ static int go_url_parse(const char *raw, char **scheme, char *err, size_t errlen
     if (q)
         restlen = (size_t)(q - rest);
     if (restlen == 0 || rest[0] != '/') {
-        if (sl) {
-            rc = 0; /* opaque */
-            goto out;
-        }
+        if (sl)
+            goto fragment; /* opaque */
         {
             const char *slash = memchr(rest, '/', restlen);
             size_t segl = slash ? (size_t)(slash - rest) : restlen;
             if (memchr(rest, ':', segl)) {
-                snprintf(err, errlen, "parse %s: first path segment in URL cannot contain colon",
-                         qraw);
-                goto out;
+                snprintf(cause, sizeof(cause),
+                         "first path segment in URL cannot contain colon");
+                goto fail;
             }
         }
     }
     if (restlen >= 2 && rest[0] == '/' && rest[1] == '/' &&
         (sl || !(restlen >= 3 && rest[2] == '/'))) {
-        const char *auth = rest + 2, *slash = memchr(auth, '/', restlen - 2), *at, *host;
-        size_t al = slash ? (size_t)(slash - auth) : restlen - 2, hl;
+        const char *auth = rest + 2, *slash = memchr(auth, '/', restlen - 2);
+        size_t al = slash ? (size_t)(slash - auth) : restlen - 2;
 
-        at = NULL;
-        for (i = al; i > 0; i--)
-            if (auth[i - 1] == '@') {
-                at = auth + i - 1;
-                break;
-            }
-        host = at ? at + 1 : auth;
-        hl = al - (size_t)(host - auth);
-        if (hl > 0 && host[0] == '[') {
-            const char *rb = memchr(host, ']', hl);
-            if (!rb) {
-                snprintf(err, errlen, "parse %s: missing ']' in host", qraw);
-                goto out;
-            }
-            {
-                const char *port = rb + 1;
-                size_t pl = hl - (size_t)(port - host);
-                bool ok = pl == 0 || port[0] == ':';
-                for (i = 1; ok && i < pl; i++)
-                    ok = port[i] >= '0' && port[i] <= '9';
-                if (!ok) {
-                    char *qp = ar_go_quote(port, pl);
-                    snprintf(err, errlen, "parse %s: invalid port %s after host", qraw,
-                             qp ? qp : "\"\"");
-                    free(qp);
-                    goto out;
-                }
-            }
-        } else {
-            const char *colon = NULL;
-            for (i = hl; i > 0; i--)
-                if (host[i - 1] == ':') {
-                    colon = host + i - 1;
-                    break;
-                }
-            if (colon) {
-                size_t pl = hl - (size_t)(colon - host);
-                bool ok = true;
-                for (i = 1; i < pl; i++)
-                    ok = ok && colon[i] >= '0' && colon[i] <= '9';
-                if (!ok) {
-                    char *qp = ar_go_quote(colon, pl);
-                    snprintf(err, errlen, "parse %s: invalid port %s after host", qraw,
-                             qp ? qp : "\"\"");
-                    free(qp);
-                    goto out;
-                }
-            }
-        }
-        if ((e = bad_escape(host, hl))) {
-            size_t el = strnlen(e, 3);
-            snprintf(err, errlen, "parse %s: invalid URL escape \"%.*s\"", qraw, (int)el, e);
-            goto out;
-        }
+        rc = url_parse_authority(auth, al, cause, sizeof(cause));
+        if (rc < 0)
+            goto fail;
         rest = auth + al;
         restlen = restlen - 2 - al;
     }
-    if ((e = bad_escape(rest, restlen))) {
-        size_t el = restlen - (size_t)(e - rest) < 3 ? restlen - (size_t)(e - rest) : 3;
-        snprintf(err, errlen, "parse %s: invalid URL escape \"%.*s\"", qraw, (int)el, e);
-        goto out;
-    }
-    if (hash && (e = bad_escape(hash + 1, strlen(hash + 1)))) {
-        size_t el = strnlen(e, 3);
-        snprintf(err, errlen, "parse %s: invalid URL escape \"%.*s\"", qraw, (int)el, e);
-        goto out;
+    rc = url_unescape_check(rest, restlen, UM_PATH, cause, sizeof(cause));
+    if (rc < 0)
+        goto fail;
+fragment:
+    if (hash && hash[1]) {
+        rc = url_unescape_check(hash + 1, strlen(hash + 1), UM_FRAG, cause, sizeof(cause));
+        if (rc < 0) {
+            n = rawlen; /* setFragment errors quote the whole URL */
+            goto fail;
+        }
     }
     rc = 0;
+    goto out;
+fail:
+    if (rc == -ENOMEM)
+        goto out;
+    rc = -EINVAL;
+    quoted = ar_go_quote(raw, n);
+    if (!quoted) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if (asprintf(err, "parse %s: %s", quoted, cause) < 0) {
+        *err = NULL;
+        rc = -ENOMEM;
+    }
 out:
-    free(qraw);
+    free(quoted);
     if (rc == 0)
         *scheme = sch;
     else
@@ -862,8 +997,8 @@ static void validate_kms(struct vstate *vs, struct dkms *k, const char *path)
         verr(vs, AR_SEV_ERROR, k->endpoint_pos,
              "%s.endpoint\x1fInvalid value: \"\": endpoint is a mandatory field for a kms", path);
     } else {
-        char err[512], *scheme = NULL;
-        int rc = go_url_parse(k->endpoint, &scheme, err, sizeof(err));
+        char *err = NULL, *scheme = NULL;
+        int rc = go_url_parse(k->endpoint, &scheme, &err);
         if (rc == -ENOMEM) {
             vs->nomem = 1;
         } else if ((qv = q(vs, k->endpoint))) {
@@ -884,6 +1019,7 @@ static void validate_kms(struct vstate *vs, struct dkms *k, const char *path)
             free(qv);
         }
         free(scheme);
+        free(err);
     }
     /* cachesize */
     if (!v1 && k->cachesize_set)
@@ -1001,14 +1137,25 @@ out:
     return vs.nomem ? -ENOMEM : vs.nerr;
 }
 
-static void gr_yaml_string(struct gr g, char *out, size_t len)
+/* grYAMLString, %q-quoted; malloc'd or NULL. */
+static char *gr_yaml_quoted(struct vstate *vs, struct gr g)
 {
+    char *s = NULL, *r;
+    int n;
+
     if (g.glen == 0 && g.rlen == 1 && g.r[0] == '*')
-        snprintf(out, len, "*.");
+        n = asprintf(&s, "*.");
     else if (g.glen == 0)
-        snprintf(out, len, "%.*s", (int)g.rlen, g.r);
+        n = asprintf(&s, "%.*s", (int)g.rlen, g.r);
     else
-        snprintf(out, len, "%.*s.%.*s", (int)g.rlen, g.r, (int)g.glen, g.g);
+        n = asprintf(&s, "%.*s.%.*s", (int)g.rlen, g.r, (int)g.glen, g.g);
+    if (n < 0) {
+        vs->nomem = 1;
+        return NULL;
+    }
+    r = q(vs, s);
+    free(s);
+    return r;
 }
 
 /* config.go: a resource of a later rule is masked by an earlier {group,*} or {*,*}. Go stops at
@@ -1039,12 +1186,7 @@ int ar_cfg_check_masking(const struct dconf *c, const struct ar_vctx *ctx)
                                               memcmp(h.g, g.g, g.glen) == 0)
                                            : gr_is(h, "*", "*");
                         if (m) {
-                            char a[600], b[600];
-                            char *qa, *qb;
-                            gr_yaml_string(g, a, sizeof(a));
-                            gr_yaml_string(h, b, sizeof(b));
-                            qa = q(&vs, a);
-                            qb = q(&vs, b);
+                            char *qa = gr_yaml_quoted(&vs, g), *qb = gr_yaml_quoted(&vs, h);
                             if (qa && qb)
                                 verr(&vs, AR_SEV_ERROR, r->res_pos[j],
                                      "resources[%zu].resources[%zu]\x1fresource %s is masked by "

@@ -1044,6 +1044,140 @@ static void test_no_secret_in_diags(void **state)
     }
 }
 
+/* ---- KMS endpoints: Go's url.Parse (Go 1.22/1.23, as in Kubernetes 1.31/1.32) ------------ */
+
+static void test_endpoints(void **state)
+{
+    static const struct {
+        const char *yaml; /* the endpoint as a YAML double-quoted scalar body */
+        const char *err;  /* NULL: accepted; else the error after "Invalid value: <q>: " */
+    } cases[] = {
+        {"unix://", NULL},
+        {"unix:///", NULL},
+        {"unix:@abstract", NULL},
+        {"unix://@abstract", NULL},
+        {"unix:/tmp/k.sock", NULL},
+        {"unix:?x", NULL},
+        {"UnIx:///x", NULL},
+        {"unix://h%c3%a9/x", NULL},         /* escapes of non-ASCII bytes are fine in a host */
+        {"unix://\xc3\xbc/x", NULL},         /* so are raw non-ASCII bytes */
+        {"unix://[::1]:80/x", NULL},
+        {"unix://[fe80::1%25en0]/x", NULL},  /* IPv6 zone */
+        {"unix://[fe80::1%25%41]/x", NULL},
+        {"unix:///x#\\t", NULL},             /* control bytes after '#' are not checked */
+        {"unix:///my socket", NULL},
+        {"unix://u:p@h/x", NULL},
+        {"://x", "invalid endpoint for kms provider, error: parse \"://x\": missing protocol "
+                 "scheme"},
+        {"1unix:///x", "invalid endpoint for kms provider, error: parse \"1unix:///x\": first "
+                       "path segment in URL cannot contain colon"},
+        {"unix:///x\\t", "invalid endpoint for kms provider, error: parse \"unix:///x\\t\": "
+                         "net/url: invalid control character in URL"},
+        {"unix://a b/x", "invalid endpoint for kms provider, error: parse \"unix://a b/x\": "
+                         "invalid character \" \" in host name"},
+        {"unix://h{/x", "invalid endpoint for kms provider, error: parse \"unix://h{/x\": invalid "
+                        "character \"{\" in host name"},
+        {"unix://us er@h/x", "invalid endpoint for kms provider, error: parse \"unix://us "
+                             "er@h/x\": net/url: invalid userinfo"},
+        {"unix://u:p%zz@h/x", "invalid endpoint for kms provider, error: parse "
+                              "\"unix://u:p%zz@h/x\": invalid URL escape \"%zz\""},
+        {"unix://us er@h b/x", "invalid endpoint for kms provider, error: parse \"unix://us "
+                               "er@h b/x\": invalid character \" \" in host name"},
+        {"unix://h%41/x", "invalid endpoint for kms provider, error: parse \"unix://h%41/x\": "
+                          "invalid URL escape \"%41\""},
+        {"unix://[fe80::1%25%2f]/x", "invalid endpoint for kms provider, error: parse "
+                                     "\"unix://[fe80::1%25%2f]/x\": invalid URL escape \"%2f\""},
+        {"unix://[::1/x", "invalid endpoint for kms provider, error: parse \"unix://[::1/x\": "
+                          "missing ']' in host"},
+        {"unix://[::1]x/", "invalid endpoint for kms provider, error: parse \"unix://[::1]x/\": "
+                           "invalid port \"x\" after host"},
+        {"unix://a:b#frag", "invalid endpoint for kms provider, error: parse \"unix://a:b\": "
+                            "invalid port \":b\" after host"},  /* the URL without '#...' */
+        {"unix:foo#%zz", "invalid endpoint for kms provider, error: parse \"unix:foo#%zz\": "
+                         "invalid URL escape \"%zz\""},         /* opaque, then the fragment */
+        {"unix:///x#%zz", "invalid endpoint for kms provider, error: parse \"unix:///x#%zz\": "
+                          "invalid URL escape \"%zz\""},
+        {"unix:///x/%z", "invalid endpoint for kms provider, error: parse \"unix:///x/%z\": "
+                         "invalid URL escape \"%z\""},
+        {"unix:///x/%\\\"a", "invalid endpoint for kms provider, error: parse "
+                             "\"unix:///x/%\\\"a\": invalid URL escape \"%\\\"a\""},
+        {"tcp://127.0.0.1:9000", "unsupported scheme \"tcp\" for KMS provider, only unix is "
+                                 "supported"},
+        {"*", "unsupported scheme \"\" for KMS provider, only unix is supported"},
+    };
+    size_t i;
+    int bad = 0;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char y[512];
+        struct ar_config *c = NULL;
+        struct ar_diags d;
+        int r;
+
+        snprintf(y, sizeof(y),
+                 HDR "resources:\n- resources: [secrets]\n  providers:\n  - kms: {apiVersion: v2, "
+                     "name: k, endpoint: \"%s\"}\n",
+                 cases[i].yaml);
+        r = load(y, false, true, &c, &d);
+        if (!cases[i].err) {
+            if (r != 0) {
+                print_message("endpoint %s: refused\n", cases[i].yaml);
+                dump(&d);
+                bad++;
+            }
+        } else if (r != -EINVAL || d.nerrors != 1 ||
+                   strcmp(d.v[0].path, "resources[0].providers[0].kms.endpoint") != 0 ||
+                   !strstr(d.v[0].detail, cases[i].err) ||
+                   strlen(strstr(d.v[0].detail, cases[i].err)) != strlen(cases[i].err)) {
+            print_message("endpoint %s: wanted %s\n", cases[i].yaml, cases[i].err);
+            dump(&d);
+            bad++;
+        }
+        ar_config_unref(c);
+        ar_diags_free(&d);
+    }
+    assert_int_equal(bad, 0);
+}
+
+/* Long names and endpoints are printed whole, not cut at some buffer size. */
+static void test_long_texts(void **state)
+{
+    size_t n = 3000, i;
+    char *name = malloc(n + 1), *y = malloc(2 * n + 512), *want = malloc(2 * n + 512);
+    struct ar_config *c = NULL;
+    struct ar_diags d;
+
+    assert_non_null(name);
+    assert_non_null(y);
+    assert_non_null(want);
+    for (i = 0; i < n; i++)
+        name[i] = (char)('a' + i % 26);
+    name[n] = '\0';
+    sprintf(y,
+            HDR "resources:\n- resources: [\"*.example.com\"]\n  providers: [{identity: {}}]\n"
+                "- resources: [%s.example.com]\n  providers: [{identity: {}}]\n",
+            name);
+    assert_int_equal(load(y, false, true, &c, &d), -EINVAL);
+    sprintf(want, "resource \"%s.example.com\" is masked by earlier rule \"*.example.com\"", name);
+    assert_non_null(find(&d, AR_SEV_ERROR, "resources[1].resources[0]", want));
+    ar_diags_free(&d);
+
+    sprintf(y,
+            HDR "resources:\n- resources: [secrets]\n  providers:\n  - kms: {apiVersion: v2, "
+                "name: k, endpoint: \"unix://h:p/%s\"}\n",
+            name);
+    assert_int_equal(load(y, false, true, &c, &d), -EINVAL);
+    sprintf(want,
+            "Invalid value: \"unix://h:p/%s\": invalid endpoint for kms provider, error: parse "
+            "\"unix://h:p/%s\": invalid port \":p\" after host",
+            name, name);
+    assert_non_null(find(&d, AR_SEV_ERROR, "resources[0].providers[0].kms.endpoint", want));
+    ar_diags_free(&d);
+    free(name);
+    free(y);
+    free(want);
+}
+
 /* ---- base64, durations, diag format --------------------------------------------------------- */
 
 static void test_b64(void **state)
@@ -1242,6 +1376,8 @@ int main(void)
         cmocka_unit_test(test_fingerprint),
         cmocka_unit_test(test_render),
         cmocka_unit_test(test_no_secret_in_diags),
+        cmocka_unit_test(test_endpoints),
+        cmocka_unit_test(test_long_texts),
         cmocka_unit_test(test_b64),
         cmocka_unit_test(test_duration),
         cmocka_unit_test(test_diag_format),
