@@ -821,6 +821,39 @@ static void dec_keys(struct dctx *dc, const struct yn *v, struct dkeys *ks, cons
     dec_struct(dc, v, keys_fields, &ko, keys_field);
 }
 
+/*
+ * A YAML number as Go's JSON decoder sees it after sigs.k8s.io/yaml converted the document:
+ * goyaml resolved it to an int (written in decimal) or a float64 (written by json.Marshal:
+ * shortest 'f' form for 1e-6 <= |x| < 1e21). A float with an integral value is then an int
+ * like any other ("1.0" and "1e3" decode into an int32). num gets the text Go would print.
+ */
+static void yaml_json_number(const char *s, double d, bool *isint, long long *iv, char *num,
+                             size_t len)
+{
+    double a = d < 0 ? -d : d;
+    int p;
+
+    if (*isint) {
+        snprintf(num, len, "%lld", *iv);
+        return;
+    }
+    if (!(a >= 1e-6 && a < 1e21) && d != 0) {
+        snprintf(num, len, "%s", s); /* 'e' form, Inf, NaN: not an int32 in any case */
+        return;
+    }
+    if (a < 9.2e18 && (double)(long long)d == d) {
+        *iv = (long long)d;
+        *isint = true;
+        snprintf(num, len, "%lld", *iv);
+        return;
+    }
+    for (p = 0; p < 40; p++) { /* the shortest fixed form that reads back the same */
+        snprintf(num, len, "%.*f", p, d);
+        if (strtod(num, NULL) == d)
+            return;
+    }
+}
+
 /* KMSConfiguration */
 static const char *const kms_fields[] = {"apiVersion", "name",    "cachesize",
                                          "endpoint",   "timeout", NULL};
@@ -843,6 +876,7 @@ static void kms_field(struct dctx *dc, void *obj, int idx, const struct yn *k, c
         double d;
         bool isint = false;
         long long iv = 0;
+        char num[400];
 
         kms->cache_pos = v->pos;
         if (t == JT_NULL)
@@ -851,13 +885,21 @@ static void kms_field(struct dctx *dc, void *obj, int idx, const struct yn *k, c
             type_error(dc, v, "KMSConfiguration", "int32");
             break;
         }
-        if (!resolve_number(v->s, &d, &isint, &iv) || !isint || iv < INT32_MIN || iv > INT32_MAX) {
+        if (!resolve_number(v->s, &d, &isint, &iv)) {
+            type_error(dc, v, "KMSConfiguration", "int32");
+            break;
+        }
+        if (!dc->json)
+            yaml_json_number(v->s, d, &isint, &iv, num, sizeof(num));
+        else
+            snprintf(num, sizeof(num), "%s", v->s);
+        if (!isint || iv < INT32_MIN || iv > INT32_MAX) {
             char fs[1024];
             go_field_stack(dc, fs, sizeof(fs));
             derr(dc, v->pos, dc->path,
                  "json: cannot unmarshal number %s into Go struct field KMSConfiguration.%s of "
                  "type int32",
-                 v->s, fs);
+                 num, fs);
             break;
         }
         kms->cachesize_set = true;

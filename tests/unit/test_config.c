@@ -420,6 +420,11 @@ static void test_accepted(void **state)
             "}, {name: \"a:b\", secret: " K16 "}]}\n",
         /* an empty resource string passes validation in Go too */
         HDR "resources:\n- resources: [\"\"]\n  providers: [{identity: {}}]\n",
+        /* YAML floats with an integral value are ints once converted to JSON */
+        HDR "resources:\n- resources: [secrets]\n  providers:\n  - kms: {name: a, endpoint: "
+            "\"unix:///k.sock\", cachesize: 1.0}\n  - kms: {name: b, endpoint: "
+            "\"unix:///k.sock\", cachesize: 1e3}\n  - kms: {name: c, endpoint: "
+            "\"unix:///k.sock\", cachesize: -0x10}\n",
         /* CRs, 24-byte keys, newlines inside a secret, UNIX scheme in capitals */
         HDR "resources:\n- resources: [pandas.awesome.bears.example, \"*.apps\"]\n  providers:\n"
             "  - aesgcm: {keys: [{name: k, secret: \"YWJjZGVmZ2hp\\namtsbW5vcHFyc3R1dnd4\"}]}\n"
@@ -784,6 +789,36 @@ static const struct dcase decode_cases[] = {
          "cachesize: 4294967296}}]\n",
      "resources[0].providers[0].kms.cachesize",
      "json: cannot unmarshal number 4294967296 into Go struct field "
+     "KMSConfiguration.resources.providers.kms.cachesize of type int32",
+     0, 0},
+    /* YAML numbers reach Go's JSON decoder as json.Marshal writes them (sigs.k8s.io/yaml) */
+    {"cachesize yaml hex overflow",
+     HDR "resources:\n- resources: [s]\n  providers: [{kms: {name: k, endpoint: \"unix:///a\", "
+         "cachesize: 0x100000000}}]\n",
+     "resources[0].providers[0].kms.cachesize",
+     "json: cannot unmarshal number 4294967296 into Go struct field "
+     "KMSConfiguration.resources.providers.kms.cachesize of type int32",
+     0, 0},
+    {"cachesize yaml float overflow",
+     HDR "resources:\n- resources: [s]\n  providers: [{kms: {name: k, endpoint: \"unix:///a\", "
+         "cachesize: 1e10}}]\n",
+     "resources[0].providers[0].kms.cachesize",
+     "json: cannot unmarshal number 10000000000 into Go struct field "
+     "KMSConfiguration.resources.providers.kms.cachesize of type int32",
+     0, 0},
+    {"cachesize yaml fraction",
+     HDR "resources:\n- resources: [s]\n  providers: [{kms: {name: k, endpoint: \"unix:///a\", "
+         "cachesize: 1.5}}]\n",
+     "resources[0].providers[0].kms.cachesize",
+     "json: cannot unmarshal number 1.5 into Go struct field "
+     "KMSConfiguration.resources.providers.kms.cachesize of type int32",
+     0, 0},
+    {"cachesize json 1.0",
+     "{\"kind\": \"EncryptionConfiguration\", \"apiVersion\": \"apiserver.config.k8s.io/v1\", "
+     "\"resources\": [{\"resources\": [\"s\"], \"providers\": [{\"kms\": {\"name\": \"k\", "
+     "\"endpoint\": \"unix:///a\", \"cachesize\": 1.0}}]}]}",
+     "resources[0].providers[0].kms.cachesize",
+     "json: cannot unmarshal number 1.0 into Go struct field "
      "KMSConfiguration.resources.providers.kms.cachesize of type int32",
      0, 0},
     {"timeout bad",
