@@ -9,6 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <locale.h>
+#include <pthread.h>
+#include <wctype.h>
 
 #include "crypto/config.h"
 #include "crypto/config_int.h"
@@ -774,12 +777,56 @@ static char *gostrslice(struct vstate *vs, char **v, size_t n)
     return out;
 }
 
+/* The code point of the valid UTF-8 sequence of length l at p. */
+static wint_t utf8_cp(const unsigned char *p, size_t l)
+{
+    unsigned cp = l == 1 ? p[0] : l == 2 ? p[0] & 0x1fu : l == 3 ? p[0] & 0x0fu : p[0] & 0x07u;
+    size_t i;
+
+    for (i = 1; i < l; i++)
+        cp = (cp << 6) | (p[i] & 0x3fu);
+    return (wint_t)cp;
+}
+
+/*
+ * strings.ToLower(s) != s. Non-ASCII runes use the C.UTF-8 locale's simple lowercase mapping
+ * (close to Go's unicode.ToLower; the Unicode versions may differ on recent additions); an
+ * invalid UTF-8 byte counts as a capital, as Go's ToLower turns it into U+FFFD. Without that
+ * locale only ASCII capitals are detected.
+ */
+static locale_t utf8_loc;
+static pthread_once_t utf8_loc_once = PTHREAD_ONCE_INIT;
+
+static void utf8_loc_init(void)
+{
+    utf8_loc = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+}
+
 static bool has_capital(const char *s)
 {
-    /* strings.ToLower(s) != s; ASCII only here (non-ASCII capitals are not detected). */
-    for (; *s; s++)
-        if (*s >= 'A' && *s <= 'Z')
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strlen(s), i = 0;
+
+    while (i < n) {
+        size_t l;
+
+        if (p[i] < 0x80) {
+            if (p[i] >= 'A' && p[i] <= 'Z')
+                return true;
+            i++;
+            continue;
+        }
+        l = utf8_len(p + i, n - i);
+        if (l == 0)
             return true;
+        pthread_once(&utf8_loc_once, utf8_loc_init);
+        if (utf8_loc) {
+            wint_t c = utf8_cp(p + i, l);
+            if (towlower_l(c, utf8_loc) != c)
+                return true;
+        }
+        i += l;
+    }
     return false;
 }
 

@@ -283,6 +283,18 @@ static const struct rcase rule_cases[] = {
     {"capital letters", HDR "resources:\n- resources: [Secrets]\n  providers: [{identity: {}}]\n",
      false, "resources[0].resources[0]",
      "Invalid value: \"Secrets\": resource name should not contain capital letters", 4, 15, 1},
+    {"non-ASCII capital letters",
+     HDR "resources:\n- resources: [\"\xc3\x89v\xc3\xa9nements.example.com\"]\n  providers: "
+         "[{identity: {}}]\n",
+     false, "resources[0].resources[0]",
+     "Invalid value: \"\xc3\x89v\xc3\xa9nements.example.com\": resource name should not contain "
+     "capital letters",
+     4, 15, 1},
+    {"titlecase letter",
+     HDR "resources:\n- resources: [\"\xc7\x85.example.com\"]\n  providers: [{identity: {}}]\n",
+     false, "resources[0].resources[0]",
+     "Invalid value: \"\xc7\x85.example.com\": resource name should not contain capital letters",
+     4, 15, 1},
     {"star", HDR "resources:\n- resources: [\"*\"]\n  providers: [{identity: {}}]\n", false,
      "resources[0].resources[0]",
      "Invalid value: \"*\": use '*.' to encrypt all the resources from core API group or *.* to "
@@ -418,6 +430,9 @@ static void test_accepted(void **state)
         HDR "resources:\n- resources: [secrets]\n  providers:\n  - kms: {name: \"a:b\", endpoint: "
             "\"unix:///k.sock\", cachesize: -1}\n  - aescbc: {keys: [{name: \"a:b\", secret: " K16
             "}, {name: \"a:b\", secret: " K16 "}]}\n",
+        /* lowercase non-ASCII letters are not capitals */
+        HDR "resources:\n- resources: [\"\xc3\xa9v\xc3\xa9nements.example.com\"]\n  providers: "
+            "[{identity: {}}]\n",
         /* an empty resource string passes validation in Go too */
         HDR "resources:\n- resources: [\"\"]\n  providers: [{identity: {}}]\n",
         /* YAML floats with an integral value are ints once converted to JSON */
