@@ -614,8 +614,6 @@ static void req_done(struct ar_xfer *x, CURLcode rc, long http)
     struct ar_etcd *c = r->c;
     struct ar_etcd_error err;
     struct ar_etcd_result *res;
-    json_t *root;
-    json_error_t jerr;
     int st;
 
     st = ar_etcd_xfer_error(x, rc, http, &err);
@@ -630,27 +628,44 @@ static void req_done(struct ar_xfer *x, CURLcode rc, long http)
         return;
     }
     c->cur_ep = x->ep;
-    root = json_loadb(x->resp ? x->resp : "", x->resp_len, 0, &jerr);
-    res = calloc(1, sizeof(*res));
-    if (!root || !res) {
-        ar_etcd_set_error(&err, -EPROTO, c->endpoints[x->ep], "malformed response: %s",
-                          root ? "no memory" : jerr.text);
-        json_decref(root);
-        free(res);
-        req_fail(r, err.code, &err);
-        return;
-    }
-    st = ar_parse_result(c, root, r->type, res);
-    json_decref(root);
+    st = ar_etcd_decode_result(x, r->type, &res, &err);
     if (st < 0) {
-        ar_result_clear(res);
-        free(res);
-        ar_etcd_set_error(&err, st, c->endpoints[x->ep], "malformed response (%s)",
-                          strerror(-st));
         req_fail(r, st, &err);
         return;
     }
     req_finish(r, 0, res, NULL);
+}
+
+int ar_etcd_decode_result(const struct ar_xfer *x, enum ar_etcd_op_type type,
+                          struct ar_etcd_result **out, struct ar_etcd_error *err)
+{
+    struct ar_etcd *c = x->c;
+    struct ar_etcd_result *res;
+    json_t *root;
+    json_error_t jerr;
+    int st;
+
+    *out = NULL;
+    root = json_loadb(x->resp ? x->resp : "", x->resp_len, 0, &jerr);
+    res = calloc(1, sizeof(*res));
+    if (!root || !res) {
+        ar_etcd_set_error(err, -EPROTO, c->endpoints[x->ep], "malformed response: %s",
+                          root ? "no memory" : jerr.text);
+        json_decref(root);
+        free(res);
+        return err->code;
+    }
+    st = ar_parse_result(c, root, type, res);
+    json_decref(root);
+    if (st < 0) {
+        ar_result_clear(res);
+        free(res);
+        ar_etcd_set_error(err, st, c->endpoints[x->ep], "malformed response (%s)",
+                          strerror(-st));
+        return st;
+    }
+    *out = res;
+    return 0;
 }
 
 static void req_attempt(struct req *r)

@@ -10,6 +10,9 @@
 
 #include "coord/etcd.h"
 
+/* etcd's largest lease TTL (lease.MaxLeaseTTL); answers beyond it are malformed. */
+#define AR_ETCD_MAX_TTL_S 9000000000LL
+
 struct ar_link {
     struct ar_link *prev, *next;
 };
@@ -94,6 +97,10 @@ void ar_xfer_mark_dirty(struct ar_xfer *x);
 int ar_etcd_grpc_errno(int grpc_code, const char *msg);
 /* Fill e from a finished transfer; returns the status (0 for HTTP 200). */
 int ar_etcd_xfer_error(struct ar_xfer *x, CURLcode rc, long http, struct ar_etcd_error *e);
+/* The body of a successful (HTTP 200) unary answer in x->resp -> *out (ar_etcd_result_free),
+ * or a negative errno with e filled ("malformed response ..."). */
+int ar_etcd_decode_result(const struct ar_xfer *x, enum ar_etcd_op_type type,
+                          struct ar_etcd_result **out, struct ar_etcd_error *e);
 /* Parse {"error":"..","message":"..","code":N} or {"error":{"grpc_code":..,"message":..}}. */
 bool ar_etcd_parse_error_json(json_t *root, struct ar_etcd_error *e, long http);
 
@@ -113,6 +120,15 @@ int ar_parse_result(struct ar_etcd *c, const json_t *root, enum ar_etcd_op_type 
 void ar_result_clear(struct ar_etcd_result *res);
 int ar_json_op(const struct ar_etcd_op *op, json_t **out);
 char *ar_json_dump(json_t *o, size_t *len); /* compact; steals nothing */
+
+/* Fuzzing and tests: run chunks through a watch's (keeper's) buffering, line splitter and message
+ * parser exactly as data from the network, then end the stream (rc, http) as libcurl would, on a
+ * stream object that never connects and is freed before the call returns (its timer closes on
+ * the next loop run). The callback runs as for a real stream. 0 or -ENOMEM. */
+int ar_etcd_watch_feed(struct ar_etcd *c, const char *const *chunks, const size_t *lens,
+                       size_t n, CURLcode rc, long http, ar_etcd_watch_cb cb, void *arg);
+int ar_etcd_keeper_feed(struct ar_etcd *c, const char *const *chunks, const size_t *lens,
+                        size_t n, CURLcode rc, long http, ar_etcd_keepalive_cb cb, void *arg);
 
 /* Line buffer for newline-delimited streams. */
 struct ar_linebuf {

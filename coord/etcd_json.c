@@ -208,6 +208,11 @@ int ar_parse_result(struct ar_etcd *c, const json_t *root, enum ar_etcd_op_type 
     res->lease_id = ar_json_get_i64(root, "ID");
     res->ttl = ar_json_get_i64(root, "TTL");
     res->granted_ttl = ar_json_get_i64(root, "grantedTTL");
+    /* users compute revision + 1 and deadlines from TTL * 1000: reject what etcd never sends */
+    if (res->revision < 0 || res->revision == INT64_MAX || res->ttl < -1 ||
+        res->ttl > AR_ETCD_MAX_TTL_S || res->granted_ttl < 0 ||
+        res->granted_ttl > AR_ETCD_MAX_TTL_S)
+        return -EPROTO;
     if (json_is_string(v = json_object_get(root, "token"))) {
         res->token = strdup(json_string_value(v));
         if (!res->token)

@@ -171,6 +171,11 @@ static int watch_events(struct ar_etcd_watch *w, const json_t *res, int64_t rev)
             (rc = ar_parse_kv(w->c, pk, &ev[i].prev_kv)) < 0)
             goto out;
     }
+    /* revisions are positive; the resume point (last + 1) must not overflow */
+    if (ev[n - 1].kv.mod_revision <= 0 || ev[n - 1].kv.mod_revision == INT64_MAX) {
+        rc = -EPROTO;
+        goto out;
+    }
     u.events = ev;
     u.n_events = n;
     w->next_rev = ev[n - 1].kv.mod_revision + 1;
@@ -209,6 +214,12 @@ static bool watch_line(struct ar_etcd_watch *w, const char *line, size_t len)
         goto out;
     }
     rev = ar_json_get_i64(json_object_get(res, "header"), "revision");
+    if (rev < 0 || rev == INT64_MAX) {
+        ar_etcd_set_error(&e, -EPROTO, ep, "watch: bad revision %" PRId64, rev);
+        watch_fail(w, &e);
+        ok = false;
+        goto out;
+    }
     if (json_is_true(json_object_get(res, "canceled"))) {
         int64_t crev = ar_json_get_i64(res, "compact_revision");
         const char *why = json_string_value(json_object_get(res, "cancel_reason"));
@@ -432,6 +443,43 @@ void ar_etcd_watch_stop(struct ar_etcd_watch *w)
     watch_destroy(&w->s);
 }
 
+int ar_etcd_watch_feed(struct ar_etcd *c, const char *const *chunks, const size_t *lens,
+                       size_t n, CURLcode rc, long http, ar_etcd_watch_cb cb, void *arg)
+{
+    struct ar_etcd_watch *w = calloc(1, sizeof(*w));
+
+    if (!w)
+        return -ENOMEM;
+    w->c = c;
+    w->cb = cb;
+    w->arg = arg;
+    ar_link_init(&w->s.link);
+    ar_link_init(&w->aw.link);
+    ar_link_init(&w->x.dirty);
+    w->x.c = c;
+    w->x.stream = true;
+    w->timer = timer_new(c->loop, w);
+    if (!w->timer) {
+        free(w);
+        return -ENOMEM;
+    }
+    watch_enter(w);
+    for (size_t i = 0; i < n && !w->dead && !w->finished && !w->conn_failed; i++) {
+        if (watch_data(&w->x, chunks[i], lens[i]) < 0) {
+            rc = CURLE_WRITE_ERROR; /* what libcurl reports when the write callback fails */
+            break;
+        }
+        if (ar_link_linked(&w->x.dirty)) {
+            ar_link_del(&w->x.dirty);
+            watch_process(&w->x);
+        }
+    }
+    watch_done(&w->x, rc, http);
+    w->dead = true;
+    watch_leave(w);
+    return 0;
+}
+
 void ar_etcd_watch_drop_connection(struct ar_etcd_watch *w)
 {
     struct ar_etcd_error e;
@@ -559,6 +607,11 @@ static bool keeper_line(struct ar_etcd_keeper *k, const char *line, size_t len)
     }
     ttl = ar_json_get_i64(res, "TTL");
     json_decref(root);
+    if (ttl > AR_ETCD_MAX_TTL_S) {
+        ar_etcd_set_error(&e, -EPROTO, ep, "keepalive: bad TTL %" PRId64, ttl);
+        keeper_fail(k, &e);
+        return false;
+    }
     k->got_reply = true;
     if (ttl <= 0) {
         k->lost = true;
@@ -722,4 +775,44 @@ void ar_etcd_keepalive_stop(struct ar_etcd_keeper *k)
         return;
     ar_link_del(&k->s.link);
     keeper_destroy(&k->s);
+}
+
+int ar_etcd_keeper_feed(struct ar_etcd *c, const char *const *chunks, const size_t *lens,
+                        size_t n, CURLcode rc, long http, ar_etcd_keepalive_cb cb, void *arg)
+{
+    struct ar_etcd_keeper *k = calloc(1, sizeof(*k));
+
+    if (!k)
+        return -ENOMEM;
+    k->c = c;
+    k->id = 1;
+    k->ttl = 10;
+    k->cb = cb;
+    k->arg = arg;
+    ar_link_init(&k->s.link);
+    ar_link_init(&k->aw.link);
+    ar_link_init(&k->x.dirty);
+    k->x.c = c;
+    k->x.stream = true;
+    k->sent_at = ar_etcd_now_ms();
+    k->timer = timer_new(c->loop, k);
+    if (!k->timer) {
+        free(k);
+        return -ENOMEM;
+    }
+    keeper_enter(k);
+    for (size_t i = 0; i < n && !k->dead && !k->lost && !k->failed; i++) {
+        if (keeper_data(&k->x, chunks[i], lens[i]) < 0) {
+            rc = CURLE_WRITE_ERROR;
+            break;
+        }
+        if (ar_link_linked(&k->x.dirty)) {
+            ar_link_del(&k->x.dirty);
+            keeper_process(&k->x);
+        }
+    }
+    keeper_done(&k->x, rc, http);
+    k->dead = true;
+    keeper_leave(k);
+    return 0;
 }
