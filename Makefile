@@ -93,7 +93,7 @@ $(REL)/bench/%: bench/%.c $(REL_SUP_OBJ) $(REL)/libatrest.a
 
 # libFuzzer: the module sources are compiled into each target with clang so they are instrumented.
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -DATREST_VERSION='"$(VERSION)"' -DATREST_FUZZ=1 -I. -g -O1 \
-              -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS) -Wno-unused-command-line-argument
+              -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $(PKG_CFLAGS) -Wno-unused-command-line-argument
 $(FZ)/%: fuzz/%.c $(LIB_SRC)
 	@mkdir -p $(dir $@)
 	$(CLANG) $(FUZZ_FLAGS) -o $@ $< $(LIB_SRC) $(LIBS)
