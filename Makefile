@@ -91,12 +91,18 @@ $(REL)/bench/%: bench/%.c $(REL_SUP_OBJ) $(REL)/libatrest.a
 	@mkdir -p $(dir $@)
 	$(CC) $(BASEFLAGS) $(REL_CFLAGS) $(REL_LDFLAGS) -o $@ $< $(REL_SUP_OBJ) $(REL)/libatrest.a $(LIBS)
 
-# libFuzzer: the module sources are compiled into each target with clang so they are instrumented.
+# libFuzzer: the module sources are compiled once with clang (instrumented, no fuzzer main)
+# and linked into each target.
 FUZZ_FLAGS := -std=c11 -D_GNU_SOURCE -DATREST_VERSION='"$(VERSION)"' -DATREST_FUZZ=1 -I. -g -O1 \
-              -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined $(PKG_CFLAGS) -Wno-unused-command-line-argument
-$(FZ)/%: fuzz/%.c $(LIB_SRC)
+              -fsanitize=address,undefined -fno-sanitize-recover=undefined $(PKG_CFLAGS) \
+              -Wno-unused-command-line-argument
+FZ_LIB_OBJ := $(LIB_SRC:%.c=$(FZ)/obj/%.o)
+$(FZ)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CLANG) $(FUZZ_FLAGS) -o $@ $< $(LIB_SRC) $(LIBS)
+	$(CLANG) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c -o $@ $<
+$(FZ)/%: fuzz/%.c $(FZ_LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(CLANG) $(FUZZ_FLAGS) -fsanitize=fuzzer -o $@ $< $(FZ_LIB_OBJ) $(LIBS)
 
 # ---------------------------------------------------------------------------------------------
 deps:
@@ -157,4 +163,4 @@ format:
 clean:
 	rm -rf build atrest
 
--include $(REL_LIB_OBJ:.o=.d) $(SAN_LIB_OBJ:.o=.d) $(REL)/agent/main.d $(SAN)/agent/main.d
+-include $(REL_LIB_OBJ:.o=.d) $(SAN_LIB_OBJ:.o=.d) $(FZ_LIB_OBJ:.o=.d) $(REL)/agent/main.d $(SAN)/agent/main.d
