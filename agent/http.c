@@ -21,6 +21,7 @@
 #define DEFAULT_MEM_LIMIT  (16u * 1024u)
 #define LISTEN_BACKLOG     64
 #define MAX_GET_BODY       (64u * 1024u)
+#define BACKSTOP_MS        1000u
 
 struct listener {
     struct ar_http *h;
@@ -180,14 +181,19 @@ __attribute__((format(printf, 2, 0))) static void on_mhd_log(void *cls, const ch
 
 static void on_timer(uv_timer_t *t);
 
+/* MHD_run twice: when connections close while the server is at its connection limit,
+ * libmicrohttpd (0.9.75, external epoll) frees them at the end of one run but puts the listen
+ * socket back into its epoll set only at the start of the next, and MHD_get_timeout() does not
+ * ask for that run: without it, clients queued in the backlog would wait forever. For the same
+ * reason the timer never sleeps longer than BACKSTOP_MS. */
 static void run_and_rearm(struct listener *l)
 {
     MHD_run(l->d);
+    MHD_run(l->d);
     MHD_UNSIGNED_LONG_LONG ms = 0;
-    if (MHD_get_timeout(l->d, &ms) == MHD_YES)
-        uv_timer_start(&l->timer, on_timer, (uint64_t)ms, 0);
-    else
-        uv_timer_stop(&l->timer);
+    if (MHD_get_timeout(l->d, &ms) != MHD_YES || ms > BACKSTOP_MS)
+        ms = BACKSTOP_MS;
+    uv_timer_start(&l->timer, on_timer, (uint64_t)ms, 0);
 }
 
 static void on_poll(uv_poll_t *p, int status, int events)

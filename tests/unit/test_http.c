@@ -399,6 +399,47 @@ static void test_limits(void **state)
     assert_in_range(hs.extra[2], 500, 4000);
 }
 
+/* More clients than the connection limit, all gone: the next request is served at once. */
+static void client_flood(struct harness *hs)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(ar_http_port(hs->h))};
+    sa.sin_addr.s_addr = htonl(0x7f000001);
+    CURL *e = curl_easy_init();
+    char u[256];
+    url(hs, "/status", u, sizeof(u));
+    for (int round = 0; round < 8; round++) {
+        int fds[12];
+        for (int i = 0; i < 12; i++) {
+            fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+            connect(fds[i], (struct sockaddr *)&sa, sizeof(sa));
+        }
+        usleep(100 * 1000);
+        for (int i = 0; i < 12; i++)
+            close(fds[i]);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        req(e, u, "GET", NULL, &hs->r[round]);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        hs->extra[round] =
+            (int)((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000);
+    }
+    curl_easy_cleanup(e);
+}
+
+static void test_conn_limit_recovers(void **state)
+{
+    static struct harness hs;
+    memset(&hs, 0, sizeof(hs));
+    struct ar_http_opts o = {.host = "127.0.0.1", .conn_limit = 4};
+    run_harness(&hs, &o, client_flood);
+    for (int round = 0; round < 8; round++) {
+        assert_int_equal(hs.r[round].curl_rc, CURLE_OK);
+        assert_int_equal(hs.r[round].code, 200);
+        /* well under the 1 s backstop tick: the double MHD_run resumed accepting */
+        assert_in_range(hs.extra[round], 0, 500);
+    }
+}
+
 /* ---- response buffer ------------------------------------------------------------------- */
 
 static void test_resp_buffer(void **state)
@@ -423,6 +464,7 @@ int main(void)
         cmocka_unit_test(test_resp_buffer), cmocka_unit_test(test_tcp_routes),
         cmocka_unit_test(test_unix_socket), cmocka_unit_test(test_unix_refuses),
         cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_conn_limit_recovers),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();
