@@ -97,8 +97,10 @@ static int target_from_settings(const char *file, bool explicit_file, struct tar
                 goto out;
             }
             /* Typically: agent.yaml is 0600 root and this is an operator's shell. */
-            snprintf(note, sizeof(note), "; %s unreadable (%s), built-in default used", file,
-                     strerror(-rc == EINVAL ? EINVAL : -rc));
+            if (rc == -EINVAL)
+                snprintf(note, sizeof(note), " (built-in default; %s has errors)", file);
+            else
+                snprintf(note, sizeof(note), " (built-in default; %s: %s)", file, strerror(-rc));
             ar_settings_free(&s);
             ar_settings_init(&s);
         } else {
