@@ -40,12 +40,23 @@ static uv_loop_t loop;
 static struct ar_http *srv;
 static char sock_path[108];
 
+static char sock_dir[32];
+
+static void teardown(void)
+{
+    ar_http_close(srv); /* removes the socket file */
+    srv = NULL;
+    uv_run(&loop, UV_RUN_NOWAIT);
+    rmdir(sock_dir);
+}
+
 static int setup(void)
 {
-    char dir[] = "/tmp/fuzz_http.XXXXXX";
-    if (!mkdtemp(dir))
+    snprintf(sock_dir, sizeof(sock_dir), "/tmp/fuzz_http.XXXXXX");
+    if (!mkdtemp(sock_dir))
         return -errno;
-    snprintf(sock_path, sizeof(sock_path), "%s/s", dir);
+    atexit(teardown);
+    snprintf(sock_path, sizeof(sock_path), "%s/s", sock_dir);
     uv_loop_init(&loop);
     struct ar_http_opts o = {.unix_path = sock_path, .timeout_s = 1};
     char err[256];

@@ -24,7 +24,11 @@ cleanup() {
     [ $rc -eq 0 ] && echo "demo: done; everything it started is stopped and $DIR removed."
     exit $rc
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap "exit 130" INT
+trap "exit 143" TERM
+trap "exit 129" HUP
+trap "exit 141" PIPE
 
 freeport() {
     /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
