@@ -56,6 +56,7 @@ BENCH_BIN := $(BENCH_SRC:bench/%.c=$(REL)/bench/%)
 .PHONY: all deps check check-inner unit-security unit unit-rel unit-asan fuzz fuzz-check fuzz-build bench \
         demo integration install clean format lint-style
 .DEFAULT_GOAL := all
+.SECONDARY:
 
 all: atrest
 
