@@ -1025,7 +1025,8 @@ static void print_diags(const struct ar_diags *d, bool to_log)
 }
 
 /* Build settings from the file (if any) and flags, then check them. 0 or -EINVAL. */
-static int settings_build(struct agent *a, struct ar_settings *s, struct ar_diags *d)
+static int settings_build(struct agent *a, struct ar_settings *s, struct ar_diags *d,
+                          unsigned check_flags)
 {
     struct stat st;
     int r = ar_settings_init(s);
@@ -1040,7 +1041,7 @@ static int settings_build(struct agent *a, struct ar_settings *s, struct ar_diag
     r = ar_settings_apply_flags(s, a->argc, a->argv, d);
     if (r < 0)
         return r;
-    return ar_settings_check(s, d);
+    return ar_settings_check(s, d, check_flags);
 }
 
 static bool str_eq(const char *x, const char *y)
@@ -1066,7 +1067,7 @@ static void reload_all(struct agent *a)
     a->st.sighup_reloads++;
     log_info("reload: SIGHUP: re-reading settings and the desired file");
     ar_diags_init(&d);
-    r = settings_build(a, &ns, &d);
+    r = settings_build(a, &ns, &d, 0);
     print_diags(&d, true);
     if (r < 0) {
         char line[1024] = "invalid settings";
@@ -1287,7 +1288,7 @@ int ar_cmd_agent(int argc, char **argv)
         return 0;
     }
     ar_diags_init(&d);
-    r = settings_build(a, &a->set, &d);
+    r = settings_build(a, &a->set, &d, check ? AR_CHECK_DESIRED : 0);
     if (check) {
         print_diags(&d, false);
         if (r < 0)

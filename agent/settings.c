@@ -848,7 +848,7 @@ static int parent_dir(const char *p, char *out, size_t len)
     return 0;
 }
 
-int ar_settings_check(struct ar_settings *s, struct ar_diags *d)
+int ar_settings_check(struct ar_settings *s, struct ar_diags *d, unsigned flags)
 {
     char dir[PATH_MAX];
     int r = 0;
@@ -863,7 +863,7 @@ int ar_settings_check(struct ar_settings *s, struct ar_diags *d)
                                    "EncryptionConfiguration file");
     } else if (s->desired_path[0] != '/') {
         CHECK_ERR(O(desired_path), "must be an absolute path, not \"%s\"", s->desired_path);
-    } else {
+    } else if (flags & AR_CHECK_DESIRED) {
         struct ar_config *cfg = NULL;
         struct ar_diags cd;
         struct ar_load_opts lo = {.reload = true, .kmsv1_allowed = false, .max_bytes = 0};

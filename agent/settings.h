@@ -129,8 +129,11 @@ int ar_settings_load_file(struct ar_settings *s, const char *path, struct ar_dia
 int ar_settings_apply_flags(struct ar_settings *s, int argc, char **argv, struct ar_diags *diags);
 
 /* Whole-settings validation and the files they name. Also resolves owner/group and the status
- * address. 0 or -EINVAL (diags hold every problem). */
-int ar_settings_check(struct ar_settings *s, struct ar_diags *diags);
+ * address. With AR_CHECK_DESIRED the desired config must also load and validate (`--check`);
+ * the running daemon leaves that to its own reload path, which reports an invalid desired file
+ * and keeps the last valid config in force. 0 or -EINVAL (diags hold every problem). */
+#define AR_CHECK_DESIRED 1u
+int ar_settings_check(struct ar_settings *s, struct ar_diags *diags, unsigned flags);
 
 /* Split "host:port" / "[v6]:port" into a numeric host and a port; 0 or -EINVAL. */
 int ar_parse_listen(const char *s, char *host, size_t hostlen, uint16_t *port);

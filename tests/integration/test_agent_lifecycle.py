@@ -157,20 +157,49 @@ def test_status_command_default_address():
         "/etc/atrest/agent.yaml not found): "), p.stderr
 
 
-def test_start_with_bad_desired_refuses(make_agent, keys):
-    """An invalid desired file at start: the agent refuses to start (exit 1) naming file:line
-    and field, and leaves an existing effective file alone."""
+BAD_DESIRED = ("apiVersion: apiserver.config.k8s.io/v1\n"
+               "kind: EncryptionConfiguration\nresources: []\n")
+BAD_LINE = "desired.yaml:3:12: resources: Required value: at least one resources is required"
+
+
+def test_start_with_bad_desired_keeps_effective(make_agent, keys):
+    """An invalid desired file at start (say, after a reboot): the agent starts anyway, keeps
+    the effective file kube-apiserver already runs, and says why in its log, /status and
+    /metrics. `atrest agent --check` (the unit's ExecStartPre) refuses the same file."""
     a = make_agent()
-    a.desired.write_text("apiVersion: apiserver.config.k8s.io/v1\n"
-                         "kind: EncryptionConfiguration\nresources: []\n")
+    previous = good(keys)
+    a.effective.write_text(previous)
+    a.desired.write_text(BAD_DESIRED)
+    a.start()                               # ready: a valid effective config is in force
+    doc = a.status()
+    assert doc["desired"]["valid"] is False
+    assert BAD_LINE in doc["desired"]["error"], doc["desired"]
+    assert doc["last_reload"]["result"] == "invalid"
+    assert BAD_LINE in a.log()
+    assert a.metric("atrest_desired_config_invalid") == 1.0
+    assert a.effective.read_text() == previous
+    p = run_cli(a.args()[1:] + ["--check"])
+    assert p.returncode == 1
+    assert BAD_LINE.encode() in p.stderr, p.stderr
+    assert a.stop() == 0, a.log()
+
+
+def test_start_with_nothing_valid_is_not_ready(make_agent, keys):
+    """Neither the desired nor the effective file is valid: the agent runs and reports, is not
+    ready, and touches neither file."""
+    a = make_agent()
     a.effective.write_text("previous: content\n")
+    a.desired.write_text(BAD_DESIRED)
     a.start(wait_ready=False)
-    rc = a.proc.wait(10)
-    assert rc == 1, a.log()
-    assert "desired.yaml:3:12: resources: Required value: at least one resources is required" \
-        in a.log(), a.log()
+    wait_for(lambda: a.get("/readyz")[0] == 503, 15, "/readyz 503")
+    assert a.alive(), a.log()
+    assert BAD_LINE in a.status()["desired"]["error"]
     assert a.effective.read_text() == "previous: content\n"
-    assert not os.path.exists(a.sock)
+    # a valid desired file arrives: applied, ready
+    a.desired.write_text(good(keys))
+    a.wait_ready()
+    assert a.status()["desired"]["valid"] is True
+    assert a.stop() == 0, a.log()
 
 
 def test_connection_flood_recovers(make_agent, keys):

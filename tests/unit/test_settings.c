@@ -248,7 +248,7 @@ static int check_yaml(const char *yaml, char *lines, size_t len)
     assert_int_equal(ar_settings_init(&s), 0);
     int r = ar_settings_load_file(&s, p, &d);
     if (r == 0)
-        r = ar_settings_check(&s, &d);
+        r = ar_settings_check(&s, &d, AR_CHECK_DESIRED);
     size_t o = 0;
     lines[0] = 0;
     for (size_t i = 0; i < d.n && o < len; i++) {
