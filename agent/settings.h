@@ -37,7 +37,7 @@
  *     mode: canary                    # canary | metrics | restart
  *     reloadCommand: systemctl restart kube-apiserver
  *   status:
- *     listen: 127.0.0.1:9464          # "" disables TCP
+ *     listen: 127.0.0.1:9798          # "" disables TCP
  *     socket: /run/atrest/status.sock # optional
  *     allowNonLoopback: false
  *   debounceMs: 300
