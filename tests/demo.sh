@@ -99,6 +99,16 @@ reloads() {
     curl -s "http://127.0.0.1:$SPORT/metrics" | grep "^atrest_config_reloads_total{status=\"$1\"}" | awk '{print $2}'
 }
 metric_is() { [ "$(reloads "$1")" = "$2" ]; }
+# The member list in /status is refreshed shortly after each change under alive/: wait until it
+# shows this node's current effective fingerprint, so what we print is consistent.
+members_caught_up() {
+    "$ATREST" status --addr "127.0.0.1:$SPORT" --json 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+fp = (d.get("effective") or {}).get("fingerprint")
+ms = d.get("members") or []
+sys.exit(0 if fp and ms and all(m.get("effective_fingerprint") == fp for m in ms) else 1)'
+}
 
 step "1. push a valid desired config (aescbc key1, then identity) and start the agent"
 config key1 "$KEY1" | push
@@ -107,6 +117,7 @@ config key1 "$KEY1" | push
     --etcd-servers "http://127.0.0.1:$CPORT" --debounce-ms 100 > "$DIR/agent.log" 2>&1 &
 AGENT_PID=$!
 wait_until 20 "the agent to be ready" curl -sf "http://127.0.0.1:$SPORT/readyz"
+wait_until 20 "the member list" members_caught_up
 look
 
 step "2. push a BAD desired config (key2 is 20 bytes): the effective file must not change"
@@ -118,6 +129,7 @@ look
 step "3. push a new valid desired config (key2 first to write, key1 kept to read)"
 config key2 "$KEY2" key1 "$KEY1" | push
 wait_until 20 "the second reload" metric_is success 2
+wait_until 20 "the member list" members_caught_up
 look
 
 step "4. stop the agent (SIGTERM) and etcd"
