@@ -93,11 +93,13 @@ int ar_cmd_lint(int argc, char **argv)
             if (diags.n == 0)
                 printf("%s:0:0: : %s\n", argv[i], strerror(-r));
         } else if (!quiet) {
-            char fp[AR_HASH_STRLEN];
+            char fp[AR_HASH_STRLEN], fh[AR_HASH_STRLEN];
 
+            /* the file hash is what kube-apiserver 1.34+ exports in last_config_info{hash} */
             ar_config_fingerprint_str(cfg, fp);
-            fprintf(stderr, "%s: valid (%zu rule%s, fingerprint %.*s)\n", argv[i], cfg->nrules,
-                    cfg->nrules == 1 ? "" : "s", 19, fp);
+            ar_config_file_hash_str(cfg, fh);
+            fprintf(stderr, "%s: valid (%zu rule%s, file %s, fingerprint %.*s)\n", argv[i],
+                    cfg->nrules, cfg->nrules == 1 ? "" : "s", fh, 19, fp);
         }
         ar_config_unref(cfg);
         ar_diags_free(&diags);

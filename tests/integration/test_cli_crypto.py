@@ -259,6 +259,15 @@ def test_lint_reports_every_error_with_position(tmp_path):
     assert "c2hvcnQ" not in out and "not*base64" not in out and "REDACTED" in out
 
 
+def test_lint_prints_kube_apiserver_hash():
+    f = DATA / "k8s-encryptionconfig-testdata" / "ec_config.yaml"
+    p = run(["lint", "--kmsv1", str(f)], check=0)
+    # the value kube-apiserver's reload controller test expects for this file
+    assert ("file sha256:6bc9f4aa2e5587afbb96074e1809550cbc4de3cc3a35717dac8ff2800a147fd3"
+            .encode()) in p.stderr, p.stderr
+    assert b"warning" not in p.stderr
+
+
 def test_lint_missing_file_and_usage(tmp_path):
     p = run(["lint", str(tmp_path / "nope.yaml")], check=1)
     assert str(tmp_path / "nope.yaml").encode() in p.stdout
