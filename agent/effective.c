@@ -150,6 +150,13 @@ int ar_config_read_checked(const char *path, size_t max_bytes, struct ar_config 
     return r;
 }
 
+int ar_file_read_locked(const char *path, size_t max_bytes, char **buf, size_t *len)
+{
+    size_t alloc;
+
+    return read_locked(path, max_bytes ? max_bytes : AR_DESIRED_MAX_BYTES, buf, len, &alloc, NULL);
+}
+
 int ar_file_sha256(const char *path, size_t max_bytes, uint8_t out[AR_SHA256_LEN])
 {
     char *buf;
@@ -226,8 +233,9 @@ static int name_cmp(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* Keep the newest `keep` history files. */
-static void prune_history(const char *hdir, unsigned keep)
+/* Keep the newest `keep` history files (by name, i.e. by the time in it) and always `saved`,
+ * the copy just written, even when a clock set back makes it sort as the oldest. */
+static void prune_history(const char *hdir, const char *saved, unsigned keep)
 {
     DIR *dp = opendir(hdir);
     char **names = NULL;
@@ -255,10 +263,12 @@ static void prune_history(const char *hdir, unsigned keep)
     closedir(dp);
     if (n)
         qsort(names, n, sizeof(*names), name_cmp);
-    for (size_t i = 0; i + keep < n; i++) {
+    for (size_t i = 0, left = n; i < n && left > keep; i++) {
         char p[PATH_MAX];
-        if (snprintf(p, sizeof(p), "%s/%s", hdir, names[i]) < (int)sizeof(p))
-            unlink(p);
+        if (!strcmp(names[i], saved))
+            continue;
+        if (snprintf(p, sizeof(p), "%s/%s", hdir, names[i]) < (int)sizeof(p) && unlink(p) == 0)
+            left--;
     }
     for (size_t i = 0; i < n; i++)
         free(names[i]);
@@ -270,6 +280,8 @@ static int save_history(const struct ar_effective_opts *o, const char *old, size
                         char *err, size_t errlen)
 {
     char hdir[PATH_MAX], p[PATH_MAX], tbuf[32], fp[AR_HASH_STRLEN];
+    const char *name;
+    int n;
     struct ar_load_opts lo = {.reload = true};
     struct ar_config *c = NULL;
     struct ar_diags d;
@@ -307,8 +319,12 @@ static int save_history(const struct ar_effective_opts *o, const char *old, size
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     strftime(tbuf, sizeof(tbuf), "%Y%m%dT%H%M%S", &tm);
-    if (snprintf(p, sizeof(p), "%s/effective-%s.%06ldZ-%.16s.yaml", hdir, tbuf,
-                 ts.tv_nsec / 1000, fp + 7) >= (int)sizeof(p))
+    n = snprintf(p, sizeof(p), "%s/", hdir);
+    if (n < 0 || (size_t)n >= sizeof(p))
+        return -ENAMETOOLONG;
+    name = p + n;
+    if (snprintf(p + n, sizeof(p) - (size_t)n, "effective-%s.%06ldZ-%.16s.yaml", tbuf,
+                 ts.tv_nsec / 1000, fp + 7) >= (int)sizeof(p) - n)
         return -ENAMETOOLONG;
     fd = open(p, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
@@ -327,7 +343,7 @@ static int save_history(const struct ar_effective_opts *o, const char *old, size
         snprintf(err, errlen, "cannot save history %s: %s", p, strerror(-r));
         return r;
     }
-    prune_history(hdir, o->history);
+    prune_history(hdir, name, o->history);
     return 0;
 }
 

@@ -13,9 +13,9 @@
  *   back and compares the fingerprint (never writes what does not round-trip), skips the write
  *   when the file already holds exactly these bytes, saves the replaced version in
  *   <state_dir>/history (mode 0600, named effective-<UTC time>-<fingerprint prefix>.yaml,
- *   pruned to the newest `history` files), then writes a temp file in the file's directory
- *   (O_CREAT|O_EXCL, 0600, fchown to the configured owner), fsyncs, renames over the file and
- *   fsyncs the directory. Every buffer that held key text is wiped. On failure the effective
+ *   pruned to the newest `history` files but never the copy just saved), then writes a temp
+ *   file in the file's directory (O_CREAT|O_EXCL, 0600, fchown to the configured owner),
+ *   fsyncs, renames over the file and fsyncs the directory. Every buffer that held key text is wiped. On failure the effective
  *   file is untouched and no temp file is left.
  * - Errors: 0 or negative errno; err gets one line for the log and the status (no key material).
  */
@@ -41,6 +41,12 @@ int ar_config_read_checked(const char *path, size_t max_bytes, struct ar_config 
 /* SHA-256 of a file's bytes with the same checks and errors as ar_config_read_checked (no
  * diagnostics). 0 or negative errno. */
 int ar_file_sha256(const char *path, size_t max_bytes, uint8_t out[AR_SHA256_LEN]);
+
+/* A whole regular file (at most max_bytes; 0: AR_DESIRED_MAX_BYTES) read straight into
+ * sodium_malloc'd memory, NUL-terminated, for secrets such as a password or token file: no
+ * stdio buffer or other heap copy is left behind. The caller releases *buf with sodium_free()
+ * (which wipes it). 0 or the errors of ar_file_sha256. */
+int ar_file_read_locked(const char *path, size_t max_bytes, char **buf, size_t *len);
 
 struct ar_effective_opts {
     const char *path;       /* the effective file */

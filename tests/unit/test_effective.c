@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -227,6 +229,117 @@ static void test_history_pruned(void **state)
     assert_int_equal(st.st_mode & 07777, 0700);
 }
 
+/* A history file dated in the future (a clock set back since it was written) must not make the
+ * prune remove the copy just saved: history 1 keeps the replaced version, not the stray one. */
+static void test_history_keeps_saved_copy_when_clock_went_back(void **state)
+{
+    struct fx *f = *state;
+    char desired[PATH_MAX], err[512], hdir[PATH_MAX], future[PATH_MAX + 64];
+    struct ar_effective_opts o = {.path = f->eff, .state_dir = f->state, .history = 1};
+    struct ar_config *c;
+    size_t alen, hl;
+    char *a, *h;
+
+    snprintf(desired, sizeof(desired), "%s/desired.yaml", f->dir);
+    assert_int_equal(ar_effective_history_dir(f->state, hdir, sizeof(hdir)), 0);
+    assert_int_equal(mkdir(f->state, 0700), 0);
+    assert_int_equal(mkdir(hdir, 0700), 0);
+    snprintf(future, sizeof(future), "%s/effective-29990101T000000.000000Z-0123456789abcdef.yaml",
+             hdir);
+    write_file(future, "old\n", 4);
+
+    write_desired(desired, "first");
+    c = load(desired);
+    assert_int_equal(ar_effective_write(&o, c, err, sizeof(err)), 1);
+    ar_config_unref(c);
+    a = slurp(f->eff, &alen);
+    write_desired(desired, "second");
+    c = load(desired);
+    assert_int_equal(ar_effective_write(&o, c, err, sizeof(err)), 1);
+    ar_config_unref(c);
+
+    assert_int_equal(count_entries(hdir, "effective-"), 1);
+    assert_int_equal(access(future, F_OK), -1);
+    DIR *dp = opendir(hdir);
+    struct dirent *de;
+    char p[PATH_MAX + NAME_MAX + 2] = "";
+    while ((de = readdir(dp)))
+        if (!strncmp(de->d_name, "effective-", 10))
+            snprintf(p, sizeof(p), "%s/%s", hdir, de->d_name);
+    closedir(dp);
+    h = slurp(p, &hl);
+    assert_int_equal(hl, alen);
+    assert_memory_equal(h, a, alen);
+    sodium_memzero(a, alen);
+    sodium_memzero(h, hl);
+    free(a);
+    free(h);
+}
+
+/* A write that fails half-way (here EFBIG from RLIMIT_FSIZE, standing in for ENOSPC): the error
+ * is reported, the old file is intact and no temp file is left. */
+static void test_write_error_keeps_old_file(void **state)
+{
+    struct fx *f = *state;
+    char desired[PATH_MAX], err[512], edir[PATH_MAX];
+    struct ar_effective_opts o = {.path = f->eff};
+    struct rlimit old, lim;
+    struct ar_config *c;
+    size_t alen, blen;
+    char *a, *b;
+
+    snprintf(desired, sizeof(desired), "%s/desired.yaml", f->dir);
+    snprintf(edir, sizeof(edir), "%s/enc", f->dir);
+    write_desired(desired, "first");
+    c = load(desired);
+    assert_int_equal(ar_effective_write(&o, c, err, sizeof(err)), 1);
+    ar_config_unref(c);
+    a = slurp(f->eff, &alen);
+
+    write_desired(desired, "second");
+    c = load(desired);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    lim = old;
+    lim.rlim_cur = 64;
+    signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    int r = ar_effective_write(&o, c, err, sizeof(err));
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, SIG_DFL);
+    ar_config_unref(c);
+    assert_int_equal(r, -EFBIG);
+    assert_non_null(strstr(err, "cannot write"));
+    assert_non_null(strstr(err, "File too large"));
+    b = slurp(f->eff, &blen);
+    assert_int_equal(blen, alen);
+    assert_memory_equal(b, a, alen);
+    assert_int_equal(count_entries(edir, ""), 1);
+    sodium_memzero(a, alen);
+    sodium_memzero(b, blen);
+    free(a);
+    free(b);
+}
+
+static void test_read_locked(void **state)
+{
+    struct fx *f = *state;
+    char p[PATH_MAX];
+    char *buf = NULL;
+    size_t len = 0;
+
+    snprintf(p, sizeof(p), "%s/password", f->dir);
+    write_file(p, "s3cret\n", 7);
+    assert_int_equal(ar_file_read_locked(p, 4096, &buf, &len), 0);
+    assert_int_equal(len, 7);
+    assert_string_equal(buf, "s3cret\n");
+    sodium_free(buf);
+    assert_int_equal(ar_file_read_locked(p, 6, &buf, &len), -EFBIG);
+    assert_null(buf);
+    write_file(p, "", 0);
+    assert_int_equal(ar_file_read_locked(p, 4096, &buf, &len), -ENODATA);
+    assert_int_equal(ar_file_read_locked(f->dir, 4096, &buf, &len), -EISDIR);
+}
+
 static void test_write_fails_cleanly(void **state)
 {
     struct fx *f = *state;
@@ -338,6 +451,10 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_write_content_mode_and_skip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_history_pruned, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_history_keeps_saved_copy_when_clock_went_back, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_write_error_keeps_old_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_locked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_fails_cleanly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cleanup_temps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_read_errors, setup, teardown),
