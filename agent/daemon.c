@@ -40,6 +40,8 @@
 #define ETCD_GRACE_MS       (5 * 60 * 1000) /* watchdog: etcd may be unreachable this long */
 #define MAX_LOGGED_DIAGS    10
 #define COORD_TICK_MS       5000
+#define RETRY_MIN_MS        1000  /* a valid desired config that could not be applied ... */
+#define RETRY_MAX_MS        60000 /* ... is tried again after 1, 2, 4 ... 60 s */
 
 struct agent;
 
@@ -79,6 +81,8 @@ struct agent {
     uv_timer_t heartbeat;
     uv_timer_t watchdog;
     uint64_t watchdog_usec;
+    uv_timer_t retry;           /* re-applies the desired config after AR_RELOAD_FAILED */
+    unsigned retry_ms;          /* the current backoff (0: no retry pending) */
 
     bool have_desired_sha;
     uint8_t desired_sha[AR_SHA256_LEN];
@@ -207,8 +211,32 @@ static enum ar_reload_result apply_desired(struct agent *a, struct ar_config *de
     return w == 1 ? AR_RELOAD_APPLIED : AR_RELOAD_UNCHANGED;
 }
 
+static void reload_desired(struct agent *a, bool force, const char *why);
+
+static void on_retry(uv_timer_t *t)
+{
+    reload_desired(t->data, true, "retry");
+}
+
+/* The watch calls back only when the desired file changes, so a valid config that could not be
+ * applied (ENOSPC, the effective file's directory missing, ...) is tried again with backoff
+ * until it is applied or replaced. */
+static void retry_after(struct agent *a, enum ar_reload_result res)
+{
+    if (res != AR_RELOAD_FAILED || a->stopping) {
+        a->retry_ms = 0;
+        uv_timer_stop(&a->retry);
+        return;
+    }
+    a->retry_ms = a->retry_ms ? a->retry_ms * 2 : RETRY_MIN_MS;
+    if (a->retry_ms > RETRY_MAX_MS)
+        a->retry_ms = RETRY_MAX_MS;
+    log_info("effective: trying again in %u s", a->retry_ms / 1000);
+    uv_timer_start(&a->retry, on_retry, a->retry_ms, 0);
+}
+
 /* Read the desired file; when it is new and valid, apply it. force: re-apply even when the
- * bytes did not change (SIGHUP, startup). */
+ * bytes did not change (SIGHUP, startup, retry). */
 static void reload_desired(struct agent *a, bool force, const char *why)
 {
     struct ar_config *cfg = NULL;
@@ -259,6 +287,7 @@ static void reload_desired(struct agent *a, bool force, const char *why)
         ar_metrics_desired(a->metrics, have ? hash : NULL, true);
         ar_diag_format(&d.v[0], err, sizeof(err));
         set_reload(a, AR_RELOAD_INVALID, err);
+        retry_after(a, AR_RELOAD_INVALID);
         goto out;
     }
     for (size_t i = 0; i < d.n; i++) {
@@ -280,6 +309,7 @@ static void reload_desired(struct agent *a, bool force, const char *why)
     }
     res = apply_desired(a, cfg, err, sizeof(err));
     set_reload(a, res, res == AR_RELOAD_FAILED ? err : NULL);
+    retry_after(a, res);
 out:
     ar_config_unref(cfg);
     ar_diags_free(&d);
@@ -707,33 +737,17 @@ static void coord_tick(uv_timer_t *t)
         etcd_failed(co->a, "listing members", r, NULL);
 }
 
+/* A password file, read straight into locked memory (no stdio buffer), trailing newlines cut.
+ * The caller sodium_free()s *out. */
 static int read_secret_file(const char *path, char **out)
 {
-    char *b = NULL;
-    size_t n = 0;
-    int r = 0;
-    FILE *f = fopen(path, "re");
+    size_t n;
+    int r = ar_file_read_locked(path, 4096, out, &n);
 
-    *out = NULL;
-    if (!f)
-        return -errno;
-    b = sodium_malloc(4096);
-    if (!b) {
-        fclose(f);
-        return -ENOMEM;
-    }
-    n = fread(b, 1, 4095, f);
-    if (ferror(f))
-        r = -EIO;
-    fclose(f);
-    while (n && (b[n - 1] == '\n' || b[n - 1] == '\r'))
-        n--;
-    b[n] = '\0';
-    if (r < 0) {
-        sodium_free(b);
+    if (r < 0)
         return r;
-    }
-    *out = b;
+    while (n && ((*out)[n - 1] == '\n' || (*out)[n - 1] == '\r'))
+        (*out)[--n] = '\0';
     return 0;
 }
 
@@ -794,10 +808,7 @@ static int coord_start(struct agent *a)
              a->set.coord_prefix);
     r = 0;
 out:
-    if (password) {
-        sodium_memzero(password, 4096);
-        sodium_free(password);
-    }
+    sodium_free(password); /* wipes */
     return r;
 }
 
@@ -1078,9 +1089,10 @@ static void reload_all(struct agent *a)
             }
         log_err("reload: the settings are invalid; keeping the running ones");
         ar_settings_free(&ns);
-        set_reload(a, AR_RELOAD_INVALID, line);
         ar_diags_free(&d);
         reload_desired(a, true, "SIGHUP");
+        /* after the desired file: its result must not hide the rejected settings */
+        set_reload(a, AR_RELOAD_INVALID, line);
         ar_notify_ready(NULL);
         publish_status(a);
         return;
@@ -1182,6 +1194,7 @@ static void close_all(struct agent *a)
         uv_close((uv_handle_t *)&a->sig_int, NULL);
         uv_close((uv_handle_t *)&a->heartbeat, NULL);
         uv_close((uv_handle_t *)&a->watchdog, NULL);
+        uv_close((uv_handle_t *)&a->retry, NULL);
     }
 }
 
@@ -1222,8 +1235,9 @@ static int agent_init_loop(struct agent *a)
     uv_signal_init(&a->loop, &a->sig_int);
     uv_timer_init(&a->loop, &a->heartbeat);
     uv_timer_init(&a->loop, &a->watchdog);
+    uv_timer_init(&a->loop, &a->retry);
     a->sig_hup.data = a->sig_term.data = a->sig_int.data = a;
-    a->heartbeat.data = a->watchdog.data = a;
+    a->heartbeat.data = a->watchdog.data = a->retry.data = a;
     uv_signal_start(&a->sig_hup, on_signal, SIGHUP);
     uv_signal_start(&a->sig_term, on_signal, SIGTERM);
     uv_signal_start(&a->sig_int, on_signal, SIGINT);

@@ -68,3 +68,17 @@ def test_etcd_down_and_back(make_agent, make_etcd, keys):
     e.stop()
     wait_for(lambda: etcd_state(a) == "unreachable", 2 * TICK + 10, "etcd lost")
     assert a.stop(signal.SIGTERM) == 0    # a clean exit even with etcd gone
+
+
+def test_password_file_too_large(make_agent, keys):
+    """A password file beyond 4 KiB is refused at start with the reason, not cut short (a cut
+    password fails later as a confusing authentication error)."""
+    a = make_agent()
+    pwfile = a.tmp / "etcd-password"
+    pwfile.write_text("p" * 5000 + "\n")
+    a.extra += ["--etcd-servers", "http://127.0.0.1:9", "--etcd-user", "atrest",
+                "--etcd-password-file", str(pwfile)]
+    a.desired.write_text(cfg(keys))
+    a.start(wait_ready=False)
+    assert a.proc.wait(15) == 1
+    assert "etcd: cannot read the password file %s: File too large" % pwfile in a.log(), a.log()

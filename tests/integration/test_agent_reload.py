@@ -431,3 +431,60 @@ def test_effective_never_partial(make_agent, keys):
         p = a.tmp / ("snapshot-%d.yaml" % i)
         p.write_bytes(data)
         lint_fp(p)          # every version a reader could see loads and validates
+
+
+# ---- failures that pass ------------------------------------------------------------------------
+
+def test_write_retried_until_it_succeeds(make_agent, keys):
+    """The effective file's directory goes away (the settings check refuses that at start):
+    the write of a new desired config fails and is reported, and it is tried again on its own,
+    without any further change to the desired file, until the directory is back."""
+    a = make_agent()
+    write_rename(a.desired, valid_cfg(keys))
+    a.start()
+    st0 = wait_for(lambda: (lambda s: s if fp_effective(s) else None)(a.status()), 10, "start")
+    shutil.rmtree(a.effective.parent)
+    write_rename(a.desired, valid_cfg(keys, 2))
+    st = wait_for(lambda: (lambda s: s if s["last_reload"]["result"] == "failed" else None)(
+        a.status()), 10, "the failed write")
+    assert "No such file or directory" in st["last_reload"]["error"], st["last_reload"]
+    assert fp_effective(st) == fp_effective(st0)
+    time.sleep(1.5)
+    a.effective.parent.mkdir()
+    st = wait_for(lambda: (lambda s: s if fp_effective(s) != fp_effective(st0) else None)(
+        a.status()), 10, "the write retried")
+    assert fp_effective(st) == fp_desired(st)
+    assert st["last_reload"]["result"] == "applied", st["last_reload"]
+    assert_effective_ok(a, fp_effective(st))
+    assert "trying again in 1 s" in a.log() and "trying again in 2 s" in a.log()
+    assert a.stop() == 0
+
+
+def test_sighup_with_invalid_settings(make_agent, keys):
+    """SIGHUP with a broken settings file: the running settings stay, and /status says the
+    reload was refused (the desired file's unchanged result does not hide it)."""
+    a = make_agent()
+    cfg = a.tmp / "agent.yaml"
+    cfg.write_text("logLevel: debug\n")
+    a.extra += ["--config", str(cfg)]
+    write_rename(a.desired, valid_cfg(keys))
+    a.start()
+    st0 = wait_for(lambda: (lambda s: s if fp_effective(s) else None)(a.status()), 10, "start")
+    f0 = failures(a)
+    cfg.write_text("logLevel: loud\n")
+    a.send_signal(signal.SIGHUP)
+    st = wait_for(lambda: (lambda s: s if s["last_reload"]["result"] == "invalid" else None)(
+        a.status()), 10, "the refused reload in /status")
+    assert "logLevel" in st["last_reload"]["error"], st["last_reload"]
+    assert failures(a) == f0 + 1
+    assert fp_effective(st) == fp_effective(st0)
+    assert "keeping the running ones" in a.log()
+    # fixed settings: the next SIGHUP clears it
+    cfg.write_text("logLevel: info\n")
+    t0 = st["last_reload"]["time"]
+    a.send_signal(signal.SIGHUP)
+    st = wait_for(lambda: (lambda s: s if s["last_reload"]["time"] != t0 else None)(a.status()),
+                  10, "second SIGHUP")
+    assert st["last_reload"]["result"] == "unchanged", st["last_reload"]
+    assert st["last_reload"]["error"] is None
+    assert a.stop() == 0
