@@ -16,6 +16,7 @@ struct ar_watch {
     char *path;
     char *dir;
     char *base;
+    const char *dirbase;    /* the directory's own name, as its self events report it */
     unsigned debounce_ms;
     unsigned poll_ms;
     ar_watch_cb cb;
@@ -41,7 +42,7 @@ struct ar_watch {
 };
 
 static void look(struct ar_watch *w, bool notify);
-static void rearm_check(struct ar_watch *w);
+static void rearm_check(struct ar_watch *w, bool force);
 static void on_debounce(uv_timer_t *t);
 
 static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int status)
@@ -53,12 +54,14 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int 
         return;
     if (status < 0) {
         log_warn("watch: %s: %s; re-arming", w->dir, uv_strerror(status));
-        rearm_check(w);
+        rearm_check(w, true);
         return;
     }
     if (filename && strcmp(filename, w->base) && strcmp(filename, "..data")) {
-        /* the directory itself (deleted or moved) is reported under its own name */
-        rearm_check(w);
+        /* The directory itself (deleted, moved: its watch is dead) is reported under its own
+         * name. One made again at once may carry the same inode number, so a watch is
+         * renewed then even when stat shows no difference. */
+        rearm_check(w, (events & UV_RENAME) && !strcmp(filename, w->dirbase));
         return;
     }
     w->st.fs_events++;
@@ -70,7 +73,7 @@ static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int 
     if (now - w->burst_start < (uint64_t)w->debounce_ms * AR_WATCH_MAX_WAIT_FACTOR ||
         !uv_is_active((uv_handle_t *)&w->debounce))
         uv_timer_start(&w->debounce, on_debounce, w->debounce_ms, 0);
-    rearm_check(w);
+    rearm_check(w, false);
 }
 
 static void on_debounce(uv_timer_t *t)
@@ -83,7 +86,7 @@ static void on_debounce(uv_timer_t *t)
 static void on_poll(uv_timer_t *t)
 {
     struct ar_watch *w = t->data;
-    rearm_check(w);
+    rearm_check(w, false);
     look(w, true);
 }
 
@@ -91,7 +94,7 @@ static void on_rearm(uv_timer_t *t)
 {
     struct ar_watch *w = t->data;
     bool was = w->ev_active;
-    rearm_check(w);
+    rearm_check(w, false);
     if (!was && w->ev_active)
         look(w, true); /* the directory came back: the file may have changed */
 }
@@ -104,8 +107,9 @@ static void stop_ev(struct ar_watch *w)
     }
 }
 
-/* Make sure the directory watch is on the directory that is there now. */
-static void rearm_check(struct ar_watch *w)
+/* Make sure the directory watch is on the directory that is there now. force: renew it even
+ * when the directory looks the same. */
+static void rearm_check(struct ar_watch *w, bool force)
 {
     struct stat st;
     int r;
@@ -121,7 +125,7 @@ static void rearm_check(struct ar_watch *w)
             uv_timer_start(&w->rearm, on_rearm, REARM_MS, REARM_MS);
         return;
     }
-    if (w->ev_active && st.st_dev == w->dir_dev && st.st_ino == w->dir_ino)
+    if (w->ev_active && !force && st.st_dev == w->dir_dev && st.st_ino == w->dir_ino)
         return;
     if (w->ev_active)
         log_info("watch: directory %s was replaced; re-arming", w->dir);
@@ -135,8 +139,11 @@ static void rearm_check(struct ar_watch *w)
             uv_timer_start(&w->rearm, on_rearm, REARM_MS, REARM_MS);
         return;
     }
-    if (w->dir_ino || w->dir_dev)
+    if (w->dir_ino || w->dir_dev) {
+        /* what was written before this watch began sent no event to it: look soon */
         w->st.rearms++;
+        uv_timer_start(&w->debounce, on_debounce, w->debounce_ms, 0);
+    }
     w->ev_active = true;
     w->st.armed = true;
     w->dir_dev = st.st_dev;
@@ -222,7 +229,9 @@ int ar_watch_start(uv_loop_t *loop, const char *path, unsigned debounce_ms, unsi
     uv_timer_init(loop, &w->poll);
     uv_timer_init(loop, &w->rearm);
     w->ev.data = w->debounce.data = w->poll.data = w->rearm.data = w;
-    rearm_check(w);
+    w->dirbase = strrchr(w->dir, '/');
+    w->dirbase = w->dirbase && w->dirbase[1] ? w->dirbase + 1 : w->dir; /* "/" stays "/" */
+    rearm_check(w, false);
     look(w, false);
     uv_timer_start(&w->poll, on_poll, poll_ms, poll_ms);
     *out = w;
@@ -233,7 +242,7 @@ void ar_watch_poke(struct ar_watch *w)
 {
     if (!w || w->closed)
         return;
-    rearm_check(w);
+    rearm_check(w, false);
     look(w, true);
 }
 

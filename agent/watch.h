@@ -13,7 +13,10 @@
  *   happens in ar_watch_start and does not call back. A file seen changing while read is
  *   looked at again after another debounce interval.
  * - If the directory is removed or replaced, the watch is re-armed (checked on every event and
- *   poll, and every second while the directory is missing).
+ *   poll, and every second while the directory is missing; renewed on the directory's own
+ *   delete/move events even when a new directory got the same inode number), and the file is
+ *   looked at one debounce interval later (a write made before the new watch began sends it
+ *   no event).
  * - ar_watch_close closes every handle; the struct is freed in the last close callback, so run
  *   the loop afterwards.
  */
