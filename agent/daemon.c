@@ -1067,6 +1067,49 @@ static void point_state_at_settings(struct agent *a)
     a->st.effective_path = a->set.effective_path;
 }
 
+static void swap_str(char **x, char **y)
+{
+    char *t = *x;
+    *x = *y;
+    *y = t;
+}
+
+/* The etcd client, its registration and keys are set up once at start: a SIGHUP that changes
+ * the etcd settings keeps the running ones (swapped back into ns) until the next restart.
+ * Applying half of them (a new prefix read by the member list while the liveness key and the
+ * election stay under the old one) would mix two coordination trees. */
+static void keep_etcd_settings(struct ar_settings *ns, struct ar_settings *cur)
+{
+    bool same = ns->n_etcd_endpoints == cur->n_etcd_endpoints &&
+                str_eq(ns->etcd_cafile, cur->etcd_cafile) &&
+                str_eq(ns->etcd_certfile, cur->etcd_certfile) &&
+                str_eq(ns->etcd_keyfile, cur->etcd_keyfile) &&
+                str_eq(ns->etcd_user, cur->etcd_user) &&
+                str_eq(ns->etcd_password_file, cur->etcd_password_file) &&
+                str_eq(ns->coord_prefix, cur->coord_prefix) && ns->lease_ttl_s == cur->lease_ttl_s;
+
+    for (size_t i = 0; same && i < cur->n_etcd_endpoints; i++)
+        same = str_eq(ns->etcd_endpoints[i], cur->etcd_endpoints[i]);
+    if (same)
+        return;
+    log_warn("reload: etcd settings changes take effect at the next restart");
+    size_t n = ns->n_etcd_endpoints;
+    unsigned ttl = ns->lease_ttl_s;
+
+    for (size_t i = 0; i < AR_SETTINGS_MAX_ENDPOINTS; i++)
+        swap_str(&ns->etcd_endpoints[i], &cur->etcd_endpoints[i]);
+    ns->n_etcd_endpoints = cur->n_etcd_endpoints;
+    cur->n_etcd_endpoints = n;
+    ns->lease_ttl_s = cur->lease_ttl_s;
+    cur->lease_ttl_s = ttl;
+    swap_str(&ns->etcd_cafile, &cur->etcd_cafile);
+    swap_str(&ns->etcd_certfile, &cur->etcd_certfile);
+    swap_str(&ns->etcd_keyfile, &cur->etcd_keyfile);
+    swap_str(&ns->etcd_user, &cur->etcd_user);
+    swap_str(&ns->etcd_password_file, &cur->etcd_password_file);
+    swap_str(&ns->coord_prefix, &cur->coord_prefix);
+}
+
 /* SIGHUP: re-read settings (applied when valid) and the desired file. */
 static void reload_all(struct agent *a)
 {
@@ -1101,9 +1144,9 @@ static void reload_all(struct agent *a)
     if (!str_eq(ns.node, a->set.node)) {
         log_warn("reload: node name changes (%s -> %s) take effect at the next restart",
                  a->set.node, ns.node);
-        free(ns.node);
-        ns.node = strdup(a->set.node);
+        swap_str(&ns.node, &a->set.node);
     }
+    keep_etcd_settings(&ns, &a->set);
     bool watch_changed = !str_eq(ns.desired_path, a->set.desired_path) ||
                          ns.debounce_ms != a->set.debounce_ms ||
                          ns.poll_interval_s != a->set.poll_interval_s;

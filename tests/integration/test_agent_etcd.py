@@ -82,3 +82,29 @@ def test_password_file_too_large(make_agent, keys):
     a.start(wait_ready=False)
     assert a.proc.wait(15) == 1
     assert "etcd: cannot read the password file %s: File too large" % pwfile in a.log(), a.log()
+
+
+def test_sighup_keeps_etcd_settings(make_agent, make_etcd, keys):
+    """etcd settings changed under a running agent wait for a restart: after SIGHUP it still
+    lists the members under the prefix it registered in, not half in the new one."""
+    e = make_etcd().start()
+    a = make_agent()
+    conf = a.tmp / "agent.yaml"
+    conf.write_text("etcd:\n  prefix: /atrest/\n")
+    a.extra += ["--config", str(conf), "--etcd-servers", e.endpoint]
+    a.desired.write_text(cfg(keys))
+    a.start()
+
+    def nodes():
+        return [m.get("node") for m in a.status().get("members", [])]
+
+    wait_for(lambda: nodes() == ["node-a"], 2 * TICK + 5, "the member listed")
+    conf.write_text("etcd:\n  prefix: /elsewhere/\n")
+    a.send_signal(signal.SIGHUP)
+    wait_for(lambda: "etcd settings changes take effect at the next restart" in a.log(), 10,
+             "the warning")
+    n0 = a.metric("atrest_etcd_requests_total", op="list", result="ok")
+    wait_for(lambda: a.metric("atrest_etcd_requests_total", op="list", result="ok") >= n0 + 2,
+             3 * TICK + 5, "two more member lists")
+    assert nodes() == ["node-a"]
+    assert a.stop() == 0
