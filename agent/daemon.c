@@ -16,11 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <jansson.h>
-#include <sodium.h>
 #include <uv.h>
 
 #include "agent/cmd.h"
+#include "agent/daemon_int.h"
 #include "agent/effective.h"
 #include "agent/http.h"
 #include "agent/log.h"
@@ -29,77 +28,17 @@
 #include "agent/settings.h"
 #include "agent/state.h"
 #include "agent/watch.h"
-#include "coord/election.h"
-#include "coord/etcd.h"
-#include "coord/member.h"
 #include "crypto/chain.h"
 #include "crypto/config.h"
 
-#define HEARTBEAT_MS        1000
-#define HEALTH_MAX_LAG_MS   5000
-#define ETCD_GRACE_MS       (5 * 60 * 1000) /* watchdog: etcd may be unreachable this long */
-#define MAX_LOGGED_DIAGS    10
-#define COORD_TICK_MS       5000
-#define RETRY_MIN_MS        1000  /* a valid desired config that could not be applied ... */
-#define RETRY_MAX_MS        60000 /* ... is tried again after 1, 2, 4 ... 60 s */
 
-struct agent;
 
-/* The etcd side (see "etcd" below). */
-struct coord {
-    struct agent *a;
-    struct ar_etcd *etcd;
-    uv_timer_t tick;          /* registration retry / member list */
-    uv_timer_t stop_timer;    /* bounds the clean shutdown, then finishes it */
-    int handles;              /* open timers; freed when both closed */
-    struct ar_member_alive *alive;
-    struct ar_election *election;
-    struct ar_etcd_watch *watch; /* <prefix>alive/ */
-    char *report_key;         /* the last report sent, without its time */
-    char *leader;             /* last observed leader (to log changes) */
-    bool was_leader;
-    bool registering, registered, listing, list_again;
-    bool closing, finished;
-    int stop_pending;         /* resign and alive revoke still running */
-};
-
-struct agent {
-    uv_loop_t loop;
-    struct ar_settings set;
-    int argc;
-    char **argv;
-    const char *config_file;    /* NULL: flags only */
-    bool config_explicit;
-
-    struct ar_state st;
-    struct ar_metrics *metrics;
-    struct ar_watch *watch;
-    struct ar_http *http;
-    struct ar_http_route routes[4];
-
-    uv_signal_t sig_hup, sig_term, sig_int;
-    uv_timer_t heartbeat;
-    uv_timer_t watchdog;
-    uint64_t watchdog_usec;
-    uv_timer_t retry;           /* re-applies the desired config after AR_RELOAD_FAILED */
-    unsigned retry_ms;          /* the current backoff (0: no retry pending) */
-
-    bool have_desired_sha;
-    uint8_t desired_sha[AR_SHA256_LEN];
-    int desired_status;         /* result of the last read (0 or negative errno) */
-    bool stopping;
-    struct coord *coord;
-};
-
-static int64_t now_ms(void)
+int64_t ar_agent_now_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
-
-static void coord_publish(struct agent *a);
-static bool str_eq(const char *x, const char *y);
 
 static void publish_status(struct agent *a)
 {
@@ -109,12 +48,12 @@ static void publish_status(struct agent *a)
     ar_notify_status("effective %.23s; desired %s; last reload %s", fp,
                      a->st.desired_valid ? "valid" : "INVALID",
                      ar_reload_result_name(a->st.last_reload_result));
-    coord_publish(a);
+    ar_coord_publish(a);
 }
 
 static void set_reload(struct agent *a, enum ar_reload_result r, const char *err)
 {
-    a->st.last_reload_ms = now_ms();
+    a->st.last_reload_ms = ar_agent_now_ms();
     a->st.last_reload_result = r;
     ar_state_set_str(&a->st.last_reload_error, err);
     if (r == AR_RELOAD_APPLIED) {
@@ -199,7 +138,7 @@ static enum ar_reload_result apply_desired(struct agent *a, struct ar_config *de
     ar_config_fingerprint_str(desired, fp);
     if (w == 1) {
         a->st.effective_writes++;
-        a->st.effective_written_ms = now_ms();
+        a->st.effective_written_ms = ar_agent_now_ms();
         ar_metrics_effective_write(a->metrics);
         log_info("effective: wrote %s (fingerprint %s)", o.path, fp);
     }
@@ -249,7 +188,7 @@ static void reload_desired(struct agent *a, bool force, const char *why)
 
     ar_diags_init(&d);
     r = ar_config_read_checked(a->set.desired_path, 0, &cfg, sha, &have, &d);
-    a->st.desired_read_ms = now_ms();
+    a->st.desired_read_ms = ar_agent_now_ms();
     if (!force && have && a->have_desired_sha && r == a->desired_status &&
         !memcmp(sha, a->desired_sha, sizeof(sha)))
         goto out; /* nothing new */
@@ -316,572 +255,6 @@ out:
     publish_status(a);
 }
 
-
-/* ---- etcd ------------------------------------------------------------------------------- */
-
-/*
- * The etcd side (DESIGN 4.3, 4.4), behind coord_start / coord_publish / coord_stop:
- * - members/<node>: registration (persistent), read then written so first_seen_ms survives
- *   restarts; the rest starts once it is in place, and is retried every COORD_TICK_MS.
- * - alive/<node>: lease-bound report of this node's fingerprints (never key material),
- *   rewritten whenever they change (coord_publish).
- * - leader: the election (value = node name); whether this node leads is read live from the
- *   lease deadline (ar_state_is_leader -> coord_leading).
- * - the member list for /status: every COORD_TICK_MS, and COORD_SOON_MS after a change under
- *   alive/ (watch).
- * - shutdown: resign and revoke the alive lease, bounded by COORD_STOP_MS, then close.
- * Every answer counts in atrest_etcd_requests_total{op=register|alive|list|election|watch}.
- */
-#define COORD_SOON_MS 100
-#define COORD_STOP_MS 3000
-
-#define M_LEADER       "atrest_leader"
-#define M_LEADER_HELP  "1 while this agent holds the leader lease (read when scraped), else 0."
-#define M_MEMBERS      "atrest_members"
-#define M_MEMBERS_HELP "Members in etcd: registered (members/<node>) and alive (alive/<node>)."
-
-static void coord_tick(uv_timer_t *t);
-
-static void count_op(struct agent *a, const char *op, int status)
-{
-    ar_metrics_etcd_request(a->metrics, op,
-                            status == 0             ? "ok"
-                            : status == -ETIMEDOUT  ? "timeout"
-                                                    : "error");
-}
-
-static void etcd_ok(struct agent *a)
-{
-    if (a->st.etcd != AR_ETCD_CONNECTED)
-        log_info("etcd: connected");
-    a->st.etcd = AR_ETCD_CONNECTED;
-    a->st.etcd_last_ok_ms = now_ms();
-    ar_state_set_str(&a->st.etcd_error, NULL);
-}
-
-static void etcd_failed(struct agent *a, const char *what, int status,
-                        const struct ar_etcd_error *err)
-{
-    char msg[512];
-    snprintf(msg, sizeof(msg), "%s: %s%s%s", what, err && err->msg[0] ? err->msg : strerror(-status),
-             err && err->endpoint[0] ? " at " : "", err && err->endpoint[0] ? err->endpoint : "");
-    if (a->st.etcd != AR_ETCD_UNREACHABLE)
-        log_warn("etcd: unreachable (%s); retrying", msg);
-    else
-        log_debug("etcd: still unreachable (%s)", msg);
-    a->st.etcd = AR_ETCD_UNREACHABLE;
-    ar_state_set_str(&a->st.etcd_error, msg);
-}
-
-static bool coord_leading(void *arg)
-{
-    struct agent *a = arg;
-    struct coord *co = a->coord;
-    return co && !co->closing && co->election &&
-           ar_election_is_leader(co->election, ar_etcd_now_ms());
-}
-
-/* This node's report: fingerprints only (S5). with_time: add time_ms (the copy sent). */
-static char *coord_report(struct agent *a, bool with_time)
-{
-    char dfp[AR_HASH_STRLEN], efp[AR_HASH_STRLEN], eh[AR_HASH_STRLEN];
-    json_t *j;
-    char *s;
-
-    if (a->st.desired)
-        ar_config_fingerprint_str(a->st.desired, dfp);
-    if (a->st.effective) {
-        ar_config_fingerprint_str(a->st.effective, efp);
-        ar_config_file_hash_str(a->st.effective, eh);
-    }
-    j = json_pack("{s:s, s:s, s:{s:s?, s:b}, s:{s:s?, s:s?}}", "node", a->set.node, "version",
-                  ATREST_VERSION, "desired", "fingerprint", a->st.desired ? dfp : NULL, "valid",
-                  (int)a->st.desired_valid, "effective", "fingerprint",
-                  a->st.effective ? efp : NULL, "file_hash", a->st.effective ? eh : NULL);
-    if (j && with_time)
-        json_object_set_new(j, "time_ms", json_integer((json_int_t)now_ms()));
-    s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-    json_decref(j);
-    return s;
-}
-
-/* The fingerprints may have changed: rewrite alive/<node> when they did. */
-static void coord_publish(struct agent *a)
-{
-    struct coord *co = a->coord;
-    char *key, *rep;
-
-    if (!co || co->closing || !co->alive)
-        return;
-    key = coord_report(a, false);
-    if (!key || (co->report_key && !strcmp(key, co->report_key))) {
-        free(key);
-        return;
-    }
-    rep = coord_report(a, true);
-    if (rep && ar_member_alive_update(co->alive, rep) == 0) {
-        free(co->report_key);
-        co->report_key = key;
-        key = NULL;
-        log_debug("etcd: alive/%s report updated", a->set.node);
-    }
-    free(rep);
-    free(key);
-}
-
-static void on_alive_write(void *arg, int status, const struct ar_etcd_result *res,
-                           const struct ar_etcd_error *err)
-{
-    struct coord *co = arg;
-    struct agent *a = co->a;
-
-    if (co->closing || status == -ECANCELED)
-        return;
-    count_op(a, "alive", status);
-    if (status == -ENOENT) {
-        log_warn("etcd: the lease of alive/%s expired; re-creating it on a new lease", a->set.node);
-        return;
-    }
-    if (status < 0) {
-        etcd_failed(a, "writing alive/", status, err);
-        return;
-    }
-    etcd_ok(a);
-}
-
-static void on_election(void *arg, const struct ar_election_state *st)
-{
-    struct coord *co = arg;
-    struct agent *a = co->a;
-
-    if (co->closing)
-        return;
-    count_op(a, "election", st->status);
-    if (st->status < 0 && st->status != -ECANCELED)
-        etcd_failed(a, "election", st->status, st->err);
-    else if (st->status == 0)
-        etcd_ok(a);
-    if (!str_eq(st->leader, co->leader)) {
-        if (st->leader)
-            log_info("election: %s leads", st->leader);
-        else
-            log_info("election: nobody leads");
-        ar_state_set_str(&co->leader, st->leader);
-        ar_state_set_str(&a->st.leader, st->leader);
-    }
-    if (st->is_leader != co->was_leader) {
-        co->was_leader = st->is_leader;
-        if (st->is_leader)
-            log_info("election: this node (%s) leads", a->set.node);
-        else
-            log_warn("election: this node (%s) no longer leads%s%s", a->set.node,
-                     st->err && st->err->msg[0] ? ": " : "",
-                     st->err && st->err->msg[0] ? st->err->msg : "");
-    }
-    ar_metric_gauge_set(a->metrics, M_LEADER, M_LEADER_HELP, ar_state_is_leader(&a->st) ? 1 : 0,
-                        NULL);
-}
-
-/* The member list: soon (after a change), then every COORD_TICK_MS again. */
-static void coord_list_soon(struct coord *co)
-{
-    if (co->listing)
-        co->list_again = true;
-    else if (!co->closing)
-        uv_timer_start(&co->tick, coord_tick, COORD_SOON_MS, COORD_TICK_MS);
-}
-
-static void on_alive_watch(void *arg, const struct ar_etcd_watch_update *u)
-{
-    struct coord *co = arg;
-
-    if (co->closing)
-        return;
-    switch (u->kind) {
-    case AR_ETCD_WATCH_CREATED: /* (re)established: catch up */
-    case AR_ETCD_WATCH_EVENTS:
-        coord_list_soon(co);
-        break;
-    case AR_ETCD_WATCH_COMPACTED: /* finished: the tick starts a new one */
-        ar_etcd_watch_stop(co->watch);
-        co->watch = NULL;
-        coord_list_soon(co);
-        break;
-    case AR_ETCD_WATCH_ERROR: /* it reconnects on its own */
-        count_op(co->a, "watch", u->status);
-        break;
-    }
-}
-
-static void coord_watch(struct coord *co)
-{
-    char p[512];
-    uint8_t end[512];
-    struct ar_etcd_watch_opts o = {0};
-    int r;
-
-    snprintf(p, sizeof(p), "%salive/", co->a->set.coord_prefix);
-    o.key = (const uint8_t *)p;
-    o.key_len = strlen(p);
-    o.range_end = end;
-    o.range_end_len = ar_etcd_prefix_end(o.key, o.key_len, end);
-    r = ar_etcd_watch_start(co->etcd, &o, on_alive_watch, co, &co->watch);
-    if (r < 0) {
-        co->watch = NULL;
-        log_warn("etcd: cannot watch %s: %s (the member list is read every %d s)", p,
-                 strerror(-r), COORD_TICK_MS / 1000);
-    }
-}
-
-static char *json_strdup(const json_t *o, const char *k)
-{
-    const char *v = json_string_value(json_object_get(o, k));
-    return v ? strdup(v) : NULL;
-}
-
-/* One member of the list -> state (the report is another agent's JSON: trust nothing). */
-static void member_from_info(struct ar_state_member *e, const struct ar_member_info *in)
-{
-    json_t *j = NULL, *d, *f, *t;
-
-    e->node = strdup(in->node);
-    e->registered = in->registration != NULL;
-    e->alive = in->report != NULL;
-    if (in->report)
-        j = json_loads(in->report, 0, NULL);
-    if (json_is_object(j)) {
-        d = json_object_get(j, "desired");
-        f = json_object_get(j, "effective");
-        e->desired_fp = json_strdup(d, "fingerprint");
-        e->desired_valid = json_is_true(json_object_get(d, "valid"));
-        e->effective_fp = json_strdup(f, "fingerprint");
-        e->effective_hash = json_strdup(f, "file_hash");
-        e->version = json_strdup(j, "version");
-        t = json_object_get(j, "time_ms");
-        e->reported_ms = json_is_integer(t) ? (int64_t)json_integer_value(t) : 0;
-    }
-    json_decref(j);
-    if (!e->version && in->registration) {
-        j = json_loads(in->registration, 0, NULL);
-        e->version = json_strdup(j, "version");
-        json_decref(j);
-    }
-}
-
-static void on_list(void *arg, int status, struct ar_member_list *l,
-                    const struct ar_etcd_error *err)
-{
-    struct coord *co = arg;
-    struct agent *a = co->a;
-    struct ar_state_member *m = NULL;
-    size_t n = 0, alive = 0, registered = 0;
-
-    co->listing = false;
-    if (co->closing || status == -ECANCELED)
-        goto out;
-    count_op(a, "list", status);
-    if (status < 0 || !l) {
-        etcd_failed(a, "listing members", status < 0 ? status : -EPROTO, err);
-        goto out;
-    }
-    etcd_ok(a);
-    m = l->n ? calloc(l->n, sizeof(*m)) : NULL;
-    for (size_t i = 0; m && i < l->n; i++) {
-        member_from_info(&m[i], &l->m[i]);
-        n = i + 1;
-        if (!m[i].node) {
-            ar_state_members_free(m, n);
-            m = NULL;
-            break;
-        }
-        alive += m[i].alive;
-        registered += m[i].registered;
-    }
-    if (l->n && !m)
-        goto out; /* out of memory: keep the previous list */
-    ar_state_set_members(&a->st, m, n);
-    ar_metric_gauge_set(a->metrics, M_MEMBERS, M_MEMBERS_HELP, (double)alive, "state", "alive",
-                        NULL);
-    ar_metric_gauge_set(a->metrics, M_MEMBERS, M_MEMBERS_HELP, (double)registered, "state",
-                        "registered", NULL);
-    if (co->list_again) {
-        co->list_again = false;
-        coord_list_soon(co);
-    }
-out:
-    ar_member_list_free(l);
-}
-
-/* Registration is in place: liveness, election, watch, list. */
-static void coord_join(struct coord *co)
-{
-    struct agent *a = co->a;
-    char key[512];
-    char *rep = coord_report(a, true);
-    struct ar_election_settings es = {.key = key, .value = a->set.node,
-                                      .ttl_s = a->set.lease_ttl_s};
-
-    co->registered = true;
-    free(co->report_key);
-    co->report_key = coord_report(a, false);
-    co->alive = rep ? ar_member_alive_start(co->etcd, a->set.coord_prefix, a->set.node,
-                                            a->set.lease_ttl_s, rep, on_alive_write, co)
-                    : NULL;
-    free(rep);
-    if (!co->alive)
-        log_err("etcd: cannot start the liveness key: %s", strerror(errno ? errno : ENOMEM));
-    snprintf(key, sizeof(key), "%sleader", a->set.coord_prefix);
-    co->election = ar_election_start(co->etcd, &es, on_election, co);
-    if (!co->election)
-        log_err("etcd: cannot start the election: %s", strerror(errno ? errno : ENOMEM));
-    coord_watch(co);
-    coord_list_soon(co);
-}
-
-static void on_register_put(void *arg, int status, const struct ar_etcd_result *res,
-                            const struct ar_etcd_error *err)
-{
-    struct coord *co = arg;
-
-    co->registering = false;
-    if (co->closing || status == -ECANCELED)
-        return;
-    count_op(co->a, "register", status);
-    if (status < 0) {
-        etcd_failed(co->a, "registering", status, err);
-        return;
-    }
-    etcd_ok(co->a);
-    log_info("etcd: registered member %s under %smembers/ (lease TTL %u s)", co->a->set.node,
-             co->a->set.coord_prefix, co->a->set.lease_ttl_s);
-    coord_join(co);
-}
-
-/* members/<node> as read: keep its first_seen_ms, then write the registration. */
-static void on_register_read(void *arg, int status, const struct ar_etcd_result *res,
-                             const struct ar_etcd_error *err)
-{
-    struct coord *co = arg;
-    struct agent *a = co->a;
-    json_int_t first = (json_int_t)now_ms();
-    json_t *j;
-    char *v;
-    int r;
-
-    co->registering = false;
-    if (co->closing || status == -ECANCELED)
-        return;
-    count_op(a, "register", status);
-    if (status < 0) {
-        etcd_failed(a, "registering", status, err);
-        return;
-    }
-    if (res->n_kvs) {
-        j = json_loadb((const char *)res->kvs[0].value, res->kvs[0].value_len, 0, NULL);
-        json_t *f = json_object_get(j, "first_seen_ms");
-        if (json_is_integer(f) && json_integer_value(f) > 0)
-            first = json_integer_value(f);
-        json_decref(j);
-    }
-    j = json_pack("{s:s, s:s, s:I, s:I}", "node", a->set.node, "version", ATREST_VERSION,
-                  "first_seen_ms", first, "registered_ms", (json_int_t)now_ms());
-    v = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-    json_decref(j);
-    r = v ? ar_member_register(co->etcd, a->set.coord_prefix, a->set.node, v, on_register_put,
-                               co)
-          : -ENOMEM;
-    free(v);
-    if (r == 0)
-        co->registering = true;
-    else
-        etcd_failed(a, "registering", r, NULL);
-}
-
-static void coord_register(struct coord *co)
-{
-    char key[512];
-    struct ar_etcd_op op = {.type = AR_ETCD_RANGE};
-    int r = ar_member_key(key, sizeof(key), co->a->set.coord_prefix, "members", co->a->set.node);
-
-    if (r == 0) {
-        op.key = (const uint8_t *)key;
-        op.key_len = strlen(key);
-        r = ar_etcd_range(co->etcd, &op, on_register_read, co);
-    }
-    if (r == 0)
-        co->registering = true;
-    else
-        etcd_failed(co->a, "registering", r, NULL);
-}
-
-static void coord_tick(uv_timer_t *t)
-{
-    struct coord *co = t->data;
-    int r;
-
-    if (co->closing)
-        return;
-    if (!co->registered) {
-        if (!co->registering)
-            coord_register(co);
-        return;
-    }
-    if (!co->watch)
-        coord_watch(co);
-    if (co->listing)
-        return;
-    r = ar_member_list(co->etcd, co->a->set.coord_prefix, on_list, co);
-    if (r == 0)
-        co->listing = true;
-    else
-        etcd_failed(co->a, "listing members", r, NULL);
-}
-
-/* A password file, read straight into locked memory (no stdio buffer), trailing newlines cut.
- * The caller sodium_free()s *out. */
-static int read_secret_file(const char *path, char **out)
-{
-    size_t n;
-    int r = ar_file_read_locked(path, 4096, out, &n);
-
-    if (r < 0)
-        return r;
-    while (n && ((*out)[n - 1] == '\n' || (*out)[n - 1] == '\r'))
-        (*out)[--n] = '\0';
-    return 0;
-}
-
-static int coord_start(struct agent *a)
-{
-    struct ar_etcd_settings es = {0};
-    struct coord *co;
-    char *password = NULL;
-    int r;
-
-    if (!a->set.n_etcd_endpoints) {
-        a->st.etcd = AR_ETCD_NOT_CONFIGURED;
-        log_info("etcd: not configured; running standalone");
-        return 0;
-    }
-    for (size_t i = 0; i < a->set.n_etcd_endpoints && i < AR_ETCD_MAX_ENDPOINTS; i++)
-        es.endpoints[es.n_endpoints++] = a->set.etcd_endpoints[i];
-    es.cacert = a->set.etcd_cafile;
-    es.cert = a->set.etcd_certfile;
-    es.key = a->set.etcd_keyfile;
-    if (a->set.etcd_user) {
-        r = read_secret_file(a->set.etcd_password_file, &password);
-        if (r < 0) {
-            log_err("etcd: cannot read the password file %s: %s", a->set.etcd_password_file,
-                    strerror(-r));
-            return r;
-        }
-        es.username = a->set.etcd_user;
-        es.password = password;
-    }
-    co = calloc(1, sizeof(*co));
-    if (!co) {
-        r = -ENOMEM;
-        goto out;
-    }
-    co->a = a;
-    errno = 0;
-    co->etcd = ar_etcd_new(&a->loop, &es);
-    if (!co->etcd) {
-        r = errno ? -errno : -EINVAL;
-        log_err("etcd: cannot create the client: %s", strerror(-r));
-        free(co);
-        goto out;
-    }
-    uv_timer_init(&a->loop, &co->tick);
-    uv_timer_init(&a->loop, &co->stop_timer);
-    co->tick.data = co->stop_timer.data = co;
-    co->handles = 2;
-    uv_timer_start(&co->tick, coord_tick, 0, COORD_TICK_MS);
-    a->coord = co;
-    a->st.etcd = AR_ETCD_CONNECTING;
-    a->st.leading = coord_leading;
-    a->st.leading_arg = a;
-    ar_metric_gauge_set(a->metrics, M_LEADER, M_LEADER_HELP, 0, NULL);
-    ar_metric_gauge_set(a->metrics, M_MEMBERS, M_MEMBERS_HELP, 0, "state", "alive", NULL);
-    ar_metric_gauge_set(a->metrics, M_MEMBERS, M_MEMBERS_HELP, 0, "state", "registered", NULL);
-    log_info("etcd: %zu endpoint%s, prefix %s", es.n_endpoints, es.n_endpoints == 1 ? "" : "s",
-             a->set.coord_prefix);
-    r = 0;
-out:
-    sodium_free(password); /* wipes */
-    return r;
-}
-
-static void coord_closed(uv_handle_t *h)
-{
-    struct coord *co = h->data;
-    if (--co->handles == 0) {
-        free(co->report_key);
-        free(co->leader);
-        free(co);
-    }
-}
-
-/* Resign/revoke finished or timed out: free the election, close the client and the timers.
- * Runs from a timer (never from an etcd callback: ar_etcd_close forbids it). */
-static void coord_finish(uv_timer_t *t)
-{
-    struct coord *co = t->data;
-
-    co->finished = true;
-    if (co->stop_pending)
-        log_warn("etcd: resign/revoke did not finish within %d ms; the leases expire on their "
-                 "own",
-                 COORD_STOP_MS);
-    else
-        log_info("etcd: resigned and revoked the liveness lease");
-    ar_election_free(co->election);
-    co->election = NULL;
-    ar_etcd_close(co->etcd); /* pending callbacks run now with -ECANCELED */
-    co->etcd = NULL;
-    uv_close((uv_handle_t *)&co->tick, coord_closed);
-    uv_close((uv_handle_t *)&co->stop_timer, coord_closed);
-}
-
-static void on_stop_part(void *arg)
-{
-    struct coord *co = arg;
-
-    if (co->finished)
-        return;
-    if (--co->stop_pending == 0)
-        uv_timer_start(&co->stop_timer, coord_finish, 0, 0);
-}
-
-static void coord_stop(struct agent *a)
-{
-    struct coord *co = a->coord;
-    struct ar_member_alive *alive;
-
-    if (!co)
-        return;
-    a->coord = NULL;
-    a->st.leading = NULL;
-    co->closing = true;
-    uv_timer_stop(&co->tick);
-    ar_etcd_watch_stop(co->watch);
-    co->watch = NULL;
-    /* both at once: the others see the leader key go (and campaign) without waiting */
-    co->stop_pending = 1; /* held until both are started */
-    if (co->election) {
-        co->stop_pending++;
-        ar_election_resign(co->election, on_stop_part, co);
-    }
-    if ((alive = co->alive)) {
-        co->alive = NULL;
-        co->stop_pending++;
-        ar_member_alive_stop(alive, on_stop_part, co);
-    }
-    if (--co->stop_pending == 0)
-        uv_timer_start(&co->stop_timer, coord_finish, 0, 0);
-    else
-        uv_timer_start(&co->stop_timer, coord_finish, COORD_STOP_MS, 0);
-}
 
 /* ---- status server ---------------------------------------------------------------------- */
 
@@ -1055,7 +428,7 @@ static int settings_build(struct agent *a, struct ar_settings *s, struct ar_diag
     return ar_settings_check(s, d, check_flags);
 }
 
-static bool str_eq(const char *x, const char *y)
+bool ar_agent_str_eq(const char *x, const char *y)
 {
     return (!x && !y) || (x && y && !strcmp(x, y));
 }
@@ -1081,15 +454,15 @@ static void swap_str(char **x, char **y)
 static void keep_etcd_settings(struct ar_settings *ns, struct ar_settings *cur)
 {
     bool same = ns->n_etcd_endpoints == cur->n_etcd_endpoints &&
-                str_eq(ns->etcd_cafile, cur->etcd_cafile) &&
-                str_eq(ns->etcd_certfile, cur->etcd_certfile) &&
-                str_eq(ns->etcd_keyfile, cur->etcd_keyfile) &&
-                str_eq(ns->etcd_user, cur->etcd_user) &&
-                str_eq(ns->etcd_password_file, cur->etcd_password_file) &&
-                str_eq(ns->coord_prefix, cur->coord_prefix) && ns->lease_ttl_s == cur->lease_ttl_s;
+                ar_agent_str_eq(ns->etcd_cafile, cur->etcd_cafile) &&
+                ar_agent_str_eq(ns->etcd_certfile, cur->etcd_certfile) &&
+                ar_agent_str_eq(ns->etcd_keyfile, cur->etcd_keyfile) &&
+                ar_agent_str_eq(ns->etcd_user, cur->etcd_user) &&
+                ar_agent_str_eq(ns->etcd_password_file, cur->etcd_password_file) &&
+                ar_agent_str_eq(ns->coord_prefix, cur->coord_prefix) && ns->lease_ttl_s == cur->lease_ttl_s;
 
     for (size_t i = 0; same && i < cur->n_etcd_endpoints; i++)
-        same = str_eq(ns->etcd_endpoints[i], cur->etcd_endpoints[i]);
+        same = ar_agent_str_eq(ns->etcd_endpoints[i], cur->etcd_endpoints[i]);
     if (same)
         return;
     log_warn("reload: etcd settings changes take effect at the next restart");
@@ -1141,17 +514,17 @@ static void reload_all(struct agent *a)
         return;
     }
     ar_diags_free(&d);
-    if (!str_eq(ns.node, a->set.node)) {
+    if (!ar_agent_str_eq(ns.node, a->set.node)) {
         log_warn("reload: node name changes (%s -> %s) take effect at the next restart",
                  a->set.node, ns.node);
         swap_str(&ns.node, &a->set.node);
     }
     keep_etcd_settings(&ns, &a->set);
-    bool watch_changed = !str_eq(ns.desired_path, a->set.desired_path) ||
+    bool watch_changed = !ar_agent_str_eq(ns.desired_path, a->set.desired_path) ||
                          ns.debounce_ms != a->set.debounce_ms ||
                          ns.poll_interval_s != a->set.poll_interval_s;
-    bool status_changed = !str_eq(ns.status_listen, a->set.status_listen) ||
-                          !str_eq(ns.status_socket, a->set.status_socket);
+    bool status_changed = !ar_agent_str_eq(ns.status_listen, a->set.status_listen) ||
+                          !ar_agent_str_eq(ns.status_socket, a->set.status_socket);
     if (status_changed)
         status_stop(a);
     if (watch_changed) {
@@ -1207,7 +580,7 @@ static bool daemon_healthy(struct agent *a)
         return false;
     if (a->st.etcd == AR_ETCD_UNREACHABLE || a->st.etcd == AR_ETCD_CONNECTING) {
         int64_t since = a->st.etcd_last_ok_ms ? a->st.etcd_last_ok_ms : a->st.started_ms;
-        if (now_ms() - since > ETCD_GRACE_MS)
+        if (ar_agent_now_ms() - since > ETCD_GRACE_MS)
             return false;
     }
     return true;
@@ -1230,7 +603,7 @@ static void close_all(struct agent *a)
     ar_watch_close(a->watch);
     a->watch = NULL;
     status_stop(a);
-    coord_stop(a);
+    ar_coord_stop(a);
     if (!uv_is_closing((uv_handle_t *)&a->sig_hup)) {
         uv_close((uv_handle_t *)&a->sig_hup, NULL);
         uv_close((uv_handle_t *)&a->sig_term, NULL);
@@ -1322,7 +695,7 @@ static int agent_start(struct agent *a)
     r = watch_start(a);
     if (r < 0)
         return r;
-    return coord_start(a);
+    return ar_coord_start(a);
 }
 
 int ar_cmd_agent(int argc, char **argv)
