@@ -336,15 +336,7 @@ static void on_grant(void *arg, int status, const struct ar_etcd_result *res,
         unref(e);
         return;
     }
-    if (res->ttl <= 0 || !res->lease_id) { /* a deadline from it would be wrong: never lead */
-        ar_etcd_set_error(&e->err, -EPROTO, "", "lease grant answered TTL %lld",
-                          (long long)res->ttl);
-        e->status = -EPROTO;
-        notify(e);
-        retry_later(e);
-        unref(e);
-        return;
-    }
+    /* ar_etcd_lease_grant guarantees lease_id != 0 and ttl > 0 (else -EPROTO above) */
     e->lease = res->lease_id;
     e->ttl = res->ttl;
     e->deadline = sent + (uint64_t)res->ttl * 1000;

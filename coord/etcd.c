@@ -3,6 +3,7 @@
  * timeouts, failover and auth, and the KV / lease operations. See coord/etcd.h.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -506,7 +507,7 @@ struct req {
     struct ar_etcd *c;
     const char *path;
     enum ar_etcd_op_type type;
-    bool idempotent, has_leader, is_auth, auth_retried;
+    bool idempotent, has_leader, is_auth, auth_retried, grant;
     ar_etcd_cb cb;
     void *arg;
     uint64_t deadline;
@@ -633,6 +634,15 @@ static void req_done(struct ar_xfer *x, CURLcode rc, long http)
         req_fail(r, st, &err);
         return;
     }
+    if (r->grant && (res->lease_id == 0 || res->ttl <= 0)) {
+        /* a deadline computed from it would be wrong (or wrap): callers must never use it */
+        ar_etcd_set_error(&err, -EPROTO, c->endpoints[x->ep],
+                          "malformed response: lease grant with ID %" PRId64 " and TTL %" PRId64,
+                          res->lease_id, res->ttl);
+        ar_etcd_result_free(res);
+        req_fail(r, -EPROTO, &err);
+        return;
+    }
     req_finish(r, 0, res, NULL);
 }
 
@@ -742,9 +752,13 @@ static void req_submit(struct req *r)
         ar_etcd_auth_wait(c, &r->aw);
 }
 
+#define IDEMPOTENT 1u /* may be sent again after a timeout or a broken connection */
+#define HAS_LEADER 2u /* Grpc-Metadata-Hasleader: fail at once on a member without quorum */
+#define GRANT      4u /* a lease grant: the answer must carry an ID and a TTL > 0 */
+
 /* body is consumed (decref'd) in every case. */
 static int submit(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type, json_t *body,
-                  bool idempotent, bool has_leader, ar_etcd_cb cb, void *arg)
+                  unsigned flags, ar_etcd_cb cb, void *arg)
 {
     struct req *r;
 
@@ -758,8 +772,9 @@ static int submit(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type
     json_decref(body);
     if (!r)
         return -ENOMEM;
-    r->idempotent = idempotent;
-    r->has_leader = has_leader;
+    r->idempotent = flags & IDEMPOTENT;
+    r->has_leader = flags & HAS_LEADER;
+    r->grant = flags & GRANT;
     req_submit(r);
     return 0;
 }
@@ -999,7 +1014,8 @@ int ar_etcd_range(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_cb cb,
     o.type = AR_ETCD_RANGE;
     if ((rc = ar_json_op(&o, &body)) < 0)
         return rc;
-    return submit(c, "/v3/kv/range", AR_ETCD_RANGE, body, true, !o.serializable, cb, arg);
+    return submit(c, "/v3/kv/range", AR_ETCD_RANGE, body,
+                  IDEMPOTENT | (o.serializable ? 0 : HAS_LEADER), cb, arg);
 }
 
 int ar_etcd_put(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_cb cb, void *arg)
@@ -1011,7 +1027,7 @@ int ar_etcd_put(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_cb cb, v
     o.type = AR_ETCD_PUT;
     if ((rc = ar_json_op(&o, &body)) < 0)
         return rc;
-    return submit(c, "/v3/kv/put", AR_ETCD_PUT, body, false, true, cb, arg);
+    return submit(c, "/v3/kv/put", AR_ETCD_PUT, body, HAS_LEADER, cb, arg);
 }
 
 int ar_etcd_delete(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_cb cb, void *arg)
@@ -1023,7 +1039,7 @@ int ar_etcd_delete(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_cb cb
     o.type = AR_ETCD_DELETE;
     if ((rc = ar_json_op(&o, &body)) < 0)
         return rc;
-    return submit(c, "/v3/kv/deleterange", AR_ETCD_DELETE, body, false, true, cb, arg);
+    return submit(c, "/v3/kv/deleterange", AR_ETCD_DELETE, body, HAS_LEADER, cb, arg);
 }
 
 static const char *const cmp_target[] = {"VERSION", "CREATE", "MOD", "VALUE"};
@@ -1100,7 +1116,7 @@ int ar_etcd_txn(struct ar_etcd *c, const struct ar_etcd_txn *t, ar_etcd_cb cb, v
     if (!(ops = json_ops(t->failure, t->n_failure, &rc)) ||
         json_object_set_new(body, "failure", ops))
         goto fail;
-    return submit(c, "/v3/kv/txn", AR_ETCD_RANGE, body, false, true, cb, arg);
+    return submit(c, "/v3/kv/txn", AR_ETCD_RANGE, body, HAS_LEADER, cb, arg);
 fail:
     json_decref(cmps);
     json_decref(body);
@@ -1116,7 +1132,7 @@ int ar_etcd_compact(struct ar_etcd *c, int64_t revision, ar_etcd_cb cb, void *ar
         json_decref(body);
         return -ENOMEM;
     }
-    return submit(c, "/v3/kv/compaction", AR_ETCD_RANGE, body, false, true, cb, arg);
+    return submit(c, "/v3/kv/compaction", AR_ETCD_RANGE, body, HAS_LEADER, cb, arg);
 }
 
 /* --- leases ------------------------------------------------------------------------------- */
@@ -1140,18 +1156,20 @@ int ar_etcd_lease_grant(struct ar_etcd *c, int64_t ttl_s, int64_t id, ar_etcd_cb
         json_decref(body);
         return -ENOMEM;
     }
-    return submit(c, "/v3/lease/grant", AR_ETCD_RANGE, body, true, true, cb, arg);
+    return submit(c, "/v3/lease/grant", AR_ETCD_RANGE, body, IDEMPOTENT | HAS_LEADER | GRANT, cb,
+                  arg);
 }
 
 int ar_etcd_lease_revoke(struct ar_etcd *c, int64_t id, ar_etcd_cb cb, void *arg)
 {
-    return submit(c, "/v3/lease/revoke", AR_ETCD_RANGE, id_body("ID", id), true, true, cb, arg);
+    return submit(c, "/v3/lease/revoke", AR_ETCD_RANGE, id_body("ID", id), IDEMPOTENT | HAS_LEADER,
+                  cb, arg);
 }
 
 int ar_etcd_lease_ttl(struct ar_etcd *c, int64_t id, ar_etcd_cb cb, void *arg)
 {
-    return submit(c, "/v3/lease/timetolive", AR_ETCD_RANGE, id_body("ID", id), true, true, cb,
-                  arg);
+    return submit(c, "/v3/lease/timetolive", AR_ETCD_RANGE, id_body("ID", id),
+                  IDEMPOTENT | HAS_LEADER, cb, arg);
 }
 
 /* --- iteration ---------------------------------------------------------------------------- */

@@ -215,7 +215,9 @@ void ar_etcd_kvs_peak_reset(struct ar_etcd *c);
 
 /* --- leases ------------------------------------------------------------------------------- */
 
-/* res->lease_id, res->ttl. id 0: etcd picks. */
+/* res->lease_id (never 0), res->ttl (> 0): an answer without them fails with -EPROTO
+ * ("malformed response: lease grant ..."). id 0: etcd picks. Sent again after a timeout (a
+ * lease granted by the lost attempt just expires). */
 int ar_etcd_lease_grant(struct ar_etcd *c, int64_t ttl_s, int64_t id, ar_etcd_cb cb, void *arg);
 int ar_etcd_lease_revoke(struct ar_etcd *c, int64_t id, ar_etcd_cb cb, void *arg);
 /* res->ttl (-1 or 0: expired/unknown), res->granted_ttl. */

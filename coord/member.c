@@ -90,6 +90,21 @@ static void retry_later(struct ar_member_alive *a)
         uv_timer_start(a->retry, on_retry, RETRY_MS, 0);
 }
 
+static void on_revoke_ignore(void *arg, int status, const struct ar_etcd_result *res,
+                             const struct ar_etcd_error *err)
+{
+}
+
+/* The lease is gone (etcd said so): the alive key went with it; start over on a new lease. */
+static void alive_lease_lost(struct ar_member_alive *a)
+{
+    a->ok = false;
+    ar_etcd_keepalive_stop(a->keeper);
+    a->keeper = NULL;
+    a->lease = 0;
+    alive_grant(a);
+}
+
 static void on_put(void *arg, int status, const struct ar_etcd_result *res,
                    const struct ar_etcd_error *err)
 {
@@ -100,7 +115,9 @@ static void on_put(void *arg, int status, const struct ar_etcd_result *res,
         a->ok = status == 0;
         if (a->cb)
             a->cb(a->arg, status, res, err);
-        if (status < 0)
+        if (status == -ENOENT) /* "requested lease not found": re-putting on it never works */
+            alive_lease_lost(a);
+        else if (status < 0)
             retry_later(a);
         else if (a->dirty)
             alive_put(a);
@@ -137,14 +154,9 @@ static void on_keepalive(void *arg, int status, int64_t ttl, uint64_t deadline,
 
     if (status != -ENOENT || a->dead)
         return;
-    /* lease gone: the alive key went with it; start over on a new lease */
-    a->ok = false;
-    ar_etcd_keepalive_stop(a->keeper);
-    a->keeper = NULL;
-    a->lease = 0;
     if (a->cb)
         a->cb(a->arg, status, NULL, err);
-    alive_grant(a);
+    alive_lease_lost(a);
 }
 
 static void on_grant(void *arg, int status, const struct ar_etcd_result *res,
@@ -153,7 +165,9 @@ static void on_grant(void *arg, int status, const struct ar_etcd_result *res,
     struct ar_member_alive *a = arg;
 
     a->granting = false;
-    if (a->dead) {
+    if (a->dead) { /* stopped meanwhile: do not leave the new lease behind */
+        if (status == 0)
+            ar_etcd_lease_revoke(a->c, res->lease_id, on_revoke_ignore, NULL);
         alive_unref(a);
         return;
     }

@@ -476,3 +476,249 @@ void etcd_harness_run_for(uv_loop_t *loop, unsigned ms)
 
     etcd_harness_run_until(loop, &never, ms);
 }
+
+/* --- scripted gateway ---------------------------------------------------------------------- */
+
+#define GW_CONNS 32
+#define GW_PATHS 16
+
+struct gw_conn {
+    uv_tcp_t tcp;
+    struct fake_gw *g;
+    char *buf;
+    size_t len, cap;
+    bool held, open;
+};
+
+struct fake_gw {
+    uv_loop_t *loop;
+    uv_tcp_t srv;
+    fake_gw_fn fn;
+    void *arg;
+    char endpoint[64];
+    struct gw_conn *conns[GW_CONNS];
+    char paths[GW_PATHS][64];
+    unsigned counts[GW_PATHS];
+    int handles; /* listener + connections not yet closed; g is freed at 0 */
+};
+
+struct gw_write {
+    uv_write_t req;
+    char *data;
+};
+
+static void gw_count(struct fake_gw *g, const char *path)
+{
+    for (int i = 0; i < GW_PATHS; i++) {
+        if (!g->paths[i][0])
+            snprintf(g->paths[i], sizeof(g->paths[i]), "%s", path);
+        if (!strcmp(g->paths[i], path)) {
+            g->counts[i]++;
+            return;
+        }
+    }
+}
+
+unsigned fake_gw_count(const struct fake_gw *g, const char *path)
+{
+    for (int i = 0; i < GW_PATHS; i++)
+        if (!strcmp(g->paths[i], path))
+            return g->counts[i];
+    return 0;
+}
+
+const char *fake_gw_endpoint(const struct fake_gw *g)
+{
+    return g->endpoint;
+}
+
+static void gw_unref(struct fake_gw *g)
+{
+    if (--g->handles == 0)
+        free(g);
+}
+
+static void gw_conn_closed(uv_handle_t *h)
+{
+    struct gw_conn *cn = h->data;
+    struct fake_gw *g = cn->g;
+
+    for (int i = 0; i < GW_CONNS; i++)
+        if (g->conns[i] == cn)
+            g->conns[i] = NULL;
+    free(cn->buf);
+    free(cn);
+    gw_unref(g);
+}
+
+static void gw_conn_close(struct gw_conn *cn)
+{
+    if (!cn->open)
+        return;
+    cn->open = false;
+    uv_close((uv_handle_t *)&cn->tcp, gw_conn_closed);
+}
+
+static void gw_written(uv_write_t *req, int status)
+{
+    struct gw_write *w = (struct gw_write *)req;
+
+    free(w->data);
+    free(w);
+}
+
+static void gw_send(struct gw_conn *cn, const struct fake_gw_reply *r)
+{
+    struct gw_write *w = calloc(1, sizeof(*w));
+    size_t n = strlen(r->body), cap = n + 256;
+    uv_buf_t b;
+    int len;
+
+    if (!w || !(w->data = malloc(cap))) {
+        free(w);
+        return;
+    }
+    if (r->stream)
+        len = snprintf(w->data, cap,
+                       "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                       "Transfer-Encoding: chunked\r\n\r\n%zx\r\n%s\r\n",
+                       n, r->body);
+    else
+        len = snprintf(w->data, cap,
+                       "HTTP/1.1 %d X\r\nContent-Type: application/json\r\n"
+                       "Content-Length: %zu\r\n\r\n%s",
+                       r->status, n, r->body);
+    b = uv_buf_init(w->data, (unsigned)len);
+    if (uv_write(&w->req, (uv_stream_t *)&cn->tcp, &b, 1, gw_written) < 0) {
+        free(w->data);
+        free(w);
+    }
+}
+
+/* Handle every complete request in the buffer. */
+static void gw_parse(struct gw_conn *cn)
+{
+    while (!cn->held) {
+        char *hend, *cl, path[64] = "", *body;
+        size_t hlen, blen = 0, total;
+        struct fake_gw_reply r = {.status = 200};
+
+        cn->buf[cn->len] = 0;
+        hend = strstr(cn->buf, "\r\n\r\n");
+        if (!hend)
+            return;
+        hlen = (size_t)(hend - cn->buf) + 4;
+        cl = strcasestr(cn->buf, "\r\nContent-Length:");
+        if (cl && cl < hend)
+            blen = strtoul(cl + 17, NULL, 10);
+        total = hlen + blen;
+        if (cn->len < total)
+            return;
+        sscanf(cn->buf, "POST %63s", path);
+        body = strndup(cn->buf + hlen, blen);
+        if (!body)
+            return;
+        gw_count(cn->g, path);
+        cn->g->fn(cn->g->arg, path, body, &r);
+        free(body);
+        if (r.status == 0 || r.stream)
+            cn->held = true;
+        if (r.status)
+            gw_send(cn, &r);
+        memmove(cn->buf, cn->buf + total, cn->len - total);
+        cn->len -= total;
+    }
+}
+
+static void gw_alloc(uv_handle_t *h, size_t want, uv_buf_t *b)
+{
+    struct gw_conn *cn = h->data;
+
+    if (cn->cap - cn->len < 4097) {
+        char *p = realloc(cn->buf, cn->cap + 65536);
+
+        if (p) {
+            cn->buf = p;
+            cn->cap += 65536;
+        }
+    }
+    *b = uv_buf_init(cn->buf + cn->len, (unsigned)(cn->cap - cn->len - 1));
+}
+
+static void gw_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    struct gw_conn *cn = s->data;
+
+    if (n < 0) {
+        gw_conn_close(cn);
+        return;
+    }
+    cn->len += (size_t)n;
+    gw_parse(cn);
+}
+
+static void gw_accept(uv_stream_t *srv, int status)
+{
+    struct fake_gw *g = srv->data;
+    struct gw_conn *cn;
+    int slot = -1;
+
+    for (int i = 0; i < GW_CONNS && slot < 0; i++)
+        if (!g->conns[i])
+            slot = i;
+    cn = calloc(1, sizeof(*cn));
+    if (status < 0 || slot < 0 || !cn || !(cn->buf = malloc(65536))) {
+        free(cn);
+        return;
+    }
+    cn->cap = 65536;
+    cn->g = g;
+    uv_tcp_init(g->loop, &cn->tcp);
+    cn->tcp.data = cn;
+    cn->open = true;
+    g->handles++;
+    g->conns[slot] = cn;
+    if (uv_accept(srv, (uv_stream_t *)&cn->tcp) < 0 ||
+        uv_read_start((uv_stream_t *)&cn->tcp, gw_alloc, gw_read) < 0)
+        gw_conn_close(cn);
+}
+
+struct fake_gw *fake_gw_start(uv_loop_t *loop, fake_gw_fn fn, void *arg)
+{
+    struct fake_gw *g = calloc(1, sizeof(*g));
+    struct sockaddr_in a;
+    int alen = sizeof(a);
+
+    if (!g)
+        return NULL;
+    g->loop = loop;
+    g->fn = fn;
+    g->arg = arg;
+    g->handles = 1;
+    uv_tcp_init(loop, &g->srv);
+    g->srv.data = g;
+    uv_ip4_addr("127.0.0.1", 0, &a);
+    if (uv_tcp_bind(&g->srv, (const struct sockaddr *)&a, 0) < 0 ||
+        uv_listen((uv_stream_t *)&g->srv, 16, gw_accept) < 0 ||
+        uv_tcp_getsockname(&g->srv, (struct sockaddr *)&a, &alen) < 0) {
+        fake_gw_stop(g);
+        return NULL;
+    }
+    snprintf(g->endpoint, sizeof(g->endpoint), "http://127.0.0.1:%d", ntohs(a.sin_port));
+    return g;
+}
+
+static void gw_srv_closed(uv_handle_t *h)
+{
+    gw_unref(h->data);
+}
+
+void fake_gw_stop(struct fake_gw *g)
+{
+    if (!g)
+        return;
+    for (int i = 0; i < GW_CONNS; i++)
+        if (g->conns[i])
+            gw_conn_close(g->conns[i]);
+    uv_close((uv_handle_t *)&g->srv, gw_srv_closed);
+}

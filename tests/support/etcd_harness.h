@@ -58,4 +58,25 @@ void etcd_harness_run_for(uv_loop_t *loop, unsigned ms);
 /* Kill everything, remove the directory. Safe to call twice. */
 void etcd_harness_destroy(struct etcd_harness *h);
 
+/*
+ * A scripted etcd gateway on loopback, on the caller's libuv loop (so it runs between the
+ * client's callbacks): every POST is handed to fn, whose reply is sent back. For answers a real
+ * etcd cannot be made to give (a lease grant with TTL 0, a stream that goes silent).
+ * HTTP/1.1 with keep-alive; requests need a Content-Length (what libcurl sends for POSTFIELDS).
+ */
+struct fake_gw_reply {
+    int status;     /* HTTP status; 0: never answer, hold the connection open and silent */
+    bool stream;    /* 200 chunked, body sent as one chunk, then the connection stays open */
+    char body[2048];
+};
+typedef void (*fake_gw_fn)(void *arg, const char *path, const char *body,
+                           struct fake_gw_reply *r);
+struct fake_gw;
+struct fake_gw *fake_gw_start(uv_loop_t *loop, fake_gw_fn fn, void *arg);
+const char *fake_gw_endpoint(const struct fake_gw *g);
+/* Requests seen on path so far. */
+unsigned fake_gw_count(const struct fake_gw *g, const char *path);
+/* Close the listener and every connection (held ones too); the loop must run afterwards. */
+void fake_gw_stop(struct fake_gw *g);
+
 #endif
