@@ -102,6 +102,16 @@ uint64_t ar_election_deadline(const struct ar_election *e)
     return e->leader && e->deadline > e->margin ? e->deadline - e->margin : 0;
 }
 
+int ar_election_guard(const struct ar_election *e, struct ar_etcd_compare *out)
+{
+    if (!e || !ar_election_is_leader(e, ar_etcd_now_ms()) || e->my_rev <= 0)
+        return -EPERM;
+    *out = (struct ar_etcd_compare){.key = (const uint8_t *)e->key, .key_len = e->key_len,
+                                    .target = AR_ETCD_CMP_CREATE, .result = AR_ETCD_EQUAL,
+                                    .number = e->my_rev};
+    return 0;
+}
+
 const char *ar_election_leader(const struct ar_election *e)
 {
     return e->leader_value;

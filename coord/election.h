@@ -45,6 +45,15 @@ struct ar_election *ar_election_start(struct ar_etcd *c, const struct ar_electio
 bool ar_election_is_leader(const struct ar_election *e, uint64_t now_ms);
 /* The lease deadline minus margin (0 when not leader). */
 uint64_t ar_election_deadline(const struct ar_election *e);
+/*
+ * S7: the compare that conditions a leader-only write on this leadership term:
+ * "create_revision(key) == the revision at which this contender created it". Put it in the
+ * txn's compares: the txn then fails (succeeded false) once the key was deleted (resign, lease
+ * expiry, an operator) or created again by anyone, including by this contender in a later
+ * term; etcd decides, not the local clock. Fills *out (out->key points into e: valid while e
+ * lives) and returns 0 while ar_election_is_leader(e, now); -EPERM otherwise.
+ */
+int ar_election_guard(const struct ar_election *e, struct ar_etcd_compare *out);
 /* Observed leader's value (NULL: none). Valid until the next callback. */
 const char *ar_election_leader(const struct ar_election *e);
 /*

@@ -678,6 +678,23 @@ int ar_etcd_decode_result(const struct ar_xfer *x, enum ar_etcd_op_type type,
     return 0;
 }
 
+/*
+ * How long one attempt may take. A write gets the whole budget (it is never sent twice after a
+ * timeout). A read with other endpoints to try gets a share, at least 1 s, so that a member
+ * that accepts connections but never answers (stopped, overloaded, cut off) does not eat the
+ * whole budget: the read moves on to the next endpoint in time.
+ */
+static uint64_t attempt_ms(const struct req *r, uint64_t now)
+{
+    uint64_t left = r->deadline - now, share = r->c->req_timeout_ms / r->c->n_ep;
+
+    if (!r->idempotent || r->c->n_ep < 2)
+        return left;
+    if (share < 1000)
+        share = 1000;
+    return share < left ? share : left;
+}
+
 static void req_attempt(struct req *r)
 {
     struct ar_etcd *c = r->c;
@@ -697,7 +714,7 @@ static void req_attempt(struct req *r)
         return;
     }
     r->attempts++;
-    rc = ar_xfer_start(c, &r->x, r->path, r->has_leader, (long)(r->deadline - now));
+    rc = ar_xfer_start(c, &r->x, r->path, r->has_leader, (long)attempt_ms(r, now));
     if (rc < 0)
         req_fail(r, rc, NULL);
 }

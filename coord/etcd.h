@@ -28,7 +28,8 @@
  *   values are wiped when freed.
  * - Failover: endpoints are tried in order, starting with the last one that worked. A request
  *   moves to the next endpoint when the connection fails or etcd says it has no leader; reads
- *   also move on a timeout. A write that timed out is never resent (its outcome is unknown).
+ *   also move on a timeout of their attempt (see request_timeout_ms), so a member that hangs
+ *   does not fail them. A write that timed out is never resent (its outcome is unknown).
  * - Auth: with a username the client authenticates first, sends the token as
  *   "Authorization: <token>", and re-authenticates once on "invalid auth token" (gRPC 16).
  * - Streams (watch, keepalive) send "Grpc-Metadata-Hasleader: true" so a member without quorum
@@ -60,7 +61,9 @@ struct ar_etcd_settings {
     /* RBAC auth (optional). */
     const char *username;
     const char *password;
-    unsigned request_timeout_ms; /* per attempt of a unary request; 0: 5000 */
+    unsigned request_timeout_ms; /* whole budget of a unary request, all attempts; 0: 5000.
+                                    With several endpoints a read's attempt gets
+                                    max(1000, timeout / endpoints) of it */
     unsigned dial_timeout_ms;    /* TCP+TLS connect; 0: 2000 */
 };
 

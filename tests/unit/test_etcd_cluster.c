@@ -109,6 +109,20 @@ static void test_cluster_failover(void **state)
     s = ar_etcd_sync_new(&st);
     assert_int_equal(all_ops(s, "c/0", &err), 0);
 
+    /* the member the client uses hangs (SIGSTOP: connections are accepted, nothing answers):
+     * a read moves on to another member in time instead of timing out */
+    assert_int_equal(etcd_harness_stop_member(&H, 0, SIGSTOP), 0);
+    t0 = ar_etcd_now_ms();
+    rc = get_s(s, "c/0", false, v, sizeof(v), &err);
+    dt = ar_etcd_now_ms() - t0;
+    if (rc)
+        fprintf(stderr, "hung member: read -> %d after %llu ms: %s: %s\n", rc,
+                (unsigned long long)dt, err.endpoint, err.msg);
+    assert_int_equal(rc, 0);
+    assert_true(dt < 3000);
+    assert_int_equal(etcd_harness_stop_member(&H, 0, SIGCONT), 0);
+    assert_int_equal(etcd_harness_wait_healthy(&H, 0, 10000), 0);
+
     /* one member down (the one the client uses first): everything continues. SIGTERM, so a
      * leader hands over first; after a SIGKILLed leader, writes already forwarded to it stall
      * until etcd's own 7 s proposal timeout and their outcome is unknown (not retried) */

@@ -295,7 +295,7 @@ static void test_election_three_contenders(void **state)
 /* --- in-process election: observe, resign, deadline ---------------------------------------- */
 
 struct obs {
-    int changes;
+    int changes, downs; /* downs: leader -> not leader */
     bool leader;
     char seen[32];
 };
@@ -305,6 +305,8 @@ static void on_state(void *arg, const struct ar_election_state *st)
     struct obs *o = arg;
 
     o->changes++;
+    if (o->leader && !st->is_leader)
+        o->downs++;
     o->leader = st->is_leader;
     snprintf(o->seen, sizeof(o->seen), "%s", st->leader ? st->leader : "");
 }
@@ -351,6 +353,83 @@ static void test_election_observe_and_deadline(void **state)
     ar_election_free(ea);
     assert_true(etcd_harness_run_until(&loop, &b.leader, 1500));
     assert_string_equal(b.seen, "B");
+    ar_election_free(eb);
+    ar_etcd_close(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* Put /g/rot = v in a txn guarded by g; returns succeeded (1/0) or the error. */
+static int guarded_put(const struct ar_etcd_compare *g, const char *v)
+{
+    struct ar_etcd_op put = {.type = AR_ETCD_PUT, .key = (const uint8_t *)"/g/rot", .key_len = 6,
+                             .value = (const uint8_t *)v, .value_len = strlen(v)};
+    struct ar_etcd_txn t = {.compare = g, .n_compare = 1, .success = &put, .n_success = 1};
+    struct ar_etcd_result *r;
+    int rc = ar_etcd_sync_txn(S, &t, &r, NULL);
+
+    if (rc < 0)
+        return rc;
+    rc = r->succeeded;
+    ar_etcd_result_free(r);
+    return rc;
+}
+
+static bool run_until_stepped_down(uv_loop_t *loop, const struct obs *o, unsigned ms)
+{
+    int downs = o->downs;
+
+    for (unsigned t = 0; t < ms && o->downs == downs; t += 10)
+        etcd_harness_run_for(loop, 10);
+    return o->downs > downs;
+}
+
+/* S7: leader-only writes are txns conditioned on the leadership term (ar_election_guard); a
+ * leader whose key an operator deletes notices (watch), steps down, and its old guard fails
+ * even after it leads again. */
+static void test_election_guard_and_operator_delete(void **state)
+{
+    uv_loop_t loop;
+    struct ar_etcd_settings st;
+    struct ar_etcd *c;
+    struct obs a = {0}, b = {0};
+    struct ar_election_settings sa = {.key = "/g/leader", .value = "A", .ttl_s = 5};
+    struct ar_election_settings sb = {.key = "/g/leader", .value = "B", .ttl_s = 5};
+    struct ar_election *ea, *eb;
+    struct ar_etcd_compare g1, g2, gb;
+    struct ar_etcd_op del = {.key = (const uint8_t *)"/g/leader", .key_len = 9};
+    bool done = false;
+
+    uv_loop_init(&loop);
+    etcd_harness_settings(&H, &st);
+    c = ar_etcd_new(&loop, &st);
+    ea = ar_election_start(c, &sa, on_state, &a);
+    assert_true(etcd_harness_run_until(&loop, &a.leader, 3000));
+    assert_int_equal(ar_election_guard(ea, &g1), 0);
+    assert_int_equal(guarded_put(&g1, "1"), 1);
+    eb = ar_election_start(c, &sb, on_state, &b);
+    etcd_harness_run_for(&loop, 300);
+    assert_int_equal(ar_election_guard(eb, &gb), -EPERM); /* a follower gets no guard */
+
+    /* an operator deletes the leader key: A steps down at once (not at its lease deadline) */
+    assert_int_equal(ar_etcd_sync_delete(S, &del, NULL, NULL), 0);
+    assert_true(run_until_stepped_down(&loop, &a, 1000));
+    assert_int_equal(guarded_put(&g1, "2"), 0); /* the old term's guard fails */
+    /* someone leads again (A's or B's campaign), with a new term: g1 keeps failing */
+    for (int i = 0; i < 100 && !a.leader && !b.leader; i++)
+        etcd_harness_run_for(&loop, 20);
+    etcd_harness_run_for(&loop, 100); /* both have seen the new key */
+    assert_true(a.leader != b.leader);
+    assert_int_equal(ar_election_guard(a.leader ? ea : eb, &g2), 0);
+    assert_true(g2.number > g1.number);
+    assert_int_equal(guarded_put(&g1, "3"), 0);
+    assert_int_equal(guarded_put(&g2, "4"), 1);
+
+    /* resign: the guard goes at once and the term's txns fail */
+    ar_election_resign(a.leader ? ea : eb, resign_done, &done);
+    assert_true(etcd_harness_run_until(&loop, &done, 3000));
+    assert_int_equal(guarded_put(&g2, "5"), 0);
+    ar_election_free(ea);
     ar_election_free(eb);
     ar_etcd_close(c);
     uv_run(&loop, UV_RUN_DEFAULT);
@@ -521,6 +600,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_election_observe_and_deadline),
+        cmocka_unit_test(test_election_guard_and_operator_delete),
         cmocka_unit_test(test_membership),
         cmocka_unit_test(test_cas),
         cmocka_unit_test(test_election_three_contenders),
