@@ -930,6 +930,7 @@ struct ar_etcd *ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s)
     c->password = dup_opt(s->password, &bad);
     c->req_timeout_ms = s->request_timeout_ms ? s->request_timeout_ms : 5000;
     c->dial_timeout_ms = s->dial_timeout_ms ? s->dial_timeout_ms : 2000;
+    c->watch_idle_ms = s->watch_idle_ms ? s->watch_idle_ms : 30000;
     c->multi = curl_multi_init();
     if (bad || !c->multi)
         goto fail;

@@ -65,6 +65,7 @@ struct ar_etcd_settings {
                                     With several endpoints a read's attempt gets
                                     max(1000, timeout / endpoints) of it */
     unsigned dial_timeout_ms;    /* TCP+TLS connect; 0: 2000 */
+    unsigned watch_idle_ms;      /* a watch stream silent this long is replaced; 0: 30000 */
 };
 
 struct ar_etcd_error {
@@ -283,7 +284,10 @@ struct ar_etcd_watch_opts {
 struct ar_etcd_watch;
 typedef void (*ar_etcd_watch_cb)(void *arg, const struct ar_etcd_watch_update *u);
 /* One long-lived stream. Reconnects (with backoff, rotating endpoints) from the last seen
- * revision + 1, so no event is lost or repeated. */
+ * revision + 1, so no event is lost or repeated. A stream silent for watch_idle_ms (a member
+ * cut off without a reset, a stuck server) is replaced by a new connection from the same
+ * point: quietly (no callback) when the old one had been established, else as an ERROR
+ * (-ETIMEDOUT). So a dead stream is noticed within watch_idle_ms + dial_timeout_ms. */
 int ar_etcd_watch_start(struct ar_etcd *c, const struct ar_etcd_watch_opts *o,
                         ar_etcd_watch_cb cb, void *arg, struct ar_etcd_watch **out);
 /* Cancel and free; no callback after it. */

@@ -71,7 +71,7 @@ struct ar_etcd {
     size_t n_ep;
     size_t cur_ep;
     char *cacert, *cert, *key, *username, *password;
-    unsigned req_timeout_ms, dial_timeout_ms;
+    unsigned req_timeout_ms, dial_timeout_ms, watch_idle_ms;
     char *token;
     bool authing;
     struct ar_link auth_waiters;

@@ -79,9 +79,12 @@ struct ar_etcd_watch {
     void *arg;
     struct ar_linebuf lb;
     uv_timer_t *timer;
+    uv_timer_t *idle; /* while connected: fires when the stream was silent watch_idle_ms */
     unsigned failures;
     int busy;
     bool dead, finished, conn_failed;
+    bool created; /* this connection got its "created" */
+    bool quiet;   /* replacing a silent stream: do not report its "created" again */
 };
 
 static void watch_connect(struct ar_etcd_watch *w);
@@ -93,6 +96,7 @@ static void watch_free(struct ar_etcd_watch *w)
     ar_xfer_release(&w->x);
     ar_linebuf_free(&w->lb);
     timer_free(&w->timer);
+    timer_free(&w->idle);
     free(w->key);
     free(w->end);
     free(w);
@@ -123,6 +127,34 @@ static void on_watch_timer(uv_timer_t *t)
     watch_connect(t->data);
 }
 
+static void watch_fail(struct ar_etcd_watch *w, const struct ar_etcd_error *e);
+
+/* The stream said nothing for watch_idle_ms. An established one may just be idle, or its member
+ * cut off without a reset: replace it from the same revision without telling the user (a dead
+ * member then fails the new connection, which is reported). One that never got "created" is a
+ * failure. */
+static void on_watch_idle(uv_timer_t *t)
+{
+    struct ar_etcd_watch *w = t->data;
+    struct ar_etcd_error e;
+
+    if (!w->x.active || w->dead || w->finished)
+        return;
+    watch_enter(w);
+    if (w->created) {
+        ar_xfer_stop(&w->x);
+        ar_link_del(&w->x.dirty);
+        w->lb.len = 0;
+        w->quiet = true;
+        watch_connect(w);
+    } else {
+        ar_etcd_set_error(&e, -ETIMEDOUT, w->c->endpoints[w->x.ep],
+                          "watch: no answer within %u ms", w->c->watch_idle_ms);
+        watch_fail(w, &e);
+    }
+    watch_leave(w);
+}
+
 /* Report the error and reconnect after a backoff, on the next endpoint. */
 static void watch_fail(struct ar_etcd_watch *w, const struct ar_etcd_error *e)
 {
@@ -131,8 +163,10 @@ static void watch_fail(struct ar_etcd_watch *w, const struct ar_etcd_error *e)
     uint64_t delay;
 
     w->conn_failed = true;
+    w->quiet = false;
     ar_xfer_stop(&w->x);
     ar_link_del(&w->x.dirty);
+    uv_timer_stop(w->idle);
     w->lb.len = 0;
     u.status = e->code;
     u.err = e;
@@ -231,6 +265,7 @@ static bool watch_line(struct ar_etcd_watch *w, const char *line, size_t len)
 
             w->finished = true;
             ar_xfer_stop(&w->x);
+            uv_timer_stop(w->idle);
             watch_report(w, &u);
             ok = false;
             goto out;
@@ -250,7 +285,10 @@ static bool watch_line(struct ar_etcd_watch *w, const char *line, size_t len)
         if (!w->next_rev)
             w->next_rev = rev + 1;
         w->failures = 0;
-        watch_report(w, &u);
+        w->created = true;
+        if (!w->quiet)
+            watch_report(w, &u);
+        w->quiet = false;
     }
     if (json_array_size(json_object_get(res, "events")) && !w->dead) {
         int rc = watch_events(w, res, rev);
@@ -273,6 +311,8 @@ static void watch_process(struct ar_xfer *x)
     char *line;
 
     watch_enter(w);
+    if (w->x.active) /* the stream is alive: restart the silence clock */
+        uv_timer_start(w->idle, on_watch_idle, w->c->watch_idle_ms, 0);
     for (;;) {
         before = consumed;
         line = ar_linebuf_next(&w->lb, &consumed);
@@ -353,9 +393,12 @@ static void watch_auth_resume(struct ar_auth_wait *aw, int status, const struct 
     }
     w->lb.len = 0;
     w->conn_failed = false;
+    w->created = false;
     rc = watch_body(w);
     if (rc == 0)
         rc = ar_xfer_start(w->c, &w->x, "/v3/watch", true, 0);
+    if (rc == 0)
+        uv_timer_start(w->idle, on_watch_idle, w->c->watch_idle_ms, 0);
     if (rc < 0) {
         ar_etcd_set_error(&err, rc, w->c->endpoints[w->x.ep], "watch: %s", strerror(-rc));
         watch_fail(w, &err);
@@ -415,7 +458,8 @@ int ar_etcd_watch_start(struct ar_etcd *c, const struct ar_etcd_watch_opts *o,
     w->key = malloc(o->key_len);
     w->key_len = o->key_len;
     w->timer = timer_new(c->loop, w);
-    if (!w->key || !w->timer)
+    w->idle = timer_new(c->loop, w);
+    if (!w->key || !w->timer || !w->idle)
         goto nomem;
     memcpy(w->key, o->key, o->key_len);
     if (o->range_end) {
@@ -459,7 +503,10 @@ int ar_etcd_watch_feed(struct ar_etcd *c, const char *const *chunks, const size_
     w->x.c = c;
     w->x.stream = true;
     w->timer = timer_new(c->loop, w);
-    if (!w->timer) {
+    w->idle = timer_new(c->loop, w);
+    if (!w->timer || !w->idle) {
+        timer_free(&w->timer);
+        timer_free(&w->idle);
         free(w);
         return -ENOMEM;
     }

@@ -84,12 +84,14 @@ struct fx {
     /* freed by teardown if a failed assertion left them running */
     struct ar_member_alive *alive;
     struct ar_election *election;
+    struct ar_etcd_watch *watch;
 };
 
 static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof(*f));
-    struct ar_etcd_settings st = {.n_endpoints = 1, .request_timeout_ms = 1000};
+    struct ar_etcd_settings st = {.n_endpoints = 1, .request_timeout_ms = 1000,
+                                  .watch_idle_ms = 300};
 
     if (!f || uv_loop_init(&f->loop) < 0)
         return -1;
@@ -108,6 +110,7 @@ static int teardown(void **state)
 
     ar_member_alive_stop(f->alive, NULL, NULL);
     ar_election_free(f->election);
+    ar_etcd_watch_stop(f->watch);
     ar_etcd_close(f->c);
     fake_gw_stop(f->g);
     uv_run(&f->loop, UV_RUN_DEFAULT);
@@ -253,6 +256,57 @@ static void test_election_grant_without_ttl(void **state)
     ar_election_free(e);
 }
 
+/* --- watch ---------------------------------------------------------------------------------- */
+
+struct wseen {
+    int created, errors, status;
+    char msg[256];
+};
+
+static void on_watch(void *arg, const struct ar_etcd_watch_update *u)
+{
+    struct wseen *w = arg;
+
+    if (u->kind == AR_ETCD_WATCH_CREATED)
+        w->created++;
+    if (u->kind == AR_ETCD_WATCH_ERROR) {
+        w->errors++;
+        w->status = u->status;
+        snprintf(w->msg, sizeof(w->msg), "%s", u->err->msg);
+    }
+}
+
+/* A stream that goes silent is noticed within watch_idle_ms: an established one is replaced
+ * from the same revision without a report, one that never answers is an error. */
+static void test_watch_silent_stream(void **state)
+{
+    struct fx *f = *state;
+    struct wseen w = {0};
+    struct ar_etcd_watch_opts o = {.key = (const uint8_t *)"/w", .key_len = 2};
+    unsigned n;
+
+    assert_int_equal(ar_etcd_watch_start(f->c, &o, on_watch, &w, &f->watch), 0);
+    etcd_harness_run_for(&f->loop, 1000); /* created at revision 6, then silence */
+    n = fake_gw_count(f->g, "/v3/watch");
+    assert_true(n >= 3 && n <= 5); /* replaced every 300 ms */
+    assert_non_null(strstr(f->s.last_watch, "\"start_revision\":\"7\""));
+    assert_int_equal(w.created, 1);
+    assert_int_equal(w.errors, 0);
+
+    f->s.watch_silent = true; /* now connections are accepted and never answered */
+    etcd_harness_run_for(&f->loop, 700);
+    assert_true(w.errors >= 1);
+    assert_int_equal(w.status, -ETIMEDOUT);
+    assert_string_equal(w.msg, "watch: no answer within 300 ms");
+
+    f->s.watch_silent = false; /* it recovers, from the same revision, and says so */
+    etcd_harness_run_for(&f->loop, 700);
+    assert_int_equal(w.created, 2);
+    assert_non_null(strstr(f->s.last_watch, "\"start_revision\":\"7\""));
+    ar_etcd_watch_stop(f->watch);
+    f->watch = NULL;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -260,6 +314,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_member_put_lease_gone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_member_stop_during_grant, setup, teardown),
         cmocka_unit_test_setup_teardown(test_election_grant_without_ttl, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_watch_silent_stream, setup, teardown),
     };
 
     curl_global_init(CURL_GLOBAL_DEFAULT);
