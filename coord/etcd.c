@@ -886,6 +886,20 @@ static char *dup_opt(const char *s, bool *bad)
     return d;
 }
 
+/* The copies ar_etcd_new made (the password wiped). */
+static void free_settings(struct ar_etcd *c)
+{
+    for (size_t i = 0; i < c->n_ep; i++)
+        free(c->endpoints[i]);
+    free(c->cacert);
+    free(c->cert);
+    free(c->key);
+    free(c->username);
+    if (c->password)
+        sodium_memzero(c->password, strlen(c->password));
+    free(c->password);
+}
+
 struct ar_etcd *ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s)
 {
     struct ar_etcd *c;
@@ -945,15 +959,7 @@ struct ar_etcd *ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s)
 fail:
     if (c->multi)
         curl_multi_cleanup(c->multi);
-    for (size_t i = 0; i < c->n_ep; i++)
-        free(c->endpoints[i]);
-    free(c->cacert);
-    free(c->cert);
-    free(c->key);
-    free(c->username);
-    if (c->password)
-        sodium_memzero(c->password, strlen(c->password));
-    free(c->password);
+    free_settings(c);
     free(c);
     errno = ENOMEM;
     return NULL;
@@ -989,15 +995,7 @@ void ar_etcd_close(struct ar_etcd *c)
         curl_easy_cleanup(c->pool[--c->n_pool]);
     curl_multi_cleanup(c->multi);
     uv_timer_stop(&c->timer);
-    for (size_t i = 0; i < c->n_ep; i++)
-        free(c->endpoints[i]);
-    free(c->cacert);
-    free(c->cert);
-    free(c->key);
-    free(c->username);
-    if (c->password)
-        sodium_memzero(c->password, strlen(c->password));
-    free(c->password);
+    free_settings(c);
     ar_etcd_auth_invalidate(c, c->token);
     uv_close((uv_handle_t *)&c->timer, free_client);
 }
@@ -1023,41 +1021,37 @@ void ar_etcd_result_free(struct ar_etcd_result *res)
 
 /* --- KV ----------------------------------------------------------------------------------- */
 
-int ar_etcd_range(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_cb cb, void *arg)
+/* One KV operation as its own request. */
+static int kv_submit(struct ar_etcd *c, const struct ar_etcd_op *op, enum ar_etcd_op_type type,
+                     ar_etcd_cb cb, void *arg)
 {
+    static const char *const paths[] = {"/v3/kv/range", "/v3/kv/put", "/v3/kv/deleterange"};
     struct ar_etcd_op o = *op;
+    unsigned flags = HAS_LEADER;
     json_t *body;
     int rc;
 
-    o.type = AR_ETCD_RANGE;
+    o.type = type;
     if ((rc = ar_json_op(&o, &body)) < 0)
         return rc;
-    return submit(c, "/v3/kv/range", AR_ETCD_RANGE, body,
-                  IDEMPOTENT | (o.serializable ? 0 : HAS_LEADER), cb, arg);
+    if (type == AR_ETCD_RANGE) /* reads are idempotent; a serializable one needs no leader */
+        flags = IDEMPOTENT | (o.serializable ? 0 : HAS_LEADER);
+    return submit(c, paths[type], type, body, flags, cb, arg);
+}
+
+int ar_etcd_range(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_cb cb, void *arg)
+{
+    return kv_submit(c, op, AR_ETCD_RANGE, cb, arg);
 }
 
 int ar_etcd_put(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_cb cb, void *arg)
 {
-    struct ar_etcd_op o = *op;
-    json_t *body;
-    int rc;
-
-    o.type = AR_ETCD_PUT;
-    if ((rc = ar_json_op(&o, &body)) < 0)
-        return rc;
-    return submit(c, "/v3/kv/put", AR_ETCD_PUT, body, HAS_LEADER, cb, arg);
+    return kv_submit(c, op, AR_ETCD_PUT, cb, arg);
 }
 
 int ar_etcd_delete(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_cb cb, void *arg)
 {
-    struct ar_etcd_op o = *op;
-    json_t *body;
-    int rc;
-
-    o.type = AR_ETCD_DELETE;
-    if ((rc = ar_json_op(&o, &body)) < 0)
-        return rc;
-    return submit(c, "/v3/kv/deleterange", AR_ETCD_DELETE, body, HAS_LEADER, cb, arg);
+    return kv_submit(c, op, AR_ETCD_DELETE, cb, arg);
 }
 
 static const char *const cmp_target[] = {"VERSION", "CREATE", "MOD", "VALUE"};

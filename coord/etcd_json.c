@@ -333,21 +333,38 @@ bool ar_etcd_parse_error_json(json_t *root, struct ar_etcd_error *e, long http)
     return true;
 }
 
+#define LINEBUF_MIN ((size_t)4096)
+
+/* Move to a buffer of cap bytes (>= len + 1); the old one is wiped (stream data may be values). */
+static int linebuf_resize(struct ar_linebuf *b, size_t cap)
+{
+    char *np = malloc(cap);
+
+    if (!np)
+        return -ENOMEM;
+    if (b->p) {
+        memcpy(np, b->p, b->len + 1);
+        sodium_memzero(b->p, b->cap);
+        free(b->p);
+    } else {
+        np[0] = 0;
+    }
+    b->p = np;
+    b->cap = cap;
+    return 0;
+}
+
 int ar_linebuf_add(struct ar_linebuf *b, const char *p, size_t n)
 {
     if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        char *np;
+        size_t cap = b->cap ? b->cap : LINEBUF_MIN;
 
         while (cap < b->len + n + 1)
             cap *= 2;
         if (cap > LINE_MAX_BYTES + 1)
             return -EMSGSIZE;
-        np = realloc(b->p, cap);
-        if (!np)
+        if (linebuf_resize(b, cap) < 0)
             return -ENOMEM;
-        b->p = np;
-        b->cap = cap;
     }
     memcpy(b->p + b->len, p, n);
     b->len += n;
@@ -372,11 +389,19 @@ char *ar_linebuf_next(struct ar_linebuf *b, size_t *consumed)
 
 void ar_linebuf_shift(struct ar_linebuf *b, size_t consumed)
 {
+    size_t cap = LINEBUF_MIN;
+
     if (!consumed)
         return;
     memmove(b->p, b->p + consumed, b->len - consumed);
     b->len -= consumed;
     b->p[b->len] = 0;
+    /* one big event must not pin its buffer for the life of the stream: give it back once the
+     * rest fits in a quarter (a failed shrink just keeps the big buffer) */
+    while (cap < b->len + 1)
+        cap *= 2;
+    if (cap <= b->cap / 4)
+        linebuf_resize(b, cap);
 }
 
 void ar_linebuf_free(struct ar_linebuf *b)

@@ -45,6 +45,31 @@ static int buffer_data(struct ar_xfer *x, struct ar_linebuf *lb, const char *p, 
     return 0;
 }
 
+/* Hand each complete non-empty line to fn (outside libcurl callbacks) until it returns false;
+ * then the rest of the buffer is dropped (the stream is being abandoned). */
+static void stream_lines(struct ar_linebuf *lb, bool (*fn)(void *obj, const char *line, size_t n),
+                         void *obj)
+{
+    size_t consumed = 0, before;
+    char *line;
+
+    for (;;) {
+        before = consumed;
+        line = ar_linebuf_next(lb, &consumed);
+        if (!line)
+            break;
+        if (consumed - before <= 1)
+            continue;
+        if (!fn(obj, line, consumed - before - 1)) {
+            consumed = lb->len;
+            break;
+        }
+    }
+    if (consumed > lb->len) /* fn may have emptied the buffer */
+        consumed = lb->len;
+    ar_linebuf_shift(lb, consumed);
+}
+
 /* A stream ended or sent an error: fill e. Lines of the stream shape were parsed before. */
 static void stream_end_error(struct ar_xfer *x, CURLcode rc, long http, struct ar_linebuf *lb,
                              struct ar_etcd_error *e)
@@ -224,8 +249,9 @@ out:
 }
 
 /* One line of the stream. Returns false when the stream must stop being read. */
-static bool watch_line(struct ar_etcd_watch *w, const char *line, size_t len)
+static bool watch_line(void *obj, const char *line, size_t len)
 {
+    struct ar_etcd_watch *w = obj;
     struct ar_etcd_error e;
     json_error_t jerr;
     json_t *root = json_loadb(line, len, 0, &jerr), *res;
@@ -307,27 +333,11 @@ out:
 static void watch_process(struct ar_xfer *x)
 {
     struct ar_etcd_watch *w = AR_CONTAINER(x, struct ar_etcd_watch, x);
-    size_t consumed = 0, before;
-    char *line;
 
     watch_enter(w);
     if (w->x.active) /* the stream is alive: restart the silence clock */
         uv_timer_start(w->idle, on_watch_idle, w->c->watch_idle_ms, 0);
-    for (;;) {
-        before = consumed;
-        line = ar_linebuf_next(&w->lb, &consumed);
-        if (!line)
-            break;
-        if (consumed - before <= 1)
-            continue;
-        if (!watch_line(w, line, consumed - before - 1)) {
-            consumed = w->lb.len;
-            break;
-        }
-    }
-    if (consumed > w->lb.len)
-        consumed = w->lb.len;
-    ar_linebuf_shift(&w->lb, consumed);
+    stream_lines(&w->lb, watch_line, w);
     watch_leave(w);
 }
 
@@ -636,8 +646,9 @@ static int keeper_data(struct ar_xfer *x, const char *p, size_t n)
     return buffer_data(x, &k->lb, p, n);
 }
 
-static bool keeper_line(struct ar_etcd_keeper *k, const char *line, size_t len)
+static bool keeper_line(void *obj, const char *line, size_t len)
 {
+    struct ar_etcd_keeper *k = obj;
     struct ar_etcd_error e;
     const char *ep = k->c->endpoints[k->x.ep];
     json_t *root = json_loadb(line, len, 0, NULL), *res;
@@ -684,25 +695,9 @@ static bool keeper_line(struct ar_etcd_keeper *k, const char *line, size_t len)
 static void keeper_process(struct ar_xfer *x)
 {
     struct ar_etcd_keeper *k = AR_CONTAINER(x, struct ar_etcd_keeper, x);
-    size_t consumed = 0, before;
-    char *line;
 
     keeper_enter(k);
-    for (;;) {
-        before = consumed;
-        line = ar_linebuf_next(&k->lb, &consumed);
-        if (!line)
-            break;
-        if (consumed - before <= 1)
-            continue;
-        if (!keeper_line(k, line, consumed - before - 1)) {
-            consumed = k->lb.len;
-            break;
-        }
-    }
-    if (consumed > k->lb.len)
-        consumed = k->lb.len;
-    ar_linebuf_shift(&k->lb, consumed);
+    stream_lines(&k->lb, keeper_line, k);
     keeper_leave(k);
 }
 

@@ -91,7 +91,7 @@ static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof(*f));
     struct ar_etcd_settings st = {.n_endpoints = 1, .request_timeout_ms = 1000,
-                                  .watch_idle_ms = 300};
+                                  .watch_idle_ms = 150};
 
     if (!f || uv_loop_init(&f->loop) < 0)
         return -1;
@@ -151,7 +151,7 @@ static void test_member_grant_without_ttl(void **state)
     f->s.next_id = 7; /* ID 7, TTL omitted (0) */
     a = f->alive = ar_member_alive_start(f->c, "/m/", "n1", 5, "{}", on_write, &w);
     assert_non_null(a);
-    etcd_harness_run_for(&f->loop, 700);
+    etcd_harness_run_for(&f->loop, 600);
     assert_true(fake_gw_count(f->g, "/v3/lease/grant") >= 2); /* retried */
     assert_int_equal(fake_gw_count(f->g, "/v3/kv/put"), 0);
     assert_int_equal(fake_gw_count(f->g, "/v3/lease/keepalive"), 0);
@@ -286,21 +286,21 @@ static void test_watch_silent_stream(void **state)
     unsigned n;
 
     assert_int_equal(ar_etcd_watch_start(f->c, &o, on_watch, &w, &f->watch), 0);
-    etcd_harness_run_for(&f->loop, 1000); /* created at revision 6, then silence */
+    etcd_harness_run_for(&f->loop, 500); /* created at revision 6, then silence */
     n = fake_gw_count(f->g, "/v3/watch");
-    assert_true(n >= 3 && n <= 5); /* replaced every 300 ms */
+    assert_true(n >= 3 && n <= 5); /* replaced every 150 ms */
     assert_non_null(strstr(f->s.last_watch, "\"start_revision\":\"7\""));
     assert_int_equal(w.created, 1);
     assert_int_equal(w.errors, 0);
 
     f->s.watch_silent = true; /* now connections are accepted and never answered */
-    etcd_harness_run_for(&f->loop, 700);
+    etcd_harness_run_for(&f->loop, 350);
     assert_true(w.errors >= 1);
     assert_int_equal(w.status, -ETIMEDOUT);
-    assert_string_equal(w.msg, "watch: no answer within 300 ms");
+    assert_string_equal(w.msg, "watch: no answer within 150 ms");
 
     f->s.watch_silent = false; /* it recovers, from the same revision, and says so */
-    etcd_harness_run_for(&f->loop, 700);
+    etcd_harness_run_for(&f->loop, 800);
     assert_int_equal(w.created, 2);
     assert_non_null(strstr(f->s.last_watch, "\"start_revision\":\"7\""));
     ar_etcd_watch_stop(f->watch);

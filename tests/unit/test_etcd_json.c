@@ -236,6 +236,30 @@ static void test_keepalive_stream(void **state)
     assert_string_equal(s.msg, "keepalive: bad TTL 9223372036854775807");
 }
 
+/* A stream's line buffer gives back the memory of one big event once it is consumed. */
+static void test_linebuf_shrinks(void **state)
+{
+    struct ar_linebuf b = {0};
+    size_t big = 1u << 20, consumed = 0;
+    char *chunk = malloc(big);
+    char *line;
+
+    assert_non_null(chunk);
+    memset(chunk, 'x', big);
+    assert_int_equal(ar_linebuf_add(&b, chunk, big), 0);
+    assert_int_equal(ar_linebuf_add(&b, "\n{\"a\"", 6), 0);
+    assert_true(b.cap > big);
+    line = ar_linebuf_next(&b, &consumed);
+    assert_non_null(line);
+    assert_int_equal(strlen(line), big);
+    ar_linebuf_shift(&b, consumed);
+    assert_int_equal(b.len, 5);
+    assert_string_equal(b.p, "{\"a\"");
+    assert_int_equal(b.cap, 4096);
+    ar_linebuf_free(&b);
+    free(chunk);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -243,6 +267,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unary_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_watch_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_keepalive_stream, setup, teardown),
+        cmocka_unit_test(test_linebuf_shrinks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
