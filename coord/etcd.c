@@ -362,6 +362,35 @@ static size_t write_cb(char *p, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
+static struct ar_token *token_get(struct ar_token *t)
+{
+    if (t)
+        t->refs++;
+    return t;
+}
+
+static void token_put(struct ar_token *t)
+{
+    if (t && !--t->refs)
+        sodium_free(t); /* wipes */
+}
+
+static struct ar_token *token_new(const char *s)
+{
+    size_t n = strlen(s);
+    /* sodium_malloc ends the block at a page end: a size in 16s keeps the struct aligned */
+    size_t size = (sizeof(struct ar_token) + AR_TOKEN_HDR_LEN + n + 1 + 15) & ~(size_t)15;
+    struct ar_token *t = sodium_malloc(size);
+
+    if (!t)
+        return NULL;
+    t->refs = 1;
+    t->len = AR_TOKEN_HDR_LEN + n;
+    memcpy(t->line, AR_TOKEN_HDR, AR_TOKEN_HDR_LEN);
+    memcpy(t->line + AR_TOKEN_HDR_LEN, s, n + 1);
+    return t;
+}
+
 static CURL *pool_get(struct ar_etcd *c)
 {
     if (c->n_pool) {
@@ -384,8 +413,9 @@ static void pool_put(struct ar_etcd *c, CURL *h)
 int ar_xfer_start(struct ar_etcd *c, struct ar_xfer *x, const char *path, bool has_leader,
                   long timeout_ms)
 {
-    char url[600], auth[1100];
-    struct curl_slist *hl = NULL, *t;
+    char url[600];
+    struct curl_slist *hn = x->hnode;
+    size_t nh = 0;
     CURL *h;
     long conn_ms = (long)c->dial_timeout_ms;
 
@@ -395,33 +425,27 @@ int ar_xfer_start(struct ar_etcd *c, struct ar_xfer *x, const char *path, bool h
     x->errbuf[0] = 0;
     if (x->resp)
         x->resp[0] = 0;
-    curl_slist_free_all(x->hdrs);
-    x->hdrs = NULL;
     snprintf(url, sizeof(url), "%s%s", c->endpoints[x->ep], path);
     h = pool_get(c);
     if (!h)
         return -ENOMEM;
-#define ADDH(s)                                                                                    \
-    do {                                                                                           \
-        if (!(t = curl_slist_append(hl, (s))))                                                     \
-            goto nomem;                                                                            \
-        hl = t;                                                                                    \
-    } while (0)
-    ADDH("Content-Type: application/json");
-    ADDH("Expect:");
+    /* the header list: nodes of our own (libcurl only reads them), the token's line in locked
+     * memory; the transfer keeps its token referenced while libcurl may read it */
+    token_put(x->tok);
+    x->tok = token_get(c->token);
+    hn[nh++].data = (char *)"Content-Type: application/json";
+    hn[nh++].data = (char *)"Expect:";
     if (has_leader)
-        ADDH("Grpc-Metadata-Hasleader: true");
-    if (c->token) {
-        snprintf(auth, sizeof(auth), "Authorization: %s", c->token);
-        ADDH(auth);
-    }
-#undef ADDH
-    x->hdrs = hl;
+        hn[nh++].data = (char *)"Grpc-Metadata-Hasleader: true";
+    if (x->tok)
+        hn[nh++].data = x->tok->line;
+    for (size_t i = 0; i < nh; i++)
+        hn[i].next = i + 1 < nh ? &hn[i + 1] : NULL;
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_PRIVATE, (char *)x);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hn);
     curl_easy_setopt(h, CURLOPT_POST, 1L);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, x->body ? x->body : "{}");
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(x->body ? x->body_len : 2));
@@ -438,7 +462,7 @@ int ar_xfer_start(struct ar_etcd *c, struct ar_xfer *x, const char *path, bool h
     } else {
         curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)AR_ETCD_MAX_BODY);
     }
-    if (getenv("ATREST_CURL_VERBOSE")) /* debugging aid: libcurl's trace on stderr */
+    if (c->verbose) /* debugging aid: libcurl's trace on stderr */
         curl_easy_setopt(h, CURLOPT_VERBOSE, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(h, CURLOPT_TCP_KEEPIDLE, 10L);
@@ -457,10 +481,6 @@ int ar_xfer_start(struct ar_etcd *c, struct ar_xfer *x, const char *path, bool h
     x->h = h;
     x->active = true;
     return 0;
-nomem:
-    curl_slist_free_all(hl);
-    pool_put(c, h);
-    return -ENOMEM;
 }
 
 void ar_xfer_stop(struct ar_xfer *x)
@@ -477,13 +497,16 @@ void ar_xfer_release(struct ar_xfer *x)
 {
     ar_xfer_stop(x);
     ar_link_del(&x->dirty);
-    curl_slist_free_all(x->hdrs);
-    x->hdrs = NULL;
-    if (x->body) {
+    token_put(x->tok);
+    x->tok = NULL;
+    if (x->body && x->body_locked) {
+        sodium_free(x->body); /* wipes */
+    } else if (x->body) {
         sodium_memzero(x->body, x->body_len);
         free(x->body);
-        x->body = NULL;
     }
+    x->body = NULL;
+    x->body_locked = false;
     if (x->resp) {
         sodium_memzero(x->resp, x->resp_cap);
         free(x->resp);
@@ -621,7 +644,7 @@ static void req_done(struct ar_xfer *x, CURLcode rc, long http)
     if (st < 0) {
         if (err.grpc_code == 16 && c->username && !r->is_auth && !r->auth_retried) {
             r->auth_retried = true;
-            ar_etcd_auth_invalidate(c, c->token);
+            ar_etcd_auth_invalidate(c, x->tok);
             ar_etcd_auth_wait(c, &r->aw);
             return;
         }
@@ -651,7 +674,7 @@ int ar_etcd_decode_result(const struct ar_xfer *x, enum ar_etcd_op_type type,
 {
     struct ar_etcd *c = x->c;
     struct ar_etcd_result *res;
-    json_t *root;
+    json_t *root, *tok;
     json_error_t jerr;
     int st;
 
@@ -666,6 +689,9 @@ int ar_etcd_decode_result(const struct ar_xfer *x, enum ar_etcd_op_type type,
         return err->code;
     }
     st = ar_parse_result(c, root, type, res);
+    tok = json_object_get(root, "token");
+    if (json_is_string(tok)) /* jansson's copy of an auth token (the lexer's is out of reach) */
+        sodium_memzero((char *)json_string_value(tok), json_string_length(tok));
     json_decref(root);
     if (st < 0) {
         ar_result_clear(res);
@@ -729,13 +755,22 @@ static void req_auth_resume(struct ar_auth_wait *w, int status, const struct ar_
         req_attempt(r);
 }
 
+/* body (len bytes, NUL-terminated) becomes the request's, also on failure (locked: it was
+ * sodium_malloc'd) */
 static struct req *req_new(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type,
-                           json_t *body, ar_etcd_cb cb, void *arg)
+                           char *body, size_t len, bool locked, ar_etcd_cb cb, void *arg)
 {
     struct req *r = calloc(1, sizeof(*r));
 
-    if (!r)
+    if (!r) {
+        if (locked) {
+            sodium_free(body);
+        } else if (body) {
+            sodium_memzero(body, len);
+            free(body);
+        }
         return NULL;
+    }
     r->c = c;
     r->path = path;
     r->type = type;
@@ -749,11 +784,9 @@ static struct req *req_new(struct ar_etcd *c, const char *path, enum ar_etcd_op_
     ar_link_init(&r->aw.link);
     ar_link_init(&r->x.dirty);
     r->aw.resume = req_auth_resume;
-    r->x.body = ar_json_dump(body, &r->x.body_len);
-    if (!r->x.body) {
-        free(r);
-        return NULL;
-    }
+    r->x.body = body;
+    r->x.body_len = len;
+    r->x.body_locked = locked;
     return r;
 }
 
@@ -773,20 +806,23 @@ static void req_submit(struct req *r)
 #define HAS_LEADER 2u /* Grpc-Metadata-Hasleader: fail at once on a member without quorum */
 #define GRANT      4u /* a lease grant: the answer must carry an ID and a TTL > 0 */
 
-/* body is consumed (decref'd) in every case. */
-static int submit(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type, json_t *body,
-                  unsigned flags, ar_etcd_cb cb, void *arg)
+/* The body in b is consumed in every case. */
+static int submit(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type,
+                  struct ar_jbuf *b, unsigned flags, ar_etcd_cb cb, void *arg)
 {
     struct req *r;
+    char *body;
+    size_t len;
+    int rc;
 
-    if (!body)
-        return -ENOMEM;
-    if (c->closing) {
-        json_decref(body);
-        return -ESHUTDOWN;
+    if (b->err || c->closing) {
+        rc = b->err ? b->err : -ESHUTDOWN;
+        ar_jbuf_free(b);
+        return rc;
     }
-    r = req_new(c, path, type, body, cb, arg);
-    json_decref(body);
+    if (!(body = ar_jbuf_take(b, &len, &rc)))
+        return rc;
+    r = req_new(c, path, type, body, len, false, cb, arg);
     if (!r)
         return -ENOMEM;
     r->idempotent = flags & IDEMPOTENT;
@@ -797,6 +833,22 @@ static int submit(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type
 }
 
 /* --- auth --------------------------------------------------------------------------------- */
+
+/*
+ * Credentials in memory (S5). Ours: the password (c->password), the authenticate body (built
+ * here, see auth_body), each token (struct ar_token, also the "Authorization:" header line the
+ * transfers point libcurl at) and the result's token copy are sodium_malloc'd: locked, wiped by
+ * sodium_free. The answer's body buffer (x->resp) is wiped when the request is released, and
+ * jansson's string holding the token is wiped before the tree is freed.
+ * Out of reach (tests/unit/test_etcd_secrets.c checks the first on the heap):
+ *   - libcurl copies a small POSTFIELDS body into its request buffer (after the headers) and
+ *     frees it unwiped: the escaped password stays in freed heap until the memory is reused;
+ *   - libcurl copies the Authorization header into every request buffer, likewise;
+ *   - jansson's lexer keeps the raw token text in its own buffer (strbuffer), freed unwiped;
+ *   - with TLS, OpenSSL's record buffers hold both on the way out and in.
+ * Wiping those would need process-wide allocator hooks (json_set_alloc_funcs,
+ * curl_global_init_mem), which atrest does not install.
+ */
 
 static void auth_done(void *arg, int status, const struct ar_etcd_result *res,
                       const struct ar_etcd_error *err)
@@ -818,7 +870,7 @@ static void auth_done(void *arg, int status, const struct ar_etcd_result *res,
     }
     if (status == 0) {
         ar_etcd_auth_invalidate(c, c->token);
-        c->token = strdup(res->token);
+        c->token = token_new(res->token);
         if (!c->token) {
             status = -ENOMEM;
             ar_etcd_set_error(&e, -ENOMEM, "", "no memory");
@@ -834,10 +886,50 @@ static void auth_done(void *arg, int status, const struct ar_etcd_result *res,
     }
 }
 
+/*
+ * {"name":"<user>","password":"<password>"} built by hand in locked memory: the password never
+ * passes through jansson or an ordinary heap buffer of ours. libcurl is handed this buffer as
+ * CURLOPT_POSTFIELDS; it is wiped and freed (sodium_free) when the request is released.
+ * NULL with *rc: -ENOMEM, or -EINVAL for a user or password that is not valid UTF-8.
+ */
+static char *auth_body(const struct ar_etcd *c, size_t *len, int *rc)
+{
+    static const char pre[] = "{\"name\":\"", mid[] = "\",\"password\":\"", post[] = "\"}";
+    const char *pw = c->password ? c->password : "";
+    size_t un = strlen(c->username), pn = strlen(pw);
+    char *b = sodium_malloc(sizeof(pre) + sizeof(mid) + sizeof(post) + 6 * (un + pn));
+    ssize_t n;
+    size_t o = 0;
+
+    *rc = -ENOMEM;
+    if (!b)
+        return NULL;
+    memcpy(b, pre, sizeof(pre) - 1);
+    o += sizeof(pre) - 1;
+    if ((n = ar_json_escape(b + o, c->username, un)) < 0)
+        goto fail;
+    o += (size_t)n;
+    memcpy(b + o, mid, sizeof(mid) - 1);
+    o += sizeof(mid) - 1;
+    if ((n = ar_json_escape(b + o, pw, pn)) < 0)
+        goto fail;
+    o += (size_t)n;
+    memcpy(b + o, post, sizeof(post)); /* with the NUL */
+    *len = o + sizeof(post) - 1;
+    *rc = 0;
+    return b;
+fail:
+    *rc = (int)n;
+    sodium_free(b);
+    return NULL;
+}
+
 void ar_etcd_auth_wait(struct ar_etcd *c, struct ar_auth_wait *w)
 {
-    json_t *body;
-    struct req *r;
+    struct req *r = NULL;
+    char *body;
+    size_t len = 0;
+    int rc;
 
     if (!c->username || c->token) {
         w->resume(w, 0, NULL);
@@ -846,14 +938,19 @@ void ar_etcd_auth_wait(struct ar_etcd *c, struct ar_auth_wait *w)
     ar_link_add(&c->auth_waiters, &w->link);
     if (c->authing)
         return;
-    body = json_pack("{s:s,s:s}", "name", c->username, "password", c->password ? c->password : "");
-    r = body ? req_new(c, "/v3/auth/authenticate", AR_ETCD_RANGE, body, auth_done, c) : NULL;
-    json_decref(body);
+    body = auth_body(c, &len, &rc);
+    if (body && !(r = req_new(c, "/v3/auth/authenticate", AR_ETCD_RANGE, body, len, true,
+                               auth_done, c)))
+        rc = -ENOMEM;
     if (!r) {
         struct ar_etcd_error e;
 
-        ar_etcd_set_error(&e, -ENOMEM, "", "no memory");
-        auth_done(c, -ENOMEM, NULL, &e);
+        if (rc == -EINVAL)
+            ar_etcd_set_error(&e, -EINVAL, "", "authenticate: user or password is not UTF-8 "
+                                               "text");
+        else
+            ar_etcd_set_error(&e, -ENOMEM, "", "no memory");
+        auth_done(c, rc, NULL, &e);
         return;
     }
     c->authing = true;
@@ -863,13 +960,17 @@ void ar_etcd_auth_wait(struct ar_etcd *c, struct ar_auth_wait *w)
     req_submit(r);
 }
 
-void ar_etcd_auth_invalidate(struct ar_etcd *c, const char *token)
+void ar_etcd_auth_invalidate(struct ar_etcd *c, const struct ar_token *used)
 {
-    if (!c->token || !token || strcmp(c->token, token))
+    if (!c->token || c->token != used)
         return;
-    sodium_memzero(c->token, strlen(c->token));
-    free(c->token);
+    token_put(c->token);
     c->token = NULL;
+}
+
+const char *ar_etcd_token(const struct ar_etcd *c)
+{
+    return c->token ? ar_token_str(c->token) : NULL;
 }
 
 /* --- client ------------------------------------------------------------------------------- */
@@ -895,9 +996,7 @@ static void free_settings(struct ar_etcd *c)
     free(c->cert);
     free(c->key);
     free(c->username);
-    if (c->password)
-        sodium_memzero(c->password, strlen(c->password));
-    free(c->password);
+    sodium_free(c->password); /* wipes; NULL is fine */
 }
 
 struct ar_etcd *ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s)
@@ -916,6 +1015,10 @@ struct ar_etcd *ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s)
             errno = EINVAL;
             return NULL;
         }
+    }
+    if (sodium_init() < 0) { /* the password and tokens live in sodium_malloc'd memory */
+        errno = EIO;
+        return NULL;
     }
     c = calloc(1, sizeof(*c));
     if (!c)
@@ -941,7 +1044,15 @@ struct ar_etcd *ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s)
     c->cert = dup_opt(s->cert, &bad);
     c->key = dup_opt(s->key, &bad);
     c->username = dup_opt(s->username, &bad);
-    c->password = dup_opt(s->password, &bad);
+    if (s->password && *s->password) { /* locked, never an ordinary heap copy */
+        size_t n = strlen(s->password);
+
+        if ((c->password = sodium_malloc(n + 1)))
+            memcpy(c->password, s->password, n + 1);
+        else
+            bad = true;
+    }
+    c->verbose = getenv("ATREST_CURL_VERBOSE") != NULL;
     c->req_timeout_ms = s->request_timeout_ms ? s->request_timeout_ms : 5000;
     c->dial_timeout_ms = s->dial_timeout_ms ? s->dial_timeout_ms : 2000;
     c->watch_idle_ms = s->watch_idle_ms ? s->watch_idle_ms : 30000;
@@ -1021,6 +1132,12 @@ void ar_etcd_result_free(struct ar_etcd_result *res)
 
 /* --- KV ----------------------------------------------------------------------------------- */
 
+/* Room for an op's JSON: base64 of key, range_end, value and a little more. */
+static size_t op_hint(const struct ar_etcd_op *op)
+{
+    return 160 + (op->key_len + op->range_end_len + op->value_len) / 3 * 4 + 12;
+}
+
 /* One KV operation as its own request. */
 static int kv_submit(struct ar_etcd *c, const struct ar_etcd_op *op, enum ar_etcd_op_type type,
                      ar_etcd_cb cb, void *arg)
@@ -1028,15 +1145,14 @@ static int kv_submit(struct ar_etcd *c, const struct ar_etcd_op *op, enum ar_etc
     static const char *const paths[] = {"/v3/kv/range", "/v3/kv/put", "/v3/kv/deleterange"};
     struct ar_etcd_op o = *op;
     unsigned flags = HAS_LEADER;
-    json_t *body;
-    int rc;
+    struct ar_jbuf b;
 
     o.type = type;
-    if ((rc = ar_json_op(&o, &body)) < 0)
-        return rc;
+    ar_jbuf_init(&b, op_hint(&o));
+    ar_jbuf_op(&b, &o);
     if (type == AR_ETCD_RANGE) /* reads are idempotent; a serializable one needs no leader */
         flags = IDEMPOTENT | (o.serializable ? 0 : HAS_LEADER);
-    return submit(c, paths[type], type, body, flags, cb, arg);
+    return submit(c, paths[type], type, &b, flags, cb, arg);
 }
 
 int ar_etcd_range(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_cb cb, void *arg)
@@ -1058,130 +1174,119 @@ static const char *const cmp_target[] = {"VERSION", "CREATE", "MOD", "VALUE"};
 static const char *const cmp_result[] = {"EQUAL", "GREATER", "LESS", "NOT_EQUAL"};
 static const char *const cmp_field[] = {"version", "create_revision", "mod_revision", "value"};
 
-static json_t *json_ops(const struct ar_etcd_op *ops, size_t n, int *rc)
+/* ,"name":[{"request_put":{...}},...] */
+static void json_ops(struct ar_jbuf *b, const char *name, const struct ar_etcd_op *ops, size_t n)
 {
-    static const char *const names[] = {"request_range", "request_put", "request_delete_range"};
-    json_t *arr = json_array();
+    static const char *const names[] = {"{\"request_range\":", "{\"request_put\":",
+                                        "{\"request_delete_range\":"};
 
-    *rc = -ENOMEM;
-    if (!arr)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        json_t *o;
-
+    ar_jbuf_raw(b, ",\"", 2);
+    ar_jbuf_lit(b, name);
+    ar_jbuf_raw(b, "\":[", 3);
+    for (size_t i = 0; i < n && !b->err; i++) {
         if ((unsigned)ops[i].type > AR_ETCD_DELETE) {
-            *rc = -EINVAL;
-            goto fail;
+            b->err = -EINVAL;
+            return;
         }
-        if ((*rc = ar_json_op(&ops[i], &o)) < 0)
-            goto fail;
-        if (json_array_append_new(arr, json_pack("{s:o}", names[ops[i].type], o))) {
-            *rc = -ENOMEM;
-            goto fail;
-        }
+        if (i)
+            ar_jbuf_raw(b, ",", 1);
+        ar_jbuf_lit(b, names[ops[i].type]);
+        ar_jbuf_op(b, &ops[i]);
+        ar_jbuf_raw(b, "}", 1);
     }
-    *rc = 0;
-    return arr;
-fail:
-    json_decref(arr);
-    return NULL;
+    ar_jbuf_raw(b, "]", 1);
 }
 
 int ar_etcd_txn(struct ar_etcd *c, const struct ar_etcd_txn *t, ar_etcd_cb cb, void *arg)
 {
-    json_t *body = json_object(), *cmps = json_array(), *ops;
-    int rc = -ENOMEM;
+    struct ar_jbuf b;
+    size_t hint = 64;
 
-    if (!body || !cmps)
-        goto fail;
-    for (size_t i = 0; i < t->n_compare; i++) {
+    for (size_t i = 0; i < t->n_compare; i++)
+        hint += 96 + (t->compare[i].key_len + t->compare[i].value_len) / 3 * 4;
+    for (size_t i = 0; i < t->n_success; i++)
+        hint += 24 + op_hint(&t->success[i]);
+    for (size_t i = 0; i < t->n_failure; i++)
+        hint += 24 + op_hint(&t->failure[i]);
+    ar_jbuf_init(&b, hint);
+    ar_jbuf_lit(&b, "{\"compare\":[");
+    for (size_t i = 0; i < t->n_compare && !b.err; i++) {
         const struct ar_etcd_compare *cp = &t->compare[i];
-        json_t *o;
 
         if ((unsigned)cp->target > AR_ETCD_CMP_VALUE ||
             (unsigned)cp->result > AR_ETCD_NOT_EQUAL || !cp->key || !cp->key_len) {
-            rc = -EINVAL;
-            goto fail;
+            b.err = -EINVAL;
+            break;
         }
-        o = json_pack("{s:s,s:s}", "target", cmp_target[cp->target], "result",
-                      cmp_result[cp->result]);
-        if (!o || json_array_append_new(cmps, o))
-            goto fail;
-        if ((rc = ar_json_b64(o, "key", cp->key, cp->key_len)) < 0)
-            goto fail;
+        ar_jbuf_lit(&b, i ? ",{\"target\":\"" : "{\"target\":\"");
+        ar_jbuf_lit(&b, cmp_target[cp->target]);
+        ar_jbuf_lit(&b, "\",\"result\":\"");
+        ar_jbuf_lit(&b, cmp_result[cp->result]);
+        ar_jbuf_raw(&b, "\"", 1);
+        ar_jbuf_b64(&b, "key", cp->key, cp->key_len);
         if (cp->target == AR_ETCD_CMP_VALUE)
-            rc = ar_json_b64(o, "value", cp->value, cp->value_len);
+            ar_jbuf_b64(&b, "value", cp->value, cp->value_len);
         else
-            rc = ar_json_i64str(o, cmp_field[cp->target], cp->number);
-        if (rc < 0)
-            goto fail;
+            ar_jbuf_i64str(&b, cmp_field[cp->target], cp->number);
+        ar_jbuf_raw(&b, "}", 1);
     }
-    rc = -ENOMEM;
-    if (json_object_set_new(body, "compare", cmps)) {
-        cmps = NULL;
-        goto fail;
-    }
-    cmps = NULL;
-    if (!(ops = json_ops(t->success, t->n_success, &rc)) ||
-        json_object_set_new(body, "success", ops))
-        goto fail;
-    if (!(ops = json_ops(t->failure, t->n_failure, &rc)) ||
-        json_object_set_new(body, "failure", ops))
-        goto fail;
-    return submit(c, "/v3/kv/txn", AR_ETCD_RANGE, body, HAS_LEADER, cb, arg);
-fail:
-    json_decref(cmps);
-    json_decref(body);
-    return rc;
+    ar_jbuf_raw(&b, "]", 1);
+    json_ops(&b, "success", t->success, t->n_success);
+    json_ops(&b, "failure", t->failure, t->n_failure);
+    ar_jbuf_raw(&b, "}", 1);
+    return submit(c, "/v3/kv/txn", AR_ETCD_RANGE, &b, HAS_LEADER, cb, arg);
 }
 
 int ar_etcd_compact(struct ar_etcd *c, int64_t revision, ar_etcd_cb cb, void *arg)
 {
-    json_t *body = json_object();
+    struct ar_jbuf b;
 
-    if (body && (ar_json_i64str(body, "revision", revision) < 0 ||
-                 json_object_set_new(body, "physical", json_true()))) {
-        json_decref(body);
-        return -ENOMEM;
-    }
-    return submit(c, "/v3/kv/compaction", AR_ETCD_RANGE, body, HAS_LEADER, cb, arg);
+    ar_jbuf_init(&b, 64);
+    ar_jbuf_raw(&b, "{", 1);
+    ar_jbuf_i64str(&b, "revision", revision);
+    ar_jbuf_true(&b, "physical");
+    ar_jbuf_raw(&b, "}", 1);
+    return submit(c, "/v3/kv/compaction", AR_ETCD_RANGE, &b, HAS_LEADER, cb, arg);
 }
 
 /* --- leases ------------------------------------------------------------------------------- */
 
-static json_t *id_body(const char *idname, int64_t id)
+/* {"<idname>":"<id>"} plus, when name2, ,"<name2>":"<v2>" */
+static void id_body(struct ar_jbuf *b, const char *idname, int64_t id, const char *name2,
+                    int64_t v2)
 {
-    json_t *b = json_object();
-
-    if (b && ar_json_i64str(b, idname, id) < 0) {
-        json_decref(b);
-        return NULL;
-    }
-    return b;
+    ar_jbuf_init(b, 64);
+    ar_jbuf_raw(b, "{", 1);
+    ar_jbuf_i64str(b, idname, id);
+    if (name2)
+        ar_jbuf_i64str(b, name2, v2);
+    ar_jbuf_raw(b, "}", 1);
 }
 
 int ar_etcd_lease_grant(struct ar_etcd *c, int64_t ttl_s, int64_t id, ar_etcd_cb cb, void *arg)
 {
-    json_t *body = id_body("TTL", ttl_s);
+    struct ar_jbuf b;
 
-    if (body && id && ar_json_i64str(body, "ID", id) < 0) {
-        json_decref(body);
-        return -ENOMEM;
-    }
-    return submit(c, "/v3/lease/grant", AR_ETCD_RANGE, body, IDEMPOTENT | HAS_LEADER | GRANT, cb,
+    id_body(&b, "TTL", ttl_s, id ? "ID" : NULL, id);
+    return submit(c, "/v3/lease/grant", AR_ETCD_RANGE, &b, IDEMPOTENT | HAS_LEADER | GRANT, cb,
                   arg);
 }
 
 int ar_etcd_lease_revoke(struct ar_etcd *c, int64_t id, ar_etcd_cb cb, void *arg)
 {
-    return submit(c, "/v3/lease/revoke", AR_ETCD_RANGE, id_body("ID", id), IDEMPOTENT | HAS_LEADER,
-                  cb, arg);
+    struct ar_jbuf b;
+
+    id_body(&b, "ID", id, NULL, 0);
+    return submit(c, "/v3/lease/revoke", AR_ETCD_RANGE, &b, IDEMPOTENT | HAS_LEADER, cb, arg);
 }
 
 int ar_etcd_lease_ttl(struct ar_etcd *c, int64_t id, ar_etcd_cb cb, void *arg)
 {
-    return submit(c, "/v3/lease/timetolive", AR_ETCD_RANGE, id_body("ID", id),
-                  IDEMPOTENT | HAS_LEADER, cb, arg);
+    struct ar_jbuf b;
+
+    id_body(&b, "ID", id, NULL, 0);
+    return submit(c, "/v3/lease/timetolive", AR_ETCD_RANGE, &b, IDEMPOTENT | HAS_LEADER, cb,
+                  arg);
 }
 
 /* --- iteration ---------------------------------------------------------------------------- */

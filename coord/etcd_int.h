@@ -7,6 +7,7 @@
 
 #include <curl/curl.h>
 #include <jansson.h>
+#include <sys/types.h>
 
 #include "coord/etcd.h"
 
@@ -32,12 +33,31 @@ typedef void (*ar_xfer_done_fn)(struct ar_xfer *x, CURLcode rc, long http_status
 /* Deferred processing of buffered stream data (outside curl callbacks). */
 typedef void (*ar_xfer_process_fn)(struct ar_xfer *x);
 
+/*
+ * An auth token, refcounted: the client holds one reference while it is current, every transfer
+ * that sent it holds one until its next start or release (libcurl may read the header list again
+ * while the transfer is active). In sodium_malloc'd memory: line is "Authorization: <token>".
+ */
+struct ar_token {
+    unsigned refs;
+    size_t len;    /* strlen(line) */
+    char line[];   /* the token itself starts at line + AR_TOKEN_HDR_LEN */
+};
+#define AR_TOKEN_HDR "Authorization: "
+#define AR_TOKEN_HDR_LEN (sizeof(AR_TOKEN_HDR) - 1)
+static inline const char *ar_token_str(const struct ar_token *t)
+{
+    return t->line + AR_TOKEN_HDR_LEN;
+}
+
 struct ar_xfer {
     struct ar_etcd *c;
     CURL *h;
-    struct curl_slist *hdrs;
+    struct curl_slist hnode[4]; /* request headers: our own nodes, no allocation per request */
+    struct ar_token *tok;       /* the token sent (a reference) or NULL */
     char *body; /* request body, owned */
     size_t body_len;
+    bool body_locked; /* body is sodium_malloc'd (holds the password): sodium_free */
     char *resp; /* unary response, NUL-terminated, owned */
     size_t resp_len, resp_cap;
     bool resp_too_big;
@@ -70,9 +90,11 @@ struct ar_etcd {
     char *endpoints[AR_ETCD_MAX_ENDPOINTS];
     size_t n_ep;
     size_t cur_ep;
-    char *cacert, *cert, *key, *username, *password;
+    char *cacert, *cert, *key, *username;
+    char *password; /* sodium_malloc'd (locked, wiped by sodium_free) or NULL */
     unsigned req_timeout_ms, dial_timeout_ms, watch_idle_ms;
-    char *token;
+    struct ar_token *token; /* current token (one reference) or NULL */
+    bool verbose;           /* ATREST_CURL_VERBOSE was set when the client was made */
     bool authing;
     struct ar_link auth_waiters;
     struct ar_link reqs;    /* unary requests in flight or waiting */
@@ -106,7 +128,10 @@ bool ar_etcd_parse_error_json(json_t *root, struct ar_etcd_error *e, long http);
 
 /* Auth: call w->resume once a token is there (or at once without auth). */
 void ar_etcd_auth_wait(struct ar_etcd *c, struct ar_auth_wait *w);
-void ar_etcd_auth_invalidate(struct ar_etcd *c, const char *token);
+/* Forget the current token if it is the one a failed transfer sent (used may be NULL). */
+void ar_etcd_auth_invalidate(struct ar_etcd *c, const struct ar_token *used);
+/* Tests: the client's current token text (in locked memory) or NULL. */
+const char *ar_etcd_token(const struct ar_etcd *c);
 
 /* JSON. */
 int ar_json_b64(json_t *obj, const char *name, const uint8_t *p, size_t n);
@@ -118,8 +143,37 @@ void ar_kv_clear(struct ar_etcd_kv *kv);
 int ar_parse_result(struct ar_etcd *c, const json_t *root, enum ar_etcd_op_type type,
                     struct ar_etcd_result *res);
 void ar_result_clear(struct ar_etcd_result *res);
-int ar_json_op(const struct ar_etcd_op *op, json_t **out);
 char *ar_json_dump(json_t *o, size_t *len); /* compact; steals nothing */
+
+/*
+ * Request bodies built by hand (the hot paths: no jansson tree, no escaping pass over base64).
+ * Appends never fail individually: the first failure sets err and later appends do nothing;
+ * ar_jbuf_take reports it. The buffer grows by moving to a new one and wiping the old (values).
+ */
+struct ar_jbuf {
+    char *p;
+    size_t len, cap;
+    int err;
+};
+void ar_jbuf_init(struct ar_jbuf *b, size_t hint);
+void ar_jbuf_raw(struct ar_jbuf *b, const char *s, size_t n);
+void ar_jbuf_lit(struct ar_jbuf *b, const char *s); /* a literal, no escaping */
+/* ,"name":"<base64>" (without the comma when the object is still empty: after '{') */
+void ar_jbuf_b64(struct ar_jbuf *b, const char *name, const uint8_t *p, size_t n);
+void ar_jbuf_i64str(struct ar_jbuf *b, const char *name, int64_t v);
+void ar_jbuf_true(struct ar_jbuf *b, const char *name);
+/* The op as a JSON object (same members and order as before: key, range_end, ...). */
+void ar_jbuf_op(struct ar_jbuf *b, const struct ar_etcd_op *op);
+/* The NUL-terminated body (*len without the NUL) or NULL with the error in *rc; b is emptied. */
+char *ar_jbuf_take(struct ar_jbuf *b, size_t *len, int *rc);
+void ar_jbuf_free(struct ar_jbuf *b);
+
+/*
+ * JSON string escaping for text that must not pass through jansson (the password): writes the
+ * escaped form of s[0..n) (without quotes) to out, which must hold 6 * n bytes; returns the
+ * length written, or -EINVAL if s is not valid UTF-8 or holds a NUL.
+ */
+ssize_t ar_json_escape(char *out, const char *s, size_t n);
 
 /* Fuzzing and tests: run chunks through a watch's (keeper's) buffering, line splitter and message
  * parser exactly as data from the network, then end the stream (rc, http) as libcurl would, on a

@@ -167,10 +167,7 @@ void ar_result_clear(struct ar_etcd_result *res)
     for (size_t i = 0; i < res->n_ops; i++)
         ar_result_clear(&res->ops[i]);
     free(res->ops);
-    if (res->token) {
-        sodium_memzero(res->token, strlen(res->token));
-        free(res->token);
-    }
+    sodium_free(res->token); /* wipes; NULL is fine */
     memset(res, 0, sizeof(*res));
 }
 
@@ -214,9 +211,14 @@ int ar_parse_result(struct ar_etcd *c, const json_t *root, enum ar_etcd_op_type 
         res->granted_ttl > AR_ETCD_MAX_TTL_S)
         return -EPROTO;
     if (json_is_string(v = json_object_get(root, "token"))) {
-        res->token = strdup(json_string_value(v));
+        size_t n = json_string_length(v);
+
+        /* locked; ar_result_clear sodium_frees it (sodium_init: for callers without a client) */
+        res->token = sodium_init() < 0 ? NULL : sodium_malloc(n + 1);
         if (!res->token)
             return -ENOMEM;
+        memcpy(res->token, json_string_value(v), n);
+        res->token[n] = 0;
     }
     v = json_object_get(root, "responses");
     if (json_array_size(v)) {
@@ -246,60 +248,6 @@ int ar_parse_result(struct ar_etcd *c, const json_t *root, enum ar_etcd_op_type 
     return 0;
 }
 
-int ar_json_op(const struct ar_etcd_op *op, json_t **out)
-{
-    json_t *o = json_object();
-    int rc = -ENOMEM;
-
-    *out = NULL;
-    if (!o)
-        goto fail;
-    if (!op->key || !op->key_len) {
-        rc = -EINVAL;
-        goto fail;
-    }
-    if ((rc = ar_json_b64(o, "key", op->key, op->key_len)) < 0)
-        goto fail;
-    if (op->range_end && (rc = ar_json_b64(o, "range_end", op->range_end, op->range_end_len)) < 0)
-        goto fail;
-    rc = -ENOMEM;
-    switch (op->type) {
-    case AR_ETCD_RANGE:
-        if (op->limit && ar_json_i64str(o, "limit", op->limit) < 0)
-            goto fail;
-        if (op->revision && ar_json_i64str(o, "revision", op->revision) < 0)
-            goto fail;
-        if (op->keys_only && json_object_set_new(o, "keys_only", json_true()))
-            goto fail;
-        if (op->count_only && json_object_set_new(o, "count_only", json_true()))
-            goto fail;
-        if (op->serializable && json_object_set_new(o, "serializable", json_true()))
-            goto fail;
-        break;
-    case AR_ETCD_PUT:
-        if ((rc = ar_json_b64(o, "value", op->value, op->value_len)) < 0)
-            goto fail;
-        rc = -ENOMEM;
-        if (op->lease && ar_json_i64str(o, "lease", op->lease) < 0)
-            goto fail;
-        if (op->prev_kv && json_object_set_new(o, "prev_kv", json_true()))
-            goto fail;
-        break;
-    case AR_ETCD_DELETE:
-        if (op->prev_kv && json_object_set_new(o, "prev_kv", json_true()))
-            goto fail;
-        break;
-    default:
-        rc = -EINVAL;
-        goto fail;
-    }
-    *out = o;
-    return 0;
-fail:
-    json_decref(o);
-    return rc;
-}
-
 char *ar_json_dump(json_t *o, size_t *len)
 {
     char *s = json_dumps(o, JSON_COMPACT);
@@ -307,6 +255,238 @@ char *ar_json_dump(json_t *o, size_t *len)
     if (s && len)
         *len = strlen(s);
     return s;
+}
+
+/* --- request bodies by hand ---------------------------------------------------------------- */
+
+static bool jbuf_reserve(struct ar_jbuf *b, size_t n)
+{
+    size_t cap;
+    char *np;
+
+    if (b->err)
+        return false;
+    if (b->len + n + 1 <= b->cap)
+        return true;
+    cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n + 1)
+        cap *= 2;
+    np = malloc(cap);
+    if (!np) {
+        b->err = -ENOMEM;
+        return false;
+    }
+    if (b->p) { /* move, and wipe what stays behind (values) */
+        memcpy(np, b->p, b->len);
+        sodium_memzero(b->p, b->cap);
+        free(b->p);
+    }
+    b->p = np;
+    b->cap = cap;
+    return true;
+}
+
+void ar_jbuf_init(struct ar_jbuf *b, size_t hint)
+{
+    memset(b, 0, sizeof(*b));
+    if (hint)
+        jbuf_reserve(b, hint);
+}
+
+void ar_jbuf_raw(struct ar_jbuf *b, const char *s, size_t n)
+{
+    if (!jbuf_reserve(b, n))
+        return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+void ar_jbuf_lit(struct ar_jbuf *b, const char *s)
+{
+    ar_jbuf_raw(b, s, strlen(s));
+}
+
+/* ,"name": (no comma right after '{' or '[') */
+static void jbuf_name(struct ar_jbuf *b, const char *name)
+{
+    if (b->len && b->p && b->p[b->len - 1] != '{' && b->p[b->len - 1] != '[')
+        ar_jbuf_raw(b, ",", 1);
+    ar_jbuf_raw(b, "\"", 1);
+    ar_jbuf_lit(b, name);
+    ar_jbuf_raw(b, "\":", 2);
+}
+
+void ar_jbuf_b64(struct ar_jbuf *b, const char *name, const uint8_t *p, size_t n)
+{
+    size_t cap = sodium_base64_ENCODED_LEN(n, sodium_base64_VARIANT_ORIGINAL);
+
+    jbuf_name(b, name);
+    ar_jbuf_raw(b, "\"", 1);
+    if (!jbuf_reserve(b, cap + 1))
+        return;
+    sodium_bin2base64(b->p + b->len, cap, p ? p : (const uint8_t *)"", n,
+                      sodium_base64_VARIANT_ORIGINAL);
+    b->len += cap - 1;
+    ar_jbuf_raw(b, "\"", 1);
+}
+
+void ar_jbuf_i64str(struct ar_jbuf *b, const char *name, int64_t v)
+{
+    char s[24];
+    int n = snprintf(s, sizeof(s), "\"%" PRId64 "\"", v);
+
+    jbuf_name(b, name);
+    ar_jbuf_raw(b, s, (size_t)n);
+}
+
+void ar_jbuf_true(struct ar_jbuf *b, const char *name)
+{
+    jbuf_name(b, name);
+    ar_jbuf_raw(b, "true", 4);
+}
+
+void ar_jbuf_op(struct ar_jbuf *b, const struct ar_etcd_op *op)
+{
+    if (b->err)
+        return;
+    if (!op->key || !op->key_len || (unsigned)op->type > AR_ETCD_DELETE) {
+        b->err = -EINVAL;
+        return;
+    }
+    ar_jbuf_raw(b, "{", 1);
+    ar_jbuf_b64(b, "key", op->key, op->key_len);
+    if (op->range_end)
+        ar_jbuf_b64(b, "range_end", op->range_end, op->range_end_len);
+    switch (op->type) {
+    case AR_ETCD_RANGE:
+        if (op->limit)
+            ar_jbuf_i64str(b, "limit", op->limit);
+        if (op->revision)
+            ar_jbuf_i64str(b, "revision", op->revision);
+        if (op->keys_only)
+            ar_jbuf_true(b, "keys_only");
+        if (op->count_only)
+            ar_jbuf_true(b, "count_only");
+        if (op->serializable)
+            ar_jbuf_true(b, "serializable");
+        break;
+    case AR_ETCD_PUT:
+        ar_jbuf_b64(b, "value", op->value, op->value_len);
+        if (op->lease)
+            ar_jbuf_i64str(b, "lease", op->lease);
+        if (op->prev_kv)
+            ar_jbuf_true(b, "prev_kv");
+        break;
+    case AR_ETCD_DELETE:
+        if (op->prev_kv)
+            ar_jbuf_true(b, "prev_kv");
+        break;
+    }
+    ar_jbuf_raw(b, "}", 1);
+}
+
+char *ar_jbuf_take(struct ar_jbuf *b, size_t *len, int *rc)
+{
+    char *p;
+
+    if (!b->err)
+        jbuf_reserve(b, 0);
+    if (b->err) {
+        *rc = b->err;
+        ar_jbuf_free(b);
+        return NULL;
+    }
+    p = b->p;
+    p[b->len] = 0;
+    *len = b->len;
+    *rc = 0;
+    memset(b, 0, sizeof(*b));
+    return p;
+}
+
+void ar_jbuf_free(struct ar_jbuf *b)
+{
+    if (b->p) {
+        sodium_memzero(b->p, b->cap);
+        free(b->p);
+    }
+    memset(b, 0, sizeof(*b));
+}
+
+/* Length of the valid UTF-8 sequence at s (1..4), or 0 (RFC 3629: no overlongs, surrogates,
+ * or code points above U+10FFFF). */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len;
+    uint32_t cp;
+
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return len;
+}
+
+ssize_t ar_json_escape(char *out, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
+    size_t o = 0;
+
+    for (size_t i = 0; i < n;) {
+        unsigned char c = u[i];
+        size_t l;
+
+        if (c == 0)
+            return -EINVAL;
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+            i++;
+        } else if (c < 0x20) {
+            const char *esc = c == '\n' ? "\\n" : c == '\t' ? "\\t" : c == '\r' ? "\\r"
+                              : c == '\b' ? "\\b" : c == '\f' ? "\\f" : NULL;
+
+            if (esc) {
+                out[o++] = esc[0];
+                out[o++] = esc[1];
+            } else {
+                memcpy(out + o, "\\u00", 4);
+                out[o + 4] = hex[c >> 4];
+                out[o + 5] = hex[c & 15];
+                o += 6;
+            }
+            i++;
+        } else {
+            if (!(l = utf8_len(u + i, n - i)))
+                return -EINVAL;
+            memcpy(out + o, s + i, l);
+            o += l;
+            i += l;
+        }
+    }
+    return (ssize_t)o;
 }
 
 bool ar_etcd_parse_error_json(json_t *root, struct ar_etcd_error *e, long http)

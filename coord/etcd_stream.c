@@ -297,7 +297,7 @@ static bool watch_line(void *obj, const char *line, size_t len)
             goto out;
         }
         if (why && strstr(why, "invalid auth token"))
-            ar_etcd_auth_invalidate(w->c, w->c->token);
+            ar_etcd_auth_invalidate(w->c, w->x.tok);
         ar_etcd_set_error(&e, why && (strstr(why, "auth") || strstr(why, "ermission"))
                                   ? -EACCES : -ECANCELED,
                           ep, "watch canceled: %s", why ? why : "(no reason)");
