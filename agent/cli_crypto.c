@@ -168,8 +168,8 @@ static void explain(const struct ar_result *res, const struct ar_plist *pl, int 
     fprintf(stderr, "explain: rule %s, provider %d of %zu (%s)", pl->rule ? pl->rule : "-",
             res->provider_index + 1, pl->n, ar_ptype_name(res->type));
     if (res->key_name)
-        fprintf(stderr, ", %s %d \"%s\"", res->type == AR_P_KMS ? "kms" : "key",
-                res->key_index + 1, res->key_name);
+        fprintf(stderr, ", %s %d \"%s\"", res->type == AR_P_KMS ? "kms" : "key", res->key_index + 1,
+                res->key_name);
     if (fp[0])
         fprintf(stderr, " (fp %s)", fp);
     if (decrypt)

@@ -32,32 +32,31 @@
 struct coord {
     struct agent *a;
     struct ar_etcd *etcd;
-    uv_timer_t tick;          /* registration retry / member list */
-    uv_timer_t stop_timer;    /* bounds the clean shutdown, then finishes it */
-    int handles;              /* open timers; freed when both closed */
+    uv_timer_t tick;       /* registration retry / member list */
+    uv_timer_t stop_timer; /* bounds the clean shutdown, then finishes it */
+    int handles;           /* open timers; freed when both closed */
     struct ar_member_alive *alive;
     struct ar_election *election;
     struct ar_etcd_watch *watch; /* <prefix>alive/ */
-    char *report_key;         /* the last report sent, without its time */
-    char *leader;             /* last observed leader (to log changes) */
+    char *report_key;            /* the last report sent, without its time */
+    char *leader;                /* last observed leader (to log changes) */
     bool was_leader;
     bool registering, registered, listing, list_again;
     bool closing, finished;
-    int stop_pending;         /* resign and alive revoke still running */
+    int stop_pending; /* resign and alive revoke still running */
 };
 
 #define COORD_SOON_MS 100
 #define COORD_STOP_MS 3000
-
 
 static void coord_tick(uv_timer_t *t);
 
 static void count_op(struct agent *a, const char *op, int status)
 {
     ar_metrics_etcd_request(a->metrics, op,
-                            status == 0             ? "ok"
-                            : status == -ETIMEDOUT  ? "timeout"
-                                                    : "error");
+                            status == 0            ? "ok"
+                            : status == -ETIMEDOUT ? "timeout"
+                                                   : "error");
 }
 
 static void etcd_ok(struct agent *a)
@@ -73,7 +72,8 @@ static void etcd_failed(struct agent *a, const char *what, int status,
                         const struct ar_etcd_error *err)
 {
     char msg[512];
-    snprintf(msg, sizeof(msg), "%s: %s%s%s", what, err && err->msg[0] ? err->msg : strerror(-status),
+    snprintf(msg, sizeof(msg), "%s: %s%s%s", what,
+             err && err->msg[0] ? err->msg : strerror(-status),
              err && err->endpoint[0] ? " at " : "", err && err->endpoint[0] ? err->endpoint : "");
     if (a->st.etcd != AR_ETCD_UNREACHABLE)
         log_warn("etcd: unreachable (%s); retrying", msg);
@@ -238,8 +238,8 @@ static void coord_watch(struct coord *co)
     r = ar_etcd_watch_start(co->etcd, &o, on_alive_watch, co, &co->watch);
     if (r < 0) {
         co->watch = NULL;
-        log_warn("etcd: cannot watch %s: %s (the member list is read every %d s)", p,
-                 strerror(-r), COORD_TICK_MS / 1000);
+        log_warn("etcd: cannot watch %s: %s (the member list is read every %d s)", p, strerror(-r),
+                 COORD_TICK_MS / 1000);
     }
 }
 
@@ -328,8 +328,8 @@ static void coord_join(struct coord *co)
     struct agent *a = co->a;
     char key[512];
     char *rep = coord_report(a, true);
-    struct ar_election_settings es = {.key = key, .value = a->set.node,
-                                      .ttl_s = a->set.lease_ttl_s};
+    struct ar_election_settings es = {
+        .key = key, .value = a->set.node, .ttl_s = a->set.lease_ttl_s};
 
     co->registered = true;
     free(co->report_key);
@@ -397,8 +397,7 @@ static void on_register_read(void *arg, int status, const struct ar_etcd_result 
                   "first_seen_ms", first, "registered_ms", (json_int_t)ar_agent_now_ms());
     v = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(j);
-    r = v ? ar_member_register(co->etcd, a->set.coord_prefix, a->set.node, v, on_register_put,
-                               co)
+    r = v ? ar_member_register(co->etcd, a->set.coord_prefix, a->set.node, v, on_register_put, co)
           : -ENOMEM;
     free(v);
     if (r == 0)

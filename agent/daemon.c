@@ -31,8 +31,6 @@
 #include "crypto/chain.h"
 #include "crypto/config.h"
 
-
-
 int64_t ar_agent_now_ms(void)
 {
     struct timespec ts;
@@ -84,8 +82,7 @@ static int adopt_effective(struct agent *a, char *err, size_t errlen)
         snprintf(err, errlen, "%s", line);
         goto out;
     }
-    if (a->st.effective && !memcmp(a->st.effective->fingerprint, cfg->fingerprint,
-                                   AR_SHA256_LEN) &&
+    if (a->st.effective && !memcmp(a->st.effective->fingerprint, cfg->fingerprint, AR_SHA256_LEN) &&
         !memcmp(a->st.effective->file_sha256, cfg->file_sha256, AR_SHA256_LEN))
         goto out; /* the same config is already in force */
     r = ar_chain_new(cfg, &ch);
@@ -254,7 +251,6 @@ out:
     ar_diags_free(&d);
     publish_status(a);
 }
-
 
 /* ---- status server ---------------------------------------------------------------------- */
 
@@ -459,7 +455,8 @@ static void keep_etcd_settings(struct ar_settings *ns, struct ar_settings *cur)
                 ar_agent_str_eq(ns->etcd_keyfile, cur->etcd_keyfile) &&
                 ar_agent_str_eq(ns->etcd_user, cur->etcd_user) &&
                 ar_agent_str_eq(ns->etcd_password_file, cur->etcd_password_file) &&
-                ar_agent_str_eq(ns->coord_prefix, cur->coord_prefix) && ns->lease_ttl_s == cur->lease_ttl_s;
+                ar_agent_str_eq(ns->coord_prefix, cur->coord_prefix) &&
+                ns->lease_ttl_s == cur->lease_ttl_s;
 
     for (size_t i = 0; same && i < cur->n_etcd_endpoints; i++)
         same = ar_agent_str_eq(ns->etcd_endpoints[i], cur->etcd_endpoints[i]);

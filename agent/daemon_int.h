@@ -17,13 +17,13 @@
 #include "agent/watch.h"
 #include "crypto/config.h"
 
-#define HEARTBEAT_MS        1000
-#define HEALTH_MAX_LAG_MS   5000
-#define ETCD_GRACE_MS       (5 * 60 * 1000) /* watchdog: etcd may be unreachable this long */
-#define MAX_LOGGED_DIAGS    10
-#define COORD_TICK_MS       5000
-#define RETRY_MIN_MS        1000  /* a valid desired config that could not be applied ... */
-#define RETRY_MAX_MS        60000 /* ... is tried again after 1, 2, 4 ... 60 s */
+#define HEARTBEAT_MS      1000
+#define HEALTH_MAX_LAG_MS 5000
+#define ETCD_GRACE_MS     (5 * 60 * 1000) /* watchdog: etcd may be unreachable this long */
+#define MAX_LOGGED_DIAGS  10
+#define COORD_TICK_MS     5000
+#define RETRY_MIN_MS      1000  /* a valid desired config that could not be applied ... */
+#define RETRY_MAX_MS      60000 /* ... is tried again after 1, 2, 4 ... 60 s */
 
 /* metrics the etcd side keeps and the /metrics handler refreshes */
 #define M_LEADER       "atrest_leader"
@@ -38,7 +38,7 @@ struct agent {
     struct ar_settings set;
     int argc;
     char **argv;
-    const char *config_file;    /* NULL: flags only */
+    const char *config_file; /* NULL: flags only */
     bool config_explicit;
 
     struct ar_state st;
@@ -51,18 +51,18 @@ struct agent {
     uv_timer_t heartbeat;
     uv_timer_t watchdog;
     uint64_t watchdog_usec;
-    uv_timer_t retry;           /* re-applies the desired config after AR_RELOAD_FAILED */
-    unsigned retry_ms;          /* the current backoff (0: no retry pending) */
+    uv_timer_t retry;  /* re-applies the desired config after AR_RELOAD_FAILED */
+    unsigned retry_ms; /* the current backoff (0: no retry pending) */
 
     bool have_desired_sha;
     uint8_t desired_sha[AR_SHA256_LEN];
-    int desired_status;         /* result of the last read (0 or negative errno) */
+    int desired_status; /* result of the last read (0 or negative errno) */
     bool stopping;
     struct coord *coord;
 };
 
 /* agent/daemon.c */
-int64_t ar_agent_now_ms(void); /* wall clock, ms since the epoch */
+int64_t ar_agent_now_ms(void);                      /* wall clock, ms since the epoch */
 bool ar_agent_str_eq(const char *x, const char *y); /* both NULL, or equal strings */
 
 /* agent/coordglue.c: the etcd side. ar_coord_start does nothing when no etcd is configured. */

@@ -70,8 +70,8 @@ static int read_locked(const char *path, size_t max, char **buf, size_t *len, si
         goto out;
     }
     if ((size_t)st.st_size > max) {
-        r = read_diag(d, path, -EFBIG, "too large: %lld bytes (at most %zu)",
-                      (long long)st.st_size, max);
+        r = read_diag(d, path, -EFBIG, "too large: %lld bytes (at most %zu)", (long long)st.st_size,
+                      max);
         goto out;
     }
     if (st.st_size == 0) {
@@ -379,8 +379,10 @@ int ar_effective_write(const struct ar_effective_opts *o, const struct ar_config
         char line[400] = "fingerprint differs";
         if (d.n)
             ar_diag_format(&d.v[0], line, sizeof(line));
-        snprintf(err, errlen, "the rendered config does not load back to the same config (%s): "
-                              "not written", line);
+        snprintf(err, errlen,
+                 "the rendered config does not load back to the same config (%s): "
+                 "not written",
+                 line);
         r = -EINVAL;
         goto out;
     }
@@ -397,8 +399,8 @@ int ar_effective_write(const struct ar_effective_opts *o, const struct ar_config
     }
     /* temp file in the same directory */
     if (snprintf(tmp, sizeof(tmp), "%s/.%s" TMP_TAG "%ld-%u-%08x", dir, base, (long)getpid(),
-                 __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED), randombytes_random()) >=
-        (int)sizeof(tmp)) {
+                 __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED),
+                 randombytes_random()) >= (int)sizeof(tmp)) {
         r = -ENAMETOOLONG;
         snprintf(err, errlen, "effective path too long");
         goto out;
@@ -411,8 +413,7 @@ int ar_effective_write(const struct ar_effective_opts *o, const struct ar_config
     }
     tmp_made = true;
     if ((o->owner_set || o->group_set) &&
-        fchown(fd, o->owner_set ? o->owner : (uid_t)-1, o->group_set ? o->group : (gid_t)-1) <
-            0) {
+        fchown(fd, o->owner_set ? o->owner : (uid_t)-1, o->group_set ? o->group : (gid_t)-1) < 0) {
         r = -errno;
         snprintf(err, errlen, "cannot chown %s: %s", tmp, strerror(-r));
         goto out;

@@ -15,8 +15,8 @@
  *   <state_dir>/history (mode 0600, named effective-<UTC time>-<fingerprint prefix>.yaml,
  *   pruned to the newest `history` files but never the copy just saved), then writes a temp
  *   file in the file's directory (O_CREAT|O_EXCL, 0600, fchown to the configured owner),
- *   fsyncs, renames over the file and fsyncs the directory. Every buffer that held key text is wiped. On failure the effective
- *   file is untouched and no temp file is left.
+ *   fsyncs, renames over the file and fsyncs the directory. Every buffer that held key text is
+ * wiped. On failure the effective file is untouched and no temp file is left.
  * - Errors: 0 or negative errno; err gets one line for the log and the status (no key material).
  */
 #ifndef ATREST_AGENT_EFFECTIVE_H
@@ -49,9 +49,9 @@ int ar_file_sha256(const char *path, size_t max_bytes, uint8_t out[AR_SHA256_LEN
 int ar_file_read_locked(const char *path, size_t max_bytes, char **buf, size_t *len);
 
 struct ar_effective_opts {
-    const char *path;       /* the effective file */
-    const char *state_dir;  /* history goes to <state_dir>/history; NULL: no history */
-    unsigned history;       /* how many previous versions to keep (0: none) */
+    const char *path;      /* the effective file */
+    const char *state_dir; /* history goes to <state_dir>/history; NULL: no history */
+    unsigned history;      /* how many previous versions to keep (0: none) */
     bool owner_set;
     uid_t owner;
     bool group_set;

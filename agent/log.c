@@ -12,7 +12,7 @@
 
 struct rl_slot {
     uint64_t hash;
-    int64_t window_start;   /* monotonic seconds */
+    int64_t window_start; /* monotonic seconds */
     unsigned count;
     unsigned suppressed;
     bool used;

@@ -43,7 +43,8 @@ void ar_log_set_journal(bool journal);
 void ar_log_set_stream(FILE *f);
 
 void ar_log(enum ar_log_level l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-void ar_logv(enum ar_log_level l, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+void ar_logv(enum ar_log_level l, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 
 #define log_err(...)   ar_log(AR_LOG_ERR, __VA_ARGS__)
 #define log_warn(...)  ar_log(AR_LOG_WARN, __VA_ARGS__)

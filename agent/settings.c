@@ -240,8 +240,8 @@ static int add_endpoint(struct ar_settings *s, const char *v, size_t n, const ch
 }
 
 /* Set one field from text. For lists, v is one comma-separated item list (appended). */
-static int set_value(struct ar_settings *s, const struct field *f, const char *v,
-                     const char *file, struct ar_pos pos, struct ar_diags *d)
+static int set_value(struct ar_settings *s, const struct field *f, const char *v, const char *file,
+                     struct ar_pos pos, struct ar_diags *d)
 {
     char path[64];
     unsigned u;
@@ -263,8 +263,9 @@ static int set_value(struct ar_settings *s, const struct field *f, const char *v
     }
     case F_UINT:
         if (parse_uint(v, &u) < 0 || u < f->min || u > f->max)
-            return diag(d, file, pos, path, "invalid value \"%s\": must be a whole number from %u to %u",
-                        v, f->min, f->max);
+            return diag(d, file, pos, path,
+                        "invalid value \"%s\": must be a whole number from %u to %u", v, f->min,
+                        f->max);
         *(unsigned *)((char *)s + f->off) = u;
         return 0;
     case F_BOOL:
@@ -357,8 +358,7 @@ static bool is_null_scalar(const yaml_node_t *v)
     if (v->type != YAML_SCALAR_NODE || v->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
         return false;
     const char *t = (const char *)v->data.scalar.value;
-    return !*t || !strcmp(t, "~") || !strcmp(t, "null") || !strcmp(t, "Null") ||
-           !strcmp(t, "NULL");
+    return !*t || !strcmp(t, "~") || !strcmp(t, "null") || !strcmp(t, "Null") || !strcmp(t, "NULL");
 }
 
 static int load_value(struct ar_settings *s, yaml_document_t *doc, const struct field *f,
@@ -451,8 +451,8 @@ static int load_mapping(struct ar_settings *s, yaml_document_t *doc, yaml_node_t
                 if (is_null_scalar(v))
                     continue;
                 if (v->type != YAML_MAPPING_NODE) {
-                    r = diag(d, file, node_pos(v), path, "must be a mapping (fields indented below \"%s:\")",
-                             key);
+                    r = diag(d, file, node_pos(v), path,
+                             "must be a mapping (fields indented below \"%s:\")", key);
                     continue;
                 }
                 int r2 = load_mapping(s, doc, v, key, file, d);
@@ -499,8 +499,9 @@ int ar_settings_load_mem(struct ar_settings *s, const char *name, const char *bu
     }
     root = yaml_document_get_root_node(&doc);
     if (!root) {
-        r = diag(diags, name, nopos, "", "the file is empty: give at least desiredConfig and "
-                                         "effectiveConfig.path");
+        r = diag(diags, name, nopos, "",
+                 "the file is empty: give at least desiredConfig and "
+                 "effectiveConfig.path");
     } else if (root->type != YAML_MAPPING_NODE) {
         r = diag(diags, name, node_pos(root), "",
                  "the top level must be a mapping of settings (field: value)");
@@ -650,10 +651,11 @@ int ar_settings_apply_flags(struct ar_settings *s, int argc, char **argv, struct
 
 void ar_settings_usage(FILE *f)
 {
-    fprintf(f, "usage: atrest agent [--config FILE] [--check] [FLAGS]\n\n"
-               "  --config FILE               settings file (default %s)\n"
-               "  --check                     validate the settings and the files they name, "
-               "then exit 0 or 1\n",
+    fprintf(f,
+            "usage: atrest agent [--config FILE] [--check] [FLAGS]\n\n"
+            "  --config FILE               settings file (default %s)\n"
+            "  --check                     validate the settings and the files they name, "
+            "then exit 0 or 1\n",
             AR_SETTINGS_DEFAULT_PATH);
     for (size_t i = 0; i < NFIELDS; i++) {
         char path[64], flag[80];
@@ -682,9 +684,7 @@ static void where(const struct ar_settings *s, size_t off, const char **file, st
     int i = f ? field_index(f) : -1;
     static const struct ar_pos nopos = {0, 0};
 
-    *file = (i >= 0 && s->field_src_[i]) ? s->field_src_[i]
-            : s->file                    ? s->file
-                                         : "settings";
+    *file = (i >= 0 && s->field_src_[i]) ? s->field_src_[i] : s->file ? s->file : "settings";
     *pos = i >= 0 ? s->field_pos_[i] : nopos;
     if (f && s->field_src_[i] && !strcmp(s->field_src_[i], "command line"))
         snprintf(path, pathlen, "--%s", f->flag);
@@ -885,8 +885,7 @@ int ar_settings_check(struct ar_settings *s, struct ar_diags *d, unsigned flags)
         CHECK_ERR(O(effective_path), "must be an absolute path, not \"%s\"", s->effective_path);
     } else {
         if (parent_dir(s->effective_path, dir, sizeof(dir)) < 0 || !dir_exists(dir))
-            CHECK_ERR(O(effective_path), "directory %s does not exist: create it (mode 0700)",
-                      dir);
+            CHECK_ERR(O(effective_path), "directory %s does not exist: create it (mode 0700)", dir);
         else if (access(dir, W_OK) < 0)
             CHECK_WARN(O(effective_path), "directory %s is not writable by this user", dir);
         if (s->desired_path && !strcmp(s->desired_path, s->effective_path))
@@ -912,16 +911,17 @@ int ar_settings_check(struct ar_settings *s, struct ar_diags *d, unsigned flags)
         CHECK_ERR(O(state_dir), "must be an absolute path");
     } else if (!dir_exists(s->state_dir)) {
         if (parent_dir(s->state_dir, dir, sizeof(dir)) < 0 || !dir_exists(dir))
-            CHECK_ERR(O(state_dir), "%s does not exist and neither does its parent: create it "
-                                    "(systemd-tmpfiles does, see atrest.tmpfiles)", s->state_dir);
+            CHECK_ERR(O(state_dir),
+                      "%s does not exist and neither does its parent: create it "
+                      "(systemd-tmpfiles does, see atrest.tmpfiles)",
+                      s->state_dir);
     }
 
     /* etcd */
     for (size_t i = 0; i < s->n_etcd_endpoints; i++) {
         const char *e = s->etcd_endpoints[i];
         if (strncmp(e, "http://", 7) && strncmp(e, "https://", 8))
-            CHECK_ERR(O(etcd_endpoints), "endpoint \"%s\" must start with https:// or http://",
-                      e);
+            CHECK_ERR(O(etcd_endpoints), "endpoint \"%s\" must start with https:// or http://", e);
     }
     if (!!s->etcd_certfile != !!s->etcd_keyfile)
         CHECK_ERR(s->etcd_certfile ? O(etcd_certfile) : O(etcd_keyfile),
@@ -959,8 +959,9 @@ int ar_settings_check(struct ar_settings *s, struct ar_diags *d, unsigned flags)
         CHECK_ERR(O(proof), "proof mode restart needs proof.reloadCommand (--reload-command)");
     if ((s->proof == AR_PROOF_CANARY || s->proof == AR_PROOF_METRICS) && !s->api_url &&
         !s->kubeconfig)
-        CHECK_WARN(O(proof), "proof mode %s needs apiserver.url (or apiserver.kubeconfig); "
-                             "without it rotations cannot prove a load",
+        CHECK_WARN(O(proof),
+                   "proof mode %s needs apiserver.url (or apiserver.kubeconfig); "
+                   "without it rotations cannot prove a load",
                    ar_proof_mode_name(s->proof));
 
     /* status */
@@ -969,13 +970,16 @@ int ar_settings_check(struct ar_settings *s, struct ar_diags *d, unsigned flags)
     if (s->status_listen && *s->status_listen) {
         if (ar_parse_listen(s->status_listen, s->status_host, sizeof(s->status_host),
                             &s->status_port) < 0)
-            CHECK_ERR(O(status_listen), "invalid address \"%s\": use HOST:PORT with a numeric "
-                                        "host, e.g. 127.0.0.1:9798 or [::1]:9798",
+            CHECK_ERR(O(status_listen),
+                      "invalid address \"%s\": use HOST:PORT with a numeric "
+                      "host, e.g. 127.0.0.1:9798 or [::1]:9798",
                       s->status_listen);
         else if (!ar_host_is_loopback(s->status_host) && !s->status_allow_non_loopback)
-            CHECK_ERR(O(status_listen), "%s is not a loopback address: the status endpoint "
-                                        "stays on this node unless status.allowNonLoopback is "
-                                        "true", s->status_host);
+            CHECK_ERR(O(status_listen),
+                      "%s is not a loopback address: the status endpoint "
+                      "stays on this node unless status.allowNonLoopback is "
+                      "true",
+                      s->status_host);
     }
     if (s->status_socket) {
         if (s->status_socket[0] != '/')

@@ -56,18 +56,18 @@
 #include "agent/log.h"
 #include "crypto/config.h"
 
-#define AR_SETTINGS_DEFAULT_PATH "/etc/atrest/agent.yaml"
+#define AR_SETTINGS_DEFAULT_PATH  "/etc/atrest/agent.yaml"
 #define AR_SETTINGS_MAX_ENDPOINTS 16
 
 enum ar_proof_mode { AR_PROOF_CANARY = 0, AR_PROOF_METRICS, AR_PROOF_RESTART };
 const char *ar_proof_mode_name(enum ar_proof_mode m);
 
 struct ar_settings {
-    char *file;                 /* the settings file read, or NULL */
+    char *file; /* the settings file read, or NULL */
     char *node;
     char *desired_path;
     char *effective_path;
-    char *effective_owner;      /* NULL: leave as created (the agent's user) */
+    char *effective_owner; /* NULL: leave as created (the agent's user) */
     char *effective_group;
     unsigned history;
     char *state_dir;
@@ -80,7 +80,7 @@ struct ar_settings {
     char *etcd_user;
     char *etcd_password_file;
     char *coord_prefix;
-    unsigned lease_ttl_s;       /* liveness and leader leases */
+    unsigned lease_ttl_s; /* liveness and leader leases */
 
     char *api_url;
     char *api_cafile;
@@ -92,8 +92,8 @@ struct ar_settings {
     enum ar_proof_mode proof;
     char *reload_command;
 
-    char *status_listen;        /* "host:port", "[v6]:port"; NULL or "": no TCP */
-    char *status_socket;        /* unix socket path or NULL */
+    char *status_listen; /* "host:port", "[v6]:port"; NULL or "": no TCP */
+    char *status_socket; /* unix socket path or NULL */
     bool status_allow_non_loopback;
 
     unsigned debounce_ms;
@@ -105,7 +105,7 @@ struct ar_settings {
     uid_t owner_uid;
     bool group_set;
     gid_t group_gid;
-    char status_host[64];       /* numeric host of status_listen */
+    char status_host[64]; /* numeric host of status_listen */
     uint16_t status_port;
 
     /* private: where each field was set (for diagnostics of ar_settings_check) */

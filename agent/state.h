@@ -27,9 +27,9 @@
 /* ---- current chain ---------------------------------------------------------------------- */
 
 struct ar_chain_slot {
-    pthread_mutex_t mu;     /* held only for a pointer read + atomic ref, or a pointer swap */
-    struct ar_chain *cur;   /* one reference owned by the slot; NULL before the first config */
-    uint64_t generation;    /* number of successful swaps */
+    pthread_mutex_t mu;   /* held only for a pointer read + atomic ref, or a pointer swap */
+    struct ar_chain *cur; /* one reference owned by the slot; NULL before the first config */
+    uint64_t generation;  /* number of successful swaps */
 };
 
 int ar_chain_slot_init(struct ar_chain_slot *s);
@@ -46,34 +46,34 @@ void ar_chain_slot_destroy(struct ar_chain_slot *s);
 /* ---- daemon state ----------------------------------------------------------------------- */
 
 enum ar_reload_result {
-    AR_RELOAD_NONE = 0,     /* nothing happened yet */
-    AR_RELOAD_APPLIED,      /* a new desired config validated and was written to the effective file */
-    AR_RELOAD_UNCHANGED,    /* re-read; same content as in force: nothing done */
-    AR_RELOAD_INVALID,      /* the desired file could not be read/parsed/validated; last valid kept */
-    AR_RELOAD_FAILED,       /* valid, but writing the effective file (or building the chain) failed */
+    AR_RELOAD_NONE = 0,  /* nothing happened yet */
+    AR_RELOAD_APPLIED,   /* a new desired config validated and was written to the effective file */
+    AR_RELOAD_UNCHANGED, /* re-read; same content as in force: nothing done */
+    AR_RELOAD_INVALID,   /* the desired file could not be read/parsed/validated; last valid kept */
+    AR_RELOAD_FAILED,    /* valid, but writing the effective file (or building the chain) failed */
 };
 /* "none", "applied", "unchanged", "invalid", "failed" */
 const char *ar_reload_result_name(enum ar_reload_result r);
 
 enum ar_etcd_conn {
     AR_ETCD_NOT_CONFIGURED = 0,
-    AR_ETCD_CONNECTING,     /* first contact pending */
-    AR_ETCD_CONNECTED,      /* last call succeeded */
-    AR_ETCD_UNREACHABLE,    /* last call failed; retrying */
+    AR_ETCD_CONNECTING,  /* first contact pending */
+    AR_ETCD_CONNECTED,   /* last call succeeded */
+    AR_ETCD_UNREACHABLE, /* last call failed; retrying */
 };
 /* "not configured", "connecting", "connected", "unreachable" */
 const char *ar_etcd_conn_name(enum ar_etcd_conn c);
 
 struct ar_state_member {
     char *node;
-    bool registered;        /* members/<node> exists */
-    bool alive;             /* alive/<node> exists (its lease is live) */
-    bool desired_valid;     /* its desired file validated (as reported; false when not alive) */
-    char *desired_fp;       /* "sha256:..." as reported, or NULL */
+    bool registered;    /* members/<node> exists */
+    bool alive;         /* alive/<node> exists (its lease is live) */
+    bool desired_valid; /* its desired file validated (as reported; false when not alive) */
+    char *desired_fp;   /* "sha256:..." as reported, or NULL */
     char *effective_fp;
-    char *effective_hash;   /* "sha256:..." of its effective file's bytes, or NULL */
-    char *version;          /* the agent's version, or NULL */
-    int64_t reported_ms;    /* time of its report, 0 when unknown */
+    char *effective_hash; /* "sha256:..." of its effective file's bytes, or NULL */
+    char *version;        /* the agent's version, or NULL */
+    int64_t reported_ms;  /* time of its report, 0 when unknown */
 };
 
 struct ar_state {
@@ -90,8 +90,8 @@ struct ar_state {
     struct ar_chain_slot chain; /* built from `effective` */
 
     /* the desired file as last read */
-    bool desired_valid;         /* the last read validated */
-    char *desired_error;        /* first error of the last read ("FILE:LINE:COL: PATH: DETAIL"), or NULL */
+    bool desired_valid;  /* the last read validated */
+    char *desired_error; /* first error of the last read ("FILE:LINE:COL: PATH: DETAIL"), or NULL */
     size_t desired_nerrors;
     int64_t desired_read_ms;    /* last read (changed or not) */
     int64_t desired_changed_ms; /* last time its content changed */
@@ -99,18 +99,18 @@ struct ar_state {
     /* reloads (a reload = a read of the desired file that found a change, or SIGHUP) */
     int64_t last_reload_ms;
     enum ar_reload_result last_reload_result;
-    char *last_reload_error;    /* NULL unless INVALID or FAILED */
-    uint64_t reloads_ok;        /* APPLIED */
-    uint64_t reloads_failed;    /* INVALID + FAILED */
-    uint64_t effective_writes;  /* times the effective file was (re)written */
+    char *last_reload_error;   /* NULL unless INVALID or FAILED */
+    uint64_t reloads_ok;       /* APPLIED */
+    uint64_t reloads_failed;   /* INVALID + FAILED */
+    uint64_t effective_writes; /* times the effective file was (re)written */
     int64_t effective_written_ms;
-    uint64_t sighup_reloads;    /* SIGHUPs handled */
+    uint64_t sighup_reloads; /* SIGHUPs handled */
 
     /* etcd */
     enum ar_etcd_conn etcd;
-    char *etcd_error;           /* last failure text, or NULL */
+    char *etcd_error; /* last failure text, or NULL */
     int64_t etcd_last_ok_ms;
-    char *leader;               /* node name of the leader, or NULL when none/unknown */
+    char *leader; /* node name of the leader, or NULL when none/unknown */
     /* whether this node leads, read live at every call (a lease deadline passes without any
      * event, so it is never cached); NULL: never leads. See ar_state_is_leader. */
     bool (*leading)(void *arg);

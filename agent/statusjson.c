@@ -146,8 +146,7 @@ int ar_status_json(const struct ar_state *st, char **out, size_t *outlen)
     json_object_set_new(o, "writes", json_integer((json_int_t)st->effective_writes));
     json_object_set_new(root, "effective", o);
 
-    json_object_set_new(root, "resources",
-                        resources_json((struct ar_chain_slot *)&st->chain));
+    json_object_set_new(root, "resources", resources_json((struct ar_chain_slot *)&st->chain));
 
     o = json_object();
     json_object_set_new(o, "time", jtime(st->last_reload_ms));
@@ -187,9 +186,8 @@ int ar_status_json(const struct ar_state *st, char **out, size_t *outlen)
                             m->desired_fp && dfp[0] ? json_boolean(!strcmp(m->desired_fp, dfp))
                                                     : json_null());
         json_object_set_new(e, "same_effective",
-                            m->effective_fp && efp[0]
-                                ? json_boolean(!strcmp(m->effective_fp, efp))
-                                : json_null());
+                            m->effective_fp && efp[0] ? json_boolean(!strcmp(m->effective_fp, efp))
+                                                      : json_null());
         json_object_set_new(e, "version", jstr(m->version));
         json_object_set_new(e, "reported_at", jtime(m->reported_ms));
         json_array_append_new(mem, e);

@@ -16,7 +16,7 @@ struct ar_watch {
     char *path;
     char *dir;
     char *base;
-    const char *dirbase;    /* the directory's own name, as its self events report it */
+    const char *dirbase; /* the directory's own name, as its self events report it */
     unsigned debounce_ms;
     unsigned poll_ms;
     ar_watch_cb cb;
@@ -36,7 +36,7 @@ struct ar_watch {
     int last_status;
     uint8_t last_hash[AR_SHA256_LEN];
 
-    int closing;            /* handles still to close */
+    int closing; /* handles still to close */
     bool closed;
     struct ar_watch_stats st;
 };

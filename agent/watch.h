@@ -37,11 +37,11 @@ typedef void (*ar_watch_cb)(void *arg, int status);
 struct ar_watch;
 
 struct ar_watch_stats {
-    uint64_t fs_events;     /* inotify events about the file (after the name filter) */
-    uint64_t looks;         /* reads + hashes */
-    uint64_t changes;       /* callbacks */
-    uint64_t rearms;        /* directory watches (re)started after the first */
-    bool armed;             /* the directory watch is active */
+    uint64_t fs_events; /* inotify events about the file (after the name filter) */
+    uint64_t looks;     /* reads + hashes */
+    uint64_t changes;   /* callbacks */
+    uint64_t rearms;    /* directory watches (re)started after the first */
+    bool armed;         /* the directory watch is active */
 };
 
 int ar_watch_start(uv_loop_t *loop, const char *path, unsigned debounce_ms, unsigned poll_ms,

@@ -25,7 +25,7 @@
 #include "crypto/config.h"
 
 #define FIGURE_SECONDS 0.8
-#define BATCH_SECONDS 100e-6
+#define BATCH_SECONDS  100e-6
 
 static const uint8_t AAD[] = "/registry/secrets/default/bench-secret";
 #define AADN (sizeof(AAD) - 1)
@@ -43,7 +43,7 @@ struct ctx {
     struct ar_buf stored; /* a chain-written value, for decrypt */
     size_t prefix;        /* provider + key prefix length in stored */
     struct ar_buf out;
-    uint8_t *raw;         /* baseline output */
+    uint8_t *raw; /* baseline output */
     EVP_CIPHER_CTX *ectx;
     int fails;
 };

@@ -22,7 +22,7 @@
 #include "coord/etcd.h"
 #include "tests/support/etcd_harness.h"
 
-#define INFLIGHT 32
+#define INFLIGHT  32
 #define VALUE_LEN 1024
 
 struct run {
@@ -64,16 +64,25 @@ static void issue(struct run *r)
 {
     char key[64];
     int n = snprintf(key, sizeof(key), "atrest/%s/%lu", r->txn ? "txn" : "put", key_seq++);
-    struct ar_etcd_op put = {.type = AR_ETCD_PUT, .key = (const uint8_t *)key,
-                             .key_len = (size_t)n, .value = r->value, .value_len = VALUE_LEN};
+    struct ar_etcd_op put = {.type = AR_ETCD_PUT,
+                             .key = (const uint8_t *)key,
+                             .key_len = (size_t)n,
+                             .value = r->value,
+                             .value_len = VALUE_LEN};
     int rc;
 
     if (r->txn) {
-        struct ar_etcd_compare cmp = {.key = put.key, .key_len = put.key_len,
-                                      .target = AR_ETCD_CMP_CREATE, .result = AR_ETCD_EQUAL};
+        struct ar_etcd_compare cmp = {.key = put.key,
+                                      .key_len = put.key_len,
+                                      .target = AR_ETCD_CMP_CREATE,
+                                      .result = AR_ETCD_EQUAL};
         struct ar_etcd_op get = {.type = AR_ETCD_RANGE, .key = put.key, .key_len = put.key_len};
-        struct ar_etcd_txn t = {.compare = &cmp, .n_compare = 1, .success = &put,
-                                .n_success = 1, .failure = &get, .n_failure = 1};
+        struct ar_etcd_txn t = {.compare = &cmp,
+                                .n_compare = 1,
+                                .success = &put,
+                                .n_success = 1,
+                                .failure = &get,
+                                .n_failure = 1};
 
         rc = ar_etcd_txn(r->c, &t, on_done, r);
     } else {
@@ -120,7 +129,8 @@ static double run_atrest(struct etcd_harness *h, bool txn, unsigned secs, unsign
         fprintf(stderr, "bench_etcd: %s: %lu requests, client CPU %.1f us/request\n",
                 txn ? "txn" : "put", r->ok,
                 (tv_us(&ru1.ru_utime) + tv_us(&ru1.ru_stime) - tv_us(&ru0.ru_utime) -
-                 tv_us(&ru0.ru_stime)) / (double)r->ok);
+                 tv_us(&ru0.ru_stime)) /
+                    (double)r->ok);
     *failed = r->failed;
     snprintf(last_err, le, "%s", r->last_err);
     ar_etcd_close(r->c);
@@ -173,8 +183,10 @@ int main(void)
         dir = "bench";
     snprintf(path, sizeof(path), "%s/etcd_put.lua", dir);
     if (access(path, R_OK) != 0) {
-        fprintf(stderr, "bench_etcd: %s not found (run from the source tree or set "
-                        "ATREST_BENCH_DIR)\n", path);
+        fprintf(stderr,
+                "bench_etcd: %s not found (run from the source tree or set "
+                "ATREST_BENCH_DIR)\n",
+                path);
         return 1;
     }
     if (sodium_init() < 0 || curl_global_init(CURL_GLOBAL_DEFAULT) != 0)

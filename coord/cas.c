@@ -37,7 +37,8 @@ static void cas_step(struct cas *s, const struct ar_etcd_kv *kv, int64_t rev)
     if (kv) {
         cur = json_loadb((const char *)kv->value, kv->value_len, JSON_REJECT_DUPLICATES, &jerr);
         if (!cur) {
-            ar_etcd_set_error(&e, -EBADMSG, "", "cas %s: stored record is not JSON: %s", s->key, jerr.text);
+            ar_etcd_set_error(&e, -EBADMSG, "", "cas %s: stored record is not JSON: %s", s->key,
+                              jerr.text);
             cas_finish(s, -EBADMSG, rev, &e);
             return;
         }
@@ -65,11 +66,18 @@ static void cas_step(struct cas *s, const struct ar_etcd_kv *kv, int64_t rev)
         const uint8_t *k = (const uint8_t *)s->key;
         size_t kl = strlen(s->key);
         struct ar_etcd_compare cmp = {.key = k, .key_len = kl, .result = AR_ETCD_EQUAL};
-        struct ar_etcd_op put = {.type = AR_ETCD_PUT, .key = k, .key_len = kl,
-                                 .value = (const uint8_t *)text, .value_len = strlen(text)};
+        struct ar_etcd_op put = {.type = AR_ETCD_PUT,
+                                 .key = k,
+                                 .key_len = kl,
+                                 .value = (const uint8_t *)text,
+                                 .value_len = strlen(text)};
         struct ar_etcd_op get = {.type = AR_ETCD_RANGE, .key = k, .key_len = kl};
-        struct ar_etcd_txn t = {.compare = &cmp, .n_compare = 1, .success = &put, .n_success = 1,
-                                .failure = &get, .n_failure = 1};
+        struct ar_etcd_txn t = {.compare = &cmp,
+                                .n_compare = 1,
+                                .success = &put,
+                                .n_success = 1,
+                                .failure = &get,
+                                .n_failure = 1};
 
         if (kv) {
             cmp.target = AR_ETCD_CMP_MOD;
@@ -104,7 +112,8 @@ static void on_txn(void *arg, int status, const struct ar_etcd_result *res,
     }
     if (++s->retries > s->max_retries) {
         s->retries--;
-        ar_etcd_set_error(&e, -EAGAIN, "", "cas %s: still conflicting after %u retries", s->key, s->max_retries);
+        ar_etcd_set_error(&e, -EAGAIN, "", "cas %s: still conflicting after %u retries", s->key,
+                          s->max_retries);
         cas_finish(s, -EAGAIN, res->revision, &e);
         return;
     }

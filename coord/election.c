@@ -106,8 +106,10 @@ int ar_election_guard(const struct ar_election *e, struct ar_etcd_compare *out)
 {
     if (!e || !ar_election_is_leader(e, ar_etcd_now_ms()) || e->my_rev <= 0)
         return -EPERM;
-    *out = (struct ar_etcd_compare){.key = (const uint8_t *)e->key, .key_len = e->key_len,
-                                    .target = AR_ETCD_CMP_CREATE, .result = AR_ETCD_EQUAL,
+    *out = (struct ar_etcd_compare){.key = (const uint8_t *)e->key,
+                                    .key_len = e->key_len,
+                                    .target = AR_ETCD_CMP_CREATE,
+                                    .result = AR_ETCD_EQUAL,
                                     .number = e->my_rev};
     return 0;
 }
@@ -245,8 +247,8 @@ static void on_watch(void *arg, const struct ar_etcd_watch_update *u)
 
 static void start_watch(struct ar_election *e, int64_t from)
 {
-    struct ar_etcd_watch_opts o = {.key = (const uint8_t *)e->key, .key_len = e->key_len,
-                                   .start_revision = from};
+    struct ar_etcd_watch_opts o = {
+        .key = (const uint8_t *)e->key, .key_len = e->key_len, .start_revision = from};
 
     if (e->watch)
         return;
@@ -298,15 +300,24 @@ static void on_campaign(void *arg, int status, const struct ar_etcd_result *res,
 
 static void campaign(struct ar_election *e)
 {
-    struct ar_etcd_compare cmp = {.key = (const uint8_t *)e->key, .key_len = e->key_len,
-                                  .target = AR_ETCD_CMP_CREATE, .result = AR_ETCD_EQUAL};
-    struct ar_etcd_op put = {.type = AR_ETCD_PUT, .key = (const uint8_t *)e->key,
-                             .key_len = e->key_len, .value = (const uint8_t *)e->value,
-                             .value_len = strlen(e->value), .lease = e->lease};
-    struct ar_etcd_op get = {.type = AR_ETCD_RANGE, .key = (const uint8_t *)e->key,
-                             .key_len = e->key_len};
-    struct ar_etcd_txn t = {.compare = &cmp, .n_compare = 1, .success = &put, .n_success = 1,
-                            .failure = &get, .n_failure = 1};
+    struct ar_etcd_compare cmp = {.key = (const uint8_t *)e->key,
+                                  .key_len = e->key_len,
+                                  .target = AR_ETCD_CMP_CREATE,
+                                  .result = AR_ETCD_EQUAL};
+    struct ar_etcd_op put = {.type = AR_ETCD_PUT,
+                             .key = (const uint8_t *)e->key,
+                             .key_len = e->key_len,
+                             .value = (const uint8_t *)e->value,
+                             .value_len = strlen(e->value),
+                             .lease = e->lease};
+    struct ar_etcd_op get = {
+        .type = AR_ETCD_RANGE, .key = (const uint8_t *)e->key, .key_len = e->key_len};
+    struct ar_etcd_txn t = {.compare = &cmp,
+                            .n_compare = 1,
+                            .success = &put,
+                            .n_success = 1,
+                            .failure = &get,
+                            .n_failure = 1};
 
     if (e->campaigning || !e->lease || e->dead || e->resigning)
         return;
@@ -481,12 +492,13 @@ void ar_election_resign(struct ar_election *e, void (*done)(void *arg), void *ar
         notify(e);
     e->refs++;
     if (was_leader && rev) {
-        struct ar_etcd_compare cmp = {.key = (const uint8_t *)e->key, .key_len = e->key_len,
-                                      .target = AR_ETCD_CMP_CREATE, .number = rev};
-        struct ar_etcd_op del = {.type = AR_ETCD_DELETE, .key = (const uint8_t *)e->key,
-                                 .key_len = e->key_len};
-        struct ar_etcd_txn t = {.compare = &cmp, .n_compare = 1, .success = &del,
-                                .n_success = 1};
+        struct ar_etcd_compare cmp = {.key = (const uint8_t *)e->key,
+                                      .key_len = e->key_len,
+                                      .target = AR_ETCD_CMP_CREATE,
+                                      .number = rev};
+        struct ar_etcd_op del = {
+            .type = AR_ETCD_DELETE, .key = (const uint8_t *)e->key, .key_len = e->key_len};
+        struct ar_etcd_txn t = {.compare = &cmp, .n_compare = 1, .success = &del, .n_success = 1};
 
         if (ar_etcd_txn(e->c, &t, on_resign_delete, e) == 0)
             return;

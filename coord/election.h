@@ -22,10 +22,10 @@
 struct ar_election;
 
 struct ar_election_settings {
-    const char *key;     /* full key, e.g. "/atrest/leader" */
-    const char *value;   /* this node's name */
-    int64_t ttl_s;       /* lease TTL; 0: 10. etcd's minimum is 2 */
-    unsigned margin_ms;  /* safety margin before the deadline; 0: ttl/6 (at least 300 ms) */
+    const char *key;    /* full key, e.g. "/atrest/leader" */
+    const char *value;  /* this node's name */
+    int64_t ttl_s;      /* lease TTL; 0: 10. etcd's minimum is 2 */
+    unsigned margin_ms; /* safety margin before the deadline; 0: ttl/6 (at least 300 ms) */
 };
 
 struct ar_election_state {

@@ -194,8 +194,7 @@ int ar_etcd_xfer_error(struct ar_xfer *x, CURLcode rc, long http, struct ar_etcd
 
         while (n && (x->resp[n - 1] == '\n' || x->resp[n - 1] == '\r'))
             n--;
-        snprintf(e->msg, sizeof(e->msg), "HTTP %ld: %.*s", http, (int)(n > 200 ? 200 : n),
-                 x->resp);
+        snprintf(e->msg, sizeof(e->msg), "HTTP %ld: %.*s", http, (int)(n > 200 ? 200 : n), x->resp);
     }
     if (http == 401 || http == 403 || strstr(e->msg, "CommonName"))
         e->code = -EACCES;
@@ -617,7 +616,9 @@ static void req_retry_or_fail(struct req *r, CURLcode rc, const struct ar_etcd_e
         r->x.ep = (r->x.ep + 1) % c->n_ep;
         c->cur_ep = r->x.ep;
     }
-    delay = (c->n_ep > 1 && r->attempts % c->n_ep) ? 0 : 50u << (r->attempts / c->n_ep > 3 ? 3 : r->attempts / c->n_ep);
+    delay = (c->n_ep > 1 && r->attempts % c->n_ep)
+                ? 0
+                : 50u << (r->attempts / c->n_ep > 3 ? 3 : r->attempts / c->n_ep);
     if (delay > r->deadline - now)
         delay = r->deadline - now;
     if (!r->backoff) {
@@ -696,8 +697,7 @@ int ar_etcd_decode_result(const struct ar_xfer *x, enum ar_etcd_op_type type,
     if (st < 0) {
         ar_result_clear(res);
         free(res);
-        ar_etcd_set_error(err, st, c->endpoints[x->ep], "malformed response (%s)",
-                          strerror(-st));
+        ar_etcd_set_error(err, st, c->endpoints[x->ep], "malformed response (%s)", strerror(-st));
         return st;
     }
     *out = res;
@@ -807,8 +807,8 @@ static void req_submit(struct req *r)
 #define GRANT      4u /* a lease grant: the answer must carry an ID and a TTL > 0 */
 
 /* The body in b is consumed in every case. */
-static int submit(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type,
-                  struct ar_jbuf *b, unsigned flags, ar_etcd_cb cb, void *arg)
+static int submit(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type, struct ar_jbuf *b,
+                  unsigned flags, ar_etcd_cb cb, void *arg)
 {
     struct req *r;
     char *body;
@@ -939,15 +939,16 @@ void ar_etcd_auth_wait(struct ar_etcd *c, struct ar_auth_wait *w)
     if (c->authing)
         return;
     body = auth_body(c, &len, &rc);
-    if (body && !(r = req_new(c, "/v3/auth/authenticate", AR_ETCD_RANGE, body, len, true,
-                               auth_done, c)))
+    if (body &&
+        !(r = req_new(c, "/v3/auth/authenticate", AR_ETCD_RANGE, body, len, true, auth_done, c)))
         rc = -ENOMEM;
     if (!r) {
         struct ar_etcd_error e;
 
         if (rc == -EINVAL)
-            ar_etcd_set_error(&e, -EINVAL, "", "authenticate: user or password is not UTF-8 "
-                                               "text");
+            ar_etcd_set_error(&e, -EINVAL, "",
+                              "authenticate: user or password is not UTF-8 "
+                              "text");
         else
             ar_etcd_set_error(&e, -ENOMEM, "", "no memory");
         auth_done(c, rc, NULL, &e);
@@ -1177,8 +1178,8 @@ static const char *const cmp_field[] = {"version", "create_revision", "mod_revis
 /* ,"name":[{"request_put":{...}},...] */
 static void json_ops(struct ar_jbuf *b, const char *name, const struct ar_etcd_op *ops, size_t n)
 {
-    static const char *const names[] = {"{\"request_range\":", "{\"request_put\":",
-                                        "{\"request_delete_range\":"};
+    static const char *const names[] = {
+        "{\"request_range\":", "{\"request_put\":", "{\"request_delete_range\":"};
 
     ar_jbuf_raw(b, ",\"", 2);
     ar_jbuf_lit(b, name);
@@ -1213,8 +1214,8 @@ int ar_etcd_txn(struct ar_etcd *c, const struct ar_etcd_txn *t, ar_etcd_cb cb, v
     for (size_t i = 0; i < t->n_compare && !b.err; i++) {
         const struct ar_etcd_compare *cp = &t->compare[i];
 
-        if ((unsigned)cp->target > AR_ETCD_CMP_VALUE ||
-            (unsigned)cp->result > AR_ETCD_NOT_EQUAL || !cp->key || !cp->key_len) {
+        if ((unsigned)cp->target > AR_ETCD_CMP_VALUE || (unsigned)cp->result > AR_ETCD_NOT_EQUAL ||
+            !cp->key || !cp->key_len) {
             b.err = -EINVAL;
             break;
         }
@@ -1285,8 +1286,7 @@ int ar_etcd_lease_ttl(struct ar_etcd *c, int64_t id, ar_etcd_cb cb, void *arg)
     struct ar_jbuf b;
 
     id_body(&b, "ID", id, NULL, 0);
-    return submit(c, "/v3/lease/timetolive", AR_ETCD_RANGE, &b, IDEMPOTENT | HAS_LEADER, cb,
-                  arg);
+    return submit(c, "/v3/lease/timetolive", AR_ETCD_RANGE, &b, IDEMPOTENT | HAS_LEADER, cb, arg);
 }
 
 /* --- iteration ---------------------------------------------------------------------------- */
@@ -1346,8 +1346,7 @@ fail:
     iter_free(it);
 }
 
-int ar_etcd_iterate(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_page_cb cb,
-                    void *arg)
+int ar_etcd_iterate(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_page_cb cb, void *arg)
 {
     struct iter *it = calloc(1, sizeof(*it));
     int rc = -ENOMEM;

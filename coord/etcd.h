@@ -69,11 +69,11 @@ struct ar_etcd_settings {
 };
 
 struct ar_etcd_error {
-    int code;          /* same negative errno as the status */
-    int grpc_code;     /* etcd's gRPC code, 0 when there was no etcd answer */
-    long http_status;  /* 0 when there was no HTTP answer */
+    int code;         /* same negative errno as the status */
+    int grpc_code;    /* etcd's gRPC code, 0 when there was no etcd answer */
+    long http_status; /* 0 when there was no HTTP answer */
     char endpoint[128];
-    char msg[256];     /* etcd's message, or the transport error text */
+    char msg[256]; /* etcd's message, or the transport error text */
 };
 
 struct ar_etcd_kv {
@@ -96,13 +96,13 @@ struct ar_etcd_op {
     size_t key_len;
     const uint8_t *range_end; /* NULL: single key. Use ar_etcd_prefix_end() for prefixes */
     size_t range_end_len;
-    const uint8_t *value;     /* put */
+    const uint8_t *value; /* put */
     size_t value_len;
-    int64_t lease;            /* put: attach to lease (0: none) */
-    bool prev_kv;             /* put/delete: return the previous kv(s) */
+    int64_t lease; /* put: attach to lease (0: none) */
+    bool prev_kv;  /* put/delete: return the previous kv(s) */
     /* range only */
-    int64_t limit;            /* 0: no limit */
-    int64_t revision;         /* 0: latest */
+    int64_t limit;    /* 0: no limit */
+    int64_t revision; /* 0: latest */
     bool keys_only;
     bool count_only;
     bool serializable;
@@ -205,8 +205,7 @@ int ar_etcd_compact(struct ar_etcd *c, int64_t revision, ar_etcd_cb cb, void *ar
  */
 typedef int (*ar_etcd_page_cb)(void *arg, int status, const struct ar_etcd_result *res,
                                const struct ar_etcd_error *err);
-int ar_etcd_iterate(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_page_cb cb,
-                    void *arg);
+int ar_etcd_iterate(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_page_cb cb, void *arg);
 
 /* --- results ------------------------------------------------------------------------------ */
 
@@ -288,8 +287,8 @@ typedef void (*ar_etcd_watch_cb)(void *arg, const struct ar_etcd_watch_update *u
  * cut off without a reset, a stuck server) is replaced by a new connection from the same
  * point: quietly (no callback) when the old one had been established, else as an ERROR
  * (-ETIMEDOUT). So a dead stream is noticed within watch_idle_ms + dial_timeout_ms. */
-int ar_etcd_watch_start(struct ar_etcd *c, const struct ar_etcd_watch_opts *o,
-                        ar_etcd_watch_cb cb, void *arg, struct ar_etcd_watch **out);
+int ar_etcd_watch_start(struct ar_etcd *c, const struct ar_etcd_watch_opts *o, ar_etcd_watch_cb cb,
+                        void *arg, struct ar_etcd_watch **out);
 /* Cancel and free; no callback after it. */
 void ar_etcd_watch_stop(struct ar_etcd_watch *w);
 /* Test hook: drop the watch's connection as if the network failed (it reconnects). */

@@ -20,10 +20,10 @@ struct ar_link {
 
 void ar_link_init(struct ar_link *l);
 void ar_link_add(struct ar_link *head, struct ar_link *l); /* append */
-void ar_link_del(struct ar_link *l);                     /* safe when not linked */
+void ar_link_del(struct ar_link *l);                       /* safe when not linked */
 bool ar_link_linked(const struct ar_link *l);
 
-#define AR_CONTAINER(ptr, type, member) ((type *)((char *)(ptr) - offsetof(type, member)))
+#define AR_CONTAINER(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 struct ar_xfer;
 /* Streams: data arrived (inside a curl callback: only buffer it). <0 aborts the transfer. */
@@ -40,10 +40,10 @@ typedef void (*ar_xfer_process_fn)(struct ar_xfer *x);
  */
 struct ar_token {
     unsigned refs;
-    size_t len;    /* strlen(line) */
-    char line[];   /* the token itself starts at line + AR_TOKEN_HDR_LEN */
+    size_t len;  /* strlen(line) */
+    char line[]; /* the token itself starts at line + AR_TOKEN_HDR_LEN */
 };
-#define AR_TOKEN_HDR "Authorization: "
+#define AR_TOKEN_HDR     "Authorization: "
 #define AR_TOKEN_HDR_LEN (sizeof(AR_TOKEN_HDR) - 1)
 static inline const char *ar_token_str(const struct ar_token *t)
 {
@@ -55,10 +55,10 @@ struct ar_xfer {
     CURL *h;
     struct curl_slist hnode[4]; /* request headers: our own nodes, no allocation per request */
     struct ar_token *tok;       /* the token sent (a reference) or NULL */
-    char *body; /* request body, owned */
+    char *body;                 /* request body, owned */
     size_t body_len;
     bool body_locked; /* body is sodium_malloc'd (holds the password): sodium_free */
-    char *resp; /* unary response, NUL-terminated, owned */
+    char *resp;       /* unary response, NUL-terminated, owned */
     size_t resp_len, resp_cap;
     bool resp_too_big;
     size_t ep; /* endpoint index */
@@ -179,10 +179,10 @@ ssize_t ar_json_escape(char *out, const char *s, size_t n);
  * parser exactly as data from the network, then end the stream (rc, http) as libcurl would, on a
  * stream object that never connects and is freed before the call returns (its timer closes on
  * the next loop run). The callback runs as for a real stream. 0 or -ENOMEM. */
-int ar_etcd_watch_feed(struct ar_etcd *c, const char *const *chunks, const size_t *lens,
-                       size_t n, CURLcode rc, long http, ar_etcd_watch_cb cb, void *arg);
-int ar_etcd_keeper_feed(struct ar_etcd *c, const char *const *chunks, const size_t *lens,
-                        size_t n, CURLcode rc, long http, ar_etcd_keepalive_cb cb, void *arg);
+int ar_etcd_watch_feed(struct ar_etcd *c, const char *const *chunks, const size_t *lens, size_t n,
+                       CURLcode rc, long http, ar_etcd_watch_cb cb, void *arg);
+int ar_etcd_keeper_feed(struct ar_etcd *c, const char *const *chunks, const size_t *lens, size_t n,
+                        CURLcode rc, long http, ar_etcd_keepalive_cb cb, void *arg);
 
 /* Line buffer for newline-delimited streams. */
 struct ar_linebuf {

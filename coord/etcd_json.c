@@ -44,8 +44,8 @@ int ar_etcd_b64_decode(const char *s, size_t slen, uint8_t **out, size_t *outlen
     *outlen = 0;
     if (!p)
         return -ENOMEM;
-    if (slen && sodium_base642bin(p, cap, s, slen, NULL, &n, NULL,
-                                  sodium_base64_VARIANT_ORIGINAL) != 0) {
+    if (slen &&
+        sodium_base642bin(p, cap, s, slen, NULL, &n, NULL, sodium_base64_VARIANT_ORIGINAL) != 0) {
         free(p);
         return -EPROTO;
     }
@@ -465,8 +465,12 @@ ssize_t ar_json_escape(char *out, const char *s, size_t n)
             out[o++] = (char)c;
             i++;
         } else if (c < 0x20) {
-            const char *esc = c == '\n' ? "\\n" : c == '\t' ? "\\t" : c == '\r' ? "\\r"
-                              : c == '\b' ? "\\b" : c == '\f' ? "\\f" : NULL;
+            const char *esc = c == '\n'   ? "\\n"
+                              : c == '\t' ? "\\t"
+                              : c == '\r' ? "\\r"
+                              : c == '\b' ? "\\b"
+                              : c == '\f' ? "\\f"
+                                          : NULL;
 
             if (esc) {
                 out[o++] = esc[0];

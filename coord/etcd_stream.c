@@ -173,8 +173,8 @@ static void on_watch_idle(uv_timer_t *t)
         w->quiet = true;
         watch_connect(w);
     } else {
-        ar_etcd_set_error(&e, -ETIMEDOUT, w->c->endpoints[w->x.ep],
-                          "watch: no answer within %u ms", w->c->watch_idle_ms);
+        ar_etcd_set_error(&e, -ETIMEDOUT, w->c->endpoints[w->x.ep], "watch: no answer within %u ms",
+                          w->c->watch_idle_ms);
         watch_fail(w, &e);
     }
     watch_leave(w);
@@ -285,9 +285,8 @@ static bool watch_line(void *obj, const char *line, size_t len)
         const char *why = json_string_value(json_object_get(res, "cancel_reason"));
 
         if (crev) {
-            struct ar_etcd_watch_update u = {.kind = AR_ETCD_WATCH_COMPACTED,
-                                             .revision = rev,
-                                             .compact_revision = crev};
+            struct ar_etcd_watch_update u = {
+                .kind = AR_ETCD_WATCH_COMPACTED, .revision = rev, .compact_revision = crev};
 
             w->finished = true;
             ar_xfer_stop(&w->x);
@@ -298,9 +297,9 @@ static bool watch_line(void *obj, const char *line, size_t len)
         }
         if (why && strstr(why, "invalid auth token"))
             ar_etcd_auth_invalidate(w->c, w->x.tok);
-        ar_etcd_set_error(&e, why && (strstr(why, "auth") || strstr(why, "ermission"))
-                                  ? -EACCES : -ECANCELED,
-                          ep, "watch canceled: %s", why ? why : "(no reason)");
+        ar_etcd_set_error(
+            &e, why && (strstr(why, "auth") || strstr(why, "ermission")) ? -EACCES : -ECANCELED, ep,
+            "watch canceled: %s", why ? why : "(no reason)");
         watch_fail(w, &e);
         ok = false;
         goto out;
@@ -436,8 +435,8 @@ static void watch_destroy(struct ar_stream *s)
         ar_xfer_stop(&w->x);
 }
 
-int ar_etcd_watch_start(struct ar_etcd *c, const struct ar_etcd_watch_opts *o,
-                        ar_etcd_watch_cb cb, void *arg, struct ar_etcd_watch **out)
+int ar_etcd_watch_start(struct ar_etcd *c, const struct ar_etcd_watch_opts *o, ar_etcd_watch_cb cb,
+                        void *arg, struct ar_etcd_watch **out)
 {
     struct ar_etcd_watch *w;
 
@@ -497,8 +496,8 @@ void ar_etcd_watch_stop(struct ar_etcd_watch *w)
     watch_destroy(&w->s);
 }
 
-int ar_etcd_watch_feed(struct ar_etcd *c, const char *const *chunks, const size_t *lens,
-                       size_t n, CURLcode rc, long http, ar_etcd_watch_cb cb, void *arg)
+int ar_etcd_watch_feed(struct ar_etcd *c, const char *const *chunks, const size_t *lens, size_t n,
+                       CURLcode rc, long http, ar_etcd_watch_cb cb, void *arg)
 {
     struct ar_etcd_watch *w = calloc(1, sizeof(*w));
 
@@ -741,8 +740,7 @@ static void keeper_auth_resume(struct ar_auth_wait *aw, int status, const struct
     k->x.body = strdup(body);
     k->x.body_len = strlen(body);
     k->sent_at = ar_etcd_now_ms();
-    rc = k->x.body ? ar_xfer_start(k->c, &k->x, "/v3/lease/keepalive", true,
-                                   (long)reply_timeout(k))
+    rc = k->x.body ? ar_xfer_start(k->c, &k->x, "/v3/lease/keepalive", true, (long)reply_timeout(k))
                    : -ENOMEM;
     if (rc < 0) {
         ar_etcd_set_error(&err, rc, k->c->endpoints[k->x.ep], "keepalive: %s", strerror(-rc));
@@ -819,8 +817,8 @@ void ar_etcd_keepalive_stop(struct ar_etcd_keeper *k)
     keeper_destroy(&k->s);
 }
 
-int ar_etcd_keeper_feed(struct ar_etcd *c, const char *const *chunks, const size_t *lens,
-                        size_t n, CURLcode rc, long http, ar_etcd_keepalive_cb cb, void *arg)
+int ar_etcd_keeper_feed(struct ar_etcd *c, const char *const *chunks, const size_t *lens, size_t n,
+                        CURLcode rc, long http, ar_etcd_keepalive_cb cb, void *arg)
 {
     struct ar_etcd_keeper *k = calloc(1, sizeof(*k));
 

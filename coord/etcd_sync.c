@@ -70,8 +70,7 @@ static void on_done(void *arg, int status, const struct ar_etcd_result *res,
         *w->err = *err;
 }
 
-static int wait_for(struct ar_etcd_sync *s, struct waiter *w, int rc,
-                    struct ar_etcd_result **out)
+static int wait_for(struct ar_etcd_sync *s, struct waiter *w, int rc, struct ar_etcd_result **out)
 {
     if (out)
         *out = NULL;

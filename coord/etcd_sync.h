@@ -27,8 +27,8 @@ int ar_etcd_sync_delete(struct ar_etcd_sync *s, const struct ar_etcd_op *op,
                         struct ar_etcd_result **out, struct ar_etcd_error *err);
 int ar_etcd_sync_txn(struct ar_etcd_sync *s, const struct ar_etcd_txn *t,
                      struct ar_etcd_result **out, struct ar_etcd_error *err);
-int ar_etcd_sync_lease_grant(struct ar_etcd_sync *s, int64_t ttl_s,
-                             struct ar_etcd_result **out, struct ar_etcd_error *err);
+int ar_etcd_sync_lease_grant(struct ar_etcd_sync *s, int64_t ttl_s, struct ar_etcd_result **out,
+                             struct ar_etcd_error *err);
 int ar_etcd_sync_lease_revoke(struct ar_etcd_sync *s, int64_t id, struct ar_etcd_error *err);
 /* Calls cb for each page as ar_etcd_iterate does; returns the final status. */
 int ar_etcd_sync_iterate(struct ar_etcd_sync *s, const struct ar_etcd_op *op, ar_etcd_page_cb cb,

@@ -8,8 +8,7 @@
 
 #define RETRY_MS 500
 
-int ar_member_key(char *out, size_t outsz, const char *prefix, const char *kind,
-                  const char *node)
+int ar_member_key(char *out, size_t outsz, const char *prefix, const char *kind, const char *node)
 {
     int n;
 
@@ -23,8 +22,8 @@ int ar_member_key(char *out, size_t outsz, const char *prefix, const char *kind,
     return 0;
 }
 
-int ar_member_register(struct ar_etcd *c, const char *prefix, const char *node,
-                       const char *json, ar_etcd_cb cb, void *arg)
+int ar_member_register(struct ar_etcd *c, const char *prefix, const char *node, const char *json,
+                       ar_etcd_cb cb, void *arg)
 {
     char key[512];
     struct ar_etcd_op op = {0};
@@ -127,9 +126,11 @@ static void on_put(void *arg, int status, const struct ar_etcd_result *res,
 
 static void alive_put(struct ar_member_alive *a)
 {
-    struct ar_etcd_op op = {.key = (const uint8_t *)a->key, .key_len = strlen(a->key),
+    struct ar_etcd_op op = {.key = (const uint8_t *)a->key,
+                            .key_len = strlen(a->key),
                             .value = (const uint8_t *)a->report,
-                            .value_len = strlen(a->report), .lease = a->lease};
+                            .value_len = strlen(a->report),
+                            .lease = a->lease};
 
     if (a->dead || !a->lease)
         return;

@@ -15,12 +15,11 @@
 
 /* Build "<prefix><kind>/<node>" into out; -ENAMETOOLONG/-EINVAL on bad input (node must be
  * non-empty and contain no '/'). prefix NULL means AR_DEFAULT_PREFIX. */
-int ar_member_key(char *out, size_t outsz, const char *prefix, const char *kind,
-                  const char *node);
+int ar_member_key(char *out, size_t outsz, const char *prefix, const char *kind, const char *node);
 
 /* Put <prefix>members/<node> = json (persistent). */
-int ar_member_register(struct ar_etcd *c, const char *prefix, const char *node,
-                       const char *json, ar_etcd_cb cb, void *arg);
+int ar_member_register(struct ar_etcd *c, const char *prefix, const char *node, const char *json,
+                       ar_etcd_cb cb, void *arg);
 
 /*
  * Liveness: grant a lease (ttl_s), keep it alive, put <prefix>alive/<node> = report bound to it.

@@ -14,10 +14,13 @@ struct ar_buf {
     uint8_t *p;
     size_t len;
     size_t cap;
-    size_t max;             /* 0: 64 MiB */
+    size_t max; /* 0: 64 MiB */
 };
 
-#define AR_BUF_INIT {NULL, 0, 0, 0}
+#define AR_BUF_INIT                                                                                \
+    {                                                                                              \
+        NULL, 0, 0, 0                                                                              \
+    }
 
 /* Make room for n more bytes. 0, -ENOMEM or -EMSGSIZE. */
 int ar_buf_reserve(struct ar_buf *b, size_t n);

@@ -19,7 +19,7 @@
 
 #include "crypto/providers.h"
 
-#define ENC_MARK "k8s:enc:"
+#define ENC_MARK     "k8s:enc:"
 #define ENC_MARK_LEN 8
 
 static const char err_identity[] = "identity transformer tried to read encrypted data";
@@ -45,9 +45,9 @@ struct cprov {
 };
 
 struct centry {
-    const char *group;    /* points into the config */
+    const char *group; /* points into the config */
     const char *resource;
-    const char *rule;     /* the first resources[] string that named it */
+    const char *rule; /* the first resources[] string that named it */
     const struct ar_provider **pv;
     struct cprov **cv;
     size_t n;
@@ -287,7 +287,8 @@ static void res_init(struct ar_result *res)
     res->err[0] = '\0';
 }
 
-static void res_err(struct ar_result *res, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void res_err(struct ar_result *res, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 static void res_err(struct ar_result *res, const char *fmt, ...)
 {
     va_list ap;
@@ -305,7 +306,7 @@ static void res_err(struct ar_result *res, const char *fmt, ...)
 #define AGG_MAX 16
 struct agg {
     int n;
-    int code;              /* -ENOPKG wins over -EBADMSG */
+    int code; /* -ENOPKG wins over -EBADMSG */
     bool truncated;
     char msg[AGG_MAX][256];
 };
@@ -468,8 +469,7 @@ static int chain_read(const struct ar_chain *c, const char *group, const char *r
                 return r;
             break;
         case AR_P_KMS:
-            if (read_kms(cp, in + cp->plen, inlen - cp->plen, res, &errs) == -ENOPKG &&
-                kms_i < 0)
+            if (read_kms(cp, in + cp->plen, inlen - cp->plen, res, &errs) == -ENOPKG && kms_i < 0)
                 kms_i = (int)i;
             continue;
         default:
@@ -619,7 +619,8 @@ int ar_genkey(size_t n, char *dst, size_t dstlen)
     uint8_t k[64];
     int r;
 
-    if (n == 0 || n > sizeof(k) || dstlen < sodium_base64_ENCODED_LEN(n, sodium_base64_VARIANT_ORIGINAL))
+    if (n == 0 || n > sizeof(k) ||
+        dstlen < sodium_base64_ENCODED_LEN(n, sodium_base64_VARIANT_ORIGINAL))
         return -EINVAL;
     r = ar_random(k, n);
     if (r == 0)

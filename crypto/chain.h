@@ -52,22 +52,24 @@ const struct ar_config *ar_chain_config(const struct ar_chain *c);
 struct ar_plist {
     const struct ar_provider *const *v;
     size_t n;
-    const char *rule;       /* the rule that matched, as written ("secrets", "*.", "*.*"); NULL for identity */
+    const char
+        *rule; /* the rule that matched, as written ("secrets", "*.", "*.*"); NULL for identity */
 };
 void ar_chain_lookup(const struct ar_chain *c, const char *group, const char *resource,
                      struct ar_plist *out);
 
 struct ar_result {
-    enum ar_ptype type;     /* the provider that matched (write: that wrote) */
-    int provider_index;     /* index in the resource's list; -1 for plain identity */
-    int key_index;          /* index of the key inside the provider; -1 when not keyed */
-    const char *key_name;   /* key name, KMS provider name, or NULL (identity); points into the config */
-    const uint8_t *key_fp;  /* 8-byte key fingerprint or NULL */
-    bool stale;             /* kube-apiserver's stale flag */
+    enum ar_ptype type; /* the provider that matched (write: that wrote) */
+    int provider_index; /* index in the resource's list; -1 for plain identity */
+    int key_index;      /* index of the key inside the provider; -1 when not keyed */
+    const char
+        *key_name; /* key name, KMS provider name, or NULL (identity); points into the config */
+    const uint8_t *key_fp;    /* 8-byte key fingerprint or NULL */
+    bool stale;               /* kube-apiserver's stale flag */
     struct ar_kmsv2_info kms; /* valid when kms_version == 2: parsed fields, pointing into the
                                  input value (valid as long as the caller's input is) */
-    int kms_version;        /* 1 or 2 when a KMS value was recognised, else 0 */
-    char err[512];          /* one-line reason on failure */
+    int kms_version;          /* 1 or 2 when a KMS value was recognised, else 0 */
+    char err[512];            /* one-line reason on failure */
 };
 
 /* Encrypt plaintext for storage under etcd key aad (the full key, e.g.

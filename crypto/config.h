@@ -42,39 +42,39 @@ struct ar_pos {
 };
 
 struct ar_key {
-    char *name;             /* as written (may contain ':'); ordinary heap */
-    const uint8_t *secret;  /* decoded bytes inside the config's locked arena */
-    size_t secret_len;      /* 16, 24 or 32 (secretbox: 32) */
-    uint8_t fp[8];          /* first 8 bytes of SHA-256(secret): a short key fingerprint */
+    char *name;            /* as written (may contain ':'); ordinary heap */
+    const uint8_t *secret; /* decoded bytes inside the config's locked arena */
+    size_t secret_len;     /* 16, 24 or 32 (secretbox: 32) */
+    uint8_t fp[8];         /* first 8 bytes of SHA-256(secret): a short key fingerprint */
     struct ar_pos pos;
 };
 
 struct ar_kms {
     char *name;
     char *endpoint;
-    int api_version;        /* 1 or 2 (defaulted to 1 when absent, as kube-apiserver does) */
-    int64_t timeout_ms;     /* defaulted to 3000 (timeout_ns / 1e6, truncated) */
-    int64_t timeout_ns;     /* the exact metav1.Duration value; defaulted to 3e9 */
-    int32_t cachesize;      /* v1: defaulted to 1000; v2: 0 */
+    int api_version;    /* 1 or 2 (defaulted to 1 when absent, as kube-apiserver does) */
+    int64_t timeout_ms; /* defaulted to 3000 (timeout_ns / 1e6, truncated) */
+    int64_t timeout_ns; /* the exact metav1.Duration value; defaulted to 3e9 */
+    int32_t cachesize;  /* v1: defaulted to 1000; v2: 0 */
     bool cachesize_set;
 };
 
 struct ar_provider {
     enum ar_ptype type;
-    struct ar_key *keys;    /* aescbc, aesgcm, secretbox */
+    struct ar_key *keys; /* aescbc, aesgcm, secretbox */
     size_t nkeys;
-    struct ar_kms kms;      /* type == AR_P_KMS */
+    struct ar_kms kms; /* type == AR_P_KMS */
     struct ar_pos pos;
 };
 
 struct ar_gr {
-    char *group;            /* "" for core, "*" for all groups */
-    char *resource;         /* plural, lowercase, or "*" */
+    char *group;    /* "" for core, "*" for all groups */
+    char *resource; /* plural, lowercase, or "*" */
 };
 
-struct ar_rule {            /* one element of .resources[] */
-    char **resources;       /* as written, e.g. "secrets", "*.apps", "*.*" */
-    struct ar_gr *parsed;   /* parallel to resources[] */
+struct ar_rule {          /* one element of .resources[] */
+    char **resources;     /* as written, e.g. "secrets", "*.apps", "*.*" */
+    struct ar_gr *parsed; /* parallel to resources[] */
     size_t nresources;
     struct ar_provider *providers;
     size_t nproviders;
@@ -83,13 +83,13 @@ struct ar_rule {            /* one element of .resources[] */
 
 struct ar_config {
     int refs;
-    bool legacy_kind;       /* apiVersion v1, kind EncryptionConfig */
+    bool legacy_kind; /* apiVersion v1, kind EncryptionConfig */
     struct ar_rule *rules;
     size_t nrules;
     uint8_t file_sha256[AR_SHA256_LEN]; /* over the raw file bytes */
     uint8_t fingerprint[AR_SHA256_LEN]; /* over the canonical meaning (see ar_config_fingerprint) */
-    void *arena;            /* private: the locked key arena (read-only once loaded) */
-    bool keys_locked;       /* the arena is mlock'ed (false: RLIMIT_MEMLOCK too low; log it) */
+    void *arena;                        /* private: the locked key arena (read-only once loaded) */
+    bool keys_locked; /* the arena is mlock'ed (false: RLIMIT_MEMLOCK too low; log it) */
 };
 
 /* ---- diagnostics ----------------------------------------------------------------------- */
@@ -98,17 +98,19 @@ enum ar_severity { AR_SEV_ERROR = 0, AR_SEV_WARNING = 1 };
 
 struct ar_diag {
     enum ar_severity severity;
-    char *file;             /* the name given to the loader */
-    struct ar_pos pos;      /* where in the file; 0:0 when it concerns the whole file */
-    char *path;             /* kube-apiserver field path, e.g. resources[0].providers[1].aescbc.keys[0].secret; may be "" */
-    char *detail;           /* kube-apiserver's text, e.g. Invalid value: "REDACTED": secrets must be base64 encoded */
+    char *file;        /* the name given to the loader */
+    struct ar_pos pos; /* where in the file; 0:0 when it concerns the whole file */
+    char *path; /* kube-apiserver field path, e.g. resources[0].providers[1].aescbc.keys[0].secret;
+                   may be "" */
+    char *detail; /* kube-apiserver's text, e.g. Invalid value: "REDACTED": secrets must be base64
+                     encoded */
 };
 
 struct ar_diags {
     struct ar_diag *v;
     size_t n;
     size_t cap;
-    size_t nerrors;         /* how many of v[] are AR_SEV_ERROR */
+    size_t nerrors; /* how many of v[] are AR_SEV_ERROR */
 };
 
 void ar_diags_init(struct ar_diags *d);
@@ -116,24 +118,27 @@ void ar_diags_free(struct ar_diags *d);
 /* Appends; returns 0 or -ENOMEM. fmt builds the detail. */
 int ar_diags_add(struct ar_diags *d, enum ar_severity sev, const char *file, struct ar_pos pos,
                  const char *path, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-/* One line, no newline: "FILE:LINE:COL: PATH: DETAIL" (warnings: "FILE:LINE:COL: warning: PATH: DETAIL").
- * Returns the number of characters that would have been written (snprintf semantics). */
+/* One line, no newline: "FILE:LINE:COL: PATH: DETAIL" (warnings: "FILE:LINE:COL: warning: PATH:
+ * DETAIL"). Returns the number of characters that would have been written (snprintf semantics). */
 int ar_diag_format(const struct ar_diag *d, char *buf, size_t len);
 
 /* ---- loading ---------------------------------------------------------------------------- */
 
 struct ar_load_opts {
-    bool reload;            /* as --encryption-provider-config-automatic-reload: duplicate KMS v1 names are errors */
-    bool kmsv1_allowed;     /* as --feature-gates=KMSv1=true; when false a KMS v1 provider is a warning */
-    size_t max_bytes;       /* refuse larger files (0: 4 MiB) */
+    bool reload; /* as --encryption-provider-config-automatic-reload: duplicate KMS v1 names are
+                    errors */
+    bool kmsv1_allowed; /* as --feature-gates=KMSv1=true; when false a KMS v1 provider is a warning
+                         */
+    size_t max_bytes;   /* refuse larger files (0: 4 MiB) */
 };
 
 /* Read and load a file. name_for_diags defaults to path when NULL. */
 int ar_config_load_file(const char *path, const struct ar_load_opts *opts, struct ar_config **out,
                         struct ar_diags *diags);
 /* Load from memory (the buffer is not modified; callers wipe it). */
-int ar_config_load_mem(const char *name, const void *buf, size_t len, const struct ar_load_opts *opts,
-                       struct ar_config **out, struct ar_diags *diags);
+int ar_config_load_mem(const char *name, const void *buf, size_t len,
+                       const struct ar_load_opts *opts, struct ar_config **out,
+                       struct ar_diags *diags);
 
 struct ar_config *ar_config_ref(struct ar_config *c);
 /* Accepts NULL; returns NULL so callers can write p = ar_config_unref(p). */

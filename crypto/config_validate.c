@@ -397,8 +397,7 @@ static bool host_should_escape(unsigned char c)
 enum url_mode { UM_PATH, UM_HOST, UM_ZONE, UM_USER, UM_FRAG };
 
 /* unescape()'s checks: 0, or -EINVAL with the EscapeError / InvalidHostError text in err. */
-static int url_unescape_check(const char *s, size_t n, enum url_mode mode, char *err,
-                              size_t errlen)
+static int url_unescape_check(const char *s, size_t n, enum url_mode mode, char *err, size_t errlen)
 {
     size_t i = 0;
     char *q;
@@ -618,8 +617,7 @@ static int go_url_parse(const char *raw, char **scheme, char **err)
             const char *slash = memchr(rest, '/', restlen);
             size_t segl = slash ? (size_t)(slash - rest) : restlen;
             if (memchr(rest, ':', segl)) {
-                snprintf(cause, sizeof(cause),
-                         "first path segment in URL cannot contain colon");
+                snprintf(cause, sizeof(cause), "first path segment in URL cannot contain colon");
                 goto fail;
             }
         }

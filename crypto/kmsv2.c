@@ -13,8 +13,8 @@
 #include <string.h>
 
 #define ENC_DEK_SOURCE_MAX 1024
-#define KEY_ID_MAX 1024
-#define ANNOTATIONS_MAX 32768
+#define KEY_ID_MAX         1024
+#define ANNOTATIONS_MAX    32768
 
 struct rd {
     const uint8_t *p;
@@ -433,8 +433,7 @@ int ar_kmsv2_parse(const uint8_t *p, size_t n, struct ar_kmsv2_info *out, char *
         }
         case 5:
             if (wt != 0) {
-                seterr(err, errlen, "proto: wrong wireType = %u for field %s", wt,
-                       field_names[5]);
+                seterr(err, errlen, "proto: wrong wireType = %u for field %s", wt, field_names[5]);
                 return -EBADMSG;
             }
             if (rd_varint(&r, &v, &msg) < 0)
@@ -458,7 +457,8 @@ int ar_kmsv2_parse(const uint8_t *p, size_t n, struct ar_kmsv2_info *out, char *
         return -EBADMSG;
     }
     if (out->encrypted_dek_source.n == 0) {
-        seterr(err, errlen, "failed to validate encrypted DEK source: encrypted DEK source is empty");
+        seterr(err, errlen,
+               "failed to validate encrypted DEK source: encrypted DEK source is empty");
         return -EBADMSG;
     }
     if (out->encrypted_dek_source.n > ENC_DEK_SOURCE_MAX) {

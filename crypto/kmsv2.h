@@ -12,7 +12,7 @@
 #define AR_KMSV2_MAX_ANNOTATIONS 64
 
 struct ar_kmsv2_span {
-    const uint8_t *p;       /* points into the parsed input */
+    const uint8_t *p; /* points into the parsed input */
     size_t n;
 };
 
@@ -20,7 +20,7 @@ struct ar_kmsv2_info {
     struct ar_kmsv2_span encrypted_data;
     struct ar_kmsv2_span key_id;
     struct ar_kmsv2_span encrypted_dek_source;
-    int dek_source_type;    /* 0 AES_GCM_KEY, 1 HKDF_SHA256_XNONCE_AES_GCM_SEED */
+    int dek_source_type; /* 0 AES_GCM_KEY, 1 HKDF_SHA256_XNONCE_AES_GCM_SEED */
     size_t nannotations;
     struct ar_kmsv2_span ann_key[AR_KMSV2_MAX_ANNOTATIONS];
     struct ar_kmsv2_span ann_value[AR_KMSV2_MAX_ANNOTATIONS];

@@ -19,14 +19,14 @@
 
 #include "crypto/buf.h"
 
-#define AR_AES_BLOCK 16
-#define AR_GCM_NONCE 12
-#define AR_GCM_TAG 16
+#define AR_AES_BLOCK       16
+#define AR_GCM_NONCE       12
+#define AR_GCM_TAG         16
 #define AR_SECRETBOX_NONCE 24
-#define AR_SECRETBOX_TAG 16
-#define AR_SECRETBOX_KEY 32
+#define AR_SECRETBOX_TAG   16
+#define AR_SECRETBOX_KEY   32
 
-extern const char ar_err_short[];   /* "the stored data was shorter than the required size" */
+extern const char ar_err_short[];    /* "the stored data was shorter than the required size" */
 extern const char ar_err_gcm_auth[]; /* "cipher: message authentication failed" */
 
 int ar_aescbc_encrypt(const uint8_t *key, size_t klen, const uint8_t *in, size_t n,

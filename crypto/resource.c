@@ -100,7 +100,7 @@ static const struct builtin builtins[] = {
     {"flowcontrol.apiserver.k8s.io", "flowschemas", "flowschemas"},
     {"flowcontrol.apiserver.k8s.io", "prioritylevelconfigurations", "prioritylevelconfigurations"},
     /* apiserver internals */
-    {"internal.apiserver.k8s.io", "storageversions", "storageversions"}, /* alpha */
+    {"internal.apiserver.k8s.io", "storageversions", "storageversions"},                 /* alpha */
     {"storagemigration.k8s.io", "storageversionmigrations", "storageversionmigrations"}, /* alpha */
     /* resource (DRA); alpha/beta across 1.26-1.32, unsure */
     {"resource.k8s.io", "deviceclasses", "deviceclasses"},
@@ -286,7 +286,7 @@ int ar_parse_group_resource(const char *s, char *group, size_t glen, char *resou
 
     if (!dot)
         return copy_str(group, glen, "", 0) < 0 ? -ENAMETOOLONG
-                                                 : copy_str(resource, rlen, s, strlen(s));
+                                                : copy_str(resource, rlen, s, strlen(s));
     if (copy_str(resource, rlen, s, (size_t)(dot - s)) < 0)
         return -ENAMETOOLONG;
     return copy_str(group, glen, dot + 1, strlen(dot + 1));

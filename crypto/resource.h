@@ -16,7 +16,7 @@
 struct ar_resource {
     char group[256];
     char resource[256];
-    size_t name_off;        /* offset in the key where "<ns>/<name>" or "<name>" starts */
+    size_t name_off; /* offset in the key where "<ns>/<name>" or "<name>" starts */
 };
 
 /* Map key (bytes, not NUL terminated) under prefix (e.g. "/registry", leading '/' optional,

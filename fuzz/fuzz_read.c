@@ -118,8 +118,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             /* a plaintext that looks encrypted, stored by identity, cannot be read back: the
              * same in kube-apiserver (identity refuses "k8s:enc:" data) */
         } else if (rc == 0) {
-            if (ar_chain_read(chain, g, r, (const uint8_t *)aad, strlen(aad), enc.p, enc.len,
-                              &back, &res2) != 0 ||
+            if (ar_chain_read(chain, g, r, (const uint8_t *)aad, strlen(aad), enc.p, enc.len, &back,
+                              &res2) != 0 ||
                 back.len != out.len || (out.len && memcmp(back.p, out.p, out.len)) || res2.stale)
                 abort();
         } else if (rc != -ENOPKG) {

@@ -183,8 +183,7 @@ static int make_pki(struct etcd_harness *h)
              h->dir);
     rc = run_sh(cmd);
     if (rc != 0) {
-        fprintf(stderr, "etcd_harness: openssl failed (%d), see %s/pki/openssl.log\n", rc,
-                h->dir);
+        fprintf(stderr, "etcd_harness: openssl failed (%d), see %s/pki/openssl.log\n", rc, h->dir);
         return -EIO;
     }
     snprintf(h->cacert, sizeof(h->cacert), "%s/pki/ca.crt", h->dir);
@@ -421,8 +420,8 @@ int etcd_harness_ctl(const struct etcd_harness *h, const char *args)
              "ETCDCTL_API=3 ETCDCTL_ENDPOINTS='%s' %s%s%s%s%s%s etcdctl --dial-timeout=3s "
              "--command-timeout=5s %s >>'%s/etcdctl.log' 2>&1",
              h->endpoint[0], h->tls ? "ETCDCTL_CACERT=" : "", h->tls ? h->cacert : "",
-             h->tls ? " ETCDCTL_CERT=" : "", h->tls ? h->cert : "",
-             h->tls ? " ETCDCTL_KEY=" : "", h->tls ? h->key : "", args, h->dir);
+             h->tls ? " ETCDCTL_CERT=" : "", h->tls ? h->cert : "", h->tls ? " ETCDCTL_KEY=" : "",
+             h->tls ? h->key : "", args, h->dir);
     return run_sh(cmd);
 }
 

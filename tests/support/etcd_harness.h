@@ -65,12 +65,11 @@ void etcd_harness_destroy(struct etcd_harness *h);
  * HTTP/1.1 with keep-alive; requests need a Content-Length (what libcurl sends for POSTFIELDS).
  */
 struct fake_gw_reply {
-    int status;     /* HTTP status; 0: never answer, hold the connection open and silent */
-    bool stream;    /* 200 chunked, body sent as one chunk, then the connection stays open */
+    int status;  /* HTTP status; 0: never answer, hold the connection open and silent */
+    bool stream; /* 200 chunked, body sent as one chunk, then the connection stays open */
     char body[2048];
 };
-typedef void (*fake_gw_fn)(void *arg, const char *path, const char *body,
-                           struct fake_gw_reply *r);
+typedef void (*fake_gw_fn)(void *arg, const char *path, const char *body, struct fake_gw_reply *r);
 struct fake_gw;
 struct fake_gw *fake_gw_start(uv_loop_t *loop, fake_gw_fn fn, void *arg);
 const char *fake_gw_endpoint(const struct fake_gw *g);

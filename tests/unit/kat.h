@@ -55,8 +55,8 @@ static inline struct kat_bytes kat_b64(json_t *c, const char *field)
     struct kat_bytes b;
 
     b.p = malloc(sl + 1);
-    if (!b.p || sodium_base642bin(b.p, sl + 1, s, sl, NULL, &n, NULL,
-                                  sodium_base64_VARIANT_ORIGINAL) != 0)
+    if (!b.p ||
+        sodium_base642bin(b.p, sl + 1, s, sl, NULL, &n, NULL, sodium_base64_VARIANT_ORIGINAL) != 0)
         abort();
     b.n = n;
     return b;

@@ -76,9 +76,8 @@ static void test_roundtrip(void **state)
         const char *p, *key;
         size_t overhead;
     } cases[] = {
-        {"aescbc", k16, 16}, {"aescbc", k24, 16},    {"aescbc", k32, 16},
-        {"aesgcm", k16, 28}, {"aesgcm", k24, 28},    {"aesgcm", k32, 28},
-        {"secretbox", k32, 40},
+        {"aescbc", k16, 16}, {"aescbc", k24, 16}, {"aescbc", k32, 16},    {"aesgcm", k16, 28},
+        {"aesgcm", k24, 28}, {"aesgcm", k32, 28}, {"secretbox", k32, 40},
     };
     uint8_t *pt = malloc(1 << 20);
     struct ar_buf enc = AR_BUF_INIT, dec = AR_BUF_INIT;
@@ -88,8 +87,8 @@ static void test_roundtrip(void **state)
     assert_non_null(pt);
     randombytes_buf(pt, 1 << 20);
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        struct ar_chain *c = chain_for(keyed(prov, sizeof(prov), cases[i].p, "k1", cases[i].key,
-                                             NULL, NULL));
+        struct ar_chain *c =
+            chain_for(keyed(prov, sizeof(prov), cases[i].p, "k1", cases[i].key, NULL, NULL));
         char pre[64];
 
         snprintf(pre, sizeof(pre), "k8s:enc:%s:v1:k1:", cases[i].p);
@@ -172,8 +171,8 @@ static void key_rotation(const char *p, bool uses_aad)
     assert_memory_equal(dec.p, msg, sizeof(msg));
     /* another context */
     {
-        int r = ar_chain_read(fs, "", "secrets", (const uint8_t *)"other", 5, enc.p, enc.len,
-                              &dec, &res);
+        int r = ar_chain_read(fs, "", "secrets", (const uint8_t *)"other", 5, enc.p, enc.len, &dec,
+                              &res);
 
         if (uses_aad) {
             assert_int_equal(r, -EBADMSG);
@@ -294,8 +293,7 @@ static void test_provider_positions(void **state)
     assert_int_equal(ar_chain_read(c, "", "configmaps", AAD, AADN, tmp.p, tmp.len, &dec, &res), 0);
     assert_int_equal(res.provider_index, -1);
     assert_false(res.stale);
-    assert_int_equal(ar_chain_write(c, "", "configmaps", AAD, AADN, tmp.p, tmp.len, &enc, &res),
-                     0);
+    assert_int_equal(ar_chain_write(c, "", "configmaps", AAD, AADN, tmp.p, tmp.len, &enc, &res), 0);
     assert_int_equal(res.provider_index, -1);
     assert_int_equal(enc.len, tmp.len);
     ar_chain_unref(c);
@@ -420,8 +418,7 @@ static void test_cbc_errors(void **state)
             assert_string_equal(err, pads[i].want);
             assert_int_equal(dec.len, 0);
         } else {
-            assert_int_equal(ar_aescbc_decrypt(key, 32, enc.p, enc.len, &dec, err, sizeof(err)),
-                             0);
+            assert_int_equal(ar_aescbc_decrypt(key, 32, enc.p, enc.len, &dec, err, sizeof(err)), 0);
             assert_int_equal(dec.len, 14);
         }
     }
@@ -476,13 +473,11 @@ static void test_lookup(void **state)
     assert_ptr_equal(pl.v[0], &cfg->rules[4].providers[0]);
 
     /* writes follow the lookup */
-    assert_int_equal(ar_chain_write(c, "", "secrets", AAD, AADN, (const uint8_t *)"x", 1, &enc,
-                                    &res),
-                     0);
+    assert_int_equal(
+        ar_chain_write(c, "", "secrets", AAD, AADN, (const uint8_t *)"x", 1, &enc, &res), 0);
     assert_memory_equal(enc.p, "k8s:enc:aesgcm:v1:g1:", 21);
-    assert_int_equal(ar_chain_write(c, "apps", "daemonsets", AAD, AADN, (const uint8_t *)"x", 1,
-                                    &enc, &res),
-                     0);
+    assert_int_equal(
+        ar_chain_write(c, "apps", "daemonsets", AAD, AADN, (const uint8_t *)"x", 1, &enc, &res), 0);
     assert_memory_equal(enc.p, "k8s:enc:secretbox:v1:b1:", 24);
     /* secrets reads b1 data with its second list entry: stale */
     assert_int_equal(ar_chain_read(c, "", "secrets", AAD, AADN, enc.p, enc.len, &dec, &res), 0);
@@ -493,13 +488,12 @@ static void test_lookup(void **state)
     assert_int_equal(ar_chain_read(c, "", "configmaps", AAD, AADN, enc.p, enc.len, &dec, &res),
                      -ENOKEY);
     assert_string_equal(res.err, "no matching prefix found");
-    assert_int_equal(ar_chain_write(c, "", "configmaps", AAD, AADN, (const uint8_t *)"x", 1, &enc,
-                                    &res),
-                     0);
+    assert_int_equal(
+        ar_chain_write(c, "", "configmaps", AAD, AADN, (const uint8_t *)"x", 1, &enc, &res), 0);
     assert_memory_equal(enc.p, "k8s:enc:aescbc:v1:c2:", 21);
-    assert_int_equal(ar_chain_write(c, "example.com", "widgets", AAD, AADN, (const uint8_t *)"x",
-                                    1, &enc, &res),
-                     0);
+    assert_int_equal(
+        ar_chain_write(c, "example.com", "widgets", AAD, AADN, (const uint8_t *)"x", 1, &enc, &res),
+        0);
     assert_memory_equal(enc.p, "k8s:enc:secretbox:v1:b2:", 24);
 
     /* the chain keeps its config alive */
@@ -507,8 +501,7 @@ static void test_lookup(void **state)
         struct ar_chain *c2r = ar_chain_ref(c);
 
         ar_chain_unref(c);
-        assert_int_equal(ar_chain_read(c2r, "batch", "jobs", AAD, AADN, enc.p, enc.len, &dec,
-                                       &res),
+        assert_int_equal(ar_chain_read(c2r, "batch", "jobs", AAD, AADN, enc.p, enc.len, &dec, &res),
                          0);
         ar_chain_unref(c2r);
     }
@@ -525,8 +518,7 @@ static void test_kms_in_list(void **state)
     struct ar_result res;
 
     /* kms v2 first: writes need the plugin; static-key data still reads, stale */
-    snprintf(l, sizeof(l),
-             "{kms: {apiVersion: v2, name: p2, endpoint: 'unix:///tmp/p2.sock'}}, %s",
+    snprintf(l, sizeof(l), "{kms: {apiVersion: v2, name: p2, endpoint: 'unix:///tmp/p2.sock'}}, %s",
              keyed(a, sizeof(a), "aesgcm", "g", k32, NULL, NULL));
     c = chain_for(l);
     assert_int_equal(wr(c, "x", 1, &v, &res), -ENOPKG);
@@ -577,8 +569,7 @@ static void *worker(void *arg)
             ar_chain_read(c, "", "secrets", AAD, AADN, enc.p, enc.len, &dec, &res) != 0 ||
             dec.len != n || (n && memcmp(dec.p, pt, n)))
             t->fails++;
-        if (ar_chain_read(c, "apps", "x", AAD, AADN, enc.p, enc.len, &dec, &res) != 0 ||
-            !res.stale)
+        if (ar_chain_read(c, "apps", "x", AAD, AADN, enc.p, enc.len, &dec, &res) != 0 || !res.stale)
             t->fails++;
     }
     ar_buf_free(&enc);
@@ -643,8 +634,7 @@ static void test_out_wiped(void **state)
     assert_int_equal(ar_chain_read(c, "", "pods", AAD, AADN, NULL, 0, &out, &res), 0);
     assert_int_equal(out.len, 0);
     assert_int_equal(ar_chain_read(c, "", "secrets", AAD, AADN, NULL, 0, &out, &res), -ENOKEY);
-    assert_int_equal(ar_chain_read(c, "", "secrets", NULL, 1, enc.p, enc.len, &out, &res),
-                     -EINVAL);
+    assert_int_equal(ar_chain_read(c, "", "secrets", NULL, 1, enc.p, enc.len, &out, &res), -EINVAL);
     ar_buf_free(&enc);
     ar_buf_free(&out);
     ar_chain_unref(c);

@@ -293,8 +293,8 @@ static const struct rcase rule_cases[] = {
     {"titlecase letter",
      HDR "resources:\n- resources: [\"\xc7\x85.example.com\"]\n  providers: [{identity: {}}]\n",
      false, "resources[0].resources[0]",
-     "Invalid value: \"\xc7\x85.example.com\": resource name should not contain capital letters",
-     4, 15, 1},
+     "Invalid value: \"\xc7\x85.example.com\": resource name should not contain capital letters", 4,
+     15, 1},
     {"star", HDR "resources:\n- resources: [\"*\"]\n  providers: [{identity: {}}]\n", false,
      "resources[0].resources[0]",
      "Invalid value: \"*\": use '*.' to encrypt all the resources from core API group or *.* to "
@@ -703,8 +703,9 @@ static const struct dcase decode_cases[] = {
      * cannot, so atrest refuses them instead of silently cutting the string short (which
      * would make "v2\0x" read as "v2", "a\0b" a key named "a", and so on). */
     {"NUL in a key name",
-     HDR "resources:\n- resources: [s]\n  providers: [{aescbc: {keys: [{name: \"a\\0b\", secret: " K16
-         "}]}}]\n",
+     HDR
+     "resources:\n- resources: [s]\n  providers: [{aescbc: {keys: [{name: \"a\\0b\", secret: " K16
+     "}]}}]\n",
      "resources[0].providers[0].aescbc.keys[0].name",
      "atrest: a NUL byte in a string is not supported", 5, 39},
     {"NUL in a resource",
@@ -718,9 +719,12 @@ static const struct dcase decode_cases[] = {
     {"NUL in a field name", HDR "resources: []\n\"resources\\0\": []\n", "resources\\x00",
      "strict decoding error: unknown field \"resources\\x00\"", 4, 1},
     {"NUL in kind",
-     "apiVersion: apiserver.config.k8s.io/v1\nkind: \"EncryptionConfiguration\\0\"\nresources: []\n",
-     "", "no kind \"EncryptionConfiguration\\x00\" is registered for version "
-         "\"apiserver.config.k8s.io/v1\"", 2, 7},
+     "apiVersion: apiserver.config.k8s.io/v1\nkind: \"EncryptionConfiguration\\0\"\nresources: "
+     "[]\n",
+     "",
+     "no kind \"EncryptionConfiguration\\x00\" is registered for version "
+     "\"apiserver.config.k8s.io/v1\"",
+     2, 7},
     {"quote in a field name", HDR "resources: []\n\"a\\\"b\": 1\n", "a\"b",
      "strict decoding error: unknown field \"a\\\"b\"", 4, 1},
     {"unknown root field", HDR "resources: []\nextra: 1\n", "extra",
@@ -1109,12 +1113,12 @@ static void test_endpoints(void **state)
         {"unix:/tmp/k.sock", NULL},
         {"unix:?x", NULL},
         {"UnIx:///x", NULL},
-        {"unix://h%c3%a9/x", NULL},         /* escapes of non-ASCII bytes are fine in a host */
-        {"unix://\xc3\xbc/x", NULL},         /* so are raw non-ASCII bytes */
+        {"unix://h%c3%a9/x", NULL},  /* escapes of non-ASCII bytes are fine in a host */
+        {"unix://\xc3\xbc/x", NULL}, /* so are raw non-ASCII bytes */
         {"unix://[::1]:80/x", NULL},
-        {"unix://[fe80::1%25en0]/x", NULL},  /* IPv6 zone */
+        {"unix://[fe80::1%25en0]/x", NULL}, /* IPv6 zone */
         {"unix://[fe80::1%25%41]/x", NULL},
-        {"unix:///x#\\t", NULL},             /* control bytes after '#' are not checked */
+        {"unix:///x#\\t", NULL}, /* control bytes after '#' are not checked */
         {"unix:///my socket", NULL},
         {"unix://u:p@h/x", NULL},
         {"://x", "invalid endpoint for kms provider, error: parse \"://x\": missing protocol "
@@ -1142,9 +1146,9 @@ static void test_endpoints(void **state)
         {"unix://[::1]x/", "invalid endpoint for kms provider, error: parse \"unix://[::1]x/\": "
                            "invalid port \"x\" after host"},
         {"unix://a:b#frag", "invalid endpoint for kms provider, error: parse \"unix://a:b\": "
-                            "invalid port \":b\" after host"},  /* the URL without '#...' */
+                            "invalid port \":b\" after host"}, /* the URL without '#...' */
         {"unix:foo#%zz", "invalid endpoint for kms provider, error: parse \"unix:foo#%zz\": "
-                         "invalid URL escape \"%zz\""},         /* opaque, then the fragment */
+                         "invalid URL escape \"%zz\""}, /* opaque, then the fragment */
         {"unix:///x#%zz", "invalid endpoint for kms provider, error: parse \"unix:///x#%zz\": "
                           "invalid URL escape \"%zz\""},
         {"unix:///x/%z", "invalid endpoint for kms provider, error: parse \"unix:///x/%z\": "

@@ -32,8 +32,8 @@ static int setup_cluster(void **state)
 
 static int setup_tls(void **state)
 {
-    struct etcd_harness_opts o = {.members = 1, .tls = true, .fast = true,
-                                  .extra = "--auth-token-ttl=2"};
+    struct etcd_harness_opts o = {
+        .members = 1, .tls = true, .fast = true, .extra = "--auth-token-ttl=2"};
 
     return etcd_harness_start(&H, &o) < 0 ? -1 : 0;
 }
@@ -70,8 +70,8 @@ static int all_ops(struct ar_etcd_sync *s, const char *tag, struct ar_etcd_error
 {
     char v[64];
     struct ar_etcd_result *r;
-    struct ar_etcd_compare cmp = {.key = K(tag), .target = AR_ETCD_CMP_VERSION,
-                                  .result = AR_ETCD_GREATER, .number = 0};
+    struct ar_etcd_compare cmp = {
+        .key = K(tag), .target = AR_ETCD_CMP_VERSION, .result = AR_ETCD_GREATER, .number = 0};
     struct ar_etcd_op del = {.type = AR_ETCD_DELETE, .key = K(tag)};
     struct ar_etcd_txn t = {.compare = &cmp, .n_compare = 1, .success = &del, .n_success = 1};
     int rc;

@@ -205,7 +205,7 @@ static int wait_one_leader(struct contenders *cs, unsigned ms, int not, int *who
 
     while (ar_etcd_now_ms() - t0 < ms) {
         pump(cs, 60, -1, &dummy_l, &dummy_n);
-        if (leaders(cs, who) == 1 && *who != not)
+        if (leaders(cs, who) == 1 && *who != not )
             return (int)(ar_etcd_now_ms() - t0);
     }
     return -1;
@@ -273,8 +273,8 @@ static void test_election_three_contenders(void **state)
     l = n = 0;
     kill(cs.pid[second], SIGCONT);
     pump(&cs, 1500, second, &l, &n);
-    assert_true(n >= 10);     /* it runs again */
-    assert_int_equal(l, 0);   /* and never claims leadership */
+    assert_true(n >= 10);   /* it runs again */
+    assert_int_equal(l, 0); /* and never claims leadership */
     assert_int_equal(cs.last[third], 'L');
     assert_int_equal(leaders(&cs, &who), 1);
     assert_int_equal(who, third);
@@ -362,8 +362,11 @@ static void test_election_observe_and_deadline(void **state)
 /* Put /g/rot = v in a txn guarded by g; returns succeeded (1/0) or the error. */
 static int guarded_put(const struct ar_etcd_compare *g, const char *v)
 {
-    struct ar_etcd_op put = {.type = AR_ETCD_PUT, .key = (const uint8_t *)"/g/rot", .key_len = 6,
-                             .value = (const uint8_t *)v, .value_len = strlen(v)};
+    struct ar_etcd_op put = {.type = AR_ETCD_PUT,
+                             .key = (const uint8_t *)"/g/rot",
+                             .key_len = 6,
+                             .value = (const uint8_t *)v,
+                             .value_len = strlen(v)};
     struct ar_etcd_txn t = {.compare = g, .n_compare = 1, .success = &put, .n_success = 1};
     struct ar_etcd_result *r;
     int rc = ar_etcd_sync_txn(S, &t, &r, NULL);
@@ -534,8 +537,10 @@ static int incr(void *arg, const json_t *cur, json_t **out)
     json_int_t n = cur ? json_integer_value(json_object_get(cur, "n")) : 0;
 
     if (x->interfere > 0) {
-        struct ar_etcd_op op = {.key = (const uint8_t *)"/cas/rec", .key_len = 8,
-                                .value = (const uint8_t *)"{\"n\":100}", .value_len = 9};
+        struct ar_etcd_op op = {.key = (const uint8_t *)"/cas/rec",
+                                .key_len = 8,
+                                .value = (const uint8_t *)"{\"n\":100}",
+                                .value_len = 9};
 
         x->interfere--;
         assert_int_equal(ar_etcd_sync_put(S, &op, NULL, NULL), 0);

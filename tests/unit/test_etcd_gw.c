@@ -29,7 +29,7 @@ struct script {
     int put_lease_gone;  /* answer this many puts with "requested lease not found" */
     char last_put[2048]; /* body of the last /v3/kv/put */
     char last_watch[2048];
-    bool watch_silent;   /* /v3/watch: accept and never answer */
+    bool watch_silent; /* /v3/watch: accept and never answer */
 };
 
 static void gw(void *arg, const char *path, const char *body, struct fake_gw_reply *r)
@@ -41,8 +41,7 @@ static void gw(void *arg, const char *path, const char *body, struct fake_gw_rep
         int n = snprintf(r->body, sizeof(r->body), "{\"header\":{\"revision\":\"5\"}");
 
         if (s->next_id)
-            n += snprintf(r->body + n, sizeof(r->body) - n, ",\"ID\":\"%" PRId64 "\"",
-                          s->next_id);
+            n += snprintf(r->body + n, sizeof(r->body) - n, ",\"ID\":\"%" PRId64 "\"", s->next_id);
         s->next_id += s->id_step;
         if (s->grant_ttl)
             n += snprintf(r->body + n, sizeof(r->body) - n, ",\"TTL\":\"%d\"", s->grant_ttl);
@@ -90,8 +89,8 @@ struct fx {
 static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof(*f));
-    struct ar_etcd_settings st = {.n_endpoints = 1, .request_timeout_ms = 1000,
-                                  .watch_idle_ms = 150};
+    struct ar_etcd_settings st = {
+        .n_endpoints = 1, .request_timeout_ms = 1000, .watch_idle_ms = 150};
 
     if (!f || uv_loop_init(&f->loop) < 0)
         return -1;

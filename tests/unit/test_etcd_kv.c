@@ -256,12 +256,16 @@ static void test_delete(void **state)
 
 static void test_txn(void **state)
 {
-    struct ar_etcd_compare cmp = {.key = K("txn/lock"), .target = AR_ETCD_CMP_CREATE,
-                                  .result = AR_ETCD_EQUAL, .number = 0};
+    struct ar_etcd_compare cmp = {
+        .key = K("txn/lock"), .target = AR_ETCD_CMP_CREATE, .result = AR_ETCD_EQUAL, .number = 0};
     struct ar_etcd_op put1 = {.type = AR_ETCD_PUT, .key = K("txn/lock"), .value = K("owner1")};
     struct ar_etcd_op get = {.type = AR_ETCD_RANGE, .key = K("txn/lock")};
-    struct ar_etcd_txn t = {.compare = &cmp, .n_compare = 1, .success = &put1, .n_success = 1,
-                            .failure = &get, .n_failure = 1};
+    struct ar_etcd_txn t = {.compare = &cmp,
+                            .n_compare = 1,
+                            .success = &put1,
+                            .n_success = 1,
+                            .failure = &get,
+                            .n_failure = 1};
     struct ar_etcd_result *r;
     int64_t created, modrev;
 
@@ -286,10 +290,12 @@ static void test_txn(void **state)
     ar_etcd_result_free(r);
 
     /* CAS on mod_revision: right revision wins, stale one loses */
-    struct ar_etcd_compare mod = {.key = K("txn/lock"), .target = AR_ETCD_CMP_MOD,
-                                  .result = AR_ETCD_EQUAL, .number = created};
-    struct ar_etcd_op put2 = {.type = AR_ETCD_PUT, .key = K("txn/lock"), .value = K("owner2"),
-                              .prev_kv = true};
+    struct ar_etcd_compare mod = {.key = K("txn/lock"),
+                                  .target = AR_ETCD_CMP_MOD,
+                                  .result = AR_ETCD_EQUAL,
+                                  .number = created};
+    struct ar_etcd_op put2 = {
+        .type = AR_ETCD_PUT, .key = K("txn/lock"), .value = K("owner2"), .prev_kv = true};
     struct ar_etcd_txn t2 = {.compare = &mod, .n_compare = 1, .success = &put2, .n_success = 1};
     assert_int_equal(ar_etcd_sync_txn(S, &t2, &r, NULL), 0);
     assert_true(r->succeeded);
@@ -321,8 +327,8 @@ static void test_txn(void **state)
 
     /* wrong value / GREATER / LESS / NOT_EQUAL */
     puts_("txn/n", "x");
-    struct ar_etcd_compare c4 = {.key = K("txn/n"), .target = AR_ETCD_CMP_VALUE,
-                                 .result = AR_ETCD_EQUAL, .value = K("y")};
+    struct ar_etcd_compare c4 = {
+        .key = K("txn/n"), .target = AR_ETCD_CMP_VALUE, .result = AR_ETCD_EQUAL, .value = K("y")};
     struct ar_etcd_txn t4 = {.compare = &c4, .n_compare = 1};
     assert_int_equal(ar_etcd_sync_txn(S, &t4, &r, NULL), 0);
     assert_false(r->succeeded);
@@ -385,8 +391,8 @@ static void test_errors(void **state)
 
 static void test_connection_refused(void **state)
 {
-    struct ar_etcd_settings st = {.endpoints = {"http://127.0.0.1:1"}, .n_endpoints = 1,
-                                  .request_timeout_ms = 600};
+    struct ar_etcd_settings st = {
+        .endpoints = {"http://127.0.0.1:1"}, .n_endpoints = 1, .request_timeout_ms = 600};
     struct ar_etcd_sync *s = ar_etcd_sync_new(&st);
     struct ar_etcd_op op = {.key = K("x")};
     struct ar_etcd_error err;
@@ -576,8 +582,8 @@ static void test_iterate_10k(void **state)
 
         for (int i = 0; i < BATCH; i++) {
             snprintf(keys[i], sizeof(keys[i]), "it/%05d", b * BATCH + i);
-            ops[i] = (struct ar_etcd_op){.type = AR_ETCD_PUT, .key = K(keys[i]),
-                                         .value = K("value-of-some-length")};
+            ops[i] = (struct ar_etcd_op){
+                .type = AR_ETCD_PUT, .key = K(keys[i]), .value = K("value-of-some-length")};
         }
         assert_int_equal(ar_etcd_sync_txn(S, &t, NULL, NULL), 0);
     }

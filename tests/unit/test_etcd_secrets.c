@@ -49,9 +49,9 @@ static void test_escape(void **state)
     assert_int_equal(ar_json_escape(out, "\xf0\x9f\x94\x91", 4), 4); /* U+1F511 */
     assert_int_equal(ar_json_escape(out, "", 0), 0);
     /* not UTF-8: refused, never sent as is */
-    assert_int_equal(ar_json_escape(out, "\xc3", 1), -EINVAL);          /* truncated */
-    assert_int_equal(ar_json_escape(out, "\xc0\xaf", 2), -EINVAL);      /* overlong '/' */
-    assert_int_equal(ar_json_escape(out, "\xed\xa0\x80", 3), -EINVAL);  /* surrogate */
+    assert_int_equal(ar_json_escape(out, "\xc3", 1), -EINVAL);             /* truncated */
+    assert_int_equal(ar_json_escape(out, "\xc0\xaf", 2), -EINVAL);         /* overlong '/' */
+    assert_int_equal(ar_json_escape(out, "\xed\xa0\x80", 3), -EINVAL);     /* surrogate */
     assert_int_equal(ar_json_escape(out, "\xf4\x90\x80\x80", 4), -EINVAL); /* > U+10FFFF */
     assert_int_equal(ar_json_escape(out, "\xff", 1), -EINVAL);
     assert_int_equal(ar_json_escape(out, "a\0b", 3), -EINVAL);
@@ -60,10 +60,15 @@ static void test_escape(void **state)
 /* The hand-built request bodies, byte for byte (what jansson produced before). */
 static void test_bodies(void **state)
 {
-    struct ar_etcd_op put = {.type = AR_ETCD_PUT, .key = K("k1"), .value = K("v"), .lease = 42,
-                             .prev_kv = true};
-    struct ar_etcd_op rng = {.type = AR_ETCD_RANGE, .key = K("a"), .range_end = K("b"),
-                             .limit = 5, .revision = -1, .keys_only = true, .count_only = true,
+    struct ar_etcd_op put = {
+        .type = AR_ETCD_PUT, .key = K("k1"), .value = K("v"), .lease = 42, .prev_kv = true};
+    struct ar_etcd_op rng = {.type = AR_ETCD_RANGE,
+                             .key = K("a"),
+                             .range_end = K("b"),
+                             .limit = 5,
+                             .revision = -1,
+                             .keys_only = true,
+                             .count_only = true,
                              .serializable = true};
     struct ar_etcd_op del = {.type = AR_ETCD_DELETE, .key = K("\xff"), .prev_kv = true};
     struct ar_etcd_op bad = {.type = AR_ETCD_PUT};
@@ -188,8 +193,10 @@ static int child(void)
     n_pw = scan_heap(password, strlen(password), &req_pw);
     n_esc = scan_heap(esc, (size_t)en, &req_esc);
     n_tok = scan_heap(tok, strlen(tok), &req_tok);
-    fprintf(stderr, "heap: password %d (%d in libcurl's request buffer), escaped %d (%d), "
-                    "token %d\n", n_pw, req_pw, n_esc, req_esc, n_tok);
+    fprintf(stderr,
+            "heap: password %d (%d in libcurl's request buffer), escaped %d (%d), "
+            "token %d\n",
+            n_pw, req_pw, n_esc, req_esc, n_tok);
     sodium_memzero(tok, sizeof(tok));
     ar_etcd_sync_free(s);
     if (n_pw < 0 || n_esc < 0)

@@ -463,8 +463,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resp_buffer), cmocka_unit_test(test_tcp_routes),
         cmocka_unit_test(test_unix_socket), cmocka_unit_test(test_unix_refuses),
-        cmocka_unit_test(test_limits),
-        cmocka_unit_test(test_conn_limit_recovers),
+        cmocka_unit_test(test_limits),      cmocka_unit_test(test_conn_limit_recovers),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     curl_global_cleanup();

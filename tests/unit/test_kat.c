@@ -42,8 +42,8 @@ static int prov_decrypt(const char *p, const struct kat_bytes *key, const char *
     if (!strcmp(p, "aescbc"))
         return ar_aescbc_decrypt(key->p, key->n, in, n, out, err, 256);
     if (!strcmp(p, "aesgcm"))
-        return ar_aesgcm_decrypt(key->p, key->n, (const uint8_t *)aad, strlen(aad), in, n, out,
-                                 err, 256);
+        return ar_aesgcm_decrypt(key->p, key->n, (const uint8_t *)aad, strlen(aad), in, n, out, err,
+                                 256);
     return ar_secretbox_decrypt(key->p, key->n, in, n, out, err, 256);
 }
 
@@ -171,9 +171,9 @@ static void test_chain_level(void **state)
         if (kms) {
             char want[128];
 
-            assert_int_equal(ar_chain_read(ch, "", "secrets", (const uint8_t *)aad, aadn, v.p,
-                                           v.n, &out, &res),
-                             -ENOPKG);
+            assert_int_equal(
+                ar_chain_read(ch, "", "secrets", (const uint8_t *)aad, aadn, v.p, v.n, &out, &res),
+                -ENOPKG);
             snprintf(want, sizeof(want), "needs KMS plugin %s", kat_str(c, "kms_name"));
             assert_string_equal(res.err, want);
             assert_int_equal(res.type, AR_P_KMS);
@@ -184,13 +184,12 @@ static void test_chain_level(void **state)
             assert_int_equal(res.kms.nannotations, 1);
             assert_true(span_eq(res.kms.ann_key[0], "local-kek.kms.kubernetes.io"));
             assert_true(span_eq(res.kms.ann_value[0], "encrypted-local-kek"));
-            assert_int_equal(res.kms.dek_source_type,
-                             strstr(kat_str(c, "name"), "hkdf") ? 1 : 0);
+            assert_int_equal(res.kms.dek_source_type, strstr(kat_str(c, "name"), "hkdf") ? 1 : 0);
             assert_int_equal(out.len, 0);
         } else {
-            assert_int_equal(ar_chain_read(ch, "", "secrets", (const uint8_t *)aad, aadn, v.p,
-                                           v.n, &out, &res),
-                             0);
+            assert_int_equal(
+                ar_chain_read(ch, "", "secrets", (const uint8_t *)aad, aadn, v.p, v.n, &out, &res),
+                0);
             assert_int_equal(out.len, pt.n);
             assert_memory_equal(out.p, pt.p, pt.n);
             assert_false(res.stale);
@@ -223,7 +222,7 @@ static void test_chain_level(void **state)
             assert_int_equal(nerr, v.n);
         if (!strcmp(p, "aescbc"))
             assert_true(nerr > 0 && nerr < v.n); /* prefix and padding flips only */
-        if (kms)                                 /* structure flips only; the rest needs the plugin */
+        if (kms) /* structure flips only; the rest needs the plugin */
             assert_true(nerr - nsame > 0 && nsame > 0);
 
         /* another etcd key: only AAD users notice */
@@ -231,8 +230,8 @@ static void test_chain_level(void **state)
             int r;
 
             aad = strcmp(aad, "bamboo") ? "/registry/secrets/default/other" : "bambo0";
-            r = ar_chain_read(ch, "", "secrets", (const uint8_t *)aad, strlen(aad), v.p, v.n,
-                              &out, &res);
+            r = ar_chain_read(ch, "", "secrets", (const uint8_t *)aad, strlen(aad), v.p, v.n, &out,
+                              &res);
             if (!strcmp(p, "aesgcm")) {
                 assert_int_equal(r, -EBADMSG);
                 assert_string_equal(res.err, "cipher: message authentication failed");
@@ -268,16 +267,16 @@ static void test_kmsv1(void **state)
     char err[256];
 
     hex2bin_or_die(kmsv1_hex, v, n);
-    assert_int_equal(ar_chain_read(ch, "", "secrets", (const uint8_t *)kat_aad, strlen(kat_aad),
-                                   v, n, &out, &res),
+    assert_int_equal(ar_chain_read(ch, "", "secrets", (const uint8_t *)kat_aad, strlen(kat_aad), v,
+                                   n, &out, &res),
                      -ENOPKG);
     assert_string_equal(res.err, "needs KMS plugin myplugin");
     assert_int_equal(res.kms_version, 1);
     assert_int_equal(res.type, AR_P_KMS);
     /* the layout, checked by doing the plugin's part here: encDEK = base64(DEK) */
     assert_int_equal((v[pre] << 8) | v[pre + 1], 44);
-    assert_int_equal(sodium_base642bin(dek, sizeof(dek), (const char *)v + pre + 2, 44, NULL,
-                                       &dekn, NULL, sodium_base64_VARIANT_ORIGINAL),
+    assert_int_equal(sodium_base642bin(dek, sizeof(dek), (const char *)v + pre + 2, 44, NULL, &dekn,
+                                       NULL, sodium_base64_VARIANT_ORIGINAL),
                      0);
     assert_int_equal(dekn, 32);
     assert_int_equal(ar_aesgcm_decrypt(dek, 32, (const uint8_t *)kat_aad, strlen(kat_aad),
@@ -287,13 +286,13 @@ static void test_kmsv1(void **state)
     assert_memory_equal(out.p, kat_pt, 16);
     /* a length prefix past the end, or no room for one */
     v[pre] = 0x01;
-    assert_int_equal(ar_chain_read(ch, "", "secrets", (const uint8_t *)kat_aad, strlen(kat_aad),
-                                   v, n, &out, &res),
+    assert_int_equal(ar_chain_read(ch, "", "secrets", (const uint8_t *)kat_aad, strlen(kat_aad), v,
+                                   n, &out, &res),
                      -EBADMSG);
     assert_string_equal(res.err, "invalid data encountered by envelope transformer: failed to "
                                  "read uint16 length prefixed data");
-    assert_int_equal(ar_chain_read(ch, "", "secrets", (const uint8_t *)kat_aad, strlen(kat_aad),
-                                   v, pre + 1, &out, &res),
+    assert_int_equal(ar_chain_read(ch, "", "secrets", (const uint8_t *)kat_aad, strlen(kat_aad), v,
+                                   pre + 1, &out, &res),
                      -EBADMSG);
     /* writing needs the plugin */
     assert_int_equal(ar_chain_write(ch, "", "secrets", (const uint8_t *)kat_aad, strlen(kat_aad),

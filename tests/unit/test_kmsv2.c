@@ -136,9 +136,9 @@ static void check_recorded(const char *name, int type, const char *dek_hex, cons
 
     assert_true(v.n > strlen(V2_PREFIX));
     assert_memory_equal(v.p, V2_PREFIX, strlen(V2_PREFIX));
-    assert_int_equal(ar_kmsv2_parse(v.p + strlen(V2_PREFIX), v.n - strlen(V2_PREFIX), &info, err,
-                                    sizeof(err)),
-                     0);
+    assert_int_equal(
+        ar_kmsv2_parse(v.p + strlen(V2_PREFIX), v.n - strlen(V2_PREFIX), &info, err, sizeof(err)),
+        0);
     assert_int_equal(info.dek_source_type, type);
     assert_true(span_eq(info.key_id, "1"));
     assert_int_equal(info.nannotations, 1);
@@ -204,20 +204,20 @@ static void test_reordered_unknown_repeated(void **state)
     pb_vfield(&m, 5, 1);
     pb_entry(&m, "b.example.com", "2", 1);
     pb_str(&m, 3, "SRC-old");
-    pb_vfield(&m, 9, 12345);                /* unknown varint */
+    pb_vfield(&m, 9, 12345); /* unknown varint */
     pb_str(&m, 2, "old-key");
-    pb_str(&m, 10, "unknown bytes");        /* unknown length-delimited */
-    pb_varint(&m, 11u << 3 | 5);            /* unknown fixed32 */
+    pb_str(&m, 10, "unknown bytes"); /* unknown length-delimited */
+    pb_varint(&m, 11u << 3 | 5);     /* unknown fixed32 */
     memcpy(m.b + m.n, "abcd", 4);
     m.n += 4;
-    pb_varint(&m, 12u << 3 | 1);            /* unknown fixed64 */
+    pb_varint(&m, 12u << 3 | 1); /* unknown fixed64 */
     memcpy(m.b + m.n, "abcdefgh", 8);
     m.n += 8;
-    pb_varint(&m, 13u << 3 | 3);            /* unknown group with a field inside */
+    pb_varint(&m, 13u << 3 | 3); /* unknown group with a field inside */
     pb_vfield(&m, 1, 7);
     pb_varint(&m, 13u << 3 | 4);
     pb_str(&m, 1, "DATA");
-    pb_str(&m, 2, "new-key");               /* repeated singular field: the last wins */
+    pb_str(&m, 2, "new-key"); /* repeated singular field: the last wins */
     pb_str(&m, 3, "SRC");
     pb_entry(&m, "a.example.com", "1", 1);
     pb_entry(&m, "b.example.com", "22", 2); /* the same map key again: the last wins */
@@ -227,7 +227,7 @@ static void test_reordered_unknown_repeated(void **state)
     pb_vfield(&g, 7, 1);
     pb_str(&g, 1, "c.example.com");
     pb_bytes(&m, 4, g.b, g.n);
-    pb_vfield(&m, 5, 0);                    /* and the type back to 0 */
+    pb_vfield(&m, 5, 0); /* and the type back to 0 */
 
     assert_int_equal(parse(&m, &info, err), 0);
     assert_true(span_eq(info.encrypted_data, "DATA"));
@@ -366,7 +366,8 @@ static void test_wire_errors(void **state)
         int r = ar_kmsv2_parse(m.b, cut, &info, err, sizeof(err));
 
         /* a cut at a field boundary can leave a valid message (here only the one that drops
-         * the type field or the annotation and the type); every other cut is a wire or validation error, never a crash */
+         * the type field or the annotation and the type); every other cut is a wire or validation
+         * error, never a crash */
         if (cut == m.n - 2 || cut == 15) {
             assert_int_equal(r, 0);
             assert_int_equal(info.dek_source_type, 0);
@@ -459,8 +460,8 @@ static void test_gogo_quirks(void **state)
 
     /* map entry fields with other wire types are still read as length-delimited */
     {
-        static const uint8_t entry[] = {0x08, 13, 'a', '.', 'e', 'x', 'a', 'm', 'p', 'l', 'e',
-                                        '.',  'c', 'o', 'm', 0x15, 2,  'v', 'w'};
+        static const uint8_t entry[] = {0x08, 13,  'a', '.', 'e', 'x',  'a', 'm', 'p', 'l',
+                                        'e',  '.', 'c', 'o', 'm', 0x15, 2,   'v', 'w'};
         m.n = 0;
         pb_str(&m, 1, "D");
         pb_str(&m, 2, "k");
@@ -479,9 +480,9 @@ static void test_gogo_quirks(void **state)
         pb_str(&m, 2, "k");
         pb_str(&m, 3, "S");
         pb_varint(&m, 4u << 3 | 2);
-        pb_varint(&m, 2);      /* entry of 2 bytes: */
-        m.b[m.n++] = 0x0a;     /* key, */
-        m.b[m.n++] = 4;        /* 4 bytes long: runs 4 bytes past the entry */
+        pb_varint(&m, 2);  /* entry of 2 bytes: */
+        m.b[m.n++] = 0x0a; /* key, */
+        m.b[m.n++] = 4;    /* 4 bytes long: runs 4 bytes past the entry */
         /* "h.h0" = 68 2e 68 30: also two unknown varint fields 13 = 0x2e and 13 = 0x30 */
         memcpy(m.b + m.n, "h.h0", 4);
         m.n += 4;

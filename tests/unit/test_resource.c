@@ -39,16 +39,16 @@ static const struct kcase key_cases[] = {
     {"/registry", "/registry/cronjobs/ns/cj", "batch", "cronjobs", "ns/cj"},
     {"/registry", "/registry/storageclasses/standard", "storage.k8s.io", "storageclasses",
      "standard"},
-    {"/registry", "/registry/validatingwebhookconfigurations/w",
-     "admissionregistration.k8s.io", "validatingwebhookconfigurations", "w"},
+    {"/registry", "/registry/validatingwebhookconfigurations/w", "admissionregistration.k8s.io",
+     "validatingwebhookconfigurations", "w"},
     /* CRs, CRDs, APIServices */
     {"/registry", "/registry/cr.bar.com/foos/ns/cr1foo", "cr.bar.com", "foos", "ns/cr1foo"},
     {"/registry", "/registry/custom.fancy.com/pants/cr2pant", "custom.fancy.com", "pants",
      "cr2pant"},
     {"/registry", "/registry/apiextensions.k8s.io/customresourcedefinitions/foos.cr.bar.com",
      "apiextensions.k8s.io", "customresourcedefinitions", "foos.cr.bar.com"},
-    {"/registry", "/registry/apiregistration.k8s.io/apiservices/v1.apps",
-     "apiregistration.k8s.io", "apiservices", "v1.apps"},
+    {"/registry", "/registry/apiregistration.k8s.io/apiservices/v1.apps", "apiregistration.k8s.io",
+     "apiservices", "v1.apps"},
     /* --etcd-prefix without leading '/', with a trailing '/', several segments */
     {"registry", "/registry/secrets/a/b", "", "secrets", "a/b"},
     {"/registry/", "/registry/secrets/a/b", "", "secrets", "a/b"},
@@ -78,17 +78,17 @@ static void test_key_table(void **state)
 static void test_key_unknown(void **state)
 {
     static const char *const bad[] = {
-        "/registry",                  /* the prefix alone */
-        "/registry/",                 /* nothing after */
-        "/registry/secrets",          /* no name */
-        "/registry/secrets/",         /* empty name */
-        "/registry/nosuchthing/a",    /* not a built-in */
-        "/other/secrets/ns/s",        /* another prefix */
-        "/registryx/secrets/ns/s",    /* not a path prefix */
-        "/registry/cr.bar.com/foos",  /* CR without a name */
-        "/registry/cr.bar.com//x",    /* empty resource */
-        "/registry//secrets/a",       /* empty first segment */
-        "/registry/services/x",       /* services alone is not a prefix */
+        "/registry",                 /* the prefix alone */
+        "/registry/",                /* nothing after */
+        "/registry/secrets",         /* no name */
+        "/registry/secrets/",        /* empty name */
+        "/registry/nosuchthing/a",   /* not a built-in */
+        "/other/secrets/ns/s",       /* another prefix */
+        "/registryx/secrets/ns/s",   /* not a path prefix */
+        "/registry/cr.bar.com/foos", /* CR without a name */
+        "/registry/cr.bar.com//x",   /* empty resource */
+        "/registry//secrets/a",      /* empty first segment */
+        "/registry/services/x",      /* services alone is not a prefix */
     };
     struct ar_resource r;
 
@@ -125,8 +125,8 @@ static void test_key_prefix(void **state)
     char out[256];
 
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        assert_int_equal(ar_resource_key_prefix(cases[i].prefix, cases[i].group,
-                                                cases[i].resource, out, sizeof(out)),
+        assert_int_equal(ar_resource_key_prefix(cases[i].prefix, cases[i].group, cases[i].resource,
+                                                out, sizeof(out)),
                          0);
         assert_string_equal(out, cases[i].want);
     }
@@ -140,21 +140,42 @@ static void test_key_prefix(void **state)
 static void test_roundtrip(void **state)
 {
     static const char *const grs[][2] = {
-        {"", "secrets"},          {"", "configmaps"},       {"", "pods"},
-        {"", "serviceaccounts"},  {"", "namespaces"},       {"", "events"},
-        {"", "persistentvolumes"}, {"", "persistentvolumeclaims"}, {"", "limitranges"},
-        {"", "resourcequotas"},   {"", "podtemplates"},     {"", "services"},
-        {"", "endpoints"},        {"", "nodes"},            {"", "replicationcontrollers"},
-        {"apps", "statefulsets"}, {"apps", "daemonsets"},   {"apps", "replicasets"},
-        {"apps", "controllerrevisions"}, {"batch", "jobs"},  {"networking.k8s.io", "ingresses"},
-        {"networking.k8s.io", "networkpolicies"}, {"networking.k8s.io", "ingressclasses"},
-        {"rbac.authorization.k8s.io", "roles"}, {"rbac.authorization.k8s.io", "rolebindings"},
-        {"rbac.authorization.k8s.io", "clusterrolebindings"}, {"policy", "poddisruptionbudgets"},
-        {"storage.k8s.io", "csidrivers"}, {"scheduling.k8s.io", "priorityclasses"},
-        {"discovery.k8s.io", "endpointslices"}, {"certificates.k8s.io", "certificatesigningrequests"},
-        {"flowcontrol.apiserver.k8s.io", "flowschemas"}, {"node.k8s.io", "runtimeclasses"},
+        {"", "secrets"},
+        {"", "configmaps"},
+        {"", "pods"},
+        {"", "serviceaccounts"},
+        {"", "namespaces"},
+        {"", "events"},
+        {"", "persistentvolumes"},
+        {"", "persistentvolumeclaims"},
+        {"", "limitranges"},
+        {"", "resourcequotas"},
+        {"", "podtemplates"},
+        {"", "services"},
+        {"", "endpoints"},
+        {"", "nodes"},
+        {"", "replicationcontrollers"},
+        {"apps", "statefulsets"},
+        {"apps", "daemonsets"},
+        {"apps", "replicasets"},
+        {"apps", "controllerrevisions"},
+        {"batch", "jobs"},
+        {"networking.k8s.io", "ingresses"},
+        {"networking.k8s.io", "networkpolicies"},
+        {"networking.k8s.io", "ingressclasses"},
+        {"rbac.authorization.k8s.io", "roles"},
+        {"rbac.authorization.k8s.io", "rolebindings"},
+        {"rbac.authorization.k8s.io", "clusterrolebindings"},
+        {"policy", "poddisruptionbudgets"},
+        {"storage.k8s.io", "csidrivers"},
+        {"scheduling.k8s.io", "priorityclasses"},
+        {"discovery.k8s.io", "endpointslices"},
+        {"certificates.k8s.io", "certificatesigningrequests"},
+        {"flowcontrol.apiserver.k8s.io", "flowschemas"},
+        {"node.k8s.io", "runtimeclasses"},
         {"admissionregistration.k8s.io", "mutatingwebhookconfigurations"},
-        {"autoscaling", "horizontalpodautoscalers"}, {"example.com", "widgets"},
+        {"autoscaling", "horizontalpodautoscalers"},
+        {"example.com", "widgets"},
     };
     char key[512];
     struct ar_resource r;

@@ -121,9 +121,8 @@ static void test_errors_with_positions(void **state)
     struct ar_settings s;
     char line[1024];
 
-    assert_int_equal(load(&s, "desiredConfig: /a\nstatus:\n  lisen: 127.0.0.1:1\n", line,
-                          sizeof(line)),
-                     1);
+    assert_int_equal(
+        load(&s, "desiredConfig: /a\nstatus:\n  lisen: 127.0.0.1:1\n", line, sizeof(line)), 1);
     assert_string_equal(line, "agent.yaml:3:3: status.lisen: unknown field \"lisen\" (known "
                               "here: listen, socket, allowNonLoopback)");
     ar_settings_free(&s);
@@ -173,12 +172,17 @@ static void test_flags(void **state)
 {
     struct ar_settings s;
     struct ar_diags d;
-    char *argv[] = {"agent",          "--config",     "x.yaml",
-                    "--node=n2",      "--history",    "2",
-                    "--etcd-servers", "http://a:1,http://b:2", "--status-allow-non-loopback",
+    char *argv[] = {"agent",
+                    "--config",
+                    "x.yaml",
+                    "--node=n2",
+                    "--history",
+                    "2",
+                    "--etcd-servers",
+                    "http://a:1,http://b:2",
+                    "--status-allow-non-loopback",
                     "--check"};
-    assert_int_equal(load(&s, "node: n1\nhistory: 9\netcd:\n  endpoints: [http://z:3]\n", NULL,
-                          0),
+    assert_int_equal(load(&s, "node: n1\nhistory: 9\netcd:\n  endpoints: [http://z:3]\n", NULL, 0),
                      0);
     ar_diags_init(&d);
     assert_int_equal(ar_settings_apply_flags(&s, 10, argv, &d), 0);
@@ -325,9 +329,10 @@ static void test_check(void **state)
              "stateDir: %s/state\napiserver:\n  url: https://127.0.0.1:6443\n",
              dir, dir, dir);
     assert_int_equal(check_yaml(y, out, sizeof(out)), 1);
-    snprintf(want, sizeof(want), "%s/desired.yaml:9:23: resources[0].providers[0].aescbc.keys[0]"
-                                 ".secret: Invalid value: \"REDACTED\": secrets must be base64 "
-                                 "encoded\n",
+    snprintf(want, sizeof(want),
+             "%s/desired.yaml:9:23: resources[0].providers[0].aescbc.keys[0]"
+             ".secret: Invalid value: \"REDACTED\": secrets must be base64 "
+             "encoded\n",
              dir);
     assert_string_equal(out, want);
     sodium_memzero(y, sizeof(y));
