@@ -5,7 +5,7 @@ set -eu
 PKGS="build-essential pkg-config
 libuv1-dev libyaml-dev libssl-dev libsodium-dev libcurl4-openssl-dev libjansson-dev
 libmicrohttpd-dev libsystemd-dev libcmocka-dev
-clang libclang-rt-14-dev
+clang libclang-rt-14-dev clang-format
 etcd-server etcd-client wrk openssl curl iproute2 systemd procps
 python3 python3-cryptography python3-nacl python3-pytest"
 missing=""
