@@ -153,6 +153,20 @@ def parse_metrics(text):
     return out
 
 
+def kill_group(proc):
+    """SIGKILL the process group a test started (start_new_session=True) and reap its leader."""
+    if proc is None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 # ---- the agent under test --------------------------------------------------------------------
 
 class Agent:
@@ -272,16 +286,7 @@ class Agent:
         return self.returncode
 
     def kill(self):
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
+        kill_group(self.proc)
 
     def leftovers(self):
         """True when a process of the agent's process group still exists."""
@@ -420,14 +425,7 @@ class Etcd:
     def stop(self):
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
+        kill_group(self.proc)
         self.log.close()
         self.proc = None
 
