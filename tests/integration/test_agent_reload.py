@@ -357,6 +357,10 @@ def test_unreadable_file(make_agent, keys):
         write_rename(a.desired, valid_cfg(keys))
         if os.geteuid() == 0:
             uid = 65534
+            # nobody may not be able to reach the binary where it was built (CI clones into a
+            # 0700 directory): run a copy from the tree nobody owns
+            (pathlib.Path(base) / "bin").mkdir()
+            a.binary = shutil.copy2(a.binary, pathlib.Path(base) / "bin" / "atrest")
             for p in [pathlib.Path(base)] + list(pathlib.Path(base).rglob("*")):
                 os.lchown(p, uid, uid)
             a.preexec = lambda: (os.setgid(uid), os.setuid(uid))
