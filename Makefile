@@ -33,7 +33,7 @@ SAN_LDFLAGS := -fsanitize=address,undefined
 LIBS     := $(PKG_LIBS) -lm -lpthread
 
 # Sources: every .c of a module is part of the library; agent/main.c holds main().
-LIB_SRC  := $(sort $(wildcard crypto/*.c coord/*.c agent/*.c))
+LIB_SRC  := $(sort $(wildcard crypto/*.c coord/*.c coord/etcd/*.c agent/*.c))
 LIB_SRC  := $(filter-out agent/main.c,$(LIB_SRC))
 SUP_SRC  := $(sort $(wildcard tests/support/*.c))
 UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))

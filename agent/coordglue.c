@@ -26,7 +26,7 @@
 #include "agent/effective.h"
 #include "agent/log.h"
 #include "coord/election.h"
-#include "coord/etcd.h"
+#include "coord/etcd/etcd.h"
 #include "coord/member.h"
 
 struct coord {

@@ -19,7 +19,7 @@
 #include <curl/curl.h>
 #include <sodium.h>
 
-#include "coord/etcd.h"
+#include "coord/etcd/etcd.h"
 #include "tests/support/etcd_harness.h"
 
 #define INFLIGHT  32

@@ -10,7 +10,7 @@
 
 #include <jansson.h>
 
-#include "coord/etcd.h"
+#include "coord/etcd/etcd.h"
 
 /*
  * change: gets the current record (NULL: key absent; borrowed) and sets *out to the new record

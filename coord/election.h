@@ -17,7 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "coord/etcd.h"
+#include "coord/etcd/etcd.h"
 
 struct ar_election;
 

@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "coord/etcd.h"
+#include "coord/etcd/etcd.h"
 
 #define AR_DEFAULT_PREFIX "/atrest/"
 

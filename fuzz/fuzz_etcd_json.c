@@ -1,5 +1,5 @@
 /* fuzz/fuzz_etcd_json.c: arbitrary bytes as etcd JSON-gateway answers, through the same code
- * paths as real answers (coord/etcd_int.h):
+ * paths as real answers (coord/etcd/etcd_int.h):
  *   unary   ar_etcd_xfer_error (HTTP status, error bodies: JSON or plain text), then for 200
  *           ar_etcd_decode_result (range/put/delete/txn/lease/auth shapes) as a request does;
  *   watch   the stream's buffering, line splitter and message parser (ar_etcd_watch_feed);
@@ -16,7 +16,7 @@
 
 #include <uv.h>
 
-#include "coord/etcd_int.h"
+#include "coord/etcd/etcd_int.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 const char *__ubsan_default_options(void);

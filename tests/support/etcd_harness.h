@@ -12,7 +12,7 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
-#include "coord/etcd.h"
+#include "coord/etcd/etcd.h"
 
 #define ETCD_HARNESS_MAX 5
 

@@ -23,7 +23,7 @@
 
 #include "coord/cas.h"
 #include "coord/election.h"
-#include "coord/etcd_sync.h"
+#include "coord/etcd/etcd_sync.h"
 #include "coord/member.h"
 #include "tests/support/etcd_harness.h"
 

@@ -1,7 +1,7 @@
 /* tests/unit/test_etcd_json.c: the etcd answer parsers on exact gateway shapes, and the limits
  * found by fuzz/fuzz_etcd_json (revisions that would overflow "last + 1", TTLs beyond etcd's
  * maximum that would wrap a deadline). No network: answers are fed through the same entry
- * points a request or stream uses (coord/etcd_int.h). */
+ * points a request or stream uses (coord/etcd/etcd_int.h). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,7 +11,7 @@
 
 #include <cmocka.h>
 
-#include "coord/etcd_int.h"
+#include "coord/etcd/etcd_int.h"
 
 struct fx {
     uv_loop_t loop;

@@ -16,8 +16,8 @@
 #include <cmocka.h>
 #include <curl/curl.h>
 
-#include "coord/etcd.h"
-#include "coord/etcd_sync.h"
+#include "coord/etcd/etcd.h"
+#include "coord/etcd/etcd_sync.h"
 #include "tests/support/etcd_harness.h"
 
 static struct etcd_harness H;

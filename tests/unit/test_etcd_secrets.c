@@ -5,7 +5,7 @@
  * generated at test time with characters JSON must escape) a child process scans its own
  * [heap] for the password and the token.
  *
- * What the scan allows (copies outside atrest's reach, documented in coord/etcd.c):
+ * What the scan allows (copies outside atrest's reach, documented in coord/etcd/etcd.c):
  *   - libcurl's request buffer: for a small CURLOPT_POSTFIELDS body libcurl copies the body
  *     into the malloc'd buffer that holds "POST /v3/auth/authenticate HTTP/1.1 ..." and frees
  *     it unwiped; a password occurrence is allowed only right after that request's headers.
@@ -29,8 +29,8 @@
 #include <curl/curl.h>
 #include <sodium.h>
 
-#include "coord/etcd_int.h"
-#include "coord/etcd_sync.h"
+#include "coord/etcd/etcd_int.h"
+#include "coord/etcd/etcd_sync.h"
 #include "tests/support/etcd_harness.h"
 
 static struct etcd_harness H;

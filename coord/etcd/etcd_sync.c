@@ -1,10 +1,10 @@
-/* coord/etcd_sync.c: blocking facade on a private loop (see etcd_sync.h). */
+/* coord/etcd/etcd_sync.c: blocking facade on a private loop (see etcd_sync.h). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "coord/etcd_sync.h"
+#include "coord/etcd/etcd_sync.h"
 
 struct ar_etcd_sync {
     uv_loop_t loop;

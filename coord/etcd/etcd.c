@@ -1,6 +1,6 @@
 /*
- * coord/etcd.c: the etcd client core: libcurl multi on the libuv loop, unary requests with
- * timeouts, failover and auth, and the KV / lease operations. See coord/etcd.h.
+ * coord/etcd/etcd.c: the etcd client core: libcurl multi on the libuv loop, unary requests with
+ * timeouts, failover and auth, and the KV / lease operations. See coord/etcd/etcd.h.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -11,7 +11,7 @@
 
 #include <sodium.h>
 
-#include "coord/etcd_int.h"
+#include "coord/etcd/etcd_int.h"
 
 #define MAX_ATTEMPTS 64
 

@@ -1,5 +1,5 @@
 /*
- * coord/etcd.h: asynchronous etcd v3 client over the JSON gateway (POST /v3/...), driven by a
+ * coord/etcd/etcd.h: asynchronous etcd v3 client over the JSON gateway (POST /v3/...), driven by a
  * libuv loop through libcurl's multi interface. Nothing here ever blocks the loop.
  *
  * Contract

@@ -1,5 +1,5 @@
 /*
- * coord/etcd_sync.h: a blocking facade over coord/etcd.h for the CLI. It owns a private
+ * coord/etcd/etcd_sync.h: a blocking facade over coord/etcd/etcd.h for the CLI. It owns a private
  * uv_loop and runs it until the one operation completes, so every atrest subcommand reuses the
  * same client (failover, TLS, auth, timeouts) as the daemon.
  *
@@ -10,7 +10,7 @@
 #ifndef ATREST_COORD_ETCD_SYNC_H
 #define ATREST_COORD_ETCD_SYNC_H
 
-#include "coord/etcd.h"
+#include "coord/etcd/etcd.h"
 
 struct ar_etcd_sync;
 

@@ -1,5 +1,5 @@
 /*
- * coord/etcd_int.h: private to coord/etcd*.c. The client structure, the libcurl transfer
+ * coord/etcd/etcd_int.h: private to coord/etcd*.c. The client structure, the libcurl transfer
  * wrapper shared by unary requests and streams, and the JSON helpers.
  */
 #ifndef ATREST_COORD_ETCD_INT_H
@@ -9,7 +9,7 @@
 #include <jansson.h>
 #include <sys/types.h>
 
-#include "coord/etcd.h"
+#include "coord/etcd/etcd.h"
 
 /* etcd's largest lease TTL (lease.MaxLeaseTTL); answers beyond it are malformed. */
 #define AR_ETCD_MAX_TTL_S 9000000000LL

@@ -1,4 +1,4 @@
-/* coord/etcd_json.c: JSON shapes of the etcd v3 gateway (requests and responses). */
+/* coord/etcd/etcd_json.c: JSON shapes of the etcd v3 gateway (requests and responses). */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -7,7 +7,7 @@
 
 #include <sodium.h>
 
-#include "coord/etcd_int.h"
+#include "coord/etcd/etcd_int.h"
 
 #define LINE_MAX_BYTES ((size_t)AR_ETCD_MAX_BODY)
 

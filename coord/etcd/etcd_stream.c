@@ -1,5 +1,5 @@
 /*
- * coord/etcd_stream.c: the two long-lived streams of the gateway: watch (POST /v3/watch, one
+ * coord/etcd/etcd_stream.c: the two long-lived streams of the gateway: watch (POST /v3/watch, one
  * JSON object per line) and lease keepalive (one chunked POST fed with {"ID":..} lines).
  *
  * Stream data arrives inside libcurl callbacks, where it is only buffered; it is parsed and
@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "coord/etcd_int.h"
+#include "coord/etcd/etcd_int.h"
 
 static void close_free(uv_handle_t *h)
 {
