@@ -125,8 +125,19 @@ def _quoted(s, i):
             return "".join(out), i + 1
         if q == '"' and ch == "\\":
             nxt = s[i + 1:i + 2]
-            out.append({"n": "\n", "t": "\t", '"': '"', "\\": "\\", "/": "/", "0": "\0"}
-                       .get(nxt, "\\" + nxt))
+            width = {"x": 2, "u": 4, "U": 8}.get(nxt)
+            if width:
+                try:
+                    out.append(chr(int(s[i + 2:i + 2 + width], 16)))
+                except ValueError:
+                    raise YAMLError("invalid escape in double-quoted scalar") from None
+                i += 2 + width
+                continue
+            simple = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "/": "/",
+                      "0": "\0", " ": " ", "a": "\a", "b": "\b", "e": "\x1b"}
+            if nxt not in simple:
+                raise YAMLError("invalid escape in double-quoted scalar")
+            out.append(simple[nxt])
             i += 2
             continue
         if q == '"' and ch == '"':
