@@ -341,7 +341,8 @@ def test_rest_crud_conflicts_and_auth(tmp_path, etcd, make_kapisim, keys):
 
 
 def test_list_limit_continue_is_a_consistent_snapshot(tmp_path, etcd, make_kapisim):
-    sim = make_kapisim(etcd, None)
+    sim = make_kapisim(etcd, None, ["--sim-insecure-http"])     # plain HTTP, no config
+    assert sim.url.startswith("http://")
     names = [("a", "s%d" % i) for i in range(4)] + [("b", "s%d" % i) for i in range(3)]
     for ns, n in names:
         assert sim.create(ns, secret(n, {"v": n.encode()}))[0] == 201
