@@ -338,6 +338,25 @@ def test_rest_crud_conflicts_and_auth(tmp_path, etcd, make_kapisim, keys):
     assert st == 201 and sim.raw("configmaps/default/cm").startswith(b"k8s\x00")  # identity
     st, bad = sim.create("other", secret("x", {}, ns=NS))
     assert st == 400
+    st, sd = sim.create(NS, {"metadata": {"name": "sd"}, "stringData": {"u": "root"},
+                             "data": {"p": "cHc="}})
+    assert st == 201 and sd["data"] == {"p": "cHc=", "u": "cm9vdA=="} and "stringData" not in sd
+
+
+def test_concurrent_requests(tmp_path, etcd, make_kapisim):
+    import concurrent.futures
+    sim = make_kapisim(etcd, None)
+    assert sim.create(NS, secret("shared", {"n": b"0"}))[0] == 201
+
+    def work(i):
+        a = sim.create(NS, secret("c%02d" % i, {"i": str(i).encode()}))[0]
+        b = sim.update(NS, "shared", secret("shared", {"n": str(i).encode()}))[0]
+        return a, b
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(work, range(16)))
+    assert results == [(201, 200)] * 16
+    st, lst = sim.list(NS)
+    assert len(lst["items"]) == 17
 
 
 def test_list_limit_continue_is_a_consistent_snapshot(tmp_path, etcd, make_kapisim):
@@ -457,6 +476,11 @@ def test_restart_only_crash_and_restart(tmp_path, etcd, make_kapisim, keys):
     assert sim.port == port
     assert sim.sim("status")[1]["writeKey"]["secrets"] == "aescbc/k2"
     assert sim.get(NS, "b")[0] == 200
+    with pytest.raises(ConnectionError):
+        sim.sim("crash")
+    assert sim.proc.wait(10) == -9
+    sim.restart()
+    assert sim.get(NS, "a")[0] == 200
     assert sim.stop() == 0
     assert "kapisim: stopped" in sim.log()
 

@@ -34,7 +34,7 @@ import transformers  # noqa: E402
 RESOURCES = {"secrets": "Secret", "configmaps": "ConfigMap"}
 PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
 MAX_BODY = 3 << 20
-MAX_RETRIES = 5
+MAX_RETRIES = 32
 METRICS_CTYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
