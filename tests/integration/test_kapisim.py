@@ -514,3 +514,14 @@ def test_cli_help_and_bad_flags():
     assert p.returncode == 2
     assert b"--encryption-provider-config-automatic-reload must be set with " \
            b"--encryption-provider-config" in p.stderr
+
+
+def test_a_bad_config_at_start_is_fatal(tmp_path, etcd):
+    cfg = write(tmp_path, "bad.yaml", enc_config([(["secrets"], [("aesgcm", [("k", b"short")])])]))
+    p = subprocess.run(["/usr/bin/python3", str(ROOT / "tests" / "kapisim" / "kapisim.py"),
+                        "--etcd-servers", etcd.endpoint, "--secure-port", "0",
+                        "--encryption-provider-config", str(cfg), "--sim-insecure-http"],
+                       capture_output=True, timeout=20)
+    assert p.returncode == 1 and p.stdout == b""
+    assert b"error while parsing file: resources[0].providers[0].aesgcm.keys[0].secret: " \
+           b"Invalid value: \"REDACTED\"" in p.stderr

@@ -527,6 +527,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except etcdmod.EtcdError as e:
             return self.send(500, StatusError(500, "InternalError", "Internal error occurred: %s"
                                               % e).body())
+        except (OSError, ssl.SSLError):
+            raise
+        except Exception as e:   # a simulator bug: answer, and say so in the log
+            log("%s %s: internal error: %r" % (self.command, path, e))
+            return self.send(500, StatusError(500, "InternalError", "Internal error occurred: "
+                                              "kapisim: %s" % type(e).__name__).body())
 
     def api(self, path, q):
         store = self.server.sim.store
@@ -543,7 +549,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         name = rest[1] if len(rest) == 2 else None
         m = self.command
         if name is None and m == "GET":
-            limit = int((q.get("limit") or ["0"])[0] or 0)
+            try:
+                limit = int((q.get("limit") or ["0"])[0] or 0)
+            except ValueError:
+                raise StatusError(400, "BadRequest", "limit: invalid value") from None
             return self.send(200, store.list(res, ns, max(limit, 0),
                                              (q.get("continue") or [""])[0]))
         if ns is None:
