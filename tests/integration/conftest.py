@@ -448,3 +448,200 @@ def make_etcd(tmp_path):
                 raise AssertionError("etcd process group %d still has processes" % pid)
             except ProcessLookupError:
                 pass
+
+
+# ---- kapisim: a kube-apiserver simulator (tests/kapisim/) --------------------------------------
+
+import select  # noqa: E402
+import ssl  # noqa: E402
+import urllib.parse  # noqa: E402
+
+KAPISIM = ROOT / "tests" / "kapisim" / "kapisim.py"
+SIM_PYTHON = os.environ.get("PYTHON", "/usr/bin/python3")
+
+
+class KapiSim:
+    """One tests/kapisim/kapisim.py process against an Etcd, in its own process group; a small
+    HTTPS client for it (bearer token and the CA it generated, or its client certificate)."""
+
+    def __init__(self, tmp, etcd, config, extra=(), token="kapisim-test-token"):
+        self.dir = pathlib.Path(tmp)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.etcd = etcd
+        self.config = str(config) if config else None
+        self.extra = [str(a) for a in extra]
+        self.token = token
+        self.cert_dir = self.dir / "certs"
+        (self.dir / "tokens.csv").write_text("%s,kapisim-test,1000\n" % token)
+        self.log_path = self.dir / "kapisim.log"
+        self.port = 0
+        self.url = None
+        self.proc = None
+        self.returncode = None
+
+    def args(self):
+        a = [SIM_PYTHON, str(KAPISIM), "--etcd-servers", self.etcd.endpoint,
+             "--secure-port", str(self.port), "--cert-dir", str(self.cert_dir),
+             "--token-auth-file", str(self.dir / "tokens.csv")]
+        if self.config:
+            a += ["--encryption-provider-config", self.config]
+        return a + self.extra
+
+    def start(self, timeout=15):
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args(), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=self.logf,
+                                     start_new_session=True)
+        line = b""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            assert left > 0, "kapisim not ready in %ss:\n%s" % (timeout, self.log())
+            r, _, _ = select.select([fd], [], [], left)
+            if r:
+                chunk = os.read(fd, 256)
+                assert chunk, "kapisim exited (%s):\n%s" % (self.proc.wait(5), self.log())
+                line += chunk
+        m = re.match(rb"kapisim ready (https?)://127\.0\.0\.1:(\d+)\n$", line)
+        assert m, line
+        self.scheme, self.port = m.group(1).decode(), int(m.group(2))
+        self.url = "%s://127.0.0.1:%d" % (self.scheme, self.port)
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # -- HTTP --
+    def _conn(self, cert=False):
+        if self.scheme == "http":
+            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        ctx = ssl.create_default_context(cafile=str(self.cert_dir / "ca.crt"))
+        if cert:
+            ctx.load_cert_chain(str(self.cert_dir / "client.crt"),
+                                str(self.cert_dir / "client.key"))
+        return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=ctx)
+
+    def request(self, method, path, body=None, auth="token"):
+        """auth: "token", "cert", None (anonymous) or another bearer token string.
+        Returns (status, parsed JSON or text)."""
+        c = self._conn(cert=auth == "cert")
+        headers = {}
+        if auth == "token":
+            headers["Authorization"] = "Bearer " + self.token
+        elif auth not in (None, "cert"):
+            headers["Authorization"] = "Bearer " + auth
+        data = None
+        if body is not None:
+            data = json.dumps(body)
+            headers["Content-Type"] = "application/json"
+        try:
+            c.request(method, path, data, headers)
+            r = c.getresponse()
+            raw = r.read()
+        finally:
+            c.close()
+        if r.getheader("Content-Type", "").startswith("application/json"):
+            return r.status, json.loads(raw)
+        return r.status, raw.decode()
+
+    @staticmethod
+    def path(res, ns=None, name=None):
+        p = "/api/v1" + ("/namespaces/" + ns if ns else "") + "/" + res
+        return p + ("/" + name if name else "")
+
+    def get(self, ns, name, res="secrets"):
+        return self.request("GET", self.path(res, ns, name))
+
+    def list(self, ns=None, res="secrets", limit=0, cont=""):
+        q = []
+        if limit:
+            q.append("limit=%d" % limit)
+        if cont:
+            q.append("continue=" + urllib.parse.quote(cont))
+        return self.request("GET", self.path(res, ns) + ("?" + "&".join(q) if q else ""))
+
+    def create(self, ns, obj, res="secrets"):
+        return self.request("POST", self.path(res, ns), obj)
+
+    def update(self, ns, name, obj, res="secrets"):
+        return self.request("PUT", self.path(res, ns, name), obj)
+
+    def delete(self, ns, name, res="secrets"):
+        return self.request("DELETE", self.path(res, ns, name))
+
+    def sim(self, what, body=None):
+        return self.request("POST" if body is not None or what in ("reload", "crash") else "GET",
+                            "/sim/" + what, body)
+
+    def metrics(self):
+        st, text = self.request("GET", "/metrics")
+        assert st == 200, (st, text)
+        return parse_metrics(text) if text else {}
+
+    def raw(self, key, prefix="/registry"):
+        """The stored etcd value of e.g. "secrets/default/x" (bytes, None when missing)."""
+        k = (prefix + "/" + key).encode()
+        c = http.client.HTTPConnection("127.0.0.1", self.etcd.client_port, timeout=5)
+        try:
+            c.request("POST", "/v3/kv/range", json.dumps({"key": base64.b64encode(k).decode()}),
+                      {"Content-Type": "application/json"})
+            doc = json.loads(c.getresponse().read())
+        finally:
+            c.close()
+        kvs = doc.get("kvs", [])
+        return base64.b64decode(kvs[0].get("value", "")) if kvs else None
+
+    # -- lifecycle --
+    def stop(self, timeout=10):
+        """SIGTERM; returns the exit status."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            self.returncode = self.proc.wait(timeout)
+        return self.proc.returncode
+
+    def crash(self):
+        """Exit without cleanup (SIGKILL, as a crashed kube-apiserver)."""
+        kill_group(self.proc)
+        self.proc.stdout.close()
+        self.logf.close()
+
+    def restart(self, timeout=15):
+        """Crash and start again on the same port, certificates and tokens."""
+        self.crash()
+        return self.start(timeout)
+
+    def finish(self):
+        if self.proc is None:
+            return
+        pid = self.proc.pid
+        kill_group(self.proc)
+        self.proc.stdout.close()
+        self.logf.close()
+        try:
+            os.killpg(pid, 0)
+            raise AssertionError("kapisim process group %d still has processes" % pid)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def make_kapisim(tmp_path):
+    """make_kapisim(etcd, config, extra=(), start=True) -> KapiSim against a started Etcd with
+    the given EncryptionConfiguration file (None: identity everywhere) and extra flags. Killed
+    at teardown."""
+    sims = []
+
+    def make(etcd, config, extra=(), start=True, **kw):
+        s = KapiSim(tmp_path / ("kapisim%d" % len(sims)), etcd, config, extra, **kw)
+        sims.append(s)
+        return s.start() if start else s
+    yield make
+    for s in sims:
+        s.finish()
