@@ -852,8 +852,53 @@ static const struct dcase decode_cases[] = {
     {"tabs", HDR "resources:\n\t- a\n", "",
      "error converting YAML to JSON: yaml: line 4: found character that cannot start any token", 4,
      1},
-    {"alias", HDR "resources:\n- resources: &r [s]\n  providers: *r\n", "",
-     "error converting YAML to JSON: yaml: line 5: aliases are not supported by atrest", 5, 14},
+    /* anchors, aliases and merge keys as goyaml.v2 reads them (shared spec 2.1) */
+    {"alias of a string list where providers go",
+     HDR "resources:\n- resources: &r [s]\n  providers: *r\n", "resources[0].providers[0]",
+     "json: cannot unmarshal string into Go struct field ResourceConfiguration.resources.providers "
+     "of type v1.ProviderConfiguration",
+     4, 18},
+    {"unknown anchor", HDR "resources: *nope\n", "",
+     "error converting YAML to JSON: yaml: unknown anchor 'nope' referenced", 3, 12},
+    {"anchor defined after its alias", HDR "resources: *x\nx: &x []\n", "",
+     "error converting YAML to JSON: yaml: unknown anchor 'x' referenced", 3, 12},
+    {"anchor contains itself", HDR "resources:\n- &r\n  resources: [s]\n  providers: [*r]\n", "",
+     "error converting YAML to JSON: yaml: anchor 'r' value contains itself", 6, 15},
+    {"merge of a scalar", HDR "x: &x 1\nresources:\n- <<: *x\n", "",
+     "error converting YAML to JSON: yaml: map merge requires map or sequence of maps as the "
+     "value",
+     5, 7},
+    {"merge of a list holding a scalar",
+     HDR "resources:\n- resources: &r [s]\n  providers: [{identity: {}}]\n- <<: [{a: 1}, b]\n", "",
+     "error converting YAML to JSON: yaml: map merge requires map or sequence of maps as the value",
+     6, 16},
+    {"merge key override is a duplicate under strict decoding",
+     HDR
+     "resources:\n- resources: [s]\n  providers:\n  - kms: &k {name: a, endpoint: \"unix:///a\"}\n"
+     "  - kms:\n      <<: *k\n      name: b\n",
+     "resources[0].providers[1].kms.name",
+     "strict decoding error: yaml: unmarshal errors: line 9: key \"name\" already set in map", 9,
+     7},
+    {"merge after the key it repeats",
+     HDR
+     "resources:\n- resources: [s]\n  providers:\n  - kms: &k {name: a, endpoint: \"unix:///a\"}\n"
+     "  - kms:\n      name: b\n      <<: *k\n",
+     "resources[0].providers[1].kms.name",
+     "strict decoding error: yaml: unmarshal errors: line 6: key \"name\" already set in map", 6,
+     14},
+    {"two merged mappings with one key",
+     HDR
+     "resources:\n- resources: [s]\n  providers:\n  - kms: &k {name: a, endpoint: \"unix:///a\"}\n"
+     "  - kms: &l {name: b}\n  - kms: {<<: [*k, *l]}\n",
+     "resources[0].providers[2].kms.name",
+     "strict decoding error: yaml: unmarshal errors: line 6: key \"name\" already set in map", 6,
+     14},
+    {"a quoted << is a field name", HDR "resources:\n- \"<<\": {resources: [s]}\n",
+     "resources[0].<<", "strict decoding error: unknown field \"resources[0].<<\"", 4, 3},
+    {"unknown field brought by a merge",
+     HDR "resources:\n- resources: [s]\n  providers:\n  - kms: &k {name: a}\n  - <<: *k\n",
+     "resources[0].providers[1].name",
+     "strict decoding error: unknown field \"resources[0].providers[1].name\"", 6, 14},
     {NULL, NULL, NULL, NULL, 0, 0},
 };
 
