@@ -50,6 +50,8 @@ static const char *const valid_files[] = {
     TD "valid-configs/kms/multiple-providers-kmsv2.yaml",
     "tests/data/configs/special-names.yaml",
     "tests/data/configs/all-providers.json",
+    "tests/data/configs/anchors.yaml",
+    "tests/data/configs/anchors-expanded.yaml",
     NULL,
 };
 
@@ -573,6 +575,8 @@ static void test_invalid_files(void **state)
          1, 7},
         {TD "invalid-configs/kms/invalid-gvk.yaml", "",
          "Object 'Kind' is missing in '<the file content is not repeated>'", 1, 1},
+        {"tests/data/configs/billion-laughs.yaml", "",
+         "error converting YAML to JSON: yaml: document contains excessive aliasing", 12, 36},
         {TD "invalid-configs/kms/invalid-content.yaml", "",
          "encryption provider configuration file \"" TD
          "invalid-configs/kms/invalid-content.yaml\" is empty",
@@ -1132,6 +1136,28 @@ static void test_anchors(void **state)
                  "      - identity: {}\n",
              k1, k2, k1, k1, k2, k1, k1);
     assert_twins(anchored, expanded);
+}
+
+/* The anchored fixture and its written-out twin: one fingerprint, one rendering. */
+static void test_anchor_files(void **state)
+{
+    struct ar_config *a = NULL, *b = NULL;
+    char *ra = NULL, *rb = NULL;
+    size_t na = 0, nb = 0;
+
+    assert_int_equal(ar_config_load_file("tests/data/configs/anchors.yaml", NULL, &a, NULL), 0);
+    assert_int_equal(
+        ar_config_load_file("tests/data/configs/anchors-expanded.yaml", NULL, &b, NULL), 0);
+    assert_int_equal(a->nrules, 4);
+    assert_memory_equal(a->fingerprint, b->fingerprint, AR_SHA256_LEN);
+    assert_memory_not_equal(a->file_sha256, b->file_sha256, AR_SHA256_LEN);
+    assert_int_equal(ar_config_render(a, false, &ra, &na), 0);
+    assert_int_equal(ar_config_render(b, false, &rb, &nb), 0);
+    assert_string_equal(ra, rb);
+    ar_config_render_free(ra, na);
+    ar_config_render_free(rb, nb);
+    ar_config_unref(a);
+    ar_config_unref(b);
 }
 
 /* A value reached through an alias is reported at each place of use (kube-apiserver's path),
@@ -1810,6 +1836,7 @@ int main(void)
         cmocka_unit_test(test_crypto_init),
         cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_anchors),
+        cmocka_unit_test(test_anchor_files),
         cmocka_unit_test(test_alias_error_paths),
         cmocka_unit_test(test_alias_bounds),
     };
