@@ -1030,6 +1030,8 @@ static void map_each(struct dctx *dc, const struct yn *map, entry_fn fn, void *c
     size_t i, j;
 
     map = yd(map);
+    if (map->kind != YN_MAP) /* a bad merge value: tree_check refused the document already */
+        return;
     for (i = 0; i + 1 < map->n; i += 2) {
         const struct yn *k = map->kids[i], *v = map->kids[i + 1];
 
