@@ -335,8 +335,7 @@ static struct yn *anchor_get(void *const *anchors, const yaml_char_t *name)
 struct dctx {
     struct ar_diags *diags;
     const char *file;
-    bool json;        /* the input looked like JSON (first non-blank byte '{') */
-    size_t max_bytes; /* bound on the scalar bytes of the expanded document */
+    bool json; /* the input looked like JSON (first non-blank byte '{') */
     int nomem;
     size_t nerr;
     char path[1024];
