@@ -7,6 +7,7 @@ scan every output, response and log line for them.
 """
 import hashlib
 import os
+import random
 import re
 import time
 
@@ -200,3 +201,151 @@ def test_agent_refuses_billion_laughs(make_agent, keys, agent_bin):
     wait_for(lambda: a.status()["desired"]["valid"] is True, 10, "recovery")
     assert a.status()["effective"]["fingerprint"] == good_fp
     assert a.stop() == 0
+
+
+# ---- goyaml.v2's decode, replayed in full, against atrest on random anchored documents ------
+
+class Node:
+    def __init__(self, kind, value=None, kids=(), target=None, merge=False):
+        self.kind, self.value, self.kids, self.target, self.merge = kind, value, list(kids), \
+            target, merge
+
+
+class GoyamlError(Exception):
+    pass
+
+
+def allowed_alias_ratio(decodes):
+    if decodes <= 400000:
+        return 0.99
+    if decodes >= 4000000:
+        return 0.10
+    return 0.99 - 0.89 * (float(decodes - 400000) / 3600000.0)
+
+
+class GoyamlDecode:
+    """decoder.unmarshal/alias/merge of gopkg.in/yaml.v2 decode.go, expanding every alias:
+    every call counts, calls under an alias count as aliased, and the ratio is checked at
+    each call. Returns the first hard error, as goyaml.v2 does."""
+
+    def __init__(self):
+        self.decodes, self.aliased, self.depth, self.active = 1, 0, 0, set()  # 1: document
+
+    def unmarshal(self, n):
+        self.decodes += 1
+        if self.depth > 0:
+            self.aliased += 1
+        if self.aliased > 100 and self.decodes > 1000 and \
+                self.aliased / self.decodes > allowed_alias_ratio(self.decodes):
+            raise GoyamlError("document contains excessive aliasing")
+        if n.kind == "alias":
+            if id(n) in self.active:
+                raise GoyamlError("value contains itself")
+            self.active.add(id(n))
+            self.depth += 1
+            self.unmarshal(n.target)
+            self.depth -= 1
+            self.active.discard(id(n))
+        elif n.kind == "seq":
+            for k in n.kids:
+                self.unmarshal(k)
+        elif n.kind == "map":
+            for k, v in zip(n.kids[::2], n.kids[1::2]):
+                if k.merge:
+                    self.merge(v)
+                else:
+                    self.unmarshal(k)
+                    self.unmarshal(v)
+
+    def merge(self, v):
+        for m in (reversed(v.kids) if v.kind == "seq" else [v]):
+            if (m.target if m.kind == "alias" else m).kind != "map":
+                raise GoyamlError("map merge requires map or sequence of maps as the value")
+            self.unmarshal(m)
+
+
+def goyaml_verdict(root):
+    try:
+        GoyamlDecode().unmarshal(root)
+    except GoyamlError as e:
+        return str(e)
+    return "ok"
+
+
+def random_document(rng):
+    """(text, tree) of a document of anchored sequences and mappings (aliases, merges) and
+    lists of aliases, sized around goyaml's thresholds."""
+    lines, root, anchors = [], Node("map"), []
+
+    def scalar(s):
+        return Node("scalar", s)
+
+    def put(key, text, node):
+        lines.append("%s: %s" % (key, text))
+        root.kids += [scalar(key), node]
+
+    for i in range(rng.randint(1, 6)):
+        items, texts = [], []
+        for _ in range(rng.randint(1, rng.choice([5, 60, 300]))):
+            r = rng.random()
+            if anchors and r < 0.5:
+                name, node = rng.choice(anchors)
+                items.append(Node("alias", target=node))
+                texts.append("*" + name)
+            elif r < 0.6:
+                k = "k%d" % rng.randint(0, 3)
+                items.append(Node("map", kids=[scalar(k), scalar("x")]))
+                texts.append("{%s: x}" % k)
+            else:
+                items.append(scalar("s"))
+                texts.append("s")
+        node = Node("seq", kids=items)
+        put("a%d" % i, "&a%d [%s]" % (i, ",".join(texts)), node)
+        anchors.append(("a%d" % i, node))
+    maps = []
+    for i in range(rng.randint(0, 5)):
+        node, texts = Node("map"), []
+        for k in range(rng.randint(0, 30)):
+            node.kids += [scalar("x%d" % k), scalar("s")]
+            texts.append("x%d: s" % k)
+        if maps and rng.random() < 0.7:
+            srcs = [rng.choice(maps) for _ in range(rng.randint(1, 3))]
+            node.kids += [Node("scalar", "<<", merge=True),
+                          Node("seq", kids=[Node("alias", target=m) for _, m in srcs])]
+            texts.append("<<: [%s]" % ",".join("*" + n for n, _ in srcs))
+        if rng.random() < 0.5:
+            name, target = rng.choice(anchors)
+            node.kids += [scalar("y"), Node("alias", target=target)]
+            texts.append("y: *" + name)
+        if rng.random() < 0.05:  # a merge of a sequence: goyaml refuses it
+            name, target = rng.choice(anchors)
+            node.kids += [Node("scalar", "<<", merge=True), Node("alias", target=target)]
+            texts.append("<<: *" + name)
+        put("m%d" % i, "&m%d {%s}" % (i, ", ".join(texts)), node)
+        maps.append(("m%d" % i, node))
+    anchors += maps
+    for j in range(rng.randint(1, 4)):
+        refs = [rng.choice(anchors) for _ in range(rng.randint(1, rng.choice([10, 40, 120, 400])))]
+        put("u%d" % j, "[%s]" % ",".join("*" + n for n, _ in refs),
+            Node("seq", kids=[Node("alias", target=t) for _, t in refs]))
+    return "\n".join(lines) + "\n", root
+
+
+def test_alias_bound_matches_goyaml(tmp_path):
+    """atrest's verdict (replayed from per-node counts, never expanding) equals the full
+    expansion's on random documents: excessive aliasing, a bad merge, or neither."""
+    rng = random.Random(20191125)  # fixed: a failure names its document
+    f = tmp_path / "doc.yaml"
+    seen = {}
+    for i in range(200):
+        text, tree = random_document(rng)
+        want = goyaml_verdict(tree)
+        f.write_text(text)
+        out = lint(f).stdout.decode()
+        got = next((e for e in ("document contains excessive aliasing",
+                                "map merge requires map or sequence of maps as the value")
+                    if "error converting YAML to JSON: yaml: " + e in out), "ok")
+        assert got == want, "document %d:\n%s\natrest: %s" % (i, text, out)
+        seen[want] = seen.get(want, 0) + 1
+    print("verdicts:", seen)
+    assert seen.get("ok", 0) > 30 and seen.get("document contains excessive aliasing", 0) > 30
