@@ -2,7 +2,15 @@
  * crypto/config_int.h: private to the config loader (config.c, config_validate.c, render.c).
  *
  * Loading is four steps:
- *   1. libyaml events -> a small node tree (struct yn), depth-capped, aliases rejected;
+ *   1. libyaml events -> a small node tree (struct yn), depth-capped, as goyaml.v2 reads YAML:
+ *      an alias is a node that shares its anchor's node (never a copy), merge keys (<<) merge
+ *      mappings, and goyaml's errors come first (unknown anchor, an anchor containing itself,
+ *      a bad merge value, "document contains excessive aliasing" by its decode-count ratio,
+ *      replayed without expanding); then atrest's bounds: the expanded document may hold no
+ *      more nodes and scalar bytes than a file may, and merges nest at most 32 deep. Decoding
+ *      reads through aliases, so errors carry the path of the place of use and the line and
+ *      column where the value is written; a key used twice gets two arena slots, its text one
+ *      (wiped) copy in the tree;
  *   2. strict decoding of the tree into the Go-shaped model below (struct dconf), which keeps
  *      what Go's structs keep (nil pointers, unset fields, strings as written) plus positions;
  *   3. defaults and validation of the model (config_validate.c), decoding each key secret
