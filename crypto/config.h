@@ -81,14 +81,14 @@ struct ar_rule {          /* one element of .resources[] */
     struct ar_pos pos;
 };
 
+/* The model of one loaded (or composed) config. Only crypto/ allocates it: the reference count
+ * and the locked key arena live in a private wrapper around it (crypto/config_int.h). */
 struct ar_config {
-    int refs;
     bool legacy_kind; /* apiVersion v1, kind EncryptionConfig */
     struct ar_rule *rules;
     size_t nrules;
     uint8_t file_sha256[AR_SHA256_LEN]; /* over the raw file bytes */
     uint8_t fingerprint[AR_SHA256_LEN]; /* over the canonical meaning (see ar_config_fingerprint) */
-    void *arena;                        /* private: the locked key arena (read-only once loaded) */
     bool keys_locked; /* the arena is mlock'ed (false: RLIMIT_MEMLOCK too low; log it) */
 };
 
