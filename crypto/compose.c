@@ -191,8 +191,6 @@ int ar_config_compose(const char *name, const struct ar_compose_rule *rules, siz
     char **texts = NULL;
     uint8_t *scratch = NULL, *arena;
     size_t ntexts = 0, nkeys, nvalid = 0, bytes, scratch_len = 0, i;
-    char *rendered = NULL;
-    size_t rlen = 0;
     int rc;
 
     *out = NULL;
@@ -247,11 +245,7 @@ int ar_config_compose(const char *name, const struct ar_compose_rule *rules, siz
     if (rc < 0)
         goto fail;
     ar_cfg_seal(c);
-    rc = ar_config_render(c, false, &rendered, &rlen);
-    if (rc < 0)
-        goto fail;
-    crypto_hash_sha256(c->file_sha256, (const uint8_t *)rendered, rlen);
-    ar_config_render_free(rendered, rlen);
+    ar_cfg_render_sha256(c, c->file_sha256);
     *out = c;
     c = NULL;
     rc = 0;

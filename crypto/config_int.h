@@ -104,6 +104,9 @@ void ar_cfg_seal(struct ar_config *c);
 void ar_cfg_destroy(struct ar_config *c);
 void ar_cfg_dconf_free(struct dconf *c);
 
+/* render.c: sha256 of ar_config_render(c, false) without building the buffer. */
+void ar_cfg_render_sha256(const struct ar_config *c, uint8_t out[AR_SHA256_LEN]);
+
 /* config_validate.c */
 void ar_cfg_defaults(struct dconf *c);
 /* Appends every validation error (and the KMSv1 warning) to ctx->diags; decodes secrets into

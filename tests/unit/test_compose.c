@@ -176,8 +176,7 @@ static void expect_error(const struct ar_compose_rule *rules, size_t n, const ch
 static void test_compose_errors(void **state)
 {
     struct ar_config *b = load(B_FMT, k32a, k32b);
-    const struct ar_compose_provider kms = {.type = AR_P_KMS,
-                                            .kms = &b->rules[0].providers[1].kms};
+    const struct ar_compose_provider kms = {.type = AR_P_KMS, .kms = &b->rules[0].providers[1].kms};
     const struct ar_compose_provider idp = {.type = AR_P_IDENTITY};
     const struct ar_compose_provider nokeys = {.type = AR_P_AESGCM};
     const char *r1[] = {"secrets"}, *r2[] = {"configmaps"}, *rw[] = {"*."}, *rdup[] = {"a", "a"};
@@ -191,7 +190,8 @@ static void test_compose_errors(void **state)
                  "p.yaml:0:0: resources[1].providers[0].kms.name: Invalid value: \"vault\": "
                  "duplicate KMS provider name vault, names must be unique");
     expect_error(masked, 2,
-                 "p.yaml:0:0: resources[1].resources[0]: resource \"secrets\" is masked by earlier rule \"*.\"");
+                 "p.yaml:0:0: resources[1].resources[0]: resource \"secrets\" is masked by earlier "
+                 "rule \"*.\"");
     expect_error(&empty, 1,
                  "p.yaml:0:0: resources[0].providers[0].aesgcm.keys: Required value: at least "
                  "one keys is required");
@@ -201,8 +201,9 @@ static void test_compose_errors(void **state)
     expect_error(&dup, 1,
                  "p.yaml:0:0: resources[0].resources: Invalid value: []string{\"a\", \"a\"}: "
                  "the same resource cannot be specified multiple times");
-    expect_error(NULL, 0, "p.yaml:0:0: resources: Required value: at least one resources is "
-                          "required");
+    expect_error(NULL, 0,
+                 "p.yaml:0:0: resources: Required value: at least one resources is "
+                 "required");
     ar_config_unref(b);
 }
 
