@@ -328,8 +328,8 @@ static int check_collisions(const struct ar_config *from, const struct ar_config
                         continue;
                     if (p->type == AR_P_KMS && !strcmp(p->kms.name, q->kms.name) &&
                         !kms_eq(&p->kms, &q->kms)) {
-                        snprintf(path, sizeof(path), "resources[%zu].providers[%zu].kms.name",
-                                 i, j);
+                        snprintf(path, sizeof(path), "resources[%zu].providers[%zu].kms.name", i,
+                                 j);
                         if (ar_diags_add(diags, AR_SEV_ERROR, name, p->pos, path,
                                          "Invalid value: \"%s\": KMS provider %s has other "
                                          "settings in the from config; give the new provider a "
@@ -344,8 +344,8 @@ static int check_collisions(const struct ar_config *from, const struct ar_config
                             if (!strcmp(p->keys[k].name, q->keys[c].name) &&
                                 !key_eq(&p->keys[k], &q->keys[c])) {
                                 snprintf(path, sizeof(path),
-                                         "resources[%zu].providers[%zu].%s.keys[%zu].name", i,
-                                         j, ar_ptype_name(p->type), k);
+                                         "resources[%zu].providers[%zu].%s.keys[%zu].name", i, j,
+                                         ar_ptype_name(p->type), k);
                                 if (ar_diags_add(diags, AR_SEV_ERROR, name, p->keys[k].pos, path,
                                                  "Invalid value: \"%s\": key %s has another "
                                                  "secret in the from config; give the new key a "
@@ -368,9 +368,8 @@ static const struct plist *pick(const struct sel *s, int which)
 }
 
 /* Compose the phase config for stage or promote from the selectors' lists. */
-static int emit(const struct work *w, int which, const char *name,
-                const struct ar_load_opts *opts, struct ar_config **out,
-                struct ar_diags *diags)
+static int emit(const struct work *w, int which, const char *name, const struct ar_load_opts *opts,
+                struct ar_config **out, struct ar_diags *diags)
 {
     struct ar_compose_rule *rules = calloc(w->n ? w->n : 1, sizeof(*rules));
     const char **res = calloc(w->n ? w->n : 1, sizeof(*res));
@@ -558,8 +557,7 @@ static void push(struct ar_plan *p, enum ar_phase_kind k, struct ar_config *c)
 }
 
 int ar_plan_derive(struct ar_config *from, struct ar_config *to, const char *name,
-                   const struct ar_load_opts *opts, struct ar_plan **out,
-                   struct ar_diags *diags)
+                   const struct ar_load_opts *opts, struct ar_plan **out, struct ar_diags *diags)
 {
     struct work w = {NULL, 0, 0};
     struct ar_plan *p = NULL;

@@ -100,8 +100,7 @@ struct ar_plan {
  * options every phase config is validated with (NULL: defaults). Returns 0, -EINVAL (reasons in
  * diags) or -ENOMEM. */
 int ar_plan_derive(struct ar_config *from, struct ar_config *to, const char *name,
-                   const struct ar_load_opts *opts, struct ar_plan **out,
-                   struct ar_diags *diags);
+                   const struct ar_load_opts *opts, struct ar_plan **out, struct ar_diags *diags);
 /* Accepts NULL. */
 void ar_plan_free(struct ar_plan *p);
 
