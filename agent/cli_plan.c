@@ -259,8 +259,8 @@ static int show_phase(struct out *o, size_t order, const struct ar_phase *ph,
             for (size_t i = 0; i < ph->ndrops; i++)
                 json_array_append_new(jarr, jkey(&ph->drops[i]));
         } else {
-            printf("   %s", ph->kind == AR_PHASE_VERIFY ? "must count zero objects under:"
-                                                         : "drops:");
+            printf("   %s",
+                   ph->kind == AR_PHASE_VERIFY ? "must count zero objects under:" : "drops:");
             for (size_t i = 0; i < ph->ndrops; i++) {
                 key_str(&ph->drops[i], ks, sizeof(ks));
                 printf("%s %s", i ? "," : "", ks);
