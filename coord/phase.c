@@ -374,20 +374,26 @@ static int emit(const struct work *w, int which, const char *name, const struct 
     struct ar_compose_rule *rules = calloc(w->n ? w->n : 1, sizeof(*rules));
     const char **res = calloc(w->n ? w->n : 1, sizeof(*res));
     struct ar_compose_provider **provs = calloc(w->n ? w->n : 1, sizeof(*provs));
+    bool *done = calloc(w->n ? w->n : 1, sizeof(*done));
     size_t i, j, nrules = 0, nres = 0;
     int rc = -ENOMEM;
 
-    if (!rules || !res || !provs)
+    if (!rules || !res || !provs || !done)
         goto out;
-    for (i = 0; i < w->n; i = j) {
+    for (i = 0; i < w->n; i++) {
         const struct plist *l = pick(&w->v[i], which);
         struct ar_compose_rule *r = &rules[nrules];
 
+        if (done[i])
+            continue;
+        /* this selector and every later one of its class with the same list */
         r->resources = &res[nres];
-        for (j = i; j < w->n && w->v[j].cls == w->v[i].cls && plist_eq(pick(&w->v[j], which), l);
-             j++)
-            res[nres++] = w->v[j].name;
-        r->nresources = j - i;
+        for (j = i; j < w->n && w->v[j].cls == w->v[i].cls; j++)
+            if (!done[j] && plist_eq(pick(&w->v[j], which), l)) {
+                done[j] = true;
+                res[nres++] = w->v[j].name;
+                r->nresources++;
+            }
         provs[nrules] = calloc(l->n ? l->n : 1, sizeof(**provs));
         if (!provs[nrules])
             goto out;
@@ -406,6 +412,7 @@ out:
     for (i = 0; provs && i < w->n; i++)
         free(provs[i]);
     free(provs);
+    free(done);
     free(res);
     free(rules);
     return rc;

@@ -35,8 +35,9 @@
  *    config is `to`'s own rules composed anew (same canonical fingerprint as to). When from and
  *    to differ in fingerprint but no selector changes (rules only regrouped), the one phase is
  *    a prune that drops nothing.
- * 6. A phase config has one rule per selector in selector order; consecutive selectors of one
- *    class with equal lists share a rule (deterministic).
+ * 6. A phase config has one rule per selector in selector order, except that the selectors of
+ *    one class with equal lists share the rule of the first of them (deterministic; it also
+ *    keeps a KMS v2 provider, whose name must be unique in a file, in one rule when it can).
  * 7. Refusals: a key name used in from and to for the same provider type with different
  *    secrets (the prefixes would collide), or a KMS name with different settings, is an error
  *    in diags (at the key in `to`), -EINVAL. A phase config that fails validation (e.g. a KMS
