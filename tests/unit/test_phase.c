@@ -123,8 +123,9 @@ static void spec_yaml(const char *spec, struct text *t)
             char *ksave = NULL, *type = strtok_r(p, ":", &ksave), *k;
             if (!strcmp(type, "identity")) {
                 tput(t, "      - identity: {}\n");
-            } else if (!strcmp(type, "kms")) {
-                tput(t, "      - kms: {name: \"");
+            } else if (!strcmp(type, "kms") || !strcmp(type, "kms2")) {
+                tput(t,
+                     type[3] ? "      - kms: {apiVersion: v2, name: \"" : "      - kms: {name: \"");
                 tput(t, strtok_r(NULL, ":", &ksave));
                 tput(t, "\", endpoint: \"unix:///run/kms.sock\"}\n");
             } else {
@@ -429,6 +430,43 @@ static void test_nothing_to_do_and_regroup(void **state)
     ar_config_unref(b);
     ar_config_unref(c);
     ar_config_unref(d);
+}
+
+/* KMS providers are kept as they are, by name; a v2 provider (unique name per file) stays in one
+ * rule while the resources it serves keep equal lists, and the plan is refused when it could
+ * not. */
+static void test_kms(void **state)
+{
+    struct ar_config *from = cfg("secrets,configmaps=kms2:vault|aescbc:k1"),
+                     *to = cfg("secrets,configmaps=aescbc:k2|kms2:vault"),
+                     *to2 = cfg("secrets=kms2:vault;configmaps=aescbc:k2");
+    struct ar_plan *p = derive(from, to);
+    struct ar_diags d;
+    char l[256];
+
+    (void)state;
+    assert_int_equal(p->nphases, 5);
+    describe(p->phases[0].config, "", "configmaps", l, sizeof(l));
+    assert_string_equal(l, "kms{vault},aescbc{k1,k2}");
+    describe(p->phases[1].config, "", "secrets", l, sizeof(l));
+    assert_string_equal(l, "aescbc{k2,k1},kms{vault}");
+    assert_int_equal(p->phases[1].config->nrules, 1);
+    assert_int_equal(p->phases[4].ndrops, 1);
+    assert_string_equal(p->phases[4].drops[0].name, "k1");
+    ar_plan_free(p);
+    /* configmaps leaves vault: the stage config would need vault in two rules */
+    ar_diags_init(&d);
+    p = NULL;
+    assert_int_equal(ar_plan_derive(from, to2, "to.yaml", NULL, &p, &d), -EINVAL);
+    assert_null(p);
+    assert_int_equal(d.nerrors, 1);
+    assert_string_equal(d.v[0].path, "resources[1].providers[0].kms.name");
+    assert_string_equal(d.v[0].detail, "Invalid value: \"vault\": duplicate KMS provider name "
+                                       "vault, names must be unique");
+    ar_diags_free(&d);
+    ar_config_unref(from);
+    ar_config_unref(to);
+    ar_config_unref(to2);
 }
 
 static void test_key_name_collision(void **state)
@@ -868,6 +906,7 @@ int main(void)
         cmocka_unit_test(test_wildcards_and_lists),
         cmocka_unit_test(test_render_shape),
         cmocka_unit_test(test_nothing_to_do_and_regroup),
+        cmocka_unit_test(test_kms),
         cmocka_unit_test(test_key_name_collision),
         cmocka_unit_test(test_property),
     };
