@@ -39,13 +39,10 @@ static const char plan_help[] =
     "\n"
     "Invalid inputs print lint's lines (FILE:LINE:COL: PATH: DETAIL); exit 1.\n";
 
-/* "aescbc(k1 0123456789abcdef, k2 ...), identity, kms(vault)"; "(no rule: identity)". */
-static void describe(const struct ar_chain *ch, const char *sel, char *out, size_t len)
+static void lookup(const struct ar_chain *ch, const char *sel, struct ar_plist *l)
 {
     char grp[256], *dot;
-    const char *g = "", *r = grp;
-    struct ar_plist l;
-    size_t o = 0;
+    const char *g = "";
 
     snprintf(grp, sizeof(grp), "%s", sel);
     dot = strchr(grp, '.');
@@ -53,7 +50,46 @@ static void describe(const struct ar_chain *ch, const char *sel, char *out, size
         *dot = '\0';
         g = dot + 1;
     }
-    ar_chain_lookup(ch, g, r, &l);
+    ar_chain_lookup(ch, g, grp, l);
+}
+
+/* [{"type": "aescbc", "keys": [{"name": "k1", "fingerprint": "0123..."}]}, {"type": "identity"},
+ * {"type": "kms", "name": "vault"}]; no rule: [] (plain identity). */
+static json_t *describe_json(const struct ar_chain *ch, const char *sel)
+{
+    json_t *arr = json_array();
+    struct ar_plist l;
+    char hex[17];
+
+    lookup(ch, sel, &l);
+    for (size_t i = 0; i < l.n; i++) {
+        const struct ar_provider *p = l.v[i];
+        json_t *e = json_object(), *ks;
+        json_object_set_new(e, "type", json_string(ar_ptype_name(p->type)));
+        if (p->type == AR_P_KMS)
+            json_object_set_new(e, "name", json_string(p->kms.name));
+        if (p->nkeys) {
+            json_object_set_new(e, "keys", ks = json_array());
+            for (size_t k = 0; k < p->nkeys; k++) {
+                json_t *jk = json_object();
+                ar_hex(p->keys[k].fp, 8, hex);
+                json_object_set_new(jk, "name", json_string(p->keys[k].name));
+                json_object_set_new(jk, "fingerprint", json_string(hex));
+                json_array_append_new(ks, jk);
+            }
+        }
+        json_array_append_new(arr, e);
+    }
+    return arr;
+}
+
+/* "aescbc(k1 0123456789abcdef, k2 ...), identity, kms(vault)"; "(no rule: identity)". */
+static void describe(const struct ar_chain *ch, const char *sel, char *out, size_t len)
+{
+    struct ar_plist l;
+    size_t o = 0;
+
+    lookup(ch, sel, &l);
     out[0] = '\0';
     if (l.n == 0)
         snprintf(out, len, "(no rule: identity)");
@@ -218,7 +254,7 @@ static int show_phase(struct out *o, size_t order, const struct ar_phase *ph,
             if (o->json) {
                 json_t *e = json_object();
                 json_object_set_new(e, "resource", json_string(sel[i]));
-                json_object_set_new(e, "providers", json_string(a));
+                json_object_set_new(e, "providers", describe_json(cc, sel[i]));
                 json_array_append_new(jres, e);
             } else {
                 printf("   %s: %s\n", sel[i], a);
@@ -234,8 +270,8 @@ static int show_phase(struct out *o, size_t order, const struct ar_phase *ph,
         if (o->json) {
             json_t *e = json_object();
             json_object_set_new(e, "resource", json_string(sel[i]));
-            json_object_set_new(e, "before", json_string(a));
-            json_object_set_new(e, "after", json_string(b));
+            json_object_set_new(e, "before", describe_json(cp, sel[i]));
+            json_object_set_new(e, "after", describe_json(cc, sel[i]));
             json_array_append_new(jch, e);
         } else {
             printf("   change %s:\n     before: %s\n     after:  %s\n", sel[i], a, b);

@@ -157,10 +157,19 @@ def test_plan_json_and_out_files(agent_bin, tmp_path, keys):
         assert lint.returncode == 0, lint
         assert lint.stdout == b""
         assert x["file_sha256"] in lint.stderr.decode()
+    j1 = {"name": "k1", "fingerprint": kfp(k1)}
+    j2 = {"name": "k2", "fingerprint": kfp(k2)}
+    ident = {"type": "identity"}
     assert ph[0]["resources"] == [
-        {"resource": "configmaps", "providers": "aescbc(k1 %s), identity" % kfp(k1)},
-        {"resource": "secrets",
-         "providers": "aescbc(k1 %s, k2 %s), identity" % (kfp(k1), kfp(k2))}]
+        {"resource": "configmaps", "providers": [{"type": "aescbc", "keys": [j1]}, ident]},
+        {"resource": "secrets", "providers": [{"type": "aescbc", "keys": [j1, j2]}, ident]}]
+    assert ph[0]["changes"] == [
+        {"resource": "secrets", "before": [{"type": "aescbc", "keys": [j1]}, ident],
+         "after": [{"type": "aescbc", "keys": [j1, j2]}, ident]}]
+    assert ph[4]["changes"][1] == {"resource": "configmaps",
+                                   "before": [ident, {"type": "aescbc", "keys": [j1]}],
+                                   "after": []}
+    assert ph[2]["changes"] == [] and ph[2]["resources"] == ph[1]["resources"]
     assert ph[2]["rewrite"] == ["configmaps", "secrets"]
     drop = [{"type": "aescbc", "name": "k1", "fingerprint": kfp(k1)}]
     assert ph[3]["drops"] == drop and ph[4]["drops"] == drop
