@@ -14,6 +14,9 @@ int ar_cmd_genkey(int argc, char **argv);
 /* agent/daemon.c */
 int ar_cmd_agent(int argc, char **argv);
 
+/* agent/cli_plan.c */
+int ar_cmd_plan(int argc, char **argv);
+
 /* agent/cli_status.c */
 int ar_cmd_status(int argc, char **argv);
 

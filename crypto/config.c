@@ -1639,10 +1639,12 @@ static void compute_fingerprint(struct ar_config *c)
 
 static void config_free(struct ar_config *c)
 {
+    struct ar_config_priv *pc;
     size_t i, j, k;
 
     if (!c)
         return;
+    pc = ar_cfg_priv(c);
     for (i = 0; i < c->nrules; i++) {
         struct ar_rule *r = &c->rules[i];
         for (j = 0; j < r->nresources; j++) {
@@ -1665,22 +1667,65 @@ static void config_free(struct ar_config *c)
         free(r->providers);
     }
     free(c->rules);
-    if (c->arena)
-        sodium_free(c->arena); /* wipes */
-    sodium_memzero(c, sizeof(*c));
-    free(c);
+    if (pc->arena)
+        sodium_free(pc->arena); /* wipes */
+    sodium_memzero(pc, sizeof(*pc));
+    free(pc);
+}
+
+struct ar_config *ar_cfg_alloc(void)
+{
+    struct ar_config_priv *pc = calloc(1, sizeof(*pc));
+
+    if (!pc)
+        return NULL;
+    pc->refs = 1;
+    return &pc->pub;
+}
+
+uint8_t *ar_cfg_arena(struct ar_config *c, size_t size)
+{
+    struct ar_config_priv *pc = ar_cfg_priv(c);
+
+    if (pc->arena || !size)
+        return NULL;
+    pc->arena = sodium_malloc(size);
+    if (!pc->arena)
+        return NULL;
+    /* sodium_malloc ignores an mlock failure; lock again to know (mlock is idempotent). */
+    c->keys_locked = sodium_mlock(pc->arena, size) == 0;
+    return pc->arena;
+}
+
+void ar_cfg_seal(struct ar_config *c)
+{
+    struct ar_config_priv *pc = ar_cfg_priv(c);
+
+    compute_fingerprint(c);
+    if (pc->arena)
+        sodium_mprotect_readonly(pc->arena);
+}
+
+void ar_cfg_destroy(struct ar_config *c)
+{
+    config_free(c);
+}
+
+void ar_cfg_dconf_free(struct dconf *c)
+{
+    dconf_free(c);
 }
 
 struct ar_config *ar_config_ref(struct ar_config *c)
 {
     if (c)
-        __atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&ar_cfg_priv(c)->refs, 1, __ATOMIC_RELAXED);
     return c;
 }
 
 struct ar_config *ar_config_unref(struct ar_config *c)
 {
-    if (c && __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0)
+    if (c && __atomic_sub_fetch(&ar_cfg_priv(c)->refs, 1, __ATOMIC_ACQ_REL) == 0)
         config_free(c);
     return NULL;
 }
@@ -1762,6 +1807,11 @@ static int build_config(struct dconf *d, struct ar_config *c)
         }
     }
     return 0;
+}
+
+int ar_cfg_build(struct dconf *d, struct ar_config *c)
+{
+    return build_config(d, c);
 }
 
 static size_t arena_size(const struct dconf *d)
@@ -1851,12 +1901,11 @@ int ar_config_load_mem(const char *name, const void *buf, size_t len,
         goto fail;
     }
     dc.json = looks_like_json(buf, len);
-    c = calloc(1, sizeof(*c));
+    c = ar_cfg_alloc();
     if (!c) {
         rc = -ENOMEM;
         goto fail;
     }
-    c->refs = 1;
     crypto_hash_sha256(c->file_sha256, buf, len);
 
     rc = tree_build(&dc, buf, len, &root);
@@ -1881,14 +1930,12 @@ int ar_config_load_mem(const char *name, const void *buf, size_t len,
     ar_cfg_defaults(&d);
     asz = arena_size(&d);
     if (asz) {
-        c->arena = sodium_malloc(asz);
-        if (!c->arena) {
+        uint8_t *arena = ar_cfg_arena(c, asz);
+        if (!arena) {
             rc = -ENOMEM;
             goto fail;
         }
-        /* sodium_malloc ignores an mlock failure; lock again to know (mlock is idempotent). */
-        c->keys_locked = sodium_mlock(c->arena, asz) == 0;
-        arena_assign(&d, c->arena);
+        arena_assign(&d, arena);
     }
     rc = ar_cfg_validate(&d, &vc);
     if (rc != 0) {
@@ -1903,9 +1950,7 @@ int ar_config_load_mem(const char *name, const void *buf, size_t len,
     rc = build_config(&d, c);
     if (rc < 0)
         goto fail;
-    compute_fingerprint(c);
-    if (c->arena)
-        sodium_mprotect_readonly(c->arena);
+    ar_cfg_seal(c);
     dconf_free(&d);
     yn_free(root);
     *out = c;
