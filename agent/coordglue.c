@@ -330,20 +330,21 @@ static void coord_join(struct coord *co)
     char *rep = coord_report(a, true);
     struct ar_election_settings es = {
         .key = key, .value = a->set.node, .ttl_s = a->set.lease_ttl_s};
+    int r;
 
     co->registered = true;
     free(co->report_key);
     co->report_key = coord_report(a, false);
-    co->alive = rep ? ar_member_alive_start(co->etcd, a->set.coord_prefix, a->set.node,
-                                            a->set.lease_ttl_s, rep, on_alive_write, co)
-                    : NULL;
+    r = rep ? ar_member_alive_start(co->etcd, a->set.coord_prefix, a->set.node, a->set.lease_ttl_s,
+                                    rep, on_alive_write, co, &co->alive)
+            : -ENOMEM;
     free(rep);
-    if (!co->alive)
-        log_err("etcd: cannot start the liveness key: %s", strerror(errno ? errno : ENOMEM));
+    if (r < 0)
+        log_err("etcd: cannot start the liveness key: %s", strerror(-r));
     snprintf(key, sizeof(key), "%sleader", a->set.coord_prefix);
-    co->election = ar_election_start(co->etcd, &es, on_election, co);
-    if (!co->election)
-        log_err("etcd: cannot start the election: %s", strerror(errno ? errno : ENOMEM));
+    r = ar_election_start(co->etcd, &es, on_election, co, &co->election);
+    if (r < 0)
+        log_err("etcd: cannot start the election: %s", strerror(-r));
     coord_watch(co);
     coord_list_soon(co);
 }
@@ -493,10 +494,8 @@ int ar_coord_start(struct agent *a)
         goto out;
     }
     co->a = a;
-    errno = 0;
-    co->etcd = ar_etcd_new(&a->loop, &es);
-    if (!co->etcd) {
-        r = errno ? -errno : -EINVAL;
+    r = ar_etcd_new(&a->loop, &es, &co->etcd);
+    if (r < 0) {
         log_err("etcd: cannot create the client: %s", strerror(-r));
         free(co);
         goto out;

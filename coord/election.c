@@ -391,18 +391,18 @@ static void grant(struct ar_election *e)
     }
 }
 
-struct ar_election *ar_election_start(struct ar_etcd *c, const struct ar_election_settings *s,
-                                      ar_election_cb cb, void *arg)
+int ar_election_start(struct ar_etcd *c, const struct ar_election_settings *s, ar_election_cb cb,
+                      void *arg, struct ar_election **out)
 {
     struct ar_election *e;
 
-    if (!c || !s || !s->key || !*s->key || !s->value) {
-        errno = EINVAL;
-        return NULL;
-    }
+    if (out)
+        *out = NULL;
+    if (!out || !c || !s || !s->key || !*s->key || !s->value)
+        return -EINVAL;
     e = calloc(1, sizeof(*e));
     if (!e)
-        return NULL;
+        return -ENOMEM;
     e->refs = 1;
     e->c = c;
     e->cb = cb;
@@ -420,15 +420,15 @@ struct ar_election *ar_election_start(struct ar_etcd *c, const struct ar_electio
         free(e->deadline_timer);
         free(e->retry_timer);
         unref(e);
-        errno = ENOMEM;
-        return NULL;
+        return -ENOMEM;
     }
     uv_timer_init(ar_etcd_loop(c), e->deadline_timer);
     uv_timer_init(ar_etcd_loop(c), e->retry_timer);
     e->deadline_timer->data = e;
     e->retry_timer->data = e;
     grant(e);
-    return e;
+    *out = e;
+    return 0;
 }
 
 static void stop_all(struct ar_election *e)

@@ -38,9 +38,10 @@ struct ar_election_state {
 
 typedef void (*ar_election_cb)(void *arg, const struct ar_election_state *st);
 
-/* Starts campaigning at once. cb runs on every change of leadership or observed leader. */
-struct ar_election *ar_election_start(struct ar_etcd *c, const struct ar_election_settings *s,
-                                      ar_election_cb cb, void *arg);
+/* Starts campaigning at once. cb runs on every change of leadership or observed leader.
+ * 0 and *out set, or -EINVAL / -ENOMEM with *out NULL. */
+int ar_election_start(struct ar_etcd *c, const struct ar_election_settings *s, ar_election_cb cb,
+                      void *arg, struct ar_election **out);
 /* now: ar_etcd_now_ms(). */
 bool ar_election_is_leader(const struct ar_election *e, uint64_t now_ms);
 /* The lease deadline minus margin (0 when not leader). */

@@ -199,14 +199,19 @@ static void alive_grant(struct ar_member_alive *a)
     }
 }
 
-struct ar_member_alive *ar_member_alive_start(struct ar_etcd *c, const char *prefix,
-                                              const char *node, int64_t ttl_s,
-                                              const char *report_json, ar_etcd_cb cb, void *arg)
+int ar_member_alive_start(struct ar_etcd *c, const char *prefix, const char *node, int64_t ttl_s,
+                          const char *report_json, ar_etcd_cb cb, void *arg,
+                          struct ar_member_alive **out)
 {
-    struct ar_member_alive *a = calloc(1, sizeof(*a));
+    struct ar_member_alive *a;
 
+    if (out)
+        *out = NULL;
+    if (!out || !c)
+        return -EINVAL;
+    a = calloc(1, sizeof(*a));
     if (!a)
-        return NULL;
+        return -ENOMEM;
     a->refs = 1;
     a->c = c;
     a->cb = cb;
@@ -214,21 +219,20 @@ struct ar_member_alive *ar_member_alive_start(struct ar_etcd *c, const char *pre
     a->ttl = ttl_s > 0 ? ttl_s : 10;
     if (ar_member_key(a->key, sizeof(a->key), prefix, "alive", node) < 0) {
         free(a);
-        errno = EINVAL;
-        return NULL;
+        return -EINVAL;
     }
     a->report = strdup(report_json ? report_json : "{}");
     a->retry = malloc(sizeof(*a->retry));
     if (!a->report || !a->retry) {
         free(a->retry);
         alive_unref(a);
-        errno = ENOMEM;
-        return NULL;
+        return -ENOMEM;
     }
     uv_timer_init(ar_etcd_loop(c), a->retry);
     a->retry->data = a;
     alive_grant(a);
-    return a;
+    *out = a;
+    return 0;
 }
 
 int ar_member_alive_update(struct ar_member_alive *a, const char *report_json)

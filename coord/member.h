@@ -27,9 +27,10 @@ int ar_member_register(struct ar_etcd *c, const char *prefix, const char *node, 
  * the report (written at once). cb (may be NULL) reports every write (status, err).
  */
 struct ar_member_alive;
-struct ar_member_alive *ar_member_alive_start(struct ar_etcd *c, const char *prefix,
-                                              const char *node, int64_t ttl_s,
-                                              const char *report_json, ar_etcd_cb cb, void *arg);
+/* 0 and *out set, or -EINVAL (bad node) / -ENOMEM with *out NULL. */
+int ar_member_alive_start(struct ar_etcd *c, const char *prefix, const char *node, int64_t ttl_s,
+                          const char *report_json, ar_etcd_cb cb, void *arg,
+                          struct ar_member_alive **out);
 int ar_member_alive_update(struct ar_member_alive *a, const char *report_json);
 bool ar_member_alive_ok(const struct ar_member_alive *a);
 /* Revoke the lease (deletes the alive key) and free; done may be NULL. */

@@ -42,8 +42,7 @@ static int group_setup(void **state)
     if (etcd_harness_start(&H, &o) < 0)
         return -1;
     etcd_harness_settings(&H, &st);
-    S = ar_etcd_sync_new(&st);
-    return S ? 0 : -1;
+    return ar_etcd_sync_new(&st, &S) == 0 ? 0 : -1;
 }
 
 static int group_teardown(void **state)
@@ -105,9 +104,7 @@ static void run_contender(int fd, const char *name)
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
     st.request_timeout_ms = 1000;
-    ch.c = ar_etcd_new(&loop, &st);
-    ch.e = ar_election_start(ch.c, &es, NULL, NULL);
-    if (!ch.c || !ch.e)
+    if (ar_etcd_new(&loop, &st, &ch.c) < 0 || ar_election_start(ch.c, &es, NULL, NULL, &ch.e) < 0)
         _exit(2);
     uv_timer_init(&loop, &ch.tick);
     ch.tick.data = &ch;
@@ -330,11 +327,11 @@ static void test_election_observe_and_deadline(void **state)
 
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
-    c = ar_etcd_new(&loop, &st);
-    ea = ar_election_start(c, &sa, on_state, &a);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
+    assert_int_equal(ar_election_start(c, &sa, on_state, &a, &ea), 0);
     etcd_harness_run_until(&loop, &a.leader, 3000);
     assert_true(a.leader);
-    eb = ar_election_start(c, &sb, on_state, &b);
+    assert_int_equal(ar_election_start(c, &sb, on_state, &b, &eb), 0);
     etcd_harness_run_for(&loop, 500);
     assert_false(b.leader);
     assert_string_equal(b.seen, "A"); /* B observes who leads */
@@ -405,12 +402,12 @@ static void test_election_guard_and_operator_delete(void **state)
 
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
-    c = ar_etcd_new(&loop, &st);
-    ea = ar_election_start(c, &sa, on_state, &a);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
+    assert_int_equal(ar_election_start(c, &sa, on_state, &a, &ea), 0);
     assert_true(etcd_harness_run_until(&loop, &a.leader, 3000));
     assert_int_equal(ar_election_guard(ea, &g1), 0);
     assert_int_equal(guarded_put(&g1, "1"), 1);
-    eb = ar_election_start(c, &sb, on_state, &b);
+    assert_int_equal(ar_election_start(c, &sb, on_state, &b, &eb), 0);
     etcd_harness_run_for(&loop, 300);
     assert_int_equal(ar_election_guard(eb, &gb), -EPERM); /* a follower gets no guard */
 
@@ -481,13 +478,15 @@ static void test_membership(void **state)
 
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
-    c = ar_etcd_new(&loop, &st);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
     assert_int_equal(ar_member_register(c, "/m/", "cp-1", "{\"since\":1}", on_reg, &reg), 0);
     etcd_harness_run_for(&loop, 300);
     assert_int_equal(reg, 1);
     assert_int_equal(ar_member_register(c, "/m/", "cp-2", "{\"since\":2}", on_reg, &reg), 0);
-    a1 = ar_member_alive_start(c, "/m/", "cp-1", TTL, "{\"fp\":\"aa\"}", NULL, NULL);
-    a2 = ar_member_alive_start(c, "/m/", "cp-3", TTL, "{\"fp\":\"cc\"}", NULL, NULL);
+    assert_int_equal(
+        ar_member_alive_start(c, "/m/", "cp-1", TTL, "{\"fp\":\"aa\"}", NULL, NULL, &a1), 0);
+    assert_int_equal(
+        ar_member_alive_start(c, "/m/", "cp-3", TTL, "{\"fp\":\"cc\"}", NULL, NULL, &a2), 0);
     etcd_harness_run_for(&loop, 400);
     assert_true(ar_member_alive_ok(a1));
     assert_int_equal(ar_member_alive_update(a1, "{\"fp\":\"bb\"}"), 0);
@@ -570,7 +569,7 @@ static void test_cas(void **state)
 
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
-    c = ar_etcd_new(&loop, &st);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
 
     /* absent -> created */
     assert_int_equal(ar_cas_json(c, "/cas/rec", incr, cas_done, &x, 3), 0);

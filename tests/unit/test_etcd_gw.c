@@ -98,7 +98,7 @@ static int setup(void **state)
     if (!f->g)
         return -1;
     st.endpoints[0] = fake_gw_endpoint(f->g);
-    f->c = ar_etcd_new(&f->loop, &st);
+    assert_int_equal(ar_etcd_new(&f->loop, &st, &f->c), 0);
     *state = f;
     return f->c ? 0 : -1;
 }
@@ -148,7 +148,8 @@ static void test_member_grant_without_ttl(void **state)
     struct ar_member_alive *a;
 
     f->s.next_id = 7; /* ID 7, TTL omitted (0) */
-    a = f->alive = ar_member_alive_start(f->c, "/m/", "n1", 5, "{}", on_write, &w);
+    assert_int_equal(ar_member_alive_start(f->c, "/m/", "n1", 5, "{}", on_write, &w, &a), 0);
+    f->alive = a;
     assert_non_null(a);
     etcd_harness_run_for(&f->loop, 600);
     assert_true(fake_gw_count(f->g, "/v3/lease/grant") >= 2); /* retried */
@@ -188,7 +189,8 @@ static void test_member_put_lease_gone(void **state)
     f->s.id_step = 1;
     f->s.grant_ttl = 30; /* keepalives keep saying the lease lives: only the put knows */
     f->s.put_lease_gone = 1;
-    a = f->alive = ar_member_alive_start(f->c, "/m/", "n1", 30, "{}", on_write, &w);
+    assert_int_equal(ar_member_alive_start(f->c, "/m/", "n1", 30, "{}", on_write, &w, &a), 0);
+    f->alive = a;
     etcd_harness_run_for(&f->loop, 400);
     assert_int_equal(w.failed, 1);
     assert_int_equal(w.last_status, -ENOENT);
@@ -209,7 +211,7 @@ static void test_member_stop_during_grant(void **state)
 
     f->s.next_id = 20;
     f->s.grant_ttl = 30;
-    a = ar_member_alive_start(f->c, "/m/", "n1", 30, "{}", NULL, NULL);
+    assert_int_equal(ar_member_alive_start(f->c, "/m/", "n1", 30, "{}", NULL, NULL, &a), 0);
     ar_member_alive_stop(a, NULL, NULL);
     etcd_harness_run_for(&f->loop, 300);
     assert_int_equal(fake_gw_count(f->g, "/v3/lease/grant"), 1);
@@ -243,7 +245,8 @@ static void test_election_grant_without_ttl(void **state)
     struct ar_election *e;
 
     f->s.next_id = 7;
-    e = f->election = ar_election_start(f->c, &es, on_state, &o);
+    assert_int_equal(ar_election_start(f->c, &es, on_state, &o, &e), 0);
+    f->election = e;
     assert_non_null(e);
     etcd_harness_run_for(&f->loop, 700);
     assert_false(o.leader);
