@@ -63,6 +63,16 @@ static void set_reload(struct agent *a, enum ar_reload_result r, const char *err
     }
 }
 
+/* The first diagnostic as one line, or the error's text when there is none (a failure should
+ * always leave one, but an empty list must never be read). */
+static void first_diag(const struct ar_diags *d, int r, char *line, size_t len)
+{
+    if (d->n)
+        ar_diag_format(&d->v[0], line, len);
+    else
+        snprintf(line, len, "%s", strerror(r < 0 ? -r : EIO));
+}
+
 /* Read the effective file back (what kube-apiserver will load) and make it the config in force:
  * state, metrics and a new chain swapped in. 0 or negative errno. */
 static int adopt_effective(struct agent *a, char *err, size_t errlen)
@@ -76,10 +86,7 @@ static int adopt_effective(struct agent *a, char *err, size_t errlen)
     ar_diags_init(&d);
     r = ar_config_read_checked(a->set.effective_path, 0, &cfg, NULL, NULL, &d);
     if (r < 0) {
-        char line[512] = "";
-        if (d.n)
-            ar_diag_format(&d.v[0], line, sizeof(line));
-        snprintf(err, errlen, "%s", line);
+        first_diag(&d, r, err, errlen);
         goto out;
     }
     if (a->st.effective && !memcmp(a->st.effective->fingerprint, cfg->fingerprint, AR_SHA256_LEN) &&
@@ -198,16 +205,18 @@ static void reload_desired(struct agent *a, bool force, const char *why)
 
     if (r < 0) {
         /* report, keep the last valid config in force */
-        char line[1024] = "";
-        if (d.n)
-            ar_diag_format(&d.v[0], line, sizeof(line));
+        char line[1024];
+
+        first_diag(&d, r, err, sizeof(err));
         a->st.desired_valid = false;
         a->st.desired_nerrors = d.nerrors ? d.nerrors : 1;
-        ar_state_set_str(&a->st.desired_error, line);
+        ar_state_set_str(&a->st.desired_error, err);
         log_err("desired: %s is not usable (%zu error%s, %s); the last valid config stays in "
                 "force",
                 a->set.desired_path, a->st.desired_nerrors, a->st.desired_nerrors == 1 ? "" : "s",
                 why);
+        if (!d.n)
+            log_err("desired: %s", err);
         for (size_t i = 0, shown = 0; i < d.n && shown < MAX_LOGGED_DIAGS; i++, shown++) {
             ar_diag_format(&d.v[i], line, sizeof(line));
             if (d.v[i].severity == AR_SEV_ERROR)
@@ -221,7 +230,6 @@ static void reload_desired(struct agent *a, bool force, const char *why)
             snprintf(hash, sizeof(hash), "sha256:%s", hx);
         }
         ar_metrics_desired(a->metrics, have ? hash : NULL, true);
-        ar_diag_format(&d.v[0], err, sizeof(err));
         set_reload(a, AR_RELOAD_INVALID, err);
         retry_after(a, AR_RELOAD_INVALID);
         goto out;
