@@ -527,6 +527,7 @@ static void test_membership(void **state)
 struct casctx {
     int done, status;
     unsigned retries;
+    char msg[256];
     int interfere; /* writes to do behind the CAS's back, from inside change() */
 };
 
@@ -556,6 +557,7 @@ static void cas_done(void *arg, int status, int64_t rev, unsigned retries,
     x->done++;
     x->status = status;
     x->retries = retries;
+    snprintf(x->msg, sizeof(x->msg), "%s", err ? err->msg : "");
 }
 
 static void test_cas(void **state)
@@ -600,6 +602,139 @@ static void test_cas(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+static void read_rec(const char *key, char *out, size_t outsz)
+{
+    struct ar_etcd_op op = {.key = (const uint8_t *)key, .key_len = strlen(key)};
+    struct ar_etcd_result *r;
+
+    assert_int_equal(ar_etcd_sync_range(S, &op, &r, NULL), 0);
+    assert_int_equal(r->n_kvs, 1);
+    snprintf(out, outsz, "%s", (const char *)r->kvs[0].value);
+    ar_etcd_result_free(r);
+}
+
+/* S7 through the CAS: the leader guard rides along as an extra compare; a record that moved is
+ * retried (then -EAGAIN), a guard that no longer holds is -EPERM at once, even when the record
+ * moved too. The record key is /cas/rec (incr's interference writes there). */
+static void test_cas_guard(void **state)
+{
+    uv_loop_t loop;
+    struct ar_etcd_settings st;
+    struct ar_etcd *c;
+    struct obs o = {0};
+    struct ar_election_settings es = {.key = "/cg/leader", .value = "A", .ttl_s = 5};
+    struct ar_election *e;
+    struct ar_etcd_compare g;
+    struct ar_etcd_op del = {.key = (const uint8_t *)"/cg/leader", .key_len = 10};
+    struct ar_etcd_op clr = {.key = (const uint8_t *)"/cas/rec", .key_len = 8};
+    struct casctx x = {0};
+    char v[64], want[256];
+
+    uv_loop_init(&loop);
+    etcd_harness_settings(&H, &st);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
+    assert_int_equal(ar_etcd_sync_delete(S, &clr, NULL, NULL), 0);
+    assert_int_equal(ar_election_start(c, &es, on_state, &o, &e), 0);
+    assert_true(etcd_harness_run_until(&loop, &o.leader, 3000));
+    assert_int_equal(ar_election_guard(e, &g), 0);
+
+    /* the guard holds: written */
+    assert_int_equal(ar_cas_json_guarded(c, "/cas/rec", &g, 1, incr, cas_done, &x, 3), 0);
+    etcd_harness_run_for(&loop, 300);
+    assert_int_equal(x.done, 1);
+    assert_int_equal(x.status, 0);
+    assert_int_equal(x.retries, 0);
+    read_rec("/cas/rec", v, sizeof(v));
+    assert_string_equal(v, "{\"n\":1}");
+
+    /* the record moves once, the guard holds: a conflict, retried */
+    x = (struct casctx){.interfere = 1};
+    assert_int_equal(ar_cas_json_guarded(c, "/cas/rec", &g, 1, incr, cas_done, &x, 3), 0);
+    etcd_harness_run_for(&loop, 300);
+    assert_int_equal(x.status, 0);
+    assert_int_equal(x.retries, 1);
+    read_rec("/cas/rec", v, sizeof(v));
+    assert_string_equal(v, "{\"n\":101}");
+
+    /* the record always moves: -EAGAIN after max_retries */
+    x = (struct casctx){.interfere = 100};
+    assert_int_equal(ar_cas_json_guarded(c, "/cas/rec", &g, 1, incr, cas_done, &x, 2), 0);
+    etcd_harness_run_for(&loop, 500);
+    assert_int_equal(x.done, 1);
+    assert_int_equal(x.status, -EAGAIN);
+    assert_int_equal(x.retries, 2);
+    assert_string_equal(x.msg, "cas /cas/rec: still conflicting after 2 retries");
+
+    /* an operator deletes the leader key: the old term's guard fails: -EPERM, nothing written,
+     * never retried; also when the record moved in the same round */
+    assert_int_equal(ar_etcd_sync_delete(S, &del, NULL, NULL), 0);
+    for (int interfere = 0; interfere <= 1; interfere++) {
+        read_rec("/cas/rec", want, sizeof(want));
+        x = (struct casctx){.interfere = interfere};
+        assert_int_equal(ar_cas_json_guarded(c, "/cas/rec", &g, 1, incr, cas_done, &x, 3), 0);
+        etcd_harness_run_for(&loop, 300);
+        assert_int_equal(x.done, 1);
+        assert_int_equal(x.status, -EPERM);
+        assert_int_equal(x.retries, 0);
+        assert_non_null(strstr(x.msg, "cas /cas/rec: guard 0 (/cg/leader) failed at revision "));
+        read_rec("/cas/rec", v, sizeof(v));
+        if (interfere)
+            assert_string_equal(v, "{\"n\":100}"); /* only the interfering write landed */
+        else
+            assert_string_equal(v, want);
+    }
+    assert_int_equal(
+        ar_cas_json_guarded(c, "/cas/rec", &g, AR_CAS_MAX_GUARD + 1, incr, cas_done, &x, 3),
+        -EINVAL);
+    ar_election_free(e);
+    ar_etcd_close(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* etcd's compare semantics, as the CAS evaluates them on what a failed txn read. */
+static void test_cas_compare_holds(void **state)
+{
+    struct ar_etcd_kv kv = {.value = (uint8_t *)"abc",
+                            .value_len = 3,
+                            .create_revision = 5,
+                            .mod_revision = 9,
+                            .version = 2};
+    struct ar_etcd_compare g = {.key = (const uint8_t *)"k", .key_len = 1};
+
+    g.target = AR_ETCD_CMP_CREATE;
+    g.result = AR_ETCD_EQUAL;
+    g.number = 5;
+    assert_true(ar_cas_compare_holds(&g, &kv));
+    assert_false(ar_cas_compare_holds(&g, NULL)); /* absent: create_revision 0 */
+    g.number = 0;
+    assert_true(ar_cas_compare_holds(&g, NULL));
+    g.target = AR_ETCD_CMP_MOD;
+    g.result = AR_ETCD_LESS;
+    g.number = 10;
+    assert_true(ar_cas_compare_holds(&g, &kv));
+    g.number = 9;
+    assert_false(ar_cas_compare_holds(&g, &kv));
+    g.target = AR_ETCD_CMP_VERSION;
+    g.result = AR_ETCD_GREATER;
+    g.number = 1;
+    assert_true(ar_cas_compare_holds(&g, &kv));
+    g.result = AR_ETCD_NOT_EQUAL;
+    g.number = 2;
+    assert_false(ar_cas_compare_holds(&g, &kv));
+    g.target = AR_ETCD_CMP_VALUE;
+    g.result = AR_ETCD_EQUAL;
+    g.value = (const uint8_t *)"abc";
+    g.value_len = 3;
+    assert_true(ar_cas_compare_holds(&g, &kv));
+    assert_false(ar_cas_compare_holds(&g, NULL)); /* absent: every VALUE compare fails */
+    g.result = AR_ETCD_NOT_EQUAL;
+    assert_false(ar_cas_compare_holds(&g, NULL));
+    g.value_len = 2; /* "ab" < "abc" */
+    g.result = AR_ETCD_GREATER;
+    assert_true(ar_cas_compare_holds(&g, &kv));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -607,6 +742,8 @@ int main(void)
         cmocka_unit_test(test_election_guard_and_operator_delete),
         cmocka_unit_test(test_membership),
         cmocka_unit_test(test_cas),
+        cmocka_unit_test(test_cas_guard),
+        cmocka_unit_test(test_cas_compare_holds),
         cmocka_unit_test(test_election_three_contenders),
     };
 
