@@ -1,15 +1,17 @@
 /*
  * coord/election.h: leader election on one lease-bound key (default <prefix>leader).
  *
- * A contender grants a lease of ttl_s seconds, keeps it alive, and campaigns with a txn
- * "IF create_revision(key) == 0 THEN put(key, value, lease) ELSE range(key)". It watches the key
- * to observe who leads and campaigns again when the key goes away.
+ * A contender campaigns on the lease of a session (coord/session.h: the agent's one lease, or
+ * one of its own) with a txn "IF create_revision(key) == 0 THEN put(key, value, lease) ELSE
+ * range(key)". It watches the key to observe who leads and campaigns again when the key goes
+ * away, and on every new lease of the session.
  *
  * Safety: a leader never acts after it could have lost the lease. The lease deadline is counted
  * from the time the keepalive REQUEST was sent (not when the answer came) plus the TTL granted,
- * minus margin_ms. ar_election_is_leader(e, now) is true only while now is before that. When the
- * deadline passes without a renewal, or etcd says the lease is gone, the contender steps down at
- * once (callback), then gets a new lease and campaigns again.
+ * minus the session's margin. ar_election_is_leader(e, now) is true only while now is before
+ * that. When the deadline passes without a renewal, or etcd says the lease is gone, the session
+ * drops the lease and the contender steps down at once (callback), then campaigns again on the
+ * session's next lease.
  */
 #ifndef ATREST_COORD_ELECTION_H
 #define ATREST_COORD_ELECTION_H
@@ -18,14 +20,18 @@
 #include <stdint.h>
 
 #include "coord/etcd/etcd.h"
+#include "coord/session.h"
 
 struct ar_election;
 
 struct ar_election_settings {
-    const char *key;    /* full key, e.g. "/atrest/leader" */
-    const char *value;  /* this node's name */
-    int64_t ttl_s;      /* lease TTL; 0: 10. etcd's minimum is 2 */
-    unsigned margin_ms; /* safety margin before the deadline; 0: ttl/6 (at least 300 ms) */
+    const char *key;            /* full key, e.g. "/atrest/leader" */
+    const char *value;          /* this node's name */
+    struct ar_session *session; /* the lease to campaign on (same client); it must outlive the
+                                   election. NULL: an own session of ttl_s and margin_ms,
+                                   revoked on resign, freed with the election */
+    int64_t ttl_s;              /* own session only: lease TTL; 0: 10. etcd's minimum is 2 */
+    unsigned margin_ms; /* own session only: margin before the deadline; 0: ttl/6 (>= 300 ms) */
 };
 
 struct ar_election_state {
@@ -59,7 +65,8 @@ int ar_election_guard(const struct ar_election *e, struct ar_etcd_compare *out);
 const char *ar_election_leader(const struct ar_election *e);
 /*
  * Resign cleanly: stop acting as leader at once, delete the key if we hold it (txn on our
- * create_revision) and revoke the lease; done(arg) runs when that finished or failed (bounded
+ * create_revision) and revoke an own session's lease (a shared session is left to its owner);
+ * done(arg) runs when that finished or failed (bounded
  * by the request timeout). Then free the election with ar_election_free. done may be NULL.
  */
 void ar_election_resign(struct ar_election *e, void (*done)(void *arg), void *arg);

@@ -25,6 +25,7 @@
 #include "coord/election.h"
 #include "coord/etcd/etcd_sync.h"
 #include "coord/member.h"
+#include "coord/session.h"
 #include "tests/support/etcd_harness.h"
 
 static struct etcd_harness H;
@@ -522,6 +523,113 @@ static void test_membership(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* --- session ----------------------------------------------------------------------------- */
+
+struct sess_obs {
+    int granted, lost, lost_status;
+    int64_t lease, lost_lease;
+};
+
+static void on_sess(void *arg, const struct ar_session_update *u)
+{
+    struct sess_obs *o = arg;
+
+    if (u->kind == AR_SESSION_GRANTED) {
+        o->granted++;
+        o->lease = u->lease;
+    } else if (u->kind == AR_SESSION_LOST) {
+        o->lost++;
+        o->lost_status = u->status;
+        o->lost_lease = u->lease;
+    }
+}
+
+static int64_t key_lease(const char *key)
+{
+    struct ar_etcd_op op = {.key = (const uint8_t *)key, .key_len = strlen(key)};
+    struct ar_etcd_result *r;
+    int64_t l = -1;
+
+    assert_int_equal(ar_etcd_sync_range(S, &op, &r, NULL), 0);
+    if (r->n_kvs == 1)
+        l = r->kvs[0].lease;
+    ar_etcd_result_free(r);
+    return l;
+}
+
+static bool both_on(int64_t lease)
+{
+    return key_lease("/s/alive/n1") == lease && key_lease("/s/leader") == lease;
+}
+
+/* One lease for the liveness key and the leader key; a lease revoked behind the agent's back is
+ * noticed (keepalive: lease gone), the leader steps down, both keys come back on ONE new lease
+ * and the node leads again; closing the session revokes it and both keys go. */
+static void test_session_shared(void **state)
+{
+    uv_loop_t loop;
+    struct ar_etcd_settings st;
+    struct ar_etcd *c;
+    struct ar_session *s;
+    struct ar_session_settings ss = {.ttl_s = 3};
+    struct sess_obs so = {0};
+    struct obs o = {0};
+    struct ar_election_settings es = {.key = "/s/leader", .value = "n1"};
+    struct ar_election *e;
+    struct ar_member_alive *al;
+    struct ar_etcd_error err;
+    bool closed = false;
+    int64_t first;
+
+    uv_loop_init(&loop);
+    etcd_harness_settings(&H, &st);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
+    assert_int_equal(ar_session_new(c, &ss, &s), 0);
+    assert_int_equal(ar_session_listen(s, on_sess, &so), 0);
+    es.session = s;
+    assert_int_equal(ar_election_start(c, &es, on_state, &o, &e), 0);
+    assert_int_equal(ar_member_alive_start_on(s, "/s/", "n1", "{}", NULL, NULL, &al), 0);
+    assert_true(etcd_harness_run_until(&loop, &o.leader, 3000));
+    etcd_harness_run_for(&loop, 200);
+    assert_int_equal(so.granted, 1);
+    first = ar_session_lease(s);
+    assert_true(first != 0);
+    assert_int_equal(so.lease, first);
+    assert_true(both_on(first));
+    assert_true(ar_session_alive(s, ar_etcd_now_ms()));
+    assert_true(ar_election_deadline(e) > ar_etcd_now_ms());
+
+    /* an operator revokes the lease: both keys go; the session learns it at the next
+     * keepalive (every ttl/3 = 1 s), tells LOST, and grants once more */
+    assert_int_equal(ar_etcd_sync_lease_revoke(S, first, &err), 0);
+    assert_true(run_until_stepped_down(&loop, &o, 3000)); /* the watch sees the key go */
+    for (int i = 0; i < 300 && !so.lost; i++)
+        etcd_harness_run_for(&loop, 10);
+    assert_int_equal(so.lost, 1);
+    assert_int_equal(so.lost_status, -ENOENT);
+    assert_int_equal(so.lost_lease, first);
+    assert_true(etcd_harness_run_until(&loop, &o.leader, 3000));
+    etcd_harness_run_for(&loop, 200);
+    assert_int_equal(so.granted, 2);
+    assert_true(ar_session_lease(s) != first);
+    assert_true(both_on(ar_session_lease(s)));
+
+    /* shut down as the agent does: resign (the leader key goes), stop the liveness key, revoke */
+    ar_election_resign(e, resign_done, &closed);
+    assert_true(etcd_harness_run_until(&loop, &closed, 3000));
+    assert_int_equal(key_lease("/s/leader"), -1);
+    ar_member_alive_stop(al, NULL, NULL);
+    etcd_harness_run_for(&loop, 200);
+    assert_int_equal(key_lease("/s/alive/n1"), -1);
+    closed = false;
+    ar_session_close(s, resign_done, &closed);
+    assert_true(etcd_harness_run_until(&loop, &closed, 3000));
+    ar_election_free(e);
+    ar_etcd_close(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 /* --- CAS ---------------------------------------------------------------------------------- */
 
 struct casctx {
@@ -741,6 +849,7 @@ int main(void)
         cmocka_unit_test(test_election_observe_and_deadline),
         cmocka_unit_test(test_election_guard_and_operator_delete),
         cmocka_unit_test(test_membership),
+        cmocka_unit_test(test_session_shared),
         cmocka_unit_test(test_cas),
         cmocka_unit_test(test_cas_guard),
         cmocka_unit_test(test_cas_compare_holds),
