@@ -28,6 +28,7 @@
 #include "agent/effective.h"
 #include "agent/log.h"
 #include "coord/election.h"
+#include "coord/err.h"
 #include "coord/etcd/etcd.h"
 #include "coord/member.h"
 #include "coord/report.h"
@@ -76,10 +77,11 @@ static void etcd_ok(struct agent *a)
 static void etcd_failed(struct agent *a, const char *what, int status,
                         const struct ar_etcd_error *err)
 {
+    struct ar_err e;
     char msg[512];
-    snprintf(msg, sizeof(msg), "%s: %s%s%s", what,
-             err && err->msg[0] ? err->msg : strerror(-status),
-             err && err->endpoint[0] ? " at " : "", err && err->endpoint[0] ? err->endpoint : "");
+
+    ar_err_from_etcd(&e, what, status, err);
+    ar_err_line(&e, msg, sizeof(msg));
     if (a->st.etcd != AR_ETCD_UNREACHABLE)
         log_warn("etcd: unreachable (%s); retrying", msg);
     else

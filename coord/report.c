@@ -56,8 +56,8 @@ int ar_report_build(const struct ar_report *r, bool with_time, char **out)
         return -EINVAL;
     *out = NULL;
     if (!r || !node_ok(r->node) || strlen(r->version) >= AR_REPORT_VERSION_MAX ||
-        !opt_fp_ok(r->desired_fp) || !opt_fp_ok(r->effective_fp) ||
-        !opt_fp_ok(r->effective_hash) || r->time_ms < 0)
+        !opt_fp_ok(r->desired_fp) || !opt_fp_ok(r->effective_fp) || !opt_fp_ok(r->effective_hash) ||
+        r->time_ms < 0)
         return -EINVAL;
     j = json_pack("{s:s, s:s, s:{s:s?, s:b}, s:{s:s?, s:s?}}", "node", r->node, "version",
                   r->version, "desired", "fingerprint", r->desired_fp[0] ? r->desired_fp : NULL,

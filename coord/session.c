@@ -195,8 +195,7 @@ static void grant(struct ar_session *s)
     }
 }
 
-int ar_session_new(struct ar_etcd *c, const struct ar_session_settings *st,
-                   struct ar_session **out)
+int ar_session_new(struct ar_etcd *c, const struct ar_session_settings *st, struct ar_session **out)
 {
     struct ar_session *s;
 

@@ -79,7 +79,8 @@ static void test_round_trip(void **state)
     free(s);
     assert_int_equal(ar_registration_build(&g, &s), 0);
     assert_string_equal(
-        s, "{\"node\":\"cp-1\",\"version\":\"0.1.0\",\"first_seen_ms\":1000,\"registered_ms\":2000}");
+        s,
+        "{\"node\":\"cp-1\",\"version\":\"0.1.0\",\"first_seen_ms\":1000,\"registered_ms\":2000}");
     assert_int_equal(ar_registration_parse(s, strlen(s), &gb), 0);
     assert_memory_equal(&g, &gb, sizeof(g));
     free(s);
@@ -112,15 +113,15 @@ static void test_parse_hostile(void **state)
         "[]",
         "\"x\"",
         "{",
-        "{\"node\":\"a\",\"node\":\"b\"}",     /* duplicate key */
-        "{\"node\":1}",                         /* wrong type */
-        "{\"node\":\"\"}",                      /* empty name */
-        "{\"node\":\"a/b\"}",                   /* a path, not a name */
-        "{\"version\":[1]}",                    /* wrong type */
-        "{\"desired\":\"" FP_A "\"}",           /* not an object */
-        "{\"desired\":{\"fingerprint\":7}}",    /* wrong type */
+        "{\"node\":\"a\",\"node\":\"b\"}",               /* duplicate key */
+        "{\"node\":1}",                                  /* wrong type */
+        "{\"node\":\"\"}",                               /* empty name */
+        "{\"node\":\"a/b\"}",                            /* a path, not a name */
+        "{\"version\":[1]}",                             /* wrong type */
+        "{\"desired\":\"" FP_A "\"}",                    /* not an object */
+        "{\"desired\":{\"fingerprint\":7}}",             /* wrong type */
         "{\"desired\":{\"fingerprint\":\"sha256:00\"}}", /* too short */
-        "{\"desired\":{\"valid\":\"yes\"}}",    /* not a boolean */
+        "{\"desired\":{\"valid\":\"yes\"}}",             /* not a boolean */
         "{\"effective\":{\"fingerprint\":\"md5:0123456789abcdef0123456789abcdef\"}}",
         "{\"effective\":{\"fingerprint\":\"sha256:0123456789ABCDEF0123456789abcdef0123456789abc"
         "def0123456789abcdef\"}}", /* upper-case hex is not what agents write */
