@@ -74,20 +74,27 @@ static void etcd_ok(struct agent *a)
     ar_state_set_str(&a->st.etcd_error, NULL);
 }
 
-static void etcd_failed(struct agent *a, const char *what, int status,
-                        const struct ar_etcd_error *err)
+/* etcd failed: the status shows "<what>: <why> (<endpoint>)". */
+static void etcd_failed_err(struct agent *a, const char *what, const struct ar_err *e)
 {
-    struct ar_err e;
-    char msg[512];
+    char line[400], msg[512];
 
-    ar_err_from_etcd(&e, what, status, err);
-    ar_err_line(&e, msg, sizeof(msg));
+    snprintf(msg, sizeof(msg), "%s: %s", what, ar_err_line(e, line, sizeof(line)));
     if (a->st.etcd != AR_ETCD_UNREACHABLE)
         log_warn("etcd: unreachable (%s); retrying", msg);
     else
         log_debug("etcd: still unreachable (%s)", msg);
     a->st.etcd = AR_ETCD_UNREACHABLE;
     ar_state_set_str(&a->st.etcd_error, msg);
+}
+
+static void etcd_failed(struct agent *a, const char *what, int status,
+                        const struct ar_etcd_error *err)
+{
+    struct ar_err e;
+
+    ar_err_from_etcd(&e, NULL, status, err);
+    etcd_failed_err(a, what, &e);
 }
 
 static bool coord_leading(void *arg)
@@ -171,7 +178,7 @@ static void on_election(void *arg, const struct ar_election_state *st)
         return;
     count_op(a, "election", st->status);
     if (st->status < 0 && st->status != -ECANCELED)
-        etcd_failed(a, "election", st->status, st->err);
+        etcd_failed_err(a, "election", st->err);
     else if (st->status == 0)
         etcd_ok(a);
     if (!ar_agent_str_eq(st->leader, co->leader)) {

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "coord/cas.h"
+#include "coord/err.h"
 
 struct cas {
     struct ar_etcd *c;
@@ -29,7 +30,7 @@ static void cas_free(struct cas *s)
     free(s);
 }
 
-static void cas_finish(struct cas *s, int status, int64_t rev, const struct ar_etcd_error *err)
+static void cas_finish(struct cas *s, int status, int64_t rev, const struct ar_err *err)
 {
     s->done(s->arg, status, rev, s->retries, err);
     cas_free(s);
@@ -76,7 +77,7 @@ static void on_txn(void *arg, int status, const struct ar_etcd_result *res,
 /* Apply change() to the current kv (NULL: absent) read at revision rev, and write. */
 static void cas_step(struct cas *s, const struct ar_etcd_kv *kv, int64_t rev)
 {
-    struct ar_etcd_error e;
+    struct ar_err e;
     json_t *cur = NULL, *next = NULL;
     json_error_t jerr;
     char *text = NULL;
@@ -85,8 +86,8 @@ static void cas_step(struct cas *s, const struct ar_etcd_kv *kv, int64_t rev)
     if (kv) {
         cur = json_loadb((const char *)kv->value, kv->value_len, JSON_REJECT_DUPLICATES, &jerr);
         if (!cur) {
-            ar_etcd_set_error(&e, -EBADMSG, "", "cas %s: stored record is not JSON: %s", s->key,
-                              jerr.text);
+            ar_err_set(&e, -EBADMSG, s->key, "cas %s: stored record is not JSON: %s", s->key,
+                       jerr.text);
             cas_finish(s, -EBADMSG, rev, &e);
             return;
         }
@@ -98,7 +99,7 @@ static void cas_step(struct cas *s, const struct ar_etcd_kv *kv, int64_t rev)
         if (rc > 0 || (rc == 0 && !next)) {
             cas_finish(s, 0, rev, NULL);
         } else {
-            ar_etcd_set_error(&e, rc, "", "cas %s: change refused (%s)", s->key, strerror(-rc));
+            ar_err_set(&e, rc, s->key, "cas %s: change refused (%s)", s->key, strerror(-rc));
             cas_finish(s, rc, rev, &e);
         }
         return;
@@ -106,7 +107,7 @@ static void cas_step(struct cas *s, const struct ar_etcd_kv *kv, int64_t rev)
     text = json_dumps(next, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(next);
     if (!text) {
-        ar_etcd_set_error(&e, -ENOMEM, "", "cas %s: no memory", s->key);
+        ar_err_set(&e, -ENOMEM, s->key, "cas %s: no memory", s->key);
         cas_finish(s, -ENOMEM, rev, &e);
         return;
     }
@@ -148,7 +149,7 @@ static void cas_step(struct cas *s, const struct ar_etcd_kv *kv, int64_t rev)
     }
     free(text);
     if (rc < 0) {
-        ar_etcd_set_error(&e, rc, "", "cas %s: txn not sent (%s)", s->key, strerror(-rc));
+        ar_err_set(&e, rc, s->key, "cas %s: txn not sent (%s)", s->key, strerror(-rc));
         cas_finish(s, rc, rev, &e);
     }
 }
@@ -157,11 +158,12 @@ static void on_txn(void *arg, int status, const struct ar_etcd_result *res,
                    const struct ar_etcd_error *err)
 {
     struct cas *s = arg;
-    struct ar_etcd_error e;
+    struct ar_err e;
     const struct ar_etcd_kv *kv = NULL;
 
     if (status < 0) {
-        cas_finish(s, status, 0, err);
+        ar_err_from_etcd(&e, "cas", status, err);
+        cas_finish(s, status, 0, &e);
         return;
     }
     if (res->succeeded) {
@@ -169,8 +171,8 @@ static void on_txn(void *arg, int status, const struct ar_etcd_result *res,
         return;
     }
     if (res->n_ops != 1 + s->n_guard) {
-        ar_etcd_set_error(&e, -EPROTO, "", "cas %s: failed txn returned %zu reads, not %zu", s->key,
-                          res->n_ops, 1 + s->n_guard);
+        ar_err_set(&e, -EPROTO, s->key, "cas %s: failed txn returned %zu reads, not %zu", s->key,
+                   res->n_ops, 1 + s->n_guard);
         cas_finish(s, -EPROTO, res->revision, &e);
         return;
     }
@@ -178,17 +180,17 @@ static void on_txn(void *arg, int status, const struct ar_etcd_result *res,
         const struct ar_etcd_result *g = &res->ops[1 + i];
 
         if (!ar_cas_compare_holds(&s->guard[i], g->n_kvs ? &g->kvs[0] : NULL)) {
-            ar_etcd_set_error(
-                &e, -EPERM, "", "cas %s: guard %zu (%.*s) failed at revision %" PRId64, s->key, i,
-                (int)s->guard[i].key_len, (const char *)s->guard[i].key, res->revision);
+            ar_err_set(&e, -EPERM, s->key, "cas %s: guard %zu (%.*s) failed at revision %" PRId64,
+                       s->key, i, (int)s->guard[i].key_len, (const char *)s->guard[i].key,
+                       res->revision);
             cas_finish(s, -EPERM, res->revision, &e);
             return;
         }
     }
     if (++s->retries > s->max_retries) {
         s->retries--;
-        ar_etcd_set_error(&e, -EAGAIN, "", "cas %s: still conflicting after %u retries", s->key,
-                          s->max_retries);
+        ar_err_set(&e, -EAGAIN, s->key, "cas %s: still conflicting after %u retries", s->key,
+                   s->max_retries);
         cas_finish(s, -EAGAIN, res->revision, &e);
         return;
     }
@@ -201,9 +203,11 @@ static void on_read(void *arg, int status, const struct ar_etcd_result *res,
                     const struct ar_etcd_error *err)
 {
     struct cas *s = arg;
+    struct ar_err e;
 
     if (status < 0) {
-        cas_finish(s, status, 0, err);
+        ar_err_from_etcd(&e, "cas", status, err);
+        cas_finish(s, status, 0, &e);
         return;
     }
     cas_step(s, res->n_kvs ? &res->kvs[0] : NULL, res->revision);

@@ -16,6 +16,7 @@
 
 #include <jansson.h>
 
+#include "coord/err.h"
 #include "coord/etcd/etcd.h"
 
 /* At most this many extra compares. */
@@ -29,9 +30,9 @@
 typedef int (*ar_cas_change_fn)(void *arg, const json_t *cur, json_t **out);
 /* done: status (0, -EPERM, -EAGAIN, -EBADMSG for a stored record that is not JSON, the change's
  * own errno, or the client's), revision of the write (or of the read when unchanged), retries
- * used; err (status < 0) says where and why. */
+ * used; err (status < 0): where = the key (or the etcd endpoint), msg = why. */
 typedef void (*ar_cas_done_fn)(void *arg, int status, int64_t revision, unsigned retries,
-                               const struct ar_etcd_error *err);
+                               const struct ar_err *err);
 
 /* No extra compares. */
 int ar_cas_json(struct ar_etcd *c, const char *key, ar_cas_change_fn change, ar_cas_done_fn done,

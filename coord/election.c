@@ -29,7 +29,7 @@ struct ar_election {
     char *leader_value;
     int64_t leader_rev;
     int status;
-    struct ar_etcd_error err;
+    struct ar_err err;
 
     void (*resign_done)(void *);
     void *resign_arg;
@@ -83,10 +83,10 @@ static void set_leader_value(struct ar_election *e, const uint8_t *v, size_t n, 
 static void set_error(struct ar_election *e, int status, const struct ar_etcd_error *err)
 {
     e->status = status;
-    if (err)
-        e->err = *err;
+    if (status < 0)
+        ar_err_from_etcd(&e->err, NULL, status, err);
     else
-        memset(&e->err, 0, sizeof(e->err));
+        ar_err_clear(&e->err);
 }
 
 bool ar_election_is_leader(const struct ar_election *e, uint64_t now_ms)

@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "coord/err.h"
 #include "coord/etcd/etcd.h"
 #include "coord/session.h"
 
@@ -35,11 +36,11 @@ struct ar_election_settings {
 };
 
 struct ar_election_state {
-    bool is_leader;          /* this contender leads (deadline not yet reached) */
-    const char *leader;      /* observed leader's value, NULL when nobody leads */
-    int64_t leader_revision; /* create_revision of the leader key */
-    int status;              /* last error (0: none) */
-    const struct ar_etcd_error *err;
+    bool is_leader;           /* this contender leads (deadline not yet reached) */
+    const char *leader;       /* observed leader's value, NULL when nobody leads */
+    int64_t leader_revision;  /* create_revision of the leader key */
+    int status;               /* last error (0: none) */
+    const struct ar_err *err; /* status < 0: etcd's message and the endpoint */
 };
 
 typedef void (*ar_election_cb)(void *arg, const struct ar_election_state *st);

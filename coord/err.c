@@ -33,7 +33,10 @@ void ar_err_from_etcd(struct ar_err *e, const char *what, int status,
 {
     const char *m = ee && ee->msg[0] ? ee->msg : strerror(status < 0 ? -status : EIO);
 
-    ar_err_set(e, status, ee ? ee->endpoint : NULL, "%s: %s", what ? what : "etcd", m);
+    if (what && *what)
+        ar_err_set(e, status, ee ? ee->endpoint : NULL, "%s: %s", what, m);
+    else
+        ar_err_set(e, status, ee ? ee->endpoint : NULL, "%s", m);
 }
 
 void ar_err_clear(struct ar_err *e)

@@ -26,7 +26,8 @@ struct ar_err {
 /* Fill e (code, where may be NULL, printf-style one-line message; newlines become spaces). */
 void ar_err_set(struct ar_err *e, int code, const char *where, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* "<what>: <etcd's message or strerror(status)>" at the endpoint. */
+/* "<what>: <etcd's message or strerror(status)>" (without "<what>: " when what is NULL or ""),
+ * where = the endpoint. */
 void ar_err_from_etcd(struct ar_err *e, const char *what, int status,
                       const struct ar_etcd_error *ee);
 void ar_err_clear(struct ar_err *e);

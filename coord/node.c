@@ -81,7 +81,7 @@ static void drive(struct ar_node *n)
             n->ops.prove(n->agent, n->current, on_proved, n);
             if (!n->step_done)
                 break; /* on_proved continues */
-        } else { /* PROVING done */
+        } else {       /* PROVING done */
             n->step = AR_NODE_IDLE;
             report(n, n->changed ? AR_NODE_APPLIED : AR_NODE_UNCHANGED, NULL);
         }

@@ -657,8 +657,7 @@ static int incr(void *arg, const json_t *cur, json_t **out)
     return 0;
 }
 
-static void cas_done(void *arg, int status, int64_t rev, unsigned retries,
-                     const struct ar_etcd_error *err)
+static void cas_done(void *arg, int status, int64_t rev, unsigned retries, const struct ar_err *err)
 {
     struct casctx *x = arg;
 
