@@ -13,7 +13,8 @@
  *   lease (revokes it, best effort, so keys bound to it go at once), tells the listeners LOST,
  *   and grants a new one (GRANTED again). Grants that fail are retried every 300 ms.
  * - Every call happens on the client's loop thread. Listener callbacks must not free the
- *   session; they may listen/unlisten.
+ *   session; they may listen/unlisten. Close or free the session (after its users: election,
+ *   liveness key) before ar_etcd_close.
  */
 #ifndef ATREST_COORD_SESSION_H
 #define ATREST_COORD_SESSION_H
