@@ -158,14 +158,14 @@ static int parse_kv_array(struct ar_etcd *c, const json_t *arr, struct ar_etcd_r
     return 0;
 }
 
-void ar_result_clear(struct ar_etcd_result *res)
+void ar_result_clear(struct ar_etcd *owner, struct ar_etcd_result *res)
 {
     for (size_t i = 0; i < res->n_kvs; i++)
         ar_kv_clear(&res->kvs[i]);
-    kvs_account(res->owner_, res->n_kvs, false);
+    kvs_account(owner, res->n_kvs, false);
     free(res->kvs);
     for (size_t i = 0; i < res->n_ops; i++)
-        ar_result_clear(&res->ops[i]);
+        ar_result_clear(owner, &res->ops[i]);
     free(res->ops);
     sodium_free(res->token); /* wipes; NULL is fine */
     memset(res, 0, sizeof(*res));
@@ -178,7 +178,6 @@ int ar_parse_result(struct ar_etcd *c, const json_t *root, enum ar_etcd_op_type 
     int rc = 0;
 
     memset(res, 0, sizeof(*res));
-    res->owner_ = c;
     res->type = type;
     if (!json_is_object(root))
         return -EPROTO;
