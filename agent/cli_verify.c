@@ -126,7 +126,7 @@ static bool under_write(const struct ar_verify_row *row, const char *name)
 
 static void print_table(const struct ar_verify_report *rep, FILE *f)
 {
-    size_t wr = strlen("RESOURCE"), we = strlen("PROVIDER:KEY");
+    size_t wr = strlen("RESOURCE"), we = strlen("undecryptable");
     char label[600];
 
     for (size_t i = 0; i < rep->n_rows; i++) {
