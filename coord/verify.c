@@ -15,18 +15,22 @@
 #define ENC_MARK     "k8s:enc:"
 #define OTHER        "(other)"
 
+struct ar_verify_tally {
+    struct ar_chain *chain;
+    char pp[1024];     /* the etcd prefix as kube-apiserver joins it: "/registry/" */
+    struct ar_buf buf; /* plaintext, wiped after every value */
+    struct ar_verify_report *rep;
+    size_t last_row; /* keys come sorted: the row of the previous key is the likely one */
+};
+
 struct ar_verify {
     struct ar_etcd *c;
-    struct ar_chain *chain;
-    char pp[1024]; /* the etcd prefix as kube-apiserver joins it: "/registry/" */
+    struct ar_verify_tally *t;
     uint8_t *cursor, *end;
     size_t cursor_len, end_len;
     unsigned page;
     int64_t rev;
     bool inflight, in_cb, stopped;
-    struct ar_buf buf; /* plaintext, wiped after every value */
-    struct ar_verify_report *rep;
-    size_t last_row; /* keys come sorted: the row of the previous key is the likely one */
     ar_verify_progress_cb progress_cb;
     ar_verify_done_cb done_cb;
     void *arg;
@@ -217,12 +221,13 @@ static void kmsv2_name(char *dst, size_t dlen, const char *provider, const struc
     fmt(dst, dlen, "kms:%s:%s", p, k);
 }
 
-static void write_name(const struct ar_chain *chain, struct ar_verify_row *row)
+static void write_name(const struct ar_chain *chain, struct ar_verify_row *row, const char *group,
+                       const char *resource)
 {
     struct ar_plist pl;
     const struct ar_provider *p;
 
-    ar_chain_lookup(chain, row->group, row->resource, &pl);
+    ar_chain_lookup(chain, group, resource, &pl);
     if (!pl.n) {
         fmt(row->write, sizeof(row->write), "identity");
         return;
@@ -236,11 +241,16 @@ static void write_name(const struct ar_chain *chain, struct ar_verify_row *row)
         provider_name(row->write, sizeof(row->write), p->type, p->keys[0].name);
 }
 
-static struct ar_verify_row *row_for(struct ar_verify *v, bool known, const char *group,
-                                     const char *resource)
+/* The row of {graw, rraw} (names as in the key: any bytes but NUL; the row keeps them escaped). */
+static struct ar_verify_row *row_for(struct ar_verify_tally *v, bool known, const char *graw,
+                                     const char *rraw)
 {
     struct ar_verify_report *r = v->rep;
     struct ar_verify_row *row;
+    char group[sizeof(row->group)], resource[sizeof(row->resource)];
+
+    escape_str(group, sizeof(group), graw);
+    escape_str(resource, sizeof(resource), rraw);
 
     if (v->last_row < r->n_rows) {
         row = &r->rows[v->last_row];
@@ -260,7 +270,7 @@ static struct ar_verify_row *row_for(struct ar_verify *v, bool known, const char
     if (!row)
         return NULL;
     if (known)
-        write_name(v->chain, row);
+        write_name(v->chain, row, graw, rraw);
     v->last_row = r->n_rows - 1;
     return row;
 }
@@ -304,11 +314,11 @@ static void name_by_prefix(const uint8_t *p, size_t n, char *dst, size_t dlen)
     }
 }
 
-static void keep_bad(struct ar_verify_report *r, const struct ar_etcd_kv *kv,
+static void keep_bad(struct ar_verify_report *r, const uint8_t *key, size_t key_len,
                      const struct ar_resource *rs, const char *reason)
 {
     struct ar_verify_bad *b;
-    size_t cap = kv->key_len * 4 + 1;
+    size_t cap = key_len * 4 + 1;
 
     if (r->n_bad >= AR_VERIFY_MAX_BAD)
         return;
@@ -316,16 +326,20 @@ static void keep_bad(struct ar_verify_report *r, const struct ar_etcd_kv *kv,
     b->key = malloc(cap);
     if (!b->key)
         return; /* counted all the same */
-    escape(b->key, cap, kv->key, kv->key_len);
-    if (rs->group[0])
-        fmt(b->resource, sizeof(b->resource), "%s.%s", rs->resource, rs->group);
-    else
-        fmt(b->resource, sizeof(b->resource), "%s", rs->resource);
+    escape(b->key, cap, key, key_len);
+    {
+        char g[sizeof(rs->group)], res[sizeof(rs->resource)];
+
+        escape_str(g, sizeof(g), rs->group);
+        escape_str(res, sizeof(res), rs->resource);
+        fmt(b->resource, sizeof(b->resource), "%s%s%s", res, g[0] ? "." : "", g);
+    }
     fmt(b->reason, sizeof(b->reason), "%s", reason);
     r->n_bad++;
 }
 
-static int count_value(struct ar_verify *v, const struct ar_etcd_kv *kv)
+int ar_verify_tally_add(struct ar_verify_tally *v, const uint8_t *key, size_t key_len,
+                        const uint8_t *value, size_t value_len)
 {
     struct ar_verify_report *rep = v->rep;
     struct ar_verify_row *row;
@@ -334,23 +348,30 @@ static int count_value(struct ar_verify *v, const struct ar_etcd_kv *kv)
     char name[AR_VERIFY_NAME_MAX];
     int r;
 
-    if (ar_resource_of_key(v->pp, (const char *)kv->key, kv->key_len, &rs) < 0) {
+    if (!v || (!key && key_len) || (!value && value_len))
+        return -EINVAL;
+
+    if (ar_resource_of_key(v->pp, (const char *)key, key_len, &rs) < 0) {
         size_t pl = strlen(v->pp), n;
         const uint8_t *seg, *slash;
         char segname[256];
 
-        if (kv->key_len >= pl && !memcmp(kv->key, v->pp, pl)) {
-            seg = kv->key + pl;
-            n = kv->key_len - pl;
+        if (key_len >= pl && !memcmp(key, v->pp, pl)) {
+            seg = key + pl;
+            n = key_len - pl;
             slash = memchr(seg, '/', n);
-            escape(segname, sizeof(segname), seg, slash ? (size_t)(slash - seg) : n);
+            n = slash ? (size_t)(slash - seg) : n;
+            if (n >= sizeof(segname))
+                n = sizeof(segname) - 1;
+            memcpy(segname, seg, n); /* row_for escapes it */
+            segname[n] = '\0';
         } else {
             fmt(segname, sizeof(segname), "(outside %s)", v->pp);
         }
         row = row_for(v, false, "", segname);
         if (!row)
             return -ENOMEM;
-        name_by_prefix(kv->value, kv->value_len, name, sizeof(name));
+        name_by_prefix(value, value_len, name, sizeof(name));
         row->total++;
         rep->objects++;
         return entry_add(row, name);
@@ -361,8 +382,8 @@ static int count_value(struct ar_verify *v, const struct ar_etcd_kv *kv)
     row->total++;
     rep->objects++;
     memset(&res, 0, sizeof(res));
-    r = ar_chain_read(v->chain, rs.group, rs.resource, kv->key, kv->key_len, kv->value,
-                      kv->value_len, &v->buf, &res);
+    r = ar_chain_read(v->chain, rs.group, rs.resource, key, key_len, value, value_len, &v->buf,
+                      &res);
     if (v->buf.cap > rep->peak_buf)
         rep->peak_buf = v->buf.cap;
     ar_buf_reset(&v->buf); /* the plaintext is not needed: wipe it now */
@@ -386,8 +407,88 @@ static int count_value(struct ar_verify *v, const struct ar_etcd_kv *kv)
         return r;
     row->undecryptable++;
     rep->undecryptable++;
-    keep_bad(rep, kv, &rs, res.err[0] ? res.err : strerror(-r));
+    keep_bad(rep, key, key_len, &rs, res.err[0] ? res.err : strerror(-r));
     return 0;
+}
+
+/* path.Join("/", prefix) + "/" for prefixes made of plain segments ("." and ".." are not
+ * resolved: kube-apiserver's --etcd-prefix does not use them in practice). */
+static int join_prefix(const char *prefix, char *out, size_t outlen)
+{
+    size_t n = 0;
+    const char *s = prefix ? prefix : AR_DEFAULT_ETCD_PREFIX;
+
+    out[n++] = '/';
+    while (*s) {
+        size_t l;
+
+        while (*s == '/')
+            s++;
+        l = strcspn(s, "/");
+        if (!l)
+            break;
+        if (n + l + 2 > outlen)
+            return -ENAMETOOLONG;
+        memcpy(out + n, s, l);
+        n += l;
+        out[n++] = '/';
+        s += l;
+    }
+    out[n] = '\0';
+    return 0;
+}
+
+int ar_verify_tally_new(struct ar_chain *chain, const char *etcd_prefix,
+                        struct ar_verify_tally **out)
+{
+    struct ar_verify_tally *t;
+    int r;
+
+    *out = NULL;
+    if (!chain)
+        return -EINVAL;
+    t = calloc(1, sizeof(*t));
+    if (!t)
+        return -ENOMEM;
+    t->rep = calloc(1, sizeof(*t->rep));
+    if (!t->rep) {
+        free(t);
+        return -ENOMEM;
+    }
+    if ((r = join_prefix(etcd_prefix, t->pp, sizeof(t->pp))) < 0) {
+        free(t->rep);
+        free(t);
+        return r;
+    }
+    t->chain = ar_chain_ref(chain);
+    t->buf.max = AR_ETCD_MAX_BODY;
+    *out = t;
+    return 0;
+}
+
+const struct ar_verify_report *ar_verify_tally_report(const struct ar_verify_tally *t)
+{
+    return t->rep;
+}
+
+struct ar_verify_report *ar_verify_tally_finish(struct ar_verify_tally *t)
+{
+    struct ar_verify_report *rep = t->rep;
+
+    t->rep = NULL;
+    report_sort(rep);
+    ar_verify_tally_free(t);
+    return rep;
+}
+
+void ar_verify_tally_free(struct ar_verify_tally *t)
+{
+    if (!t)
+        return;
+    ar_buf_free(&t->buf);
+    ar_chain_unref(t->chain);
+    ar_verify_report_free(t->rep);
+    free(t);
 }
 
 /* ---- paging -----------------------------------------------------------------------------------
@@ -395,9 +496,7 @@ static int count_value(struct ar_verify *v, const struct ar_etcd_kv *kv)
 
 static void scan_free(struct ar_verify *v)
 {
-    ar_buf_free(&v->buf);
-    ar_chain_unref(v->chain);
-    ar_verify_report_free(v->rep);
+    ar_verify_tally_free(v->t);
     free(v->cursor);
     free(v->end);
     free(v);
@@ -405,11 +504,13 @@ static void scan_free(struct ar_verify *v)
 
 static void finish(struct ar_verify *v, int status, const struct ar_etcd_error *err)
 {
-    struct ar_verify_report *rep = v->rep;
+    struct ar_verify_report *rep = ar_verify_tally_finish(v->t);
 
-    v->rep = NULL;
-    report_sort(rep);
-    ar_buf_free(&v->buf);
+    v->t = NULL;
+    if (!rep) { /* cannot happen: the tally always has a report */
+        scan_free(v);
+        return;
+    }
     v->done_cb(v->arg, status, rep, err);
     scan_free(v);
 }
@@ -446,7 +547,7 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
                     const struct ar_etcd_error *err)
 {
     struct ar_verify *v = arg;
-    struct ar_verify_report *rep = v->rep;
+    struct ar_verify_report *rep = v->t->rep;
     struct ar_verify_progress pr;
     const struct ar_etcd_kv *last;
     uint8_t *nk;
@@ -482,7 +583,9 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
     if (res->n_kvs > rep->peak_page_kvs)
         rep->peak_page_kvs = res->n_kvs;
     for (size_t i = 0; i < res->n_kvs; i++) {
-        if ((r = count_value(v, &res->kvs[i])) < 0) {
+        const struct ar_etcd_kv *kv = &res->kvs[i];
+
+        if ((r = ar_verify_tally_add(v->t, kv->key, kv->key_len, kv->value, kv->value_len)) < 0) {
             fail_now(v, r, "counting");
             return;
         }
@@ -520,33 +623,6 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
         fail_now(v, r, "range");
 }
 
-/* path.Join("/", prefix) + "/" for prefixes made of plain segments ("." and ".." are not
- * resolved: kube-apiserver's --etcd-prefix does not use them in practice). */
-static int join_prefix(const char *prefix, char *out, size_t outlen)
-{
-    size_t n = 0;
-    const char *s = prefix ? prefix : AR_DEFAULT_ETCD_PREFIX;
-
-    out[n++] = '/';
-    while (*s) {
-        size_t l;
-
-        while (*s == '/')
-            s++;
-        l = strcspn(s, "/");
-        if (!l)
-            break;
-        if (n + l + 2 > outlen)
-            return -ENAMETOOLONG;
-        memcpy(out + n, s, l);
-        n += l;
-        out[n++] = '/';
-        s += l;
-    }
-    out[n] = '\0';
-    return 0;
-}
-
 static int dup_bytes(const uint8_t *p, size_t n, uint8_t **out)
 {
     *out = malloc(n ? n : 1);
@@ -571,19 +647,15 @@ int ar_verify_start(struct ar_etcd *c, struct ar_chain *chain, const struct ar_v
     v = calloc(1, sizeof(*v));
     if (!v)
         return -ENOMEM;
-    v->rep = calloc(1, sizeof(*v->rep));
-    if (!v->rep) {
+    if ((r = ar_verify_tally_new(chain, o->etcd_prefix, &v->t)) < 0) {
         free(v);
-        return -ENOMEM;
+        return r;
     }
     v->c = c;
-    v->chain = ar_chain_ref(chain);
     v->page = o->page_size ? o->page_size : DEFAULT_PAGE;
     v->progress_cb = progress_cb;
     v->done_cb = done_cb;
     v->arg = arg;
-    if ((r = join_prefix(o->etcd_prefix, v->pp, sizeof(v->pp))) < 0)
-        goto fail;
     if (o->start) {
         r = dup_bytes(o->start, o->start_len, &v->cursor);
         v->cursor_len = o->start_len;
@@ -593,10 +665,10 @@ int ar_verify_start(struct ar_etcd *c, struct ar_chain *chain, const struct ar_v
         }
     } else {
         if (o->resource)
-            r = ar_resource_key_prefix(v->pp, o->group, o->resource, start, sizeof(start));
+            r = ar_resource_key_prefix(v->t->pp, o->group, o->resource, start, sizeof(start));
         else
-            r = snprintf(start, sizeof(start), "%s", v->pp) < (int)sizeof(start) ? 0
-                                                                                 : -ENAMETOOLONG;
+            r = snprintf(start, sizeof(start), "%s", v->t->pp) < (int)sizeof(start) ? 0
+                                                                                    : -ENAMETOOLONG;
         if (r < 0)
             goto fail;
         v->cursor_len = strlen(start);
@@ -608,7 +680,6 @@ int ar_verify_start(struct ar_etcd *c, struct ar_chain *chain, const struct ar_v
     }
     if (r < 0)
         goto fail;
-    v->buf.max = AR_ETCD_MAX_BODY;
     if ((r = next_page(v)) < 0)
         goto fail;
     *out = v;

@@ -125,6 +125,23 @@ int ar_verify_start(struct ar_etcd *c, struct ar_chain *chain, const struct ar_v
  * memory is released at once or when the request in flight completes. Not after done_cb. */
 void ar_verify_stop(struct ar_verify *v);
 
+/*
+ * The counting core, without etcd: feed (key, value) pairs in any order, then take the report.
+ * Any bytes are accepted (this parses untrusted values; fuzz/fuzz_verify.c). The scan above is
+ * this plus paging; the daemon can also feed it from a watch.
+ */
+struct ar_verify_tally;
+int ar_verify_tally_new(struct ar_chain *chain, const char *etcd_prefix,
+                        struct ar_verify_tally **out);
+/* 0, or -ENOMEM (the pair may be counted in part), -EINVAL. */
+int ar_verify_tally_add(struct ar_verify_tally *t, const uint8_t *key, size_t key_len,
+                        const uint8_t *value, size_t value_len);
+/* The counts so far (rows in first-seen order). */
+const struct ar_verify_report *ar_verify_tally_report(const struct ar_verify_tally *t);
+/* Sort and return the report (the caller's), and free the tally. */
+struct ar_verify_report *ar_verify_tally_finish(struct ar_verify_tally *t);
+void ar_verify_tally_free(struct ar_verify_tally *t);
+
 /* Blocking: run a scan on the sync client's private loop. 0 with *out (the caller's) or a
  * negative errno with err filled and *out NULL. progress_cb may be NULL. */
 int ar_verify_run(struct ar_etcd_sync *s, struct ar_chain *chain, const struct ar_verify_opts *o,

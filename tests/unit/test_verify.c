@@ -630,6 +630,79 @@ static void test_100k(void **state)
     ar_chain_unref(ch);
 }
 
+/* ---- the tally without etcd: escaping and the bounded tables -----------------------------------
+ */
+
+static uint8_t *kmsv2_value(const char *name, const char *keyid, size_t *n)
+{
+    struct batch b = {.n = 0};
+    uint8_t *v;
+
+    put_kmsv2(&b, "k", name, keyid); /* built in the batch, never sent */
+    *n = b.ops[0].value_len;
+    v = malloc(*n);
+    assert_non_null(v);
+    memcpy(v, b.ops[0].value, *n);
+    free(b.mem[0]);
+    return v;
+}
+
+static void test_tally_bounds(void **state)
+{
+    struct ar_chain *ch = verify_chain();
+    struct ar_verify_tally *t;
+    struct ar_verify_report *rep;
+    const struct ar_verify_row *row;
+    static const char odd[] = "/registry/a\x1f\\b.example.com/th\xffings/ns/x";
+    char k[128], id[32];
+
+    assert_int_equal(ar_verify_tally_new(ch, "registry//", &t), 0);
+    /* names from the key's bytes are escaped; the chain still sees the raw ones */
+    assert_int_equal(
+        ar_verify_tally_add(t, (const uint8_t *)odd, sizeof(odd) - 1, (const uint8_t *)"{}", 2), 0);
+    /* 300 keyIDs: 255 entries, then "(other)" */
+    for (int i = 0; i < 300; i++) {
+        size_t n;
+        uint8_t *v;
+
+        snprintf(k, sizeof(k), "/registry/secrets/ns/s%03d", i);
+        snprintf(id, sizeof(id), "key-%03d", i);
+        v = kmsv2_value("kv2", id, &n);
+        assert_int_equal(ar_verify_tally_add(t, (const uint8_t *)k, strlen(k), v, n), 0);
+        free(v);
+    }
+    /* 1100 resources: 1021 more rows, then the row "(other)" */
+    for (int i = 0; i < 1100; i++) {
+        snprintf(k, sizeof(k), "/registry/g%04d.example.com/things/x", i);
+        assert_int_equal(
+            ar_verify_tally_add(t, (const uint8_t *)k, strlen(k), (const uint8_t *)"{}", 2), 0);
+    }
+    assert_int_equal(ar_verify_tally_add(t, NULL, 1, NULL, 0), -EINVAL);
+    rep = ar_verify_tally_finish(t);
+    assert_int_equal(rep->objects, 1 + 300 + 1100);
+    assert_int_equal(rep->n_rows, AR_VERIFY_MAX_RESOURCES);
+    row = ar_verify_find_row(rep, "a\\x1f\\x5cb.example.com", "th\\xffings");
+    assert_non_null(row);
+    assert_string_equal(row->write, "identity");
+    assert_int_equal(ar_verify_count(row, "identity"), 1);
+    row = ar_verify_find_row(rep, "", "secrets");
+    assert_int_equal(row->n, AR_VERIFY_MAX_ENTRIES);
+    assert_int_equal(ar_verify_count(row, "kms:kv2:key-000"), 1);
+    assert_int_equal(ar_verify_count(row, "kms:kv2:key-254"), 1);
+    assert_int_equal(ar_verify_count(row, "kms:kv2:key-255"), 0);
+    assert_int_equal(ar_verify_count(row, "(other)"), 45);
+    assert_int_equal(row->total, 300);
+    /* rows: secrets, the odd one, g0000..g1020 (1023), then "(other)" with the other 79 */
+    assert_non_null(ar_verify_find_row(rep, "g1020.example.com", "things"));
+    assert_null(ar_verify_find_row(rep, "g1021.example.com", "things"));
+    row = &rep->rows[rep->n_rows - 1];
+    assert_false(row->known);
+    assert_string_equal(row->resource, "(other)");
+    assert_int_equal(row->total, 1100 - 1021);
+    ar_verify_report_free(rep);
+    ar_chain_unref(ch);
+}
+
 /* ---- values and plaintext do not stay behind on the heap --------------------------------------
  */
 
@@ -756,6 +829,7 @@ int main(void)
         cmocka_unit_test(test_small_pages_and_resource),
         cmocka_unit_test(test_stop_and_compaction),
         cmocka_unit_test(test_unreachable),
+        cmocka_unit_test(test_tally_bounds),
         cmocka_unit_test(test_plaintext_not_on_heap),
         cmocka_unit_test(test_100k),
     };
