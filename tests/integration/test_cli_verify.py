@@ -10,6 +10,7 @@ import base64
 import json
 import os
 import pathlib
+import pty
 import subprocess
 import urllib.request
 
@@ -236,6 +237,33 @@ def test_verify(tmp_path, make_etcd, keys, agent_bin):
         "authentication failed\n")
     # only configmaps: nothing undecryptable there
     run(["--config", cfg, "--resource", "configmaps"] + etcd_flags, check=0)
+
+    # progress goes to stderr only when it is a terminal, and is erased before the table
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.run([agent_bin, "verify", "--config", cfg, "--page-size", "4",
+                            "--resource", "secrets"] + etcd_flags,
+                           stdout=subprocess.PIPE, stderr=slave, timeout=30)
+        os.close(slave)
+        slave = None
+        tty = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            tty += chunk
+    finally:
+        if slave is not None:
+            os.close(slave)
+        os.close(master)
+    assert p.returncode == 1  # the two undecryptable secrets
+    assert tty == (b"\ratrest verify: 4 objects, 0 undecryptable ..."
+                   b"\ratrest verify: 8 objects, 2 undecryptable ..."  # lacking, moved
+                   b"\r\033[K"), tty
+    assert p.stdout.decode().startswith("RESOURCE  PROVIDER:KEY     OBJECTS\nsecrets   ")
 
     # the etcd settings from the agent's settings file
     settings = tmp_path / "agent.yaml"
