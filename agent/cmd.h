@@ -20,4 +20,7 @@ int ar_cmd_plan(int argc, char **argv);
 /* agent/cli_status.c */
 int ar_cmd_status(int argc, char **argv);
 
+/* agent/cli_verify.c */
+int ar_cmd_verify(int argc, char **argv);
+
 #endif

@@ -4,6 +4,8 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <malloc.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -842,11 +844,28 @@ static int submit(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type
  *   - libcurl copies a small POSTFIELDS body into its request buffer (after the headers) and
  *     frees it unwiped: the escaped password stays in freed heap until the memory is reused;
  *   - libcurl copies the Authorization header into every request buffer, likewise;
- *   - jansson's lexer keeps the raw token text in its own buffer (strbuffer), freed unwiped;
  *   - with TLS, OpenSSL's record buffers hold both on the way out and in.
- * Wiping those would need process-wide allocator hooks (json_set_alloc_funcs,
- * curl_global_init_mem), which atrest does not install.
+ * Wiping those would need curl_global_init_mem, which atrest does not install. jansson's copies
+ * (the lexer's buffer, every string of a parsed answer: tokens, base64 values) are wiped by the
+ * allocator hook below.
  */
+
+/* jansson's free: wipe the whole block (malloc_usable_size covers what jansson wrote), then free.
+ * Installed once per process by ar_etcd_new (see etcd.h). */
+static void wiping_free(void *p)
+{
+    if (p) {
+        sodium_memzero(p, malloc_usable_size(p));
+        free(p);
+    }
+}
+
+static pthread_once_t json_alloc_once = PTHREAD_ONCE_INIT;
+
+static void install_json_alloc(void)
+{
+    json_set_alloc_funcs(malloc, wiping_free);
+}
 
 static void auth_done(void *arg, int status, const struct ar_etcd_result *res,
                       const struct ar_etcd_error *err)
@@ -1015,6 +1034,7 @@ int ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s, struct ar_etc
     }
     if (sodium_init() < 0) /* the password and tokens live in sodium_malloc'd memory */
         return -EIO;
+    pthread_once(&json_alloc_once, install_json_alloc);
     c = calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;

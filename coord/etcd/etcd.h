@@ -26,6 +26,11 @@
  * - Keys and values are bytes (pointer + length). Returned keys and values are additionally
  *   NUL-terminated (not counted in the length) so text keys can be printed directly. Returned
  *   values are wiped when freed.
+ * - Values may be a Secret's plaintext (identity), so every copy the client makes is wiped when
+ *   freed: the response body, the decoded values, and jansson's: the first ar_etcd_new installs,
+ *   once per process, jansson allocator functions (json_set_alloc_funcs) whose free wipes the
+ *   whole block (malloc_usable_size) before free(). Every jansson user of the process gets them
+ *   (a cost on each free, about a memset of the block). libcurl's own buffers are not wiped.
  * - Failover: endpoints are tried in order, starting with the last one that worked. A request
  *   moves to the next endpoint when the connection fails or etcd says it has no leader; reads
  *   also move on a timeout of their attempt (see request_timeout_ms), so a member that hangs

@@ -21,6 +21,7 @@ int ar_json_b64(json_t *obj, const char *name, const uint8_t *p, size_t n)
         goto out;
     sodium_bin2base64(s, cap, p ? p : (const uint8_t *)"", n, sodium_base64_VARIANT_ORIGINAL);
     rc = json_object_set_new_nocheck(obj, name, json_stringn_nocheck(s, cap - 1)) ? -ENOMEM : 0;
+    sodium_memzero(s, cap); /* the base64 of a value: a Secret's plaintext under identity */
 out:
     free(s);
     return rc;
@@ -46,6 +47,7 @@ int ar_etcd_b64_decode(const char *s, size_t slen, uint8_t **out, size_t *outlen
         return -ENOMEM;
     if (slen &&
         sodium_base642bin(p, cap, s, slen, NULL, &n, NULL, sodium_base64_VARIANT_ORIGINAL) != 0) {
+        sodium_memzero(p, cap); /* what was decoded before the bad byte */
         free(p);
         return -EPROTO;
     }
