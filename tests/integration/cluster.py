@@ -33,12 +33,15 @@ identity). No key material and no Secret plaintext ever goes into a message.
 import base64
 import collections
 import hashlib
+import http.client
+import json
 import os
 import pathlib
 import random
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 
 from conftest import ATREST, ROOT, Agent, Etcd, KapiSim, enc_config, wait_for
@@ -111,6 +114,59 @@ def _describe(data):
         return repr(v) if " seq " in v else "(other content)"
     except (ValueError, UnicodeDecodeError, AttributeError):
         return "(undecodable)"
+
+
+class Session:
+    """A keep-alive HTTPS connection to one simulator (bearer token), with KapiSim's request
+    shape: request(method, path, body) -> (status, parsed JSON or text). Reconnects once when
+    the kept connection was closed. Not thread-safe: one per thread."""
+
+    def __init__(self, sim):
+        self.sim = sim
+        self.conn = None
+
+    def request(self, method, path, body=None):
+        headers = {"Authorization": "Bearer " + self.sim.token}
+        data = None
+        if body is not None:
+            data = json.dumps(body)
+            headers["Content-Type"] = "application/json"
+        for attempt in (0, 1):
+            fresh = self.conn is None
+            if fresh:
+                self.conn = self.sim._conn()
+            try:
+                self.conn.request(method, path, data, headers)
+                r = self.conn.getresponse()
+                raw = r.read()
+                break
+            except (OSError, http.client.HTTPException):
+                self.close()
+                if fresh or attempt:
+                    raise
+        if r.getheader("Content-Type", "").startswith("application/json"):
+            return r.status, json.loads(raw)
+        return r.status, raw.decode()
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def get(self, ns, name, res="secrets"):
+        return self.request("GET", KapiSim.path(res, ns, name))
+
+    def create(self, ns, obj, res="secrets"):
+        return self.request("POST", KapiSim.path(res, ns), obj)
+
+    def update(self, ns, name, obj, res="secrets"):
+        return self.request("PUT", KapiSim.path(res, ns, name), obj)
+
+    def list(self, ns=None, res="secrets", limit=0, cont=""):
+        q = ["limit=%d" % limit] if limit else []
+        if cont:
+            q.append("continue=" + urllib.parse.quote(cont))
+        return self.request("GET", KapiSim.path(res, ns) + ("?" + "&".join(q) if q else ""))
 
 
 # ---- the cluster -------------------------------------------------------------------------------
@@ -356,12 +412,19 @@ class Cluster:
         through one simulator and PUT it back unchanged with its resourceVersion (a no-op
         update rewrites a stale object with the current write key; a 409 means someone else
         wrote it since). Returns (rewritten or unchanged, conflicts)."""
-        sim = self._select([node])[0].sim
+        sim = Session(self._select([node])[0].sim)
+        try:
+            return self._rewrite_all(sim, resource, page)
+        finally:
+            sim.close()
+
+    @staticmethod
+    def _rewrite_all(sim, resource, page):
         done = conflicts = 0
         cont = ""
         for _ in range(100000):
             st, doc = sim.list(None, resource, limit=page, cont=cont)
-            assert st == 200, ("list through %s" % sim.url, st, doc)
+            assert st == 200, ("list through %s" % sim.sim.url, st, doc)
             for item in doc["items"]:
                 md = item["metadata"]
                 body = dict(item, apiVersion="v1",
@@ -461,7 +524,13 @@ class Traffic:
         return doc.get("message", str(doc)) if isinstance(doc, dict) else str(doc)[:300]
 
     def _write_loop(self):
-        sim = self.writer.sim
+        sim = Session(self.writer.sim)
+        try:
+            self._write_ops(sim)
+        finally:
+            sim.close()
+
+    def _write_ops(self, sim):
         for seq in range(self.max_ops):
             if self._over():
                 return
@@ -493,6 +562,13 @@ class Traffic:
             self.halt.wait(self.interval_s)
 
     def _read_loop(self, node):
+        sim = Session(node.sim)
+        try:
+            self._read_ops(node, sim)
+        finally:
+            sim.close()
+
+    def _read_ops(self, node, sim):
         for _ in range(self.max_ops):
             if self._over():
                 return
@@ -502,7 +578,7 @@ class Traffic:
                 self.halt.wait(self.interval_s)
                 continue
             try:
-                st, doc = node.sim.get(self.ns, name)
+                st, doc = sim.get(self.ns, name)
             except (OSError, ValueError) as e:
                 st, doc = None, repr(e)
             with self.lock:
@@ -717,12 +793,13 @@ class Checker:
             self.samples += 1
 
     # -- the end of a run --
-    def _list_all(self, node, resource):
-        """{(ns, name): data} through node's REST API (paged), or the error of the first
-        failing page."""
+    @staticmethod
+    def _list_all(sim, resource):
+        """{(ns, name): data} through a simulator's REST API (paged), or the error of the
+        first failing page."""
         out, cont = {}, ""
         for _ in range(100000):
-            st, doc = node.sim.list(None, resource, limit=500, cont=cont)
+            st, doc = sim.list(None, resource, limit=500, cont=cont)
             if st != 200:
                 return None, "%s %s" % (st, Traffic._err_text(doc))
             for it in doc["items"]:
@@ -768,12 +845,19 @@ class Checker:
                                self.samples, list(self.sampler_errors), notes)
 
     def _final_node(self, node, r, stored, traffic):
-        listed, err = self._list_all(node, r)
+        sim = Session(node.sim)
+        try:
+            self._final_reads(node, sim, r, stored, traffic)
+        finally:
+            sim.close()
+
+    def _final_reads(self, node, sim, r, stored, traffic):
+        listed, err = self._list_all(sim, r)
         if err is not None:
             listed = {}
             for key in stored:
                 _r, ns, name = split_key(key)
-                st, doc = node.sim.get(ns, name, r)
+                st, doc = sim.get(ns, name, r)
                 if st == 200:
                     listed[(ns, name)] = doc.get("data")
                 elif st != 404:

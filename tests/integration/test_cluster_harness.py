@@ -105,7 +105,7 @@ def test_manual_four_step_rotation_passes(make_cluster, keys):
     promote it everywhere, rewrite every object through the API, then drop key1."""
     k1, k2 = ("key1", keys.new()), ("key2", keys.new())
     c = make_cluster(n=3, agents=False, config=aescbc(k1), reload_s=0.2)
-    c.seed(100, aescbc(k1))
+    c.seed(200, aescbc(k1))
     c.seed(20, aescbc(k1), resource="configmaps")
     chk = c.checker(resources=("secrets", "configmaps")).start()
     tr = c.traffic(max_s=60).start()
@@ -116,7 +116,7 @@ def test_manual_four_step_rotation_passes(make_cluster, keys):
     for r in BOTH:
         done, _conflicts = c.rewrite_all(node=1, resource=r)
         assert done > 0
-    assert c.census() == {"aescbc/key2": 116}, c.census()
+    assert c.census() == {"aescbc/key2": 216}, c.census()
     assert c.census("configmaps") == {"aescbc/key2": 20}
     prune = aescbc(k2)
     c.push_effective(prune, gap_s=0.5)
@@ -125,7 +125,7 @@ def test_manual_four_step_rotation_passes(make_cluster, keys):
     res = chk.final_check(tr)
     res.assert_ok(min_samples=10)
     assert tr.writes > 50 and tr.reads > 50
-    assert c.census() == {"aescbc/key2": 116}
+    assert c.census() == {"aescbc/key2": 216}
 
 
 def test_agents_read_key_push_passes(make_cluster, keys, agent_bin):

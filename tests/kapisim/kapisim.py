@@ -454,6 +454,7 @@ def build_object(res, ns, body, orig):
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "kapisim"
+    disable_nagle_algorithm = True   # headers and body are two writes: no 40 ms delayed-ACK stall
 
     def setup(self):
         self.request.settimeout(30)
