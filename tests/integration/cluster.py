@@ -10,14 +10,18 @@ of it and checks that no process group is left, no sanitizer report and no key i
 
 How a protocol test uses it:
 
+    from cluster import keyed_config
+
     def test_rotate(make_cluster, keys, agent_bin):
-        k1, k2 = keys.new(), keys.new()
-        c = make_cluster(n=3, config=aescbc(k1), binary=agent_bin)  # started
-        c.seed(500, aescbc(k1))                   # 500 Secrets straight into etcd, under k1
+        k1, k2 = ("key1", keys.new()), ("key2", keys.new())
+        old, new = keyed_config("aescbc", k1), keyed_config("aescbc", k2)
+        c = make_cluster(n=3, config=old, binary=agent_bin)  # started (reload_s=60: real poll)
+        c.seed(500, old)                          # 500 Secrets straight into etcd, under key1
         chk = c.checker().start()                 # S1 sampler, every ~200 ms
         tr = c.traffic(max_s=60).start()          # writer via cp-1, readers via cp-2..cp-n
-        c.push(aescbc(k2, k1), gap_s=2)           # config management, node by node
+        c.push(new, gap_s=2)                      # config management, node by node
         c.wait(lambda: c.census()["aescbc/key1"] == 0, 60, "re-encrypt")
+        c.wait_loaded(new)                        # every server loaded exactly `new` (prune)
         tr.stop()
         res = chk.final_check(tr)                 # every object through every server
         res.assert_ok()                           # readable pytest failure otherwise
@@ -57,8 +61,15 @@ TOKEN = "cluster-test-token"
 MAX_TXN_OPS = 128             # etcd's default --max-txn-ops
 
 
-def identity_config():
-    return enc_config([(list(RESOURCES), [("identity",)])])
+def identity_config(resources=RESOURCES):
+    return enc_config([(list(resources), [("identity",)])])
+
+
+def keyed_config(provider, *named, resources=RESOURCES, identity=True):
+    """provider{named keys in order}[, identity] for resources, e.g.
+    keyed_config("aescbc", ("key2", k2), ("key1", k1)): write key2, read key1 too."""
+    providers = [(provider, list(named))] + ([("identity",)] if identity else [])
+    return enc_config([(list(resources), providers)])
 
 
 def atomic_write(path, text):
@@ -281,7 +292,10 @@ class Cluster:
         every teardown finding (leftover processes, sanitizer reports, key leaks)."""
         errors = []
         for t in self.threads:
-            t.stop()
+            try:
+                t.stop()
+            except AssertionError as e:
+                errors.append(str(e))
         for node in self.nodes:
             if node.agent is not None:
                 try:
@@ -671,12 +685,16 @@ class CheckResult:
     def __str__(self):
         return self.report()
 
-    def assert_ok(self, min_samples=1):
-        """Fail the pytest test with a readable report unless there is no violation and the
-        sampler really sampled (a checker that never looked cannot pass)."""
-        if self.violations or self.samples < min_samples:
-            raise AssertionError("S1/S2 check failed (%d samples, at least %d needed)\n%s"
-                                 % (self.samples, min_samples, self.report()))
+    def assert_ok(self, min_samples=1, max_sampler_errors=0):
+        """Fail the pytest test with a readable report unless there is no violation, the
+        sampler really sampled (a checker that never looked cannot pass; min_samples=0 for a
+        final_check without start()) and it did not fail more than max_sampler_errors times."""
+        if self.violations or self.samples < min_samples or \
+                len(self.sampler_errors) > max_sampler_errors:
+            raise AssertionError("S1/S2 check failed (%d samples, at least %d needed; %d "
+                                 "sampler errors, at most %d allowed)\n%s"
+                                 % (self.samples, min_samples, len(self.sampler_errors),
+                                    max_sampler_errors, self.report()))
 
 
 class Checker:
@@ -745,6 +763,20 @@ class Checker:
                     self.sampler_errors.append("+%.2fs %r" % (time.monotonic() - self.t0, e))
             self.halt.wait(max(0.0, self.interval_s - (time.monotonic() - t)))
 
+    @staticmethod
+    def _ask(node, path, body):
+        """POST to a simulator's /sim endpoint: (200, doc), or (None, None) when the
+        simulator died (crashed or stopped by the test); anything else raises."""
+        try:
+            st, doc = node.sim.request("POST", path, body)
+        except (OSError, http.client.HTTPException):
+            if not node.sim.alive():
+                return None, None
+            raise
+        if st != 200:
+            raise RuntimeError("%s %s: %s %s" % (node.name, path, st, doc))
+        return st, doc
+
     def _window(self, resource):
         prefix = (REGISTRY + resource + "/").encode()
         kvs, more, _c, _r = self.cluster.kv.range_prefix(prefix, self.cursor[resource],
@@ -757,11 +789,12 @@ class Checker:
         if not live:
             return
         items, what = [], []
-        for node in live:
+        for node in list(live):
             for r in self.resources:
-                st, doc = node.sim.sim("probe", {"resource": r})
-                if st != 200:
-                    raise RuntimeError("%s /sim/probe: %s %s" % (node.name, st, doc))
+                st, doc = self._ask(node, "/sim/probe", {"resource": r})
+                if st is None:                 # it died meanwhile: not live
+                    live.remove(node)
+                    break
                 items.append({"key": doc["key"], "value": doc["value"]})
                 what.append(("probe", node, r, doc["writeKey"]))
         for r in self.resources:
@@ -770,11 +803,9 @@ class Checker:
                 what.append(("stored", None, kv.key.decode("utf-8", "replace"),
                              provider_key(kv.value)))
         for node in live:
-            if not node.sim.alive():
+            st, doc = self._ask(node, "/sim/readable", {"items": items})
+            if st is None:
                 continue
-            st, doc = node.sim.request("POST", "/sim/readable", {"items": items})
-            if st != 200:
-                raise RuntimeError("%s /sim/readable: %s %s" % (node.name, st, doc))
             for (kind, src, key, pk), res in zip(what, doc["results"]):
                 if res["ok"]:
                     continue

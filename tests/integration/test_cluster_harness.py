@@ -7,15 +7,15 @@ import time
 
 import pytest
 
-from cluster import Traffic, provider_key
-from conftest import enc_config, wait_for
+from cluster import Traffic, keyed_config, provider_key
+from conftest import wait_for
 
 BOTH = ["secrets", "configmaps"]
 
 
 def aescbc(*named):
     """aescbc{named keys, in order}, identity: for secrets and configmaps."""
-    return enc_config([(BOTH, [("aescbc", list(named)), ("identity",)])])
+    return keyed_config("aescbc", *named)
 
 
 def test_identity_cluster_passes(make_cluster):
