@@ -192,3 +192,37 @@ def test_provider_key_and_probe_endpoints(make_cluster, keys):
     st, r = sim.sim("probe", {"resource": "pods"})
     assert st == 400
     assert Traffic.is_decrypt_error({"status": 500, "error": "Internal error occurred: x"})
+
+
+def test_checker_catches_lost_update_changed_content_and_a_dead_server(make_cluster):
+    """The final check's other rules fail too: a write reverted behind the API's back (what a
+    re-encrypt without compare-and-swap does, S6), a seeded object whose data changed, and a
+    server that is not running at the end."""
+    import objects
+    from cluster import _content
+    c = make_cluster(n=3, agents=False)
+    c.seed(5)
+    chk = c.checker().start()
+    tr = c.traffic(max_s=30).start()
+    wait_for(lambda: tr.writes >= 40 and chk.samples >= 2, 20, "two rounds of writes")
+    tr.stop()
+    assert tr.last["w-000"] != _content("w-000", 0)
+
+    def put(ns, name, data):
+        obj = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": data,
+               "metadata": {"name": name, "namespace": ns, "uid": "u",
+                            "creationTimestamp": objects.now_rfc3339()}}
+        c.kv.put(("/registry/secrets/%s/%s" % (ns, name)).encode(), objects.encode(obj))
+    put("traffic", "w-000", _content("w-000", 0))      # an older write comes back
+    put("seed", "s-000002", {"v": "AAAA"})              # seeded data changed
+    c.nodes[2].sim.crash()
+    res = chk.final_check(tr)
+    assert res.counts == {"lost-update": 2, "content": 2, "down": 1}, res.report()
+    lost = res.of("lost-update")
+    assert {v.node for v in lost} == {"cp-1", "cp-2"}
+    assert all(v.key == "/registry/secrets/traffic/w-000" and "'w-000 seq 0'" in v.detail
+               for v in lost), res.report()
+    assert {v.key for v in res.of("content")} == {"/registry/secrets/seed/s-000002"}
+    assert res.of("down", node="cp-3")
+    with pytest.raises(AssertionError, match="lost-update"):
+        res.assert_ok()
