@@ -263,10 +263,20 @@ class Cluster:
         return a + [str(x) for x in extra]
 
     def _agent_args(self, node):
-        a = ["--etcd-servers", self.etcd.endpoint, "--coord-prefix", self.coord_prefix,
-             "--lease-ttl", str(self.lease_ttl), "--apiserver-url", node.sim.url,
-             "--apiserver-cafile", str(node.sim.cert_dir / "ca.crt"),
-             "--apiserver-token-file", str(node.token_file)]
+        """The node's agent.yaml (etcd and apiserver sections, as systemd/agent.yaml.example
+        names them) plus the flags of the Agent class (files, status port, node name)."""
+        settings = node.dir / "agent.yaml"
+        settings.write_text("\n".join([
+            "# written by tests/integration/cluster.py for " + node.name,
+            "etcd:",
+            "  endpoints: [%s]" % self.etcd.endpoint,
+            "  prefix: %s" % self.coord_prefix,
+            "  leaseTTLSeconds: %d" % self.lease_ttl,
+            "apiserver:",
+            "  url: %s" % node.sim.url,
+            "  cafile: %s" % (node.sim.cert_dir / "ca.crt"),
+            "  tokenFile: %s" % node.token_file, ""]))
+        a = ["--config", str(settings)]
         extra = self.agent_extra(node) if callable(self.agent_extra) else self.agent_extra
         return a + [str(x) for x in extra]
 

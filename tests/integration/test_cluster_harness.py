@@ -140,6 +140,10 @@ def test_agents_read_key_push_passes(make_cluster, keys, agent_bin):
         assert s["desired"]["fingerprint"] == s["effective"]["fingerprint"]
         first[n.name] = s["effective"]["fingerprint"]
     c.wait_loaded()            # the agents rewrote the effective files (canonical form)
+    for n in c.nodes:          # the etcd settings of each node's agent.yaml took effect
+        wait_for(lambda n=n: sorted(m["node"] for m in n.agent.status()["members"]
+                                    if m["alive"]) == ["cp-1", "cp-2", "cp-3"], 15,
+                 "%s to see the three members" % n.name)
     c.seed(50, start)
     chk = c.checker().start()
     tr = c.traffic(max_s=60).start()
