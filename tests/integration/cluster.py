@@ -109,6 +109,20 @@ def split_key(key):
     return r, ns, name
 
 
+def config_doc(text):
+    """The document of an EncryptionConfiguration (YAML subset or JSON) as plain data, so
+    that an agent's canonical rewrite and the pushed text compare equal."""
+    t = text.decode() if isinstance(text, bytes) else text
+    return json.loads(t) if t.lstrip().startswith("{") else transformers.parse_yaml(t)
+
+
+def same_config(a, b):
+    """a and b (text or bytes) are the same EncryptionConfiguration document."""
+    a = a.encode() if isinstance(a, str) else a
+    b = b.encode() if isinstance(b, str) else b
+    return a == b or config_doc(a) == config_doc(b)
+
+
 def _b64(b):
     return base64.b64encode(b).decode()
 
@@ -366,17 +380,20 @@ class Cluster:
         return doc
 
     def wait_loaded(self, config=None, nodes=None, timeout=30):
-        """Wait until each simulator has LOADED config (default: whatever its effective file
-        holds now); a reload failure is an AssertionError."""
+        """Wait until each simulator has LOADED its effective file as it is on disk and (when
+        config is given) that file is config: the same bytes or, as an agent rewrites it in
+        canonical form, the same document (same_config)."""
         for node in self._select(nodes):
-            want = sha256(config) if config is not None else None
-
-            def loaded(node=node, want=want):
-                w = want or sha256(node.effective.read_bytes())
-                doc = self.status(node)
-                return doc["configSha256"] == w
-            wait_for(loaded, timeout, "%s to load its config (log:\n%s)"
-                     % (node.name, node.sim.log()[-2000:]), interval=0.05)
+            def loaded(node=node):
+                data = node.effective.read_bytes()
+                if config is not None and not same_config(data, config):
+                    return False
+                return self.status(node)["configSha256"] == sha256(data)
+            try:
+                wait_for(loaded, timeout, "%s to load its config" % node.name, interval=0.05)
+            except AssertionError as e:
+                raise AssertionError("%s\nsimulator status: %s\nsimulator log:\n%s" % (
+                    e, self.status(node), node.sim.log()[-2000:])) from None
 
     def wait(self, pred, timeout, what):
         return wait_for(pred, timeout, what, interval=0.1)

@@ -157,7 +157,7 @@ def test_agents_read_key_push_passes(make_cluster, keys, agent_bin):
             s["desired"]["fingerprint"] == s["effective"]["fingerprint"]
     for n in c.nodes:
         wait_for(lambda n=n: applied(n), 15, "%s's agent to write its effective file" % n.name)
-    c.wait_loaded()
+    c.wait_loaded(target)      # the same document as pushed, loaded by every server
     for n in c.nodes:
         assert c.status(n)["readKeys"]["secrets"] == ["aescbc/key1", "aescbc/key2", "identity"]
     time.sleep(0.5)
