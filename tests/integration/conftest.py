@@ -645,3 +645,27 @@ def make_kapisim(tmp_path):
     yield make
     for s in sims:
         s.finish()
+
+
+# ---- a whole control plane: etcd, n simulators, n agents (tests/integration/cluster.py) ------
+
+@pytest.fixture
+def make_cluster(tmp_path, keys):
+    """make_cluster(n=3, **kw) -> a started cluster.Cluster (see cluster.py: config, agents,
+    binary, reload_s, sim_extra, agent_extra, ...). Always torn down: traffic and checker
+    threads, agents (leak and sanitizer checks), simulators and etcd, process groups gone."""
+    from cluster import Cluster
+    made = []
+
+    def make(n=3, **kw):
+        c = Cluster(tmp_path / ("cluster%d" % len(made)), keys, n=n, **kw)
+        made.append(c)
+        return c.start()
+    yield make
+    errors = []
+    for c in made:
+        try:
+            c.close()
+        except AssertionError as e:
+            errors.append(str(e))
+    assert not errors, "\n".join(errors)

@@ -36,6 +36,8 @@ PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")
 MAX_BODY = 3 << 20
 MAX_RETRIES = 32
 METRICS_CTYPE = "text/plain; version=0.0.4; charset=utf-8"
+PROBE_PLAINTEXT = b"kapisim write probe: public, not a secret"
+READABLE_MAX = 10000
 
 
 def log(msg):
@@ -452,6 +454,7 @@ def build_object(res, ns, body, orig):
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "kapisim"
+    disable_nagle_algorithm = True   # headers and body are two writes: no 40 ms delayed-ACK stall
 
     def setup(self):
         self.request.settimeout(30)
@@ -580,6 +583,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
                        "lastError": enc.last_error, "knobs": dict(enc.knobs),
                        "writes": sim.store.writes}
             doc["writeKey"] = {r: enc.write_key(r) for r in RESOURCES}
+            with enc.lock:
+                cfg = enc.cfg
+            doc["readKeys"] = {r: cfg.read_keys("", r) if cfg else ["identity"]
+                               for r in RESOURCES}
             return self.send(200, doc)
         if path == "/sim/knobs" and self.command in ("GET", "POST"):
             if self.command == "POST":
@@ -595,10 +602,77 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if not enc.reload_enabled():
                 raise StatusError(409, "Conflict", "automatic reload is off (restart-only)")
             return self.send(200, {"result": enc.reload_once()})
+        if path == "/sim/probe" and self.command == "POST":
+            return self.send(200, self.probe(self.body()))
+        if path == "/sim/readable" and self.command == "POST":
+            return self.send(200, self.readable(self.body()))
         if path == "/sim/crash" and self.command == "POST":
             log("crashing (POST /sim/crash)")
             os.kill(os.getpid(), signal.SIGKILL)
         raise StatusError(404, "NotFound", "no such sim endpoint")
+
+    def probe(self, body):
+        """POST /sim/probe {"resource": R}: the fixed public plaintext PROBE_PLAINTEXT
+        encrypted by the current WRITE transformer of R for the etcd key
+        <prefix>/R/kapisim-probe/probe, as a write of R would store it now. Nothing is stored.
+        A test sends it to the other simulators' /sim/readable (the forward-looking S1 check:
+        could the peers read what this server would write?)."""
+        enc, store = self.server.sim.enc, self.server.sim.store
+        res = body.get("resource", "secrets") if isinstance(body, dict) else None
+        if res not in RESOURCES:
+            raise StatusError(400, "BadRequest", "probe: resource must be one of %s"
+                              % sorted(RESOURCES))
+        key = store.key(res, "kapisim-probe", "probe")
+        with enc.lock:
+            cfg = enc.write_cfg
+            sha = enc.cfg.sha256 if enc.cfg else None
+        t = cfg.transformer("", res) if cfg else transformers.Identity()
+        try:
+            value = t.write(PROBE_PLAINTEXT, key)
+        except transformers.TransformError as e:
+            raise StatusError(500, "InternalError", "Internal error occurred: %s" % e) from None
+        return {"resource": res, "key": base64.b64encode(key).decode(),
+                "value": base64.b64encode(value).decode(),
+                "writeKey": cfg.write_key("", res) if cfg else "identity",
+                "configSha256": sha}
+
+    def readable(self, body):
+        """POST /sim/readable {"items": [{"key": b64, "value": b64}, ...]} (at most
+        READABLE_MAX): whether the currently LOADED read config decrypts each stored value
+        (the transformer of the resource named by the key). Answers {"configSha256": ...,
+        "readKeys": {resource: [names]}, "results": [{"ok": true, "stale": bool} | {"ok": false, "error": text}]} in order.
+        No plaintext is returned."""
+        enc, store = self.server.sim.enc, self.server.sim.store
+        items = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(items, list) or len(items) > READABLE_MAX:
+            raise StatusError(400, "BadRequest", "readable: items must be a list of at most %d"
+                              % READABLE_MAX)
+        with enc.lock:
+            cfg = enc.cfg
+        root = store.root.encode()
+        out = []
+        for it in items:
+            try:
+                key = base64.b64decode(it["key"], validate=True)
+                value = base64.b64decode(it["value"], validate=True)
+            except (KeyError, TypeError, ValueError):
+                raise StatusError(400, "BadRequest", "readable: each item needs base64 key "
+                                  "and value") from None
+            res = key[len(root):].split(b"/")[0].decode("utf-8", "replace") \
+                if key.startswith(root) else ""
+            if res not in RESOURCES:
+                out.append({"ok": False, "error": "kapisim: key outside %s{%s}/"
+                            % (store.root, ",".join(sorted(RESOURCES)))})
+                continue
+            t = cfg.transformer("", res) if cfg else transformers.Identity()
+            try:
+                _pt, stale = t.read(value, key)
+                out.append({"ok": True, "stale": bool(stale)})
+            except transformers.TransformError as e:
+                out.append({"ok": False, "error": str(e)})
+        return {"configSha256": cfg.sha256 if cfg else None, "results": out,
+                "readKeys": {r: cfg.read_keys("", r) if cfg else ["identity"]
+                             for r in RESOURCES}}
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = handle_any
 

@@ -591,6 +591,23 @@ class Config:
         t = self.transformer(group, resource)
         return t.describe() if isinstance(t, PrefixList) else "identity"
 
+    def read_keys(self, group, resource):
+        """Every provider/key that reads this resource, in order, e.g. ['aescbc/key2',
+        'aescbc/key1', 'identity'] (names only, no key material)."""
+        t = self.transformer(group, resource)
+        if not isinstance(t, PrefixList):
+            return ["identity"]
+        out = []
+        for prefix, inner in t.entries:
+            if isinstance(inner, Identity):
+                out.append("identity")
+            elif isinstance(inner, PrefixList):
+                kind = prefix.decode().split(":")[2]
+                out += [kind + "/" + n.decode()[:-1] for n, _ in inner.entries]
+            else:
+                out.append(prefix.decode()[:-1])
+        return out
+
 
 def parse_config(data, path="<bytes>", kms_plugins=None):
     """Load as kube-apiserver's LoadEncryptionConfig does; raises ConfigError."""
