@@ -20,7 +20,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <jansson.h>
 #include <sodium.h>
 #include <uv.h>
 

@@ -3,9 +3,11 @@
  *
  * One libuv loop, one thread: the desired-file watch, the status server, signals, timers and
  * (when configured) etcd. The settings and the desired file are read at start and on SIGHUP;
- * the desired file also whenever it changes. A valid desired config reaches the effective file
- * through apply_desired() (the one place the rotation protocol will replace); the in-process
- * provider chain is rebuilt beside the old one and swapped in (struct ar_chain_slot).
+ * the desired file also whenever it changes. A valid desired config goes to coord's node driver
+ * (coord/node.h), which reaches the effective file through the node operations implemented
+ * here (node_apply, node_prove, node_report); the rotation protocol replaces the driver, not
+ * these. The in-process provider chain is rebuilt beside the old one and swapped in (struct
+ * ar_chain_slot).
  */
 #include <errno.h>
 #include <signal.h>
@@ -187,6 +189,10 @@ static void node_report(void *arg, const struct ar_node_report *r)
     res = r->result == AR_NODE_APPLIED     ? AR_RELOAD_APPLIED
           : r->result == AR_NODE_UNCHANGED ? AR_RELOAD_UNCHANGED
                                            : AR_RELOAD_FAILED;
+    if (res != AR_RELOAD_FAILED)
+        log_info("apply: %s %s (%s; proof of load: %s)", r->fingerprint ? r->fingerprint : "?",
+                 res == AR_RELOAD_APPLIED ? "in force" : "already in force", r->mode,
+                 ar_node_proof_name(r->proof));
     set_reload(a, res, res == AR_RELOAD_FAILED ? ar_err_line(r->err, line, sizeof(line)) : NULL);
     retry_after(a, res);
     publish_status(a);

@@ -23,6 +23,7 @@ struct ar_election {
     struct ar_etcd_watch *watch;
     uv_timer_t *retry_timer;
     bool campaigning;
+    int64_t campaign_lease; /* the lease the campaign in flight put the key on */
 
     bool leader;
     int64_t my_rev; /* create_revision of our key while leading */
@@ -248,8 +249,9 @@ static void on_campaign(void *arg, int status, const struct ar_etcd_result *res,
     if (res->succeeded) {
         e->my_rev = res->revision;
         set_leader_value(e, (const uint8_t *)e->value, strlen(e->value), res->revision);
-        /* only lead while the lease is surely alive */
-        e->leader = ar_session_alive(e->session, now);
+        /* only lead while the lease is surely alive, and still the one the key went on (a
+         * lease dropped meanwhile takes the key with it: the watch then sees it go) */
+        e->leader = lease == e->campaign_lease && ar_session_alive(e->session, now);
         notify(e);
     } else if (res->n_ops == 1 && res->ops[0].n_kvs == 1) {
         const struct ar_etcd_kv *kv = &res->ops[0].kvs[0];
@@ -292,6 +294,7 @@ static void campaign(struct ar_election *e)
     if (e->campaigning || !put.lease || e->dead || e->resigning)
         return;
     e->campaigning = true;
+    e->campaign_lease = put.lease;
     e->refs++;
     if (ar_etcd_txn(e->c, &t, on_campaign, e) < 0) {
         e->campaigning = false;

@@ -98,7 +98,10 @@ static void on_put(void *arg, int status, const struct ar_etcd_result *res,
             a->cb(a->arg, status, res, err);
         if (status == -ENOENT) { /* "requested lease not found": re-putting on it never works */
             a->lost_lease = a->put_lease;
-            ar_session_lost(a->session, a->put_lease, status, err);
+            if (a->put_lease == ar_session_lease(a->session))
+                ar_session_lost(a->session, a->put_lease, status, err); /* GRANTED re-puts */
+            else
+                alive_put(a); /* the session has a new lease already */
         } else if (status < 0) {
             retry_later(a);
         } else if (a->dirty) {

@@ -108,3 +108,43 @@ def test_sighup_keeps_etcd_settings(make_agent, make_etcd, keys):
              3 * TICK + 5, "two more member lists")
     assert nodes() == ["node-a"]
     assert a.stop() == 0
+
+
+def gw(e, path, body):
+    """POST to etcd's JSON gateway; the decoded answer."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", e.client_port, timeout=5)
+    try:
+        c.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        return json.loads(c.getresponse().read())
+    finally:
+        c.close()
+
+
+def key_leases(e, prefix=b"/atrest/"):
+    import base64
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    doc = gw(e, "/v3/kv/range", {"key": base64.b64encode(prefix).decode(),
+                                 "range_end": base64.b64encode(end).decode()})
+    return {base64.b64decode(kv["key"]).decode(): int(kv.get("lease", "0"))
+            for kv in doc.get("kvs", [])}
+
+
+def test_one_lease_per_agent(make_agent, make_etcd, keys):
+    """The liveness key and the leader key ride on ONE lease (coord/session.c); a clean stop
+    revokes it, so both keys go at once."""
+    e = make_etcd().start()
+    a = make_agent(node="solo", extra=["--etcd-servers", e.endpoint])
+    a.desired.write_text(cfg(keys))
+    a.start()
+    wait_for(lambda: a.status().get("leader") == "solo", 15, "solo leads")
+    wait_for(lambda: "/atrest/alive/solo" in key_leases(e), 10, "alive/solo written")
+    leases = gw(e, "/v3/lease/leases", {}).get("leases", [])
+    assert len(leases) == 1, leases
+    kl = key_leases(e)
+    lease = int(leases[0]["ID"])
+    assert kl["/atrest/leader"] == lease and kl["/atrest/alive/solo"] == lease, kl
+    assert kl["/atrest/members/solo"] == 0, kl  # the registration is persistent
+    assert a.stop() == 0
+    assert gw(e, "/v3/lease/leases", {}).get("leases", []) == []
+    assert sorted(key_leases(e)) == ["/atrest/members/solo"]
