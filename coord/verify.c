@@ -145,7 +145,7 @@ static struct ar_verify_row *row_add(struct ar_verify_report *r, bool known, con
     return row;
 }
 
-static int entry_add(struct ar_verify_row *row, const char *name)
+static int entry_add(struct ar_verify_report *rep, struct ar_verify_row *row, const char *name)
 {
     for (size_t i = 0; i < row->n; i++) {
         if (!strcmp(row->v[i].name, name)) {
@@ -153,8 +153,10 @@ static int entry_add(struct ar_verify_row *row, const char *name)
             return 0;
         }
     }
-    if (row->n >= AR_VERIFY_MAX_ENTRIES - 1 && strcmp(name, OTHER))
-        return entry_add(row, OTHER); /* the last slot is "(other)" */
+    /* the last slot of a row is "(other)"; so is any new name once the report is full */
+    if ((row->n >= AR_VERIFY_MAX_ENTRIES - 1 || rep->n_entries >= AR_VERIFY_MAX_ALL_ENTRIES) &&
+        strcmp(name, OTHER))
+        return entry_add(rep, row, OTHER);
     if (row->n == row->cap) {
         size_t cap = row->cap ? row->cap * 2 : 4;
         struct ar_verify_entry *nv = realloc(row->v, cap * sizeof(*nv));
@@ -166,6 +168,7 @@ static int entry_add(struct ar_verify_row *row, const char *name)
     }
     fmt(row->v[row->n].name, sizeof(row->v[0].name), "%s", name);
     row->v[row->n++].n = 1;
+    rep->n_entries++;
     return 0;
 }
 
@@ -335,6 +338,9 @@ static void keep_bad(struct ar_verify_report *r, const uint8_t *key, size_t key_
         fmt(b->resource, sizeof(b->resource), "%s%s%s", res, g[0] ? "." : "", g);
     }
     fmt(b->reason, sizeof(b->reason), "%s", reason);
+    for (char *c = b->reason; *c; c++) /* kube-apiserver's text; quoted bytes come escaped */
+        if (*c < 0x20 || *c > 0x7e)
+            *c = '?';
     r->n_bad++;
 }
 
@@ -374,7 +380,7 @@ int ar_verify_tally_add(struct ar_verify_tally *v, const uint8_t *key, size_t ke
         name_by_prefix(value, value_len, name, sizeof(name));
         row->total++;
         rep->objects++;
-        return entry_add(row, name);
+        return entry_add(rep, row, name);
     }
     row = row_for(v, true, rs.group, rs.resource);
     if (!row)
@@ -393,15 +399,15 @@ int ar_verify_tally_add(struct ar_verify_tally *v, const uint8_t *key, size_t ke
             row->stale++;
             rep->stale++;
         }
-        return entry_add(row, name);
+        return entry_add(rep, row, name);
     }
     if (r == -ENOPKG && res.kms_version == 2) {
         kmsv2_name(name, sizeof(name), res.key_name, &res.kms.key_id);
-        return entry_add(row, name);
+        return entry_add(rep, row, name);
     }
     if (r == -ENOPKG && res.kms_version == 1) {
         provider_name(name, sizeof(name), AR_P_KMS, res.key_name);
-        return entry_add(row, name);
+        return entry_add(rep, row, name);
     }
     if (r == -ENOMEM)
         return r;

@@ -30,10 +30,12 @@
  *   the rest are only counted.
  * - Memory is bounded whatever the number of objects: one page of the etcd client at a time
  *   (ar_etcd_kvs_peak <= page_size), one plaintext buffer reused and wiped after every value
- *   (peak_buf reports its largest capacity), at most AR_VERIFY_MAX_RESOURCES rows and
- *   AR_VERIFY_MAX_ENTRIES provider:key entries per row (more go to "(other)" of the row / to
- *   the row "(other)"). Values and plaintext never leave the page and the wiped buffer; the
- *   report holds names, counts and etcd keys only (no key material, no values).
+ *   (peak_buf reports its largest capacity), at most AR_VERIFY_MAX_RESOURCES rows,
+ *   AR_VERIFY_MAX_ENTRIES provider:key entries per row and AR_VERIFY_MAX_ALL_ENTRIES in all
+ *   (plus one "(other)" per row): more names go to "(other)" of the row, more resources to
+ *   the row "(other)". So a report stays under about 3.5 MiB whatever etcd holds. Values and
+ * plaintext never leave the page and the wiped buffer; the report holds names, counts and etcd keys
+ * only (no key material, no values).
  * - Asynchronous, on the etcd client's loop: progress_cb after every page, done_cb exactly
  *   once (unless stopped) with 0 and the report, or a negative errno from the etcd client (see
  *   coord/etcd/etcd.h) with its error and the partial report. Several scans over disjoint
@@ -51,10 +53,11 @@
 #include "coord/etcd/etcd_sync.h"
 #include "crypto/chain.h"
 
-#define AR_VERIFY_MAX_BAD       100
-#define AR_VERIFY_MAX_RESOURCES 1024
-#define AR_VERIFY_MAX_ENTRIES   256
-#define AR_VERIFY_NAME_MAX      600 /* an entry name: "kms:<name>:<keyID, escaped>", truncated */
+#define AR_VERIFY_MAX_BAD         100
+#define AR_VERIFY_MAX_RESOURCES   1024
+#define AR_VERIFY_MAX_ENTRIES     256
+#define AR_VERIFY_MAX_ALL_ENTRIES 4096 /* entries in all rows ("(other)" rows aside) */
+#define AR_VERIFY_NAME_MAX        600  /* an entry name: "kms:<name>:<keyID, escaped>", truncated */
 
 struct ar_verify_opts {
     const char *etcd_prefix; /* kube-apiserver's --etcd-prefix; NULL: "/registry" */
@@ -94,6 +97,7 @@ struct ar_verify_bad {
 struct ar_verify_report {
     struct ar_verify_row *rows; /* sorted by (known first, group, resource) when done */
     size_t n_rows, cap_rows;
+    size_t n_entries; /* in all rows */
     struct ar_verify_bad bad[AR_VERIFY_MAX_BAD];
     size_t n_bad;
     uint64_t objects, undecryptable, stale, pages;

@@ -700,6 +700,31 @@ static void test_tally_bounds(void **state)
     assert_string_equal(row->resource, "(other)");
     assert_int_equal(row->total, 1100 - 1021);
     ar_verify_report_free(rep);
+
+    /* 20 rows of 250 names each: 4096 entries in all, then "(other)" in each row */
+    assert_int_equal(ar_verify_tally_new(ch, NULL, &t), 0);
+    for (int r = 0; r < 20; r++) {
+        for (int i = 0; i < 250; i++) {
+            size_t n;
+            uint8_t *v;
+
+            snprintf(k, sizeof(k), "/registry/zz%02d/x%d", r, i);
+            snprintf(id, sizeof(id), "key-%03d", i);
+            v = kmsv2_value("kv2", id, &n);
+            assert_int_equal(ar_verify_tally_add(t, (const uint8_t *)k, strlen(k), v, n), 0);
+            free(v);
+        }
+    }
+    rep = ar_verify_tally_finish(t);
+    assert_int_equal(rep->n_rows, 20);
+    assert_int_equal(rep->n_entries, AR_VERIFY_MAX_ALL_ENTRIES + 4);
+    assert_string_equal(rep->rows[15].resource, "zz15");
+    assert_int_equal(rep->rows[15].n, 250);
+    assert_int_equal(ar_verify_count(&rep->rows[16], "(other)"), 250 - 96);
+    assert_int_equal(rep->rows[16].n, 97);
+    assert_int_equal(ar_verify_count(&rep->rows[19], "(other)"), 250);
+    assert_int_equal(rep->rows[19].n, 1);
+    ar_verify_report_free(rep);
     ar_chain_unref(ch);
 }
 
