@@ -39,7 +39,7 @@
  * - Asynchronous, on the etcd client's loop: progress_cb after every page, done_cb exactly
  *   once (unless stopped) with 0 and the report, or a negative errno from the etcd client (see
  *   coord/etcd/etcd.h) with its error and the partial report. Several scans over disjoint
- *   ranges may run at once on one client; their reports add up row by row.
+ *   ranges may run at once on one client; ar_verify_report_merge adds their reports up.
  * - The chain is referenced for the scan's life; the caller's options are copied.
  */
 #ifndef ATREST_COORD_VERIFY_H
@@ -153,6 +153,10 @@ int ar_verify_run(struct ar_etcd_sync *s, struct ar_chain *chain, const struct a
                   struct ar_etcd_error *err);
 
 void ar_verify_report_free(struct ar_verify_report *r);
+/* Add src's counts into dst (scans of disjoint ranges, run in parallel): rows by resource,
+ * entries by name, the caps as above; the first undecryptable keys up to 100 (dst's first);
+ * revision and peaks are the larger. dst is sorted again. 0 or -ENOMEM (dst counted in part). */
+int ar_verify_report_merge(struct ar_verify_report *dst, const struct ar_verify_report *src);
 /* The row of a resource or NULL; the count of entry name in a row (0 when absent). */
 const struct ar_verify_row *ar_verify_find_row(const struct ar_verify_report *r, const char *group,
                                                const char *resource);
