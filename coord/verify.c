@@ -145,16 +145,19 @@ static struct ar_verify_row *row_add(struct ar_verify_report *r, bool known, con
     return row;
 }
 
-static int entry_add(struct ar_verify_row *row, const char *name)
+static int entry_add_n(struct ar_verify_report *rep, struct ar_verify_row *row, const char *name,
+                       uint64_t n)
 {
     for (size_t i = 0; i < row->n; i++) {
         if (!strcmp(row->v[i].name, name)) {
-            row->v[i].n++;
+            row->v[i].n += n;
             return 0;
         }
     }
-    if (row->n >= AR_VERIFY_MAX_ENTRIES - 1 && strcmp(name, OTHER))
-        return entry_add(row, OTHER); /* the last slot is "(other)" */
+    /* the last slot of a row is "(other)"; so is any new name once the report is full */
+    if ((row->n >= AR_VERIFY_MAX_ENTRIES - 1 || rep->n_entries >= AR_VERIFY_MAX_ALL_ENTRIES) &&
+        strcmp(name, OTHER))
+        return entry_add_n(rep, row, OTHER, n);
     if (row->n == row->cap) {
         size_t cap = row->cap ? row->cap * 2 : 4;
         struct ar_verify_entry *nv = realloc(row->v, cap * sizeof(*nv));
@@ -165,8 +168,14 @@ static int entry_add(struct ar_verify_row *row, const char *name)
         row->cap = cap;
     }
     fmt(row->v[row->n].name, sizeof(row->v[0].name), "%s", name);
-    row->v[row->n++].n = 1;
+    row->v[row->n++].n = n;
+    rep->n_entries++;
     return 0;
+}
+
+static int entry_add(struct ar_verify_report *rep, struct ar_verify_row *row, const char *name)
+{
+    return entry_add_n(rep, row, name, 1);
 }
 
 static int cmp_entry(const void *a, const void *b)
@@ -194,6 +203,59 @@ static void report_sort(struct ar_verify_report *r)
             qsort(r->rows[i].v, r->rows[i].n, sizeof(r->rows[i].v[0]), cmp_entry);
     if (r->n_rows > 1)
         qsort(r->rows, r->n_rows, sizeof(r->rows[0]), cmp_row);
+}
+
+int ar_verify_report_merge(struct ar_verify_report *dst, const struct ar_verify_report *src)
+{
+    for (size_t i = 0; i < src->n_rows; i++) {
+        const struct ar_verify_row *sr = &src->rows[i];
+        struct ar_verify_row *dr = NULL;
+        int r;
+
+        for (size_t j = 0; j < dst->n_rows && !dr; j++)
+            if (dst->rows[j].known == sr->known && !strcmp(dst->rows[j].group, sr->group) &&
+                !strcmp(dst->rows[j].resource, sr->resource))
+                dr = &dst->rows[j];
+        if (!dr && dst->n_rows >= AR_VERIFY_MAX_RESOURCES - 1) {
+            for (size_t j = 0; j < dst->n_rows && !dr; j++)
+                if (!dst->rows[j].known && !strcmp(dst->rows[j].resource, OTHER))
+                    dr = &dst->rows[j];
+            if (!dr && !(dr = row_add(dst, false, "", OTHER)))
+                return -ENOMEM;
+        }
+        if (!dr) {
+            if (!(dr = row_add(dst, sr->known, sr->group, sr->resource)))
+                return -ENOMEM;
+            memcpy(dr->write, sr->write, sizeof(dr->write));
+        }
+        dr->total += sr->total;
+        dr->stale += sr->stale;
+        dr->undecryptable += sr->undecryptable;
+        for (size_t j = 0; j < sr->n; j++)
+            if ((r = entry_add_n(dst, dr, sr->v[j].name, sr->v[j].n)) < 0)
+                return r;
+    }
+    for (size_t i = 0; i < src->n_bad && dst->n_bad < AR_VERIFY_MAX_BAD; i++) {
+        struct ar_verify_bad *b = &dst->bad[dst->n_bad];
+
+        *b = src->bad[i];
+        if (!(b->key = strdup(src->bad[i].key)))
+            return -ENOMEM;
+        dst->n_bad++;
+    }
+    dst->objects += src->objects;
+    dst->undecryptable += src->undecryptable;
+    dst->stale += src->stale;
+    dst->pages += src->pages;
+    dst->revision_restarts += src->revision_restarts;
+    if (src->revision > dst->revision)
+        dst->revision = src->revision;
+    if (src->peak_buf > dst->peak_buf)
+        dst->peak_buf = src->peak_buf;
+    if (src->peak_page_kvs > dst->peak_page_kvs)
+        dst->peak_page_kvs = src->peak_page_kvs;
+    report_sort(dst);
+    return 0;
 }
 
 /* ---- one value --------------------------------------------------------------------------------
@@ -335,6 +397,9 @@ static void keep_bad(struct ar_verify_report *r, const uint8_t *key, size_t key_
         fmt(b->resource, sizeof(b->resource), "%s%s%s", res, g[0] ? "." : "", g);
     }
     fmt(b->reason, sizeof(b->reason), "%s", reason);
+    for (char *c = b->reason; *c; c++) /* kube-apiserver's text; quoted bytes come escaped */
+        if (*c < 0x20 || *c > 0x7e)
+            *c = '?';
     r->n_bad++;
 }
 
@@ -374,7 +439,7 @@ int ar_verify_tally_add(struct ar_verify_tally *v, const uint8_t *key, size_t ke
         name_by_prefix(value, value_len, name, sizeof(name));
         row->total++;
         rep->objects++;
-        return entry_add(row, name);
+        return entry_add(rep, row, name);
     }
     row = row_for(v, true, rs.group, rs.resource);
     if (!row)
@@ -393,15 +458,15 @@ int ar_verify_tally_add(struct ar_verify_tally *v, const uint8_t *key, size_t ke
             row->stale++;
             rep->stale++;
         }
-        return entry_add(row, name);
+        return entry_add(rep, row, name);
     }
     if (r == -ENOPKG && res.kms_version == 2) {
         kmsv2_name(name, sizeof(name), res.key_name, &res.kms.key_id);
-        return entry_add(row, name);
+        return entry_add(rep, row, name);
     }
     if (r == -ENOPKG && res.kms_version == 1) {
         provider_name(name, sizeof(name), AR_P_KMS, res.key_name);
-        return entry_add(row, name);
+        return entry_add(rep, row, name);
     }
     if (r == -ENOMEM)
         return r;

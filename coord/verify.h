@@ -30,14 +30,16 @@
  *   the rest are only counted.
  * - Memory is bounded whatever the number of objects: one page of the etcd client at a time
  *   (ar_etcd_kvs_peak <= page_size), one plaintext buffer reused and wiped after every value
- *   (peak_buf reports its largest capacity), at most AR_VERIFY_MAX_RESOURCES rows and
- *   AR_VERIFY_MAX_ENTRIES provider:key entries per row (more go to "(other)" of the row / to
- *   the row "(other)"). Values and plaintext never leave the page and the wiped buffer; the
- *   report holds names, counts and etcd keys only (no key material, no values).
+ *   (peak_buf reports its largest capacity), at most AR_VERIFY_MAX_RESOURCES rows,
+ *   AR_VERIFY_MAX_ENTRIES provider:key entries per row and AR_VERIFY_MAX_ALL_ENTRIES in all
+ *   (plus one "(other)" per row): more names go to "(other)" of the row, more resources to
+ *   the row "(other)". So a report stays under about 3.5 MiB whatever etcd holds. Values and
+ * plaintext never leave the page and the wiped buffer; the report holds names, counts and etcd keys
+ * only (no key material, no values).
  * - Asynchronous, on the etcd client's loop: progress_cb after every page, done_cb exactly
  *   once (unless stopped) with 0 and the report, or a negative errno from the etcd client (see
  *   coord/etcd/etcd.h) with its error and the partial report. Several scans over disjoint
- *   ranges may run at once on one client; their reports add up row by row.
+ *   ranges may run at once on one client; ar_verify_report_merge adds their reports up.
  * - The chain is referenced for the scan's life; the caller's options are copied.
  */
 #ifndef ATREST_COORD_VERIFY_H
@@ -51,10 +53,11 @@
 #include "coord/etcd/etcd_sync.h"
 #include "crypto/chain.h"
 
-#define AR_VERIFY_MAX_BAD       100
-#define AR_VERIFY_MAX_RESOURCES 1024
-#define AR_VERIFY_MAX_ENTRIES   256
-#define AR_VERIFY_NAME_MAX      600 /* an entry name: "kms:<name>:<keyID, escaped>", truncated */
+#define AR_VERIFY_MAX_BAD         100
+#define AR_VERIFY_MAX_RESOURCES   1024
+#define AR_VERIFY_MAX_ENTRIES     256
+#define AR_VERIFY_MAX_ALL_ENTRIES 4096 /* entries in all rows ("(other)" rows aside) */
+#define AR_VERIFY_NAME_MAX        600  /* an entry name: "kms:<name>:<keyID, escaped>", truncated */
 
 struct ar_verify_opts {
     const char *etcd_prefix; /* kube-apiserver's --etcd-prefix; NULL: "/registry" */
@@ -94,6 +97,7 @@ struct ar_verify_bad {
 struct ar_verify_report {
     struct ar_verify_row *rows; /* sorted by (known first, group, resource) when done */
     size_t n_rows, cap_rows;
+    size_t n_entries; /* in all rows */
     struct ar_verify_bad bad[AR_VERIFY_MAX_BAD];
     size_t n_bad;
     uint64_t objects, undecryptable, stale, pages;
@@ -149,6 +153,10 @@ int ar_verify_run(struct ar_etcd_sync *s, struct ar_chain *chain, const struct a
                   struct ar_etcd_error *err);
 
 void ar_verify_report_free(struct ar_verify_report *r);
+/* Add src's counts into dst (scans of disjoint ranges, run in parallel): rows by resource,
+ * entries by name, the caps as above; the first undecryptable keys up to 100 (dst's first);
+ * revision and peaks are the larger. dst is sorted again. 0 or -ENOMEM (dst counted in part). */
+int ar_verify_report_merge(struct ar_verify_report *dst, const struct ar_verify_report *src);
 /* The row of a resource or NULL; the count of entry name in a row (0 when absent). */
 const struct ar_verify_row *ar_verify_find_row(const struct ar_verify_report *r, const char *group,
                                                const char *resource);

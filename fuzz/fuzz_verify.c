@@ -78,7 +78,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct ar_verify_tally *t;
     struct ar_verify_report *rep;
-    uint64_t records = 0, sum = 0;
+    uint64_t records = 0, sum = 0, entries = 0;
     size_t o = 0;
 
     if (ar_verify_tally_new(chain, "/registry", &t) < 0)
@@ -122,7 +122,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (n != row->total || (!row->known && (row->stale || row->undecryptable)))
             abort();
         sum += row->total;
+        entries += row->n;
     }
+    if (entries > AR_VERIFY_MAX_ALL_ENTRIES + rep->n_rows)
+        abort();
     for (size_t i = 0; i < rep->n_bad; i++) {
         check_name(rep->bad[i].key);
         check_name(rep->bad[i].resource);

@@ -558,6 +558,79 @@ static void test_stop_and_compaction(void **state)
     ar_chain_unref(ch);
 }
 
+/* Two scans of disjoint ranges at once on one client, merged: the same report as one scan. */
+static void test_parallel_merge(void **state)
+{
+    static const char mid[] = "/registry/f";
+    static const char end[] = "/registry0";
+    struct ar_etcd_settings st;
+    struct ar_chain *ch = verify_chain();
+    struct async a = {0}, b = {0};
+    struct ar_verify_report *one;
+    struct ar_etcd *c;
+    uv_loop_t loop;
+
+    seed_mixed();
+    one = scan(&(struct ar_verify_opts){0}, 0);
+    uv_loop_init(&loop);
+    etcd_harness_settings(&H, &st);
+    c = ar_etcd_new(&loop, &st);
+    assert_non_null(c);
+    assert_int_equal(
+        ar_verify_start(c, ch,
+                        &(struct ar_verify_opts){.start = (const uint8_t *)"/registry/",
+                                                 .start_len = 10,
+                                                 .end = (const uint8_t *)mid,
+                                                 .end_len = sizeof(mid) - 1,
+                                                 .page_size = 2},
+                        a_progress, a_done, &a, &a.v),
+        0);
+    assert_int_equal(ar_verify_start(c, ch,
+                                     &(struct ar_verify_opts){.start = (const uint8_t *)mid,
+                                                              .start_len = sizeof(mid) - 1,
+                                                              .end = (const uint8_t *)end,
+                                                              .end_len = sizeof(end) - 1,
+                                                              .page_size = 3},
+                                     a_progress, a_done, &b, &b.v),
+                     0);
+    assert_true(etcd_harness_run_until(&loop, &a.done, 10000));
+    assert_true(etcd_harness_run_until(&loop, &b.done, 10000));
+    assert_int_equal(a.status, 0);
+    assert_int_equal(b.status, 0);
+    assert_int_equal(a.rep->objects, 5 + 3 + 2); /* configmaps, events, widgets */
+    assert_int_equal(b.rep->objects, 3 + 28);    /* masterleases, secrets */
+    assert_int_equal(ar_verify_report_merge(a.rep, b.rep), 0);
+    assert_int_equal(a.rep->objects, one->objects);
+    assert_int_equal(a.rep->stale, one->stale);
+    assert_int_equal(a.rep->undecryptable, one->undecryptable);
+    assert_int_equal(a.rep->n_bad, one->n_bad);
+    for (size_t i = 0; i < one->n_bad; i++)
+        assert_string_equal(a.rep->bad[i].key, one->bad[i].key);
+    assert_int_equal(a.rep->n_rows, one->n_rows);
+    for (size_t i = 0; i < one->n_rows; i++) {
+        const struct ar_verify_row *x = &a.rep->rows[i], *y = &one->rows[i];
+
+        assert_string_equal(x->group, y->group);
+        assert_string_equal(x->resource, y->resource);
+        assert_string_equal(x->write, y->write);
+        assert_int_equal(x->total, y->total);
+        assert_int_equal(x->stale, y->stale);
+        assert_int_equal(x->n, y->n);
+        for (size_t j = 0; j < y->n; j++) {
+            assert_string_equal(x->v[j].name, y->v[j].name);
+            assert_int_equal(x->v[j].n, y->v[j].n);
+        }
+    }
+    check_secrets_row(a.rep);
+    ar_verify_report_free(a.rep);
+    ar_verify_report_free(b.rep);
+    ar_verify_report_free(one);
+    ar_etcd_close(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+    ar_chain_unref(ch);
+}
+
 static void test_unreachable(void **state)
 {
     struct ar_etcd_settings st = {
@@ -698,6 +771,31 @@ static void test_tally_bounds(void **state)
     assert_string_equal(row->resource, "(other)");
     assert_int_equal(row->total, 1100 - 1021);
     ar_verify_report_free(rep);
+
+    /* 20 rows of 250 names each: 4096 entries in all, then "(other)" in each row */
+    assert_int_equal(ar_verify_tally_new(ch, NULL, &t), 0);
+    for (int r = 0; r < 20; r++) {
+        for (int i = 0; i < 250; i++) {
+            size_t n;
+            uint8_t *v;
+
+            snprintf(k, sizeof(k), "/registry/zz%02d/x%d", r, i);
+            snprintf(id, sizeof(id), "key-%03d", i);
+            v = kmsv2_value("kv2", id, &n);
+            assert_int_equal(ar_verify_tally_add(t, (const uint8_t *)k, strlen(k), v, n), 0);
+            free(v);
+        }
+    }
+    rep = ar_verify_tally_finish(t);
+    assert_int_equal(rep->n_rows, 20);
+    assert_int_equal(rep->n_entries, AR_VERIFY_MAX_ALL_ENTRIES + 4);
+    assert_string_equal(rep->rows[15].resource, "zz15");
+    assert_int_equal(rep->rows[15].n, 250);
+    assert_int_equal(ar_verify_count(&rep->rows[16], "(other)"), 250 - 96);
+    assert_int_equal(rep->rows[16].n, 97);
+    assert_int_equal(ar_verify_count(&rep->rows[19], "(other)"), 250);
+    assert_int_equal(rep->rows[19].n, 1);
+    ar_verify_report_free(rep);
     ar_chain_unref(ch);
 }
 
@@ -825,6 +923,7 @@ int main(void)
         cmocka_unit_test(test_mixed),
         cmocka_unit_test(test_small_pages_and_resource),
         cmocka_unit_test(test_stop_and_compaction),
+        cmocka_unit_test(test_parallel_merge),
         cmocka_unit_test(test_unreachable),
         cmocka_unit_test(test_tally_bounds),
         cmocka_unit_test(test_plaintext_not_on_heap),
