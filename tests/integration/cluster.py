@@ -733,8 +733,12 @@ class Checker:
     final_check(traffic) then reads every object through every simulator's REST API."""
 
     def __init__(self, cluster, interval_s=0.2, sample=200, resources=("secrets",),
-                 max_details=25):
+                 max_details=25, ignore_keys=()):
         self.cluster = cluster
+        # etcd key prefixes neither the sampler nor the final check looks at, e.g. a canary
+        # namespace the protocol writes straight into etcd ("/registry/secrets/atrest-canary/");
+        # default none: every stored object counts
+        self.ignore_keys = tuple(k.encode() if isinstance(k, str) else k for k in ignore_keys)
         self.interval_s = interval_s
         self.sample = sample
         self.resources = resources
@@ -761,6 +765,12 @@ class Checker:
         if self.thread is not None:
             self.thread.join(timeout)
             assert not self.thread.is_alive(), "the S1 sampler did not stop"
+        return self
+
+    def wait_samples(self, k=2, timeout=10):
+        """Wait until the sampler has taken k more samples (it has looked at the present)."""
+        n = self.samples
+        wait_for(lambda: self.samples >= n + k, timeout, "%d more S1 samples" % k)
         return self
 
     def violation(self, rule, node, key, pk, detail, dedup=None):
@@ -826,6 +836,8 @@ class Checker:
                 what.append(("probe", node, r, doc["writeKey"]))
         for r in self.resources:
             for kv in self._window(r):
+                if kv.key.startswith(self.ignore_keys):
+                    continue
                 items.append({"key": _b64(kv.key), "value": _b64(kv.value)})
                 what.append(("stored", None, kv.key.decode("utf-8", "replace"),
                              provider_key(kv.value)))
@@ -885,7 +897,8 @@ class Checker:
                                "%s's simulator is not running at the final check" % node.name)
         nodes = [n for n in self.cluster.nodes if n.sim is not None and n.sim.alive()]
         for r in resources:
-            stored = {kv[0].decode(): kv for kv in self.cluster.scan(r)}
+            stored = {kv[0].decode(): kv for kv in self.cluster.scan(r)
+                      if not kv[0].startswith(self.ignore_keys)}
             notes.append("%s: %d stored %s" % (r, len(stored), dict(collections.Counter(
                 provider_key(v) for _k, v, _m in stored.values()))))
             self.cluster._parallel([lambda n=n: self._final_node(n, r, stored, traffic)
@@ -933,6 +946,8 @@ class Checker:
             if res != r:
                 continue
             key = "%s%s/%s/%s" % (REGISTRY, r, ns, name)
+            if key.encode().startswith(self.ignore_keys):
+                continue
             if (ns, name) in listed and listed[(ns, name)] != data:
                 self.violation("content", node.name, key, None,
                                "%s: seeded %s %s/%s reads with other data" % (node.name, r,
@@ -947,6 +962,8 @@ class Checker:
             pending = {k: list(v) for k, v in traffic.pending.items()}
         for name, data in last.items():
             key = "%s%s/%s/%s" % (REGISTRY, r, traffic.ns, name)
+            if key.encode().startswith(self.ignore_keys):
+                continue
             got = listed.get((traffic.ns, name))
             if got is None:
                 if key not in stored:
