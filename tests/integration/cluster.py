@@ -345,6 +345,21 @@ class Cluster:
                     pass
         assert not errors, "\n".join(errors)
 
+    def restart_agent(self, node, hard=True, wait_ready=True):
+        """SIGKILL (hard) or SIGTERM a node's agent and start it again, same settings."""
+        a = self._select([node])[0].agent
+        if hard:
+            a.kill()
+        else:
+            a.stop()
+        a.logf.close()
+        return a.start(wait_ready=wait_ready)
+
+    def restart_sim(self, node):
+        """SIGKILL a node's simulator (a crashed kube-apiserver) and start it again on the
+        same port and certificates; it loads its effective file at start."""
+        return self._select([node])[0].sim.restart()
+
     # -- config pushes --
     def _select(self, nodes):
         if nodes is None:
@@ -896,6 +911,14 @@ class Checker:
                 self.violation("down", node.name, None, None,
                                "%s's simulator is not running at the final check" % node.name)
         nodes = [n for n in self.cluster.nodes if n.sim is not None and n.sim.alive()]
+        for node in nodes:
+            try:
+                st = self.cluster.status(node)
+                notes.append("%s: loaded %s, secrets: writes %s, reads %s" % (
+                    node.name, (st["configSha256"] or "none")[:12], st["writeKey"]["secrets"],
+                    st["readKeys"]["secrets"]))
+            except (OSError, AssertionError, KeyError) as e:
+                notes.append("%s: no /sim/status: %r" % (node.name, e))
         for r in resources:
             stored = {kv[0].decode(): kv for kv in self.cluster.scan(r)
                       if not kv[0].startswith(self.ignore_keys)}

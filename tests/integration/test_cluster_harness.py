@@ -163,6 +163,9 @@ def test_agents_read_key_push_passes(make_cluster, keys, agent_bin):
     for n in c.nodes:
         wait_for(lambda n=n: applied(n), 15, "%s's agent to write its effective file" % n.name)
     c.wait_loaded(target)      # the same document as pushed, loaded by every server
+    before = c.nodes[1].agent.proc.pid
+    c.restart_agent(1)         # SIGKILL and start again: it keeps the effective file
+    assert c.nodes[1].agent.proc.pid != before and applied(c.nodes[1])
     for n in c.nodes:
         assert c.status(n)["readKeys"]["secrets"] == ["aescbc/key1", "aescbc/key2", "identity"]
     chk.wait_samples(3)
@@ -232,6 +235,8 @@ def test_checker_catches_lost_update_changed_content_and_a_dead_server(make_clus
     assert all(v.key == "/registry/secrets/traffic/w-000" and "'w-000 seq 0'" in v.detail
                for v in lost), res.report()
     assert {v.key for v in res.of("content")} == {"/registry/secrets/seed/s-000002"}
+    assert "cp-1: loaded %s, secrets: writes identity, reads ['identity']" % \
+        c.status(c.nodes[0])["configSha256"][:12] in res.notes
     assert res.of("down", node="cp-3")
     with pytest.raises(AssertionError, match="lost-update"):
         res.assert_ok()
