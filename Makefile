@@ -53,7 +53,7 @@ SAN_UNIT := $(UNIT_SRC:tests/unit/%.c=$(SAN)/tests/%)
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=$(FZ)/%)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(REL)/bench/%)
 
-.PHONY: all deps check check-inner style unit-security unit unit-rel unit-asan fuzz fuzz-check fuzz-build bench \
+.PHONY: all deps check check-inner style arrows unit-security unit unit-rel unit-asan fuzz fuzz-check fuzz-build bench \
         demo integration install clean format lint-style
 .DEFAULT_GOAL := all
 .SECONDARY:
@@ -112,11 +112,16 @@ deps:
 check: deps
 	@$(MAKE) --no-print-directory check-inner
 
-check-inner: style atrest $(SAN)/atrest unit unit-security fuzz-check integration
+check-inner: style arrows atrest $(SAN)/atrest unit unit-security fuzz-check integration
 
 # Mechanical style: every C file as .clang-format says (fix with `make format`).
 style:
 	@clang-format --dry-run --Werror $$(git ls-files '*.c' '*.h' 2>/dev/null || ls */*.c */*.h) && echo "style: clang-format clean"
+
+# Module arrows (agent -> coord -> crypto, coord -> coord/etcd) on every #include, and the
+# check's own self-test on planted bad includes.
+arrows:
+	@sh tests/check-arrows.sh && sh tests/check-arrows.sh --self-test
 
 unit-security:
 	@sh tests/test_unit_security.sh 2.0

@@ -14,7 +14,13 @@ int ar_cmd_genkey(int argc, char **argv);
 /* agent/daemon.c */
 int ar_cmd_agent(int argc, char **argv);
 
+/* agent/cli_plan.c */
+int ar_cmd_plan(int argc, char **argv);
+
 /* agent/cli_status.c */
 int ar_cmd_status(int argc, char **argv);
+
+/* agent/cli_verify.c */
+int ar_cmd_verify(int argc, char **argv);
 
 #endif

@@ -9,7 +9,9 @@
  *   lease deadline (ar_state_is_leader -> coord_leading).
  * - the member list for /status: every COORD_TICK_MS, and COORD_SOON_MS after a change under
  *   alive/ (watch).
- * - shutdown: resign and revoke the alive lease, bounded by COORD_STOP_MS, then close.
+ * - one lease session (coord/session.h) carries alive/<node> and the leader key.
+ * - shutdown: resign, delete alive/<node> and revoke the session's lease, bounded by
+ *   COORD_STOP_MS, then close.
  * Every answer counts in atrest_etcd_requests_total{op=register|alive|list|election|watch}.
  */
 #include <errno.h>
@@ -26,15 +28,19 @@
 #include "agent/effective.h"
 #include "agent/log.h"
 #include "coord/election.h"
+#include "coord/err.h"
 #include "coord/etcd/etcd.h"
 #include "coord/member.h"
+#include "coord/report.h"
+#include "coord/session.h"
 
 struct coord {
     struct agent *a;
     struct ar_etcd *etcd;
-    uv_timer_t tick;       /* registration retry / member list */
-    uv_timer_t stop_timer; /* bounds the clean shutdown, then finishes it */
-    int handles;           /* open timers; freed when both closed */
+    uv_timer_t tick;            /* registration retry / member list */
+    uv_timer_t stop_timer;      /* bounds the clean shutdown, then finishes it */
+    int handles;                /* open timers; freed when both closed */
+    struct ar_session *session; /* the one lease: alive/<node> and the leader key */
     struct ar_member_alive *alive;
     struct ar_election *election;
     struct ar_etcd_watch *watch; /* <prefix>alive/ */
@@ -43,7 +49,7 @@ struct coord {
     bool was_leader;
     bool registering, registered, listing, list_again;
     bool closing, finished;
-    int stop_pending; /* resign and alive revoke still running */
+    int stop_pending; /* resign, alive delete and lease revoke still running */
 };
 
 #define COORD_SOON_MS 100
@@ -68,19 +74,27 @@ static void etcd_ok(struct agent *a)
     ar_state_set_str(&a->st.etcd_error, NULL);
 }
 
-static void etcd_failed(struct agent *a, const char *what, int status,
-                        const struct ar_etcd_error *err)
+/* etcd failed: the status shows "<what>: <why> (<endpoint>)". */
+static void etcd_failed_err(struct agent *a, const char *what, const struct ar_err *e)
 {
-    char msg[512];
-    snprintf(msg, sizeof(msg), "%s: %s%s%s", what,
-             err && err->msg[0] ? err->msg : strerror(-status),
-             err && err->endpoint[0] ? " at " : "", err && err->endpoint[0] ? err->endpoint : "");
+    char line[400], msg[512];
+
+    snprintf(msg, sizeof(msg), "%s: %s", what, ar_err_line(e, line, sizeof(line)));
     if (a->st.etcd != AR_ETCD_UNREACHABLE)
         log_warn("etcd: unreachable (%s); retrying", msg);
     else
         log_debug("etcd: still unreachable (%s)", msg);
     a->st.etcd = AR_ETCD_UNREACHABLE;
     ar_state_set_str(&a->st.etcd_error, msg);
+}
+
+static void etcd_failed(struct agent *a, const char *what, int status,
+                        const struct ar_etcd_error *err)
+{
+    struct ar_err e;
+
+    ar_err_from_etcd(&e, NULL, status, err);
+    etcd_failed_err(a, what, &e);
 }
 
 static bool coord_leading(void *arg)
@@ -94,24 +108,20 @@ static bool coord_leading(void *arg)
 /* This node's report: fingerprints only (S5). with_time: add time_ms (the copy sent). */
 static char *coord_report(struct agent *a, bool with_time)
 {
-    char dfp[AR_HASH_STRLEN], efp[AR_HASH_STRLEN], eh[AR_HASH_STRLEN];
-    json_t *j;
+    struct ar_report r = {.desired_valid = a->st.desired_valid, .time_ms = ar_agent_now_ms()};
     char *s;
 
+    _Static_assert(AR_HASH_STRLEN == AR_REPORT_FP_LEN, "fingerprint text lengths");
+    snprintf(r.node, sizeof(r.node), "%s", a->set.node);
+    snprintf(r.version, sizeof(r.version), "%s", ATREST_VERSION);
     if (a->st.desired)
-        ar_config_fingerprint_str(a->st.desired, dfp);
+        ar_config_fingerprint_str(a->st.desired, r.desired_fp);
     if (a->st.effective) {
-        ar_config_fingerprint_str(a->st.effective, efp);
-        ar_config_file_hash_str(a->st.effective, eh);
+        ar_config_fingerprint_str(a->st.effective, r.effective_fp);
+        ar_config_file_hash_str(a->st.effective, r.effective_hash);
     }
-    j = json_pack("{s:s, s:s, s:{s:s?, s:b}, s:{s:s?, s:s?}}", "node", a->set.node, "version",
-                  ATREST_VERSION, "desired", "fingerprint", a->st.desired ? dfp : NULL, "valid",
-                  (int)a->st.desired_valid, "effective", "fingerprint",
-                  a->st.effective ? efp : NULL, "file_hash", a->st.effective ? eh : NULL);
-    if (j && with_time)
-        json_object_set_new(j, "time_ms", json_integer((json_int_t)ar_agent_now_ms()));
-    s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-    json_decref(j);
+    if (ar_report_build(&r, with_time, &s) < 0)
+        return NULL;
     return s;
 }
 
@@ -168,7 +178,7 @@ static void on_election(void *arg, const struct ar_election_state *st)
         return;
     count_op(a, "election", st->status);
     if (st->status < 0 && st->status != -ECANCELED)
-        etcd_failed(a, "election", st->status, st->err);
+        etcd_failed_err(a, "election", st->err);
     else if (st->status == 0)
         etcd_ok(a);
     if (!ar_agent_str_eq(st->leader, co->leader)) {
@@ -243,39 +253,32 @@ static void coord_watch(struct coord *co)
     }
 }
 
-static char *json_strdup(const json_t *o, const char *k)
+static char *opt_strdup(const char *s)
 {
-    const char *v = json_string_value(json_object_get(o, k));
-    return v ? strdup(v) : NULL;
+    return s[0] ? strdup(s) : NULL;
 }
 
-/* One member of the list -> state (the report is another agent's JSON: trust nothing). */
+/* One member of the list -> state (the report is another agent's JSON: coord/report.c trusts
+ * nothing; a record it refuses counts as alive without fingerprints). */
 static void member_from_info(struct ar_state_member *e, const struct ar_member_info *in)
 {
-    json_t *j = NULL, *d, *f, *t;
+    struct ar_report r;
+    struct ar_registration g;
 
     e->node = strdup(in->node);
     e->registered = in->registration != NULL;
     e->alive = in->report != NULL;
-    if (in->report)
-        j = json_loads(in->report, 0, NULL);
-    if (json_is_object(j)) {
-        d = json_object_get(j, "desired");
-        f = json_object_get(j, "effective");
-        e->desired_fp = json_strdup(d, "fingerprint");
-        e->desired_valid = json_is_true(json_object_get(d, "valid"));
-        e->effective_fp = json_strdup(f, "fingerprint");
-        e->effective_hash = json_strdup(f, "file_hash");
-        e->version = json_strdup(j, "version");
-        t = json_object_get(j, "time_ms");
-        e->reported_ms = json_is_integer(t) ? (int64_t)json_integer_value(t) : 0;
+    if (in->report && ar_report_parse(in->report, strlen(in->report), &r) == 0) {
+        e->desired_fp = opt_strdup(r.desired_fp);
+        e->desired_valid = r.desired_valid;
+        e->effective_fp = opt_strdup(r.effective_fp);
+        e->effective_hash = opt_strdup(r.effective_hash);
+        e->version = opt_strdup(r.version);
+        e->reported_ms = r.time_ms;
     }
-    json_decref(j);
-    if (!e->version && in->registration) {
-        j = json_loads(in->registration, 0, NULL);
-        e->version = json_strdup(j, "version");
-        json_decref(j);
-    }
+    if (!e->version && in->registration &&
+        ar_registration_parse(in->registration, strlen(in->registration), &g) == 0)
+        e->version = opt_strdup(g.version);
 }
 
 static void on_list(void *arg, int status, struct ar_member_list *l,
@@ -328,22 +331,30 @@ static void coord_join(struct coord *co)
     struct agent *a = co->a;
     char key[512];
     char *rep = coord_report(a, true);
-    struct ar_election_settings es = {
-        .key = key, .value = a->set.node, .ttl_s = a->set.lease_ttl_s};
+    struct ar_session_settings ss = {.ttl_s = a->set.lease_ttl_s};
+    struct ar_election_settings es = {.key = key, .value = a->set.node};
+    int r;
 
     co->registered = true;
     free(co->report_key);
     co->report_key = coord_report(a, false);
-    co->alive = rep ? ar_member_alive_start(co->etcd, a->set.coord_prefix, a->set.node,
-                                            a->set.lease_ttl_s, rep, on_alive_write, co)
-                    : NULL;
+    r = ar_session_new(co->etcd, &ss, &co->session);
+    if (r < 0) {
+        log_err("etcd: cannot start the lease session: %s", strerror(-r));
+        free(rep);
+        return;
+    }
+    es.session = co->session;
+    r = rep ? ar_member_alive_start_on(co->session, a->set.coord_prefix, a->set.node, rep,
+                                       on_alive_write, co, &co->alive)
+            : -ENOMEM;
     free(rep);
-    if (!co->alive)
-        log_err("etcd: cannot start the liveness key: %s", strerror(errno ? errno : ENOMEM));
+    if (r < 0)
+        log_err("etcd: cannot start the liveness key: %s", strerror(-r));
     snprintf(key, sizeof(key), "%sleader", a->set.coord_prefix);
-    co->election = ar_election_start(co->etcd, &es, on_election, co);
-    if (!co->election)
-        log_err("etcd: cannot start the election: %s", strerror(errno ? errno : ENOMEM));
+    r = ar_election_start(co->etcd, &es, on_election, co, &co->election);
+    if (r < 0)
+        log_err("etcd: cannot start the election: %s", strerror(-r));
     coord_watch(co);
     coord_list_soon(co);
 }
@@ -373,8 +384,7 @@ static void on_register_read(void *arg, int status, const struct ar_etcd_result 
 {
     struct coord *co = arg;
     struct agent *a = co->a;
-    json_int_t first = (json_int_t)ar_agent_now_ms();
-    json_t *j;
+    struct ar_registration g = {.first_seen_ms = ar_agent_now_ms()}, old;
     char *v;
     int r;
 
@@ -386,19 +396,16 @@ static void on_register_read(void *arg, int status, const struct ar_etcd_result 
         etcd_failed(a, "registering", status, err);
         return;
     }
-    if (res->n_kvs) {
-        j = json_loadb((const char *)res->kvs[0].value, res->kvs[0].value_len, 0, NULL);
-        json_t *f = json_object_get(j, "first_seen_ms");
-        if (json_is_integer(f) && json_integer_value(f) > 0)
-            first = json_integer_value(f);
-        json_decref(j);
-    }
-    j = json_pack("{s:s, s:s, s:I, s:I}", "node", a->set.node, "version", ATREST_VERSION,
-                  "first_seen_ms", first, "registered_ms", (json_int_t)ar_agent_now_ms());
-    v = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-    json_decref(j);
-    r = v ? ar_member_register(co->etcd, a->set.coord_prefix, a->set.node, v, on_register_put, co)
-          : -ENOMEM;
+    if (res->n_kvs &&
+        ar_registration_parse((const char *)res->kvs[0].value, res->kvs[0].value_len, &old) == 0 &&
+        old.first_seen_ms > 0)
+        g.first_seen_ms = old.first_seen_ms;
+    snprintf(g.node, sizeof(g.node), "%s", a->set.node);
+    snprintf(g.version, sizeof(g.version), "%s", ATREST_VERSION);
+    g.registered_ms = ar_agent_now_ms();
+    r = ar_registration_build(&g, &v);
+    if (r == 0)
+        r = ar_member_register(co->etcd, a->set.coord_prefix, a->set.node, v, on_register_put, co);
     free(v);
     if (r == 0)
         co->registering = true;
@@ -493,10 +500,8 @@ int ar_coord_start(struct agent *a)
         goto out;
     }
     co->a = a;
-    errno = 0;
-    co->etcd = ar_etcd_new(&a->loop, &es);
-    if (!co->etcd) {
-        r = errno ? -errno : -EINVAL;
+    r = ar_etcd_new(&a->loop, &es, &co->etcd);
+    if (r < 0) {
         log_err("etcd: cannot create the client: %s", strerror(-r));
         free(co);
         goto out;
@@ -566,6 +571,7 @@ void ar_coord_stop(struct agent *a)
 {
     struct coord *co = a->coord;
     struct ar_member_alive *alive;
+    struct ar_session *session;
 
     if (!co)
         return;
@@ -585,6 +591,11 @@ void ar_coord_stop(struct agent *a)
         co->alive = NULL;
         co->stop_pending++;
         ar_member_alive_stop(alive, on_stop_part, co);
+    }
+    if ((session = co->session)) { /* the revoke takes both keys at once */
+        co->session = NULL;
+        co->stop_pending++;
+        ar_session_close(session, on_stop_part, co);
     }
     if (--co->stop_pending == 0)
         uv_timer_start(&co->stop_timer, coord_finish, 0, 0);

@@ -28,6 +28,8 @@
 #include "agent/settings.h"
 #include "agent/state.h"
 #include "agent/watch.h"
+#include "coord/err.h"
+#include "coord/node.h"
 #include "crypto/chain.h"
 #include "crypto/config.h"
 
@@ -63,9 +65,19 @@ static void set_reload(struct agent *a, enum ar_reload_result r, const char *err
     }
 }
 
+/* The first diagnostic as one line, or the error's text when there is none (a failure should
+ * always leave one, but an empty list must never be read). */
+static void first_diag(const struct ar_diags *d, int r, char *line, size_t len)
+{
+    if (d->n)
+        ar_diag_format(&d->v[0], line, len);
+    else
+        snprintf(line, len, "%s", strerror(r < 0 ? -r : EIO));
+}
+
 /* Read the effective file back (what kube-apiserver will load) and make it the config in force:
  * state, metrics and a new chain swapped in. 0 or negative errno. */
-static int adopt_effective(struct agent *a, char *err, size_t errlen)
+static int adopt_effective(struct agent *a, struct ar_err *e)
 {
     struct ar_config *cfg = NULL;
     struct ar_chain *ch = NULL;
@@ -76,10 +88,10 @@ static int adopt_effective(struct agent *a, char *err, size_t errlen)
     ar_diags_init(&d);
     r = ar_config_read_checked(a->set.effective_path, 0, &cfg, NULL, NULL, &d);
     if (r < 0) {
-        char line[512] = "";
-        if (d.n)
-            ar_diag_format(&d.v[0], line, sizeof(line));
-        snprintf(err, errlen, "%s", line);
+        char line[sizeof(e->msg)];
+
+        first_diag(&d, r, line, sizeof(line));
+        ar_err_set(e, r, NULL, "%s", line);
         goto out;
     }
     if (a->st.effective && !memcmp(a->st.effective->fingerprint, cfg->fingerprint, AR_SHA256_LEN) &&
@@ -87,7 +99,8 @@ static int adopt_effective(struct agent *a, char *err, size_t errlen)
         goto out; /* the same config is already in force */
     r = ar_chain_new(cfg, &ch);
     if (r < 0) {
-        snprintf(err, errlen, "cannot build the provider chain: %s", strerror(-r));
+        ar_err_set(e, r, a->set.effective_path, "cannot build the provider chain: %s",
+                   strerror(-r));
         goto out;
     }
     ar_chain_slot_swap(&a->st.chain, ch);
@@ -105,16 +118,15 @@ out:
 
 /*
  * ============================================================================================
- * apply_desired: THE ROTATION HOOK.
- * For now (before the rotation protocol exists) a validated desired config is written to the
- * effective file directly. The rotation issue replaces this function with: publish the desired
- * fingerprint, wait for agreement, then write the phase configs one by one.
- * Returns the reload result and fills err on failure.
+ * The node operations coord/ drives (coord/node.h). The rotation replaces coord's driver, not
+ * these: "write this config as the effective config and swap the chain", "prove the local API
+ * server loaded it", "report the driver's state". Today's driver applies each valid desired
+ * config directly.
  * ============================================================================================
  */
-static enum ar_reload_result apply_desired(struct agent *a, struct ar_config *desired, char *err,
-                                           size_t errlen)
+static void node_apply(void *arg, struct ar_config *cfg, ar_node_apply_done done, void *done_arg)
 {
+    struct agent *a = arg;
     struct ar_effective_opts o = {
         .path = a->set.effective_path,
         .state_dir = a->set.state_dir,
@@ -124,27 +136,68 @@ static enum ar_reload_result apply_desired(struct agent *a, struct ar_config *de
         .group_set = a->set.group_set,
         .group = a->set.group_gid,
     };
+    struct ar_err e = {0};
     char fp[AR_HASH_STRLEN];
     int w, r;
 
-    w = ar_effective_write(&o, desired, err, errlen);
+    w = ar_effective_write(&o, cfg, e.msg, sizeof(e.msg));
     if (w < 0) {
-        log_err("effective: cannot write %s: %s (the previous file stays in force)", o.path, err);
-        return AR_RELOAD_FAILED;
+        e.code = w;
+        log_err("effective: cannot write %s: %s (the previous file stays in force)", o.path, e.msg);
+        done(done_arg, w, false, &e);
+        return;
     }
-    ar_config_fingerprint_str(desired, fp);
+    ar_config_fingerprint_str(cfg, fp);
     if (w == 1) {
         a->st.effective_writes++;
         a->st.effective_written_ms = ar_agent_now_ms();
         ar_metrics_effective_write(a->metrics);
         log_info("effective: wrote %s (fingerprint %s)", o.path, fp);
     }
-    r = adopt_effective(a, err, errlen);
+    r = adopt_effective(a, &e);
     if (r < 0) {
-        log_err("effective: %s was written but cannot be read back: %s", o.path, err);
-        return AR_RELOAD_FAILED;
+        log_err("effective: %s was written but cannot be read back: %s", o.path, e.msg);
+        done(done_arg, r, w == 1, &e);
+        return;
     }
-    return w == 1 ? AR_RELOAD_APPLIED : AR_RELOAD_UNCHANGED;
+    done(done_arg, 0, w == 1, NULL);
+}
+
+/* No proof of load exists yet (DESIGN 4.5): complete at once, and say so. */
+static void node_prove(void *arg, struct ar_config *cfg, ar_node_prove_done done, void *done_arg)
+{
+    done(done_arg, 0, AR_NODE_PROOF_NONE, NULL);
+}
+
+static void publish_status(struct agent *a);
+static void retry_after(struct agent *a, enum ar_reload_result res);
+static void set_reload(struct agent *a, enum ar_reload_result r, const char *err);
+
+static void node_report(void *arg, const struct ar_node_report *r)
+{
+    struct agent *a = arg;
+    enum ar_reload_result res;
+    char line[512];
+
+    a->st.node_mode = r->mode;
+    a->st.node_step = r->step;
+    a->st.node_proof = r->proof;
+    if (r->result == AR_NODE_NONE)
+        return;
+    res = r->result == AR_NODE_APPLIED     ? AR_RELOAD_APPLIED
+          : r->result == AR_NODE_UNCHANGED ? AR_RELOAD_UNCHANGED
+                                           : AR_RELOAD_FAILED;
+    set_reload(a, res, res == AR_RELOAD_FAILED ? ar_err_line(r->err, line, sizeof(line)) : NULL);
+    retry_after(a, res);
+    publish_status(a);
+}
+
+static int node_start(struct agent *a)
+{
+    static const struct ar_node_ops ops = {
+        .apply = node_apply, .prove = node_prove, .report = node_report};
+
+    return ar_node_new(&ops, a, &a->node);
 }
 
 static void reload_desired(struct agent *a, bool force, const char *why);
@@ -180,7 +233,6 @@ static void reload_desired(struct agent *a, bool force, const char *why)
     uint8_t sha[AR_SHA256_LEN];
     bool have = false;
     char err[1024] = "", hash[AR_HASH_STRLEN];
-    enum ar_reload_result res;
     int r;
 
     ar_diags_init(&d);
@@ -198,16 +250,18 @@ static void reload_desired(struct agent *a, bool force, const char *why)
 
     if (r < 0) {
         /* report, keep the last valid config in force */
-        char line[1024] = "";
-        if (d.n)
-            ar_diag_format(&d.v[0], line, sizeof(line));
+        char line[1024];
+
+        first_diag(&d, r, err, sizeof(err));
         a->st.desired_valid = false;
         a->st.desired_nerrors = d.nerrors ? d.nerrors : 1;
-        ar_state_set_str(&a->st.desired_error, line);
+        ar_state_set_str(&a->st.desired_error, err);
         log_err("desired: %s is not usable (%zu error%s, %s); the last valid config stays in "
                 "force",
                 a->set.desired_path, a->st.desired_nerrors, a->st.desired_nerrors == 1 ? "" : "s",
                 why);
+        if (!d.n)
+            log_err("desired: %s", err);
         for (size_t i = 0, shown = 0; i < d.n && shown < MAX_LOGGED_DIAGS; i++, shown++) {
             ar_diag_format(&d.v[i], line, sizeof(line));
             if (d.v[i].severity == AR_SEV_ERROR)
@@ -221,7 +275,6 @@ static void reload_desired(struct agent *a, bool force, const char *why)
             snprintf(hash, sizeof(hash), "sha256:%s", hx);
         }
         ar_metrics_desired(a->metrics, have ? hash : NULL, true);
-        ar_diag_format(&d.v[0], err, sizeof(err));
         set_reload(a, AR_RELOAD_INVALID, err);
         retry_after(a, AR_RELOAD_INVALID);
         goto out;
@@ -243,9 +296,11 @@ static void reload_desired(struct agent *a, bool force, const char *why)
         ar_config_fingerprint_str(cfg, fp);
         log_info("desired: %s is valid (fingerprint %s, %s)", a->set.desired_path, fp, why);
     }
-    res = apply_desired(a, cfg, err, sizeof(err));
-    set_reload(a, res, res == AR_RELOAD_FAILED ? err : NULL);
-    retry_after(a, res);
+    r = a->node ? ar_node_desired(a->node, cfg) : -ESHUTDOWN; /* node_report tells */
+    if (r < 0) {
+        snprintf(err, sizeof(err), "cannot apply: %s", strerror(-r));
+        set_reload(a, AR_RELOAD_FAILED, err);
+    }
 out:
     ar_config_unref(cfg);
     ar_diags_free(&d);
@@ -601,6 +656,8 @@ static void close_all(struct agent *a)
     a->watch = NULL;
     status_stop(a);
     ar_coord_stop(a);
+    ar_node_free(a->node);
+    a->node = NULL;
     if (!uv_is_closing((uv_handle_t *)&a->sig_hup)) {
         uv_close((uv_handle_t *)&a->sig_hup, NULL);
         uv_close((uv_handle_t *)&a->sig_term, NULL);
@@ -665,7 +722,7 @@ static int agent_init_loop(struct agent *a)
 
 static int agent_start(struct agent *a)
 {
-    char err[512];
+    struct ar_err e;
     int r, n;
 
     if (mkdir(a->set.state_dir, 0700) < 0 && errno != EEXIST) {
@@ -678,12 +735,17 @@ static int agent_start(struct agent *a)
         log_info("effective: removed %d temp file%s left by an earlier run", n, n == 1 ? "" : "s");
     /* what kube-apiserver runs now, before anything is written */
     if (access(a->set.effective_path, F_OK) == 0) {
-        if (adopt_effective(a, err, sizeof(err)) < 0)
+        if (adopt_effective(a, &e) < 0)
             log_warn("effective: the current %s is not valid (%s); it will be replaced by the "
                      "desired config",
-                     a->set.effective_path, err);
+                     a->set.effective_path, e.msg);
         else
             log_info("effective: %s is in force", a->set.effective_path);
+    }
+    r = node_start(a);
+    if (r < 0) {
+        log_err("agent: cannot start the apply driver: %s", strerror(-r));
+        return r;
     }
     reload_desired(a, true, "startup");
     r = status_start(a);

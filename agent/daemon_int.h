@@ -32,6 +32,7 @@
 #define M_MEMBERS_HELP "Members in etcd: registered (members/<node>) and alive (alive/<node>)."
 
 struct coord;
+struct ar_node;
 
 struct agent {
     uv_loop_t loop;
@@ -59,6 +60,7 @@ struct agent {
     int desired_status; /* result of the last read (0 or negative errno) */
     bool stopping;
     struct coord *coord;
+    struct ar_node *node; /* coord/node.h: the driver that applies desired configs */
 };
 
 /* agent/daemon.c */

@@ -19,6 +19,22 @@
 
 /* ---- reading ---------------------------------------------------------------------------- */
 
+static unsigned fail_allocs; /* test hook: this many locked allocations fail (ENOMEM) */
+
+void ar_effective_fail_allocs(unsigned n)
+{
+    fail_allocs = n;
+}
+
+static void *locked_alloc(size_t n)
+{
+    if (fail_allocs) {
+        fail_allocs--;
+        return NULL;
+    }
+    return sodium_malloc(n);
+}
+
 static int read_diag(struct ar_diags *d, const char *path, int err, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static int read_diag(struct ar_diags *d, const char *path, int err, const char *fmt, ...)
@@ -79,9 +95,10 @@ static int read_locked(const char *path, size_t max, char **buf, size_t *len, si
         goto out;
     }
     cap = (size_t)st.st_size + 1; /* one more to notice growth */
-    b = sodium_malloc(cap + 1);
+    b = locked_alloc(cap + 1);
     if (!b) {
-        r = -ENOMEM;
+        r = read_diag(d, path, -ENOMEM, "out of memory: cannot hold %zu bytes in locked memory",
+                      cap + 1);
         goto out;
     }
     for (;;) {
@@ -145,8 +162,11 @@ int ar_config_read_checked(const char *path, size_t max_bytes, struct ar_config 
     r = ar_config_load_mem(path, buf, len, &lo, out, diags);
     sodium_memzero(buf, alloc);
     sodium_free(buf);
-    if (r < 0)
+    if (r < 0) {
         *out = ar_config_unref(*out);
+        if (diags && !diags->nerrors) /* the promise: every failure says why */
+            read_diag(diags, path, r, "cannot load: %s", strerror(-r));
+    }
     return r;
 }
 

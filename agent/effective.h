@@ -33,8 +33,9 @@
 
 /* 0 (valid: *out holds a reference), -EINVAL (invalid content: diags say why), or a read error
  * (-ENOENT, -EISDIR, -ELOOP, -EACCES, -EFBIG, -ENODATA for empty, -EAGAIN for "changed while
- * reading"; one diagnostic). sha256 (may be NULL) gets the hash of the raw bytes whenever the
- * bytes could be read (also for -EINVAL); *have_sha says whether it was set. */
+ * reading", -ENOMEM; one diagnostic). Every failure leaves at least one error in diags (when
+ * given). sha256 (may be NULL) gets the hash of the raw bytes whenever the bytes could be read
+ * (also for -EINVAL); *have_sha says whether it was set. */
 int ar_config_read_checked(const char *path, size_t max_bytes, struct ar_config **out,
                            uint8_t sha256[AR_SHA256_LEN], bool *have_sha, struct ar_diags *diags);
 
@@ -47,6 +48,10 @@ int ar_file_sha256(const char *path, size_t max_bytes, uint8_t out[AR_SHA256_LEN
  * stdio buffer or other heap copy is left behind. The caller releases *buf with sodium_free()
  * (which wipes it). 0 or the errors of ar_file_sha256. */
 int ar_file_read_locked(const char *path, size_t max_bytes, char **buf, size_t *len);
+
+/* Test hook (fault injection): the next n locked allocations of the reads above fail as if
+ * memory ran out (-ENOMEM). 0 turns it off. */
+void ar_effective_fail_allocs(unsigned n);
 
 struct ar_effective_opts {
     const char *path;      /* the effective file */

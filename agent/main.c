@@ -21,6 +21,8 @@ static const struct subcmd cmds[] = {
     {"decrypt", ar_cmd_decrypt, "decrypt one stored etcd value (stdin) to plaintext (stdout)"},
     {"genkey", ar_cmd_genkey, "print a fresh random key, base64"},
     {"status", ar_cmd_status, "show the local agent's view of the cluster"},
+    {"plan", ar_cmd_plan, "print the phases of a rotation from one config to another"},
+    {"verify", ar_cmd_verify, "count stored objects per resource and provider:key (etcd scan)"},
 };
 
 static void usage(FILE *f)

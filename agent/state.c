@@ -168,3 +168,27 @@ bool ar_state_healthy(const struct ar_state *st, uint64_t now_mono_ms, uint64_t 
         return false;
     return now_mono_ms <= st->loop_tick_mono_ms + max_lag_ms;
 }
+
+const char *ar_node_step_name(enum ar_node_step s)
+{
+    switch (s) {
+    case AR_NODE_IDLE:
+        return "idle";
+    case AR_NODE_APPLYING:
+        return "applying";
+    case AR_NODE_PROVING:
+        return "proving";
+    }
+    return "unknown";
+}
+
+const char *ar_node_proof_name(enum ar_node_proof p)
+{
+    switch (p) {
+    case AR_NODE_PROOF_NONE:
+        return "none";
+    case AR_NODE_PROOF_FILE:
+        return "file";
+    }
+    return "unknown";
+}

@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "coord/node.h"
 #include "crypto/chain.h"
 #include "crypto/config.h"
 
@@ -54,6 +55,9 @@ enum ar_reload_result {
 };
 /* "none", "applied", "unchanged", "invalid", "failed" */
 const char *ar_reload_result_name(enum ar_reload_result r);
+/* "idle", "applying", "proving"; "none", "file" */
+const char *ar_node_step_name(enum ar_node_step s);
+const char *ar_node_proof_name(enum ar_node_proof p);
 
 enum ar_etcd_conn {
     AR_ETCD_NOT_CONFIGURED = 0,
@@ -103,6 +107,10 @@ struct ar_state {
     uint64_t reloads_ok;       /* APPLIED */
     uint64_t reloads_failed;   /* INVALID + FAILED */
     uint64_t effective_writes; /* times the effective file was (re)written */
+    /* the apply driver (coord/node.h), as it last reported */
+    const char *node_mode; /* "direct" (static string), NULL before the first report */
+    enum ar_node_step node_step;
+    enum ar_node_proof node_proof; /* of the last successful apply */
     int64_t effective_written_ms;
     uint64_t sighup_reloads; /* SIGHUPs handled */
 

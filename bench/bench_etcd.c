@@ -112,7 +112,10 @@ static double run_atrest(struct etcd_harness *h, bool txn, unsigned secs, unsign
     uv_loop_init(&loop);
     etcd_harness_settings(h, &st);
     st.request_timeout_ms = 10000;
-    r->c = ar_etcd_new(&loop, &st);
+    if (ar_etcd_new(&loop, &st, &r->c) < 0) {
+        fprintf(stderr, "bench_etcd: cannot create the client\n");
+        exit(1);
+    }
     r->txn = txn;
     randombytes_buf(r->value, sizeof(r->value));
     getrusage(RUSAGE_SELF, &ru0);

@@ -5,39 +5,36 @@
 #include <string.h>
 
 #include "coord/election.h"
+#include "coord/session.h"
 
 #define RETRY_MS 300
 
 struct ar_election {
     struct ar_etcd *c;
+    struct ar_session *session; /* the lease (and its deadline) */
+    bool own_session;           /* made by ar_election_start (no settings->session) */
     char *key, *value;
     size_t key_len;
-    int64_t ttl;
-    unsigned margin;
     ar_election_cb cb;
     void *arg;
     int refs;
     bool dead, resigning;
 
-    int64_t lease;
-    uint64_t deadline; /* lease deadline from the last request sent and answered */
-    struct ar_etcd_keeper *keeper;
     struct ar_etcd_watch *watch;
-    uv_timer_t *deadline_timer, *retry_timer;
-    bool granting, campaigning;
+    uv_timer_t *retry_timer;
+    bool campaigning;
 
     bool leader;
     int64_t my_rev; /* create_revision of our key while leading */
     char *leader_value;
     int64_t leader_rev;
     int status;
-    struct ar_etcd_error err;
+    struct ar_err err;
 
     void (*resign_done)(void *);
     void *resign_arg;
 };
 
-static void grant(struct ar_election *e);
 static void campaign(struct ar_election *e);
 
 static void close_free(uv_handle_t *h)
@@ -86,20 +83,26 @@ static void set_leader_value(struct ar_election *e, const uint8_t *v, size_t n, 
 static void set_error(struct ar_election *e, int status, const struct ar_etcd_error *err)
 {
     e->status = status;
-    if (err)
-        e->err = *err;
+    if (status < 0)
+        ar_err_from_etcd(&e->err, NULL, status, err);
     else
-        memset(&e->err, 0, sizeof(e->err));
+        ar_err_clear(&e->err);
 }
 
 bool ar_election_is_leader(const struct ar_election *e, uint64_t now_ms)
 {
-    return e && e->leader && !e->resigning && now_ms + e->margin < e->deadline;
+    return e && e->leader && !e->resigning && ar_session_alive(e->session, now_ms);
 }
 
 uint64_t ar_election_deadline(const struct ar_election *e)
 {
-    return e->leader && e->deadline > e->margin ? e->deadline - e->margin : 0;
+    uint64_t d, m;
+
+    if (!e->leader || !e->session)
+        return 0;
+    d = ar_session_deadline(e->session);
+    m = ar_session_margin(e->session);
+    return d > m ? d - m : 0;
 }
 
 int ar_election_guard(const struct ar_election *e, struct ar_etcd_compare *out)
@@ -128,59 +131,13 @@ static void step_down(struct ar_election *e)
     notify(e);
 }
 
-static void on_revoke_ignore(void *arg, int status, const struct ar_etcd_result *res,
-                             const struct ar_etcd_error *err)
-{
-}
-
-/* Our lease is gone or can no longer be trusted: step down, drop it, start over. */
-static void abandon_lease(struct ar_election *e)
-{
-    step_down(e);
-    ar_etcd_keepalive_stop(e->keeper);
-    e->keeper = NULL;
-    if (e->lease)
-        ar_etcd_lease_revoke(e->c, e->lease, on_revoke_ignore, NULL);
-    e->lease = 0;
-    e->deadline = 0;
-    uv_timer_stop(e->deadline_timer);
-    grant(e);
-}
-
-static void on_deadline(uv_timer_t *t)
-{
-    struct ar_election *e = t->data;
-    uint64_t now = ar_etcd_now_ms();
-
-    if (e->dead || e->resigning)
-        return;
-    if (now + e->margin >= e->deadline) {
-        set_error(e, -ETIMEDOUT, NULL);
-        snprintf(e->err.msg, sizeof(e->err.msg), "lease not renewed before its deadline");
-        e->err.code = -ETIMEDOUT;
-        abandon_lease(e);
-    } else {
-        uv_timer_start(t, on_deadline, e->deadline - e->margin - now, 0);
-    }
-}
-
-static void arm_deadline(struct ar_election *e)
-{
-    uint64_t now = ar_etcd_now_ms(), at = e->deadline > e->margin ? e->deadline - e->margin : 0;
-
-    uv_timer_start(e->deadline_timer, on_deadline, at > now ? at - now : 0, 0);
-}
-
 static void on_retry(uv_timer_t *t)
 {
     struct ar_election *e = t->data;
 
     if (e->dead || e->resigning)
         return;
-    if (!e->lease)
-        grant(e);
-    else
-        campaign(e);
+    campaign(e);
 }
 
 static void retry_later(struct ar_election *e)
@@ -189,22 +146,34 @@ static void retry_later(struct ar_election *e)
         uv_timer_start(e->retry_timer, on_retry, RETRY_MS, 0);
 }
 
-static void on_keepalive(void *arg, int status, int64_t ttl, uint64_t deadline,
-                         const struct ar_etcd_error *err)
+/* The session: a new lease -> campaign on it; the lease lost or untrusted (its deadline minus
+ * margin passed, or etcd says it is gone) -> step down at once (our key went with it). */
+static void on_session(void *arg, const struct ar_session_update *u)
 {
     struct ar_election *e = arg;
 
     if (e->dead || e->resigning)
         return;
-    if (status == 0) {
-        e->deadline = deadline;
-        arm_deadline(e);
-        return;
+    switch (u->kind) {
+    case AR_SESSION_GRANTED:
+        campaign(e);
+        break;
+    case AR_SESSION_RENEWED:
+        break;
+    case AR_SESSION_LOST:
+        set_error(e, u->status, u->err);
+        e->my_rev = 0;
+        if (e->leader)
+            step_down(e);
+        break;
+    case AR_SESSION_GRANT_FAILED:
+        set_error(e, u->status, u->err);
+        notify(e);
+        break;
+    case AR_SESSION_RENEW_FAILED: /* the keeper retries; the session's deadline decides */
+        set_error(e, u->status, u->err);
+        break;
     }
-    set_error(e, status, err);
-    if (status == -ENOENT)
-        abandon_lease(e);
-    /* other errors: the keeper retries; the deadline timer decides */
 }
 
 static void on_watch(void *arg, const struct ar_etcd_watch_update *u)
@@ -261,6 +230,7 @@ static void on_campaign(void *arg, int status, const struct ar_etcd_result *res,
 {
     struct ar_election *e = arg;
     uint64_t now = ar_etcd_now_ms();
+    int64_t lease = ar_session_lease(e->session);
 
     e->campaigning = false;
     if (e->dead || e->resigning) {
@@ -279,14 +249,14 @@ static void on_campaign(void *arg, int status, const struct ar_etcd_result *res,
         e->my_rev = res->revision;
         set_leader_value(e, (const uint8_t *)e->value, strlen(e->value), res->revision);
         /* only lead while the lease is surely alive */
-        e->leader = now + e->margin < e->deadline;
+        e->leader = ar_session_alive(e->session, now);
         notify(e);
     } else if (res->n_ops == 1 && res->ops[0].n_kvs == 1) {
         const struct ar_etcd_kv *kv = &res->ops[0].kvs[0];
 
-        if (kv->lease == e->lease && e->lease) { /* ours (a retried campaign that won) */
+        if (kv->lease == lease && lease) { /* ours (a retried campaign that won) */
             e->my_rev = kv->create_revision;
-            e->leader = now + e->margin < e->deadline;
+            e->leader = ar_session_alive(e->session, now);
         }
         set_leader_value(e, kv->value, kv->value_len, kv->create_revision);
         notify(e);
@@ -309,7 +279,7 @@ static void campaign(struct ar_election *e)
                              .key_len = e->key_len,
                              .value = (const uint8_t *)e->value,
                              .value_len = strlen(e->value),
-                             .lease = e->lease};
+                             .lease = ar_session_lease(e->session)};
     struct ar_etcd_op get = {
         .type = AR_ETCD_RANGE, .key = (const uint8_t *)e->key, .key_len = e->key_len};
     struct ar_etcd_txn t = {.compare = &cmp,
@@ -319,7 +289,7 @@ static void campaign(struct ar_election *e)
                             .failure = &get,
                             .n_failure = 1};
 
-    if (e->campaigning || !e->lease || e->dead || e->resigning)
+    if (e->campaigning || !put.lease || e->dead || e->resigning)
         return;
     e->campaigning = true;
     e->refs++;
@@ -330,79 +300,20 @@ static void campaign(struct ar_election *e)
     }
 }
 
-struct grant_ctx {
-    struct ar_election *e;
-    uint64_t sent_at;
-};
-
-static void on_grant(void *arg, int status, const struct ar_etcd_result *res,
-                     const struct ar_etcd_error *err)
-{
-    struct grant_ctx *g = arg;
-    struct ar_election *e = g->e;
-    uint64_t sent = g->sent_at;
-
-    free(g);
-    e->granting = false;
-    if (e->dead || e->resigning) {
-        if (status == 0)
-            ar_etcd_lease_revoke(e->c, res->lease_id, on_revoke_ignore, NULL);
-        unref(e);
-        return;
-    }
-    if (status < 0) {
-        set_error(e, status, err);
-        notify(e);
-        retry_later(e);
-        unref(e);
-        return;
-    }
-    /* ar_etcd_lease_grant guarantees lease_id != 0 and ttl > 0 (else -EPROTO above) */
-    e->lease = res->lease_id;
-    e->ttl = res->ttl;
-    e->deadline = sent + (uint64_t)res->ttl * 1000;
-    arm_deadline(e);
-    if (ar_etcd_keepalive_start(e->c, e->lease, e->ttl, on_keepalive, e, &e->keeper) < 0)
-        e->keeper = NULL;
-    campaign(e);
-    unref(e);
-}
-
-static void grant(struct ar_election *e)
-{
-    struct grant_ctx *g;
-
-    if (e->granting || e->dead || e->resigning)
-        return;
-    g = malloc(sizeof(*g));
-    if (!g) {
-        retry_later(e);
-        return;
-    }
-    g->e = e;
-    g->sent_at = ar_etcd_now_ms();
-    e->granting = true;
-    e->refs++;
-    if (ar_etcd_lease_grant(e->c, e->ttl, 0, on_grant, g) < 0) {
-        free(g);
-        e->granting = false;
-        e->refs--;
-        retry_later(e);
-    }
-}
-
-struct ar_election *ar_election_start(struct ar_etcd *c, const struct ar_election_settings *s,
-                                      ar_election_cb cb, void *arg)
+int ar_election_start(struct ar_etcd *c, const struct ar_election_settings *s, ar_election_cb cb,
+                      void *arg, struct ar_election **out)
 {
     struct ar_election *e;
+    int rc;
 
-    if (!c || !s || !s->key || !*s->key || !s->value) {
-        errno = EINVAL;
-        return NULL;
-    }
+    if (out)
+        *out = NULL;
+    if (!out || !c || !s || !s->key || !*s->key || !s->value ||
+        (s->session && ar_session_client(s->session) != c))
+        return -EINVAL;
     e = calloc(1, sizeof(*e));
     if (!e)
-        return NULL;
+        return -ENOMEM;
     e->refs = 1;
     e->c = c;
     e->cb = cb;
@@ -410,37 +321,45 @@ struct ar_election *ar_election_start(struct ar_etcd *c, const struct ar_electio
     e->key = strdup(s->key);
     e->value = strdup(s->value);
     e->key_len = e->key ? strlen(e->key) : 0;
-    e->ttl = s->ttl_s ? s->ttl_s : 10;
-    e->margin = s->margin_ms ? s->margin_ms : (unsigned)(e->ttl * 1000 / 6);
-    if (e->margin < 300)
-        e->margin = 300;
-    e->deadline_timer = malloc(sizeof(uv_timer_t));
     e->retry_timer = malloc(sizeof(uv_timer_t));
-    if (!e->key || !e->value || !e->deadline_timer || !e->retry_timer) {
-        free(e->deadline_timer);
-        free(e->retry_timer);
-        unref(e);
-        errno = ENOMEM;
-        return NULL;
+    if (!e->key || !e->value || !e->retry_timer) {
+        rc = -ENOMEM;
+        goto fail;
     }
-    uv_timer_init(ar_etcd_loop(c), e->deadline_timer);
+    if (s->session) {
+        e->session = s->session;
+    } else {
+        struct ar_session_settings ss = {.ttl_s = s->ttl_s, .margin_ms = s->margin_ms};
+
+        rc = ar_session_new(c, &ss, &e->session);
+        if (rc < 0)
+            goto fail;
+        e->own_session = true;
+    }
+    rc = ar_session_listen(e->session, on_session, e);
+    if (rc < 0)
+        goto fail;
     uv_timer_init(ar_etcd_loop(c), e->retry_timer);
-    e->deadline_timer->data = e;
     e->retry_timer->data = e;
-    grant(e);
-    return e;
+    campaign(e); /* at once when the session already holds a lease, else on GRANTED */
+    *out = e;
+    return 0;
+fail:
+    if (e->own_session)
+        ar_session_free(e->session);
+    free(e->retry_timer);
+    unref(e);
+    return rc;
 }
 
 static void stop_all(struct ar_election *e)
 {
-    ar_etcd_keepalive_stop(e->keeper);
-    e->keeper = NULL;
+    ar_session_unlisten(e->session, on_session, e);
     ar_etcd_watch_stop(e->watch);
     e->watch = NULL;
-    if (e->deadline_timer) {
-        uv_close((uv_handle_t *)e->deadline_timer, close_free);
+    if (e->retry_timer) {
         uv_close((uv_handle_t *)e->retry_timer, close_free);
-        e->deadline_timer = e->retry_timer = NULL;
+        e->retry_timer = NULL;
     }
 }
 
@@ -453,8 +372,7 @@ static void resign_finish(struct ar_election *e)
         done(e->resign_arg);
 }
 
-static void on_resign_revoke(void *arg, int status, const struct ar_etcd_result *res,
-                             const struct ar_etcd_error *err)
+static void on_resign_revoke(void *arg)
 {
     struct ar_election *e = arg;
 
@@ -462,15 +380,21 @@ static void on_resign_revoke(void *arg, int status, const struct ar_etcd_result 
     unref(e);
 }
 
+/* The key is deleted (or that failed): an own session is revoked and freed; a shared one is
+ * its owner's to close. */
 static void on_resign_delete(void *arg, int status, const struct ar_etcd_result *res,
                              const struct ar_etcd_error *err)
 {
     struct ar_election *e = arg;
+    struct ar_session *own = e->own_session ? e->session : NULL;
 
-    if (!e->lease || ar_etcd_lease_revoke(e->c, e->lease, on_resign_revoke, e) < 0) {
-        resign_finish(e);
-        unref(e);
+    if (own) {
+        e->session = NULL;
+        e->own_session = false;
+        ar_session_close(own, on_resign_revoke, e);
+        return;
     }
+    on_resign_revoke(e);
 }
 
 void ar_election_resign(struct ar_election *e, void (*done)(void *arg), void *arg)
@@ -482,11 +406,11 @@ void ar_election_resign(struct ar_election *e, void (*done)(void *arg), void *ar
     e->resign_done = done;
     e->resign_arg = arg;
     e->leader = false;
-    ar_etcd_keepalive_stop(e->keeper);
-    e->keeper = NULL;
+    ar_session_unlisten(e->session, on_session, e);
+    if (!e->own_session) /* its owner may close it once this returns */
+        e->session = NULL;
     ar_etcd_watch_stop(e->watch);
     e->watch = NULL;
-    uv_timer_stop(e->deadline_timer);
     uv_timer_stop(e->retry_timer);
     if (was_leader)
         notify(e);
@@ -513,5 +437,8 @@ void ar_election_free(struct ar_election *e)
     e->dead = true;
     e->resign_done = NULL;
     stop_all(e);
+    if (e->own_session)
+        ar_session_free(e->session);
+    e->session = NULL;
     unref(e);
 }

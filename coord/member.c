@@ -42,20 +42,21 @@ int ar_member_register(struct ar_etcd *c, const char *prefix, const char *node, 
 
 struct ar_member_alive {
     struct ar_etcd *c;
+    struct ar_session *session;
+    bool own_session;
     char key[512];
     char *report;
-    int64_t ttl, lease;
-    struct ar_etcd_keeper *keeper;
+    int64_t put_lease;  /* the lease of the put in flight */
+    int64_t lost_lease; /* a put already reported this lease gone (no second callback) */
     uv_timer_t *retry;
     ar_etcd_cb cb;
     void *arg;
     int refs;
-    bool dead, granting, putting, dirty, ok;
+    bool dead, putting, dirty, ok;
     void (*done)(void *);
     void *done_arg;
 };
 
-static void alive_grant(struct ar_member_alive *a);
 static void alive_put(struct ar_member_alive *a);
 
 static void close_free(uv_handle_t *h)
@@ -75,11 +76,7 @@ static void on_retry(uv_timer_t *t)
 {
     struct ar_member_alive *a = t->data;
 
-    if (a->dead)
-        return;
-    if (!a->lease)
-        alive_grant(a);
-    else
+    if (!a->dead)
         alive_put(a);
 }
 
@@ -87,21 +84,6 @@ static void retry_later(struct ar_member_alive *a)
 {
     if (!a->dead)
         uv_timer_start(a->retry, on_retry, RETRY_MS, 0);
-}
-
-static void on_revoke_ignore(void *arg, int status, const struct ar_etcd_result *res,
-                             const struct ar_etcd_error *err)
-{
-}
-
-/* The lease is gone (etcd said so): the alive key went with it; start over on a new lease. */
-static void alive_lease_lost(struct ar_member_alive *a)
-{
-    a->ok = false;
-    ar_etcd_keepalive_stop(a->keeper);
-    a->keeper = NULL;
-    a->lease = 0;
-    alive_grant(a);
 }
 
 static void on_put(void *arg, int status, const struct ar_etcd_result *res,
@@ -114,12 +96,14 @@ static void on_put(void *arg, int status, const struct ar_etcd_result *res,
         a->ok = status == 0;
         if (a->cb)
             a->cb(a->arg, status, res, err);
-        if (status == -ENOENT) /* "requested lease not found": re-putting on it never works */
-            alive_lease_lost(a);
-        else if (status < 0)
+        if (status == -ENOENT) { /* "requested lease not found": re-putting on it never works */
+            a->lost_lease = a->put_lease;
+            ar_session_lost(a->session, a->put_lease, status, err);
+        } else if (status < 0) {
             retry_later(a);
-        else if (a->dirty)
+        } else if (a->dirty) {
             alive_put(a);
+        }
     }
     alive_unref(a);
 }
@@ -130,9 +114,9 @@ static void alive_put(struct ar_member_alive *a)
                             .key_len = strlen(a->key),
                             .value = (const uint8_t *)a->report,
                             .value_len = strlen(a->report),
-                            .lease = a->lease};
+                            .lease = ar_session_lease(a->session)};
 
-    if (a->dead || !a->lease)
+    if (a->dead || !op.lease) /* no lease: the session's GRANTED puts it */
         return;
     if (a->putting) {
         a->dirty = true;
@@ -140,6 +124,7 @@ static void alive_put(struct ar_member_alive *a)
     }
     a->dirty = false;
     a->putting = true;
+    a->put_lease = op.lease;
     a->refs++;
     if (ar_etcd_put(a->c, &op, on_put, a) < 0) {
         a->putting = false;
@@ -148,87 +133,105 @@ static void alive_put(struct ar_member_alive *a)
     }
 }
 
-static void on_keepalive(void *arg, int status, int64_t ttl, uint64_t deadline,
-                         const struct ar_etcd_error *err)
+/* A new lease: the key goes on it. The lease lost: the key went with it (told once). */
+static void on_session(void *arg, const struct ar_session_update *u)
 {
     struct ar_member_alive *a = arg;
 
-    if (status != -ENOENT || a->dead)
+    if (a->dead)
         return;
-    if (a->cb)
-        a->cb(a->arg, status, NULL, err);
-    alive_lease_lost(a);
-}
-
-static void on_grant(void *arg, int status, const struct ar_etcd_result *res,
-                     const struct ar_etcd_error *err)
-{
-    struct ar_member_alive *a = arg;
-
-    a->granting = false;
-    if (a->dead) { /* stopped meanwhile: do not leave the new lease behind */
-        if (status == 0)
-            ar_etcd_lease_revoke(a->c, res->lease_id, on_revoke_ignore, NULL);
-        alive_unref(a);
-        return;
-    }
-    if (status < 0) {
+    switch (u->kind) {
+    case AR_SESSION_GRANTED:
+        a->ok = false;
+        alive_put(a);
+        break;
+    case AR_SESSION_LOST:
+        a->ok = false;
+        if (a->cb && u->lease != a->lost_lease)
+            a->cb(a->arg, u->status, NULL, u->err);
+        break;
+    case AR_SESSION_GRANT_FAILED:
         if (a->cb)
-            a->cb(a->arg, status, NULL, err);
-        retry_later(a);
-        alive_unref(a);
-        return;
-    }
-    a->lease = res->lease_id;
-    if (ar_etcd_keepalive_start(a->c, a->lease, res->ttl, on_keepalive, a, &a->keeper) < 0)
-        a->keeper = NULL;
-    alive_put(a);
-    alive_unref(a);
-}
-
-static void alive_grant(struct ar_member_alive *a)
-{
-    if (a->granting || a->dead)
-        return;
-    a->granting = true;
-    a->refs++;
-    if (ar_etcd_lease_grant(a->c, a->ttl, 0, on_grant, a) < 0) {
-        a->granting = false;
-        a->refs--;
-        retry_later(a);
+            a->cb(a->arg, u->status, NULL, u->err);
+        break;
+    case AR_SESSION_RENEWED:
+    case AR_SESSION_RENEW_FAILED:
+        break;
     }
 }
 
-struct ar_member_alive *ar_member_alive_start(struct ar_etcd *c, const char *prefix,
-                                              const char *node, int64_t ttl_s,
-                                              const char *report_json, ar_etcd_cb cb, void *arg)
+static int alive_new(struct ar_etcd *c, struct ar_session *shared, const char *prefix,
+                     const char *node, int64_t ttl_s, const char *report_json, ar_etcd_cb cb,
+                     void *arg, struct ar_member_alive **out)
 {
-    struct ar_member_alive *a = calloc(1, sizeof(*a));
+    struct ar_member_alive *a;
+    int rc;
 
+    if (out)
+        *out = NULL;
+    if (!out || !c)
+        return -EINVAL;
+    a = calloc(1, sizeof(*a));
     if (!a)
-        return NULL;
+        return -ENOMEM;
     a->refs = 1;
     a->c = c;
     a->cb = cb;
     a->arg = arg;
-    a->ttl = ttl_s > 0 ? ttl_s : 10;
-    if (ar_member_key(a->key, sizeof(a->key), prefix, "alive", node) < 0) {
+    rc = ar_member_key(a->key, sizeof(a->key), prefix, "alive", node);
+    if (rc < 0) {
         free(a);
-        errno = EINVAL;
-        return NULL;
+        return -EINVAL;
     }
     a->report = strdup(report_json ? report_json : "{}");
     a->retry = malloc(sizeof(*a->retry));
     if (!a->report || !a->retry) {
-        free(a->retry);
-        alive_unref(a);
-        errno = ENOMEM;
-        return NULL;
+        rc = -ENOMEM;
+        goto fail;
     }
+    if (shared) {
+        a->session = shared;
+    } else {
+        struct ar_session_settings ss = {.ttl_s = ttl_s > 0 ? ttl_s : 10};
+
+        rc = ar_session_new(c, &ss, &a->session);
+        if (rc < 0)
+            goto fail;
+        a->own_session = true;
+    }
+    rc = ar_session_listen(a->session, on_session, a);
+    if (rc < 0)
+        goto fail;
     uv_timer_init(ar_etcd_loop(c), a->retry);
     a->retry->data = a;
-    alive_grant(a);
-    return a;
+    alive_put(a); /* at once when the session already holds a lease, else on GRANTED */
+    *out = a;
+    return 0;
+fail:
+    if (a->own_session)
+        ar_session_free(a->session);
+    free(a->retry);
+    alive_unref(a);
+    return rc;
+}
+
+int ar_member_alive_start(struct ar_etcd *c, const char *prefix, const char *node, int64_t ttl_s,
+                          const char *report_json, ar_etcd_cb cb, void *arg,
+                          struct ar_member_alive **out)
+{
+    return alive_new(c, NULL, prefix, node, ttl_s, report_json, cb, arg, out);
+}
+
+int ar_member_alive_start_on(struct ar_session *s, const char *prefix, const char *node,
+                             const char *report_json, ar_etcd_cb cb, void *arg,
+                             struct ar_member_alive **out)
+{
+    if (!s) {
+        if (out)
+            *out = NULL;
+        return -EINVAL;
+    }
+    return alive_new(ar_session_client(s), s, prefix, node, 0, report_json, cb, arg, out);
 }
 
 int ar_member_alive_update(struct ar_member_alive *a, const char *report_json)
@@ -248,8 +251,7 @@ bool ar_member_alive_ok(const struct ar_member_alive *a)
     return a->ok;
 }
 
-static void on_stop_revoke(void *arg, int status, const struct ar_etcd_result *res,
-                           const struct ar_etcd_error *err)
+static void on_stop_done(void *arg)
 {
     struct ar_member_alive *a = arg;
 
@@ -258,23 +260,34 @@ static void on_stop_revoke(void *arg, int status, const struct ar_etcd_result *r
     alive_unref(a);
 }
 
+static void on_stop_delete(void *arg, int status, const struct ar_etcd_result *res,
+                           const struct ar_etcd_error *err)
+{
+    on_stop_done(arg);
+}
+
 void ar_member_alive_stop(struct ar_member_alive *a, void (*done)(void *arg), void *arg)
 {
+    struct ar_etcd_op del = {.type = AR_ETCD_DELETE};
+
     if (!a)
         return;
     a->dead = true;
     a->ok = false;
     a->done = done;
     a->done_arg = arg;
-    ar_etcd_keepalive_stop(a->keeper);
-    a->keeper = NULL;
+    ar_session_unlisten(a->session, on_session, a);
     uv_close((uv_handle_t *)a->retry, close_free);
     a->retry = NULL;
-    if (a->lease && ar_etcd_lease_revoke(a->c, a->lease, on_stop_revoke, a) == 0)
-        return; /* the reference passes to on_stop_revoke */
-    if (done)
-        done(arg);
-    alive_unref(a);
+    if (a->own_session) { /* revoking the lease deletes the key */
+        ar_session_close(a->session, on_stop_done, a);
+        return; /* the reference passes to on_stop_done */
+    }
+    del.key = (const uint8_t *)a->key;
+    del.key_len = strlen(a->key);
+    if (ar_session_lease(a->session) && ar_etcd_delete(a->c, &del, on_stop_delete, a) == 0)
+        return; /* the reference passes to on_stop_delete */
+    on_stop_done(a);
 }
 
 /* --- listing ------------------------------------------------------------------------------ */

@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "coord/etcd/etcd.h"
+#include "coord/session.h"
 
 #define AR_DEFAULT_PREFIX "/atrest/"
 
@@ -22,17 +23,25 @@ int ar_member_register(struct ar_etcd *c, const char *prefix, const char *node, 
                        ar_etcd_cb cb, void *arg);
 
 /*
- * Liveness: grant a lease (ttl_s), keep it alive, put <prefix>alive/<node> = report bound to it.
- * When the lease is lost the key is re-created on a new lease. ar_member_alive_update replaces
- * the report (written at once). cb (may be NULL) reports every write (status, err).
+ * Liveness: put <prefix>alive/<node> = report bound to a session's lease (coord/session.h), and
+ * put it again on every new lease of the session (the key goes with a lost lease). A put that
+ * etcd answers "lease not found" tells the session (ar_session_lost). ar_member_alive_update
+ * replaces the report (written at once). cb (may be NULL) reports every write (status, err),
+ * every lost lease and every failed grant.
  */
 struct ar_member_alive;
-struct ar_member_alive *ar_member_alive_start(struct ar_etcd *c, const char *prefix,
-                                              const char *node, int64_t ttl_s,
-                                              const char *report_json, ar_etcd_cb cb, void *arg);
+/* On the agent's shared session (same client; it must outlive this): stop deletes the key. */
+int ar_member_alive_start_on(struct ar_session *s, const char *prefix, const char *node,
+                             const char *report_json, ar_etcd_cb cb, void *arg,
+                             struct ar_member_alive **out);
+/* On an own session of ttl_s seconds: stop revokes its lease. */
+/* 0 and *out set, or -EINVAL (bad node) / -ENOMEM with *out NULL. */
+int ar_member_alive_start(struct ar_etcd *c, const char *prefix, const char *node, int64_t ttl_s,
+                          const char *report_json, ar_etcd_cb cb, void *arg,
+                          struct ar_member_alive **out);
 int ar_member_alive_update(struct ar_member_alive *a, const char *report_json);
 bool ar_member_alive_ok(const struct ar_member_alive *a);
-/* Revoke the lease (deletes the alive key) and free; done may be NULL. */
+/* Delete the alive key (own session: revoke its lease) and free; done may be NULL. */
 void ar_member_alive_stop(struct ar_member_alive *a, void (*done)(void *arg), void *arg);
 
 /* One member as seen in etcd. */

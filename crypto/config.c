@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <search.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,17 +147,34 @@ int ar_diag_format(const struct ar_diag *d, char *buf, size_t len)
 
 /* ---- the node tree ------------------------------------------------------------------------ */
 
-enum yk { YN_SCALAR, YN_SEQ, YN_MAP };
+/*
+ * One node per libyaml event, as goyaml.v2's parser builds it. An alias is a node of its own
+ * that points at its anchor's node (shared, never copied), so the tree stays as large as the
+ * file however often an anchor is used. Every node carries what decoding its expansion would
+ * cost (computed once, when the node is complete), so the bounds below are checked without
+ * ever expanding anything.
+ */
+enum yk { YN_SCALAR, YN_SEQ, YN_MAP, YN_ALIAS };
+
+#define YN_SAT (UINT64_C(1) << 62) /* expansion counters saturate here */
 
 struct yn {
     enum yk kind;
     struct ar_pos pos;
-    char *s; /* scalar text (NUL terminated), wiped on free */
+    char *s; /* scalar text (NUL terminated), alias: the anchor name; wiped on free */
     size_t len;
-    bool plain;       /* plain style and no tag: subject to YAML type resolution */
-    bool str_tag;     /* explicit !!str */
-    struct yn **kids; /* seq: items; map: key, value, key, value, ... */
+    bool plain;        /* plain style and no tag: subject to YAML type resolution */
+    bool str_tag;      /* explicit !!str */
+    bool merge;        /* a merge key: plain "<<" or tagged !!merge */
+    bool open;         /* a collection whose end event has not come yet */
+    bool cyclic;       /* alias: its anchor's node was still open (it contains itself) */
+    struct yn *target; /* alias: the anchored node (not owned) */
+    struct yn **kids;  /* seq: items; map: key, value, key, value, ... */
     size_t n, cap;
+    uint64_t esize;  /* goyaml decode operations for this node, aliases expanded */
+    uint64_t enodes; /* scalars, sequences and mappings once aliases are expanded */
+    uint64_t ebytes; /* scalar bytes once aliases are expanded */
+    unsigned mdepth; /* mapping: merge keys nested this deep (1: no merge key) */
 };
 
 static void yn_free(struct yn *n)
@@ -166,7 +184,7 @@ static void yn_free(struct yn *n)
     if (!n)
         return;
     for (i = 0; i < n->n; i++)
-        yn_free(n->kids[i]);
+        yn_free(n->kids[i]); /* kids are owned; an alias's target is not */
     free(n->kids);
     if (n->s) {
         sodium_memzero(n->s, n->len);
@@ -187,6 +205,130 @@ static int yn_push(struct yn *parent, struct yn *kid)
     }
     parent->kids[parent->n++] = kid;
     return 0;
+}
+
+/* The node an alias stands for (anchors are never on aliases, so one step is enough). */
+static const struct yn *yd(const struct yn *n)
+{
+    return n && n->kind == YN_ALIAS ? n->target : n;
+}
+
+static uint64_t sat_add(uint64_t a, uint64_t b)
+{
+    return a >= YN_SAT || b >= YN_SAT || a + b >= YN_SAT ? YN_SAT : a + b;
+}
+
+/* Fill in the expansion figures of a complete node (its kids are complete). */
+static void yn_measure(struct yn *n)
+{
+    size_t i, j;
+
+    switch (n->kind) {
+    case YN_SCALAR:
+        n->esize = n->enodes = 1;
+        n->ebytes = n->len;
+        return;
+    case YN_ALIAS:
+        /* the alias node itself is one decode operation, then its anchor's whole value */
+        n->esize = sat_add(1, n->cyclic ? 0 : n->target->esize);
+        n->enodes = n->cyclic ? 0 : n->target->enodes;
+        n->ebytes = n->cyclic ? 0 : n->target->ebytes;
+        n->mdepth = n->cyclic ? 0 : n->target->mdepth;
+        return;
+    case YN_SEQ:
+        n->esize = n->enodes = 1;
+        n->ebytes = 0;
+        for (i = 0; i < n->n; i++) {
+            n->esize = sat_add(n->esize, n->kids[i]->esize);
+            n->enodes = sat_add(n->enodes, n->kids[i]->enodes);
+            n->ebytes = sat_add(n->ebytes, n->kids[i]->ebytes);
+        }
+        return;
+    case YN_MAP:
+        n->esize = n->enodes = 1;
+        n->ebytes = 0;
+        n->mdepth = 1;
+        for (i = 0; i + 1 < n->n; i += 2) {
+            const struct yn *k = n->kids[i], *v = n->kids[i + 1];
+
+            if (!k->merge) {
+                n->esize = sat_add(n->esize, sat_add(k->esize, v->esize));
+                n->enodes = sat_add(n->enodes, sat_add(k->enodes, v->enodes));
+                n->ebytes = sat_add(n->ebytes, sat_add(k->ebytes, v->ebytes));
+                continue;
+            }
+            /* the merge key is not decoded; a sequence value is not decoded itself */
+            if (v->kind == YN_SEQ) {
+                for (j = 0; j < v->n; j++)
+                    n->esize = sat_add(n->esize, v->kids[j]->esize);
+            } else {
+                n->esize = sat_add(n->esize, v->esize);
+            }
+            for (j = 0; j < (v->kind == YN_SEQ ? v->n : 1); j++) {
+                const struct yn *m = yd(v->kind == YN_SEQ ? v->kids[j] : v);
+
+                if (m->kind != YN_MAP || m->open)
+                    continue;
+                /* its entries land in this mapping: all of its nodes but itself */
+                n->enodes = sat_add(n->enodes, m->enodes - 1);
+                n->ebytes = sat_add(n->ebytes, m->ebytes);
+                if (m->mdepth + 1 > n->mdepth)
+                    n->mdepth = m->mdepth + 1;
+            }
+        }
+        return;
+    }
+}
+
+/* Anchors by name; a later anchor of the same name replaces the earlier one (goyaml.v2). */
+struct anchor {
+    char *name;
+    struct yn *node;
+};
+
+static int anchor_cmp(const void *a, const void *b)
+{
+    return strcmp(((const struct anchor *)a)->name, ((const struct anchor *)b)->name);
+}
+
+static void anchor_free(void *p)
+{
+    struct anchor *a = p;
+
+    free(a->name);
+    free(a);
+}
+
+static int anchor_put(void **anchors, const yaml_char_t *name, struct yn *node)
+{
+    struct anchor *a = calloc(1, sizeof(*a)), **slot;
+
+    if (!a)
+        return -ENOMEM;
+    a->name = strdup((const char *)name);
+    a->node = node;
+    if (!a->name) {
+        free(a);
+        return -ENOMEM;
+    }
+    slot = tsearch(a, anchors, anchor_cmp);
+    if (!slot) {
+        anchor_free(a);
+        return -ENOMEM;
+    }
+    if (*slot != a) {
+        (*slot)->node = node;
+        anchor_free(a);
+    }
+    return 0;
+}
+
+static struct yn *anchor_get(void *const *anchors, const yaml_char_t *name)
+{
+    struct anchor key = {(char *)name, NULL}, **slot;
+
+    slot = tfind(&key, anchors, anchor_cmp);
+    return slot ? (*slot)->node : NULL;
 }
 
 /* Decoding context: diagnostics plus the current field path. */
@@ -257,6 +399,7 @@ static int tree_build(struct dctx *dc, const uint8_t *buf, size_t len, struct yn
     struct yn *stack[AR_CFG_MAX_DEPTH];
     size_t depth = 0, nodes = 0;
     struct yn *root = NULL;
+    void *anchors = NULL;
     bool done = false;
     int rc = 0;
 
@@ -266,6 +409,7 @@ static int tree_build(struct dctx *dc, const uint8_t *buf, size_t len, struct yn
     yaml_parser_set_input_string(&parser, buf, len);
     while (!done) {
         struct yn *n = NULL;
+        const yaml_char_t *anchor = NULL;
 
         if (!yaml_parser_parse(&parser, &ev)) {
             int line = 0;
@@ -298,12 +442,6 @@ static int tree_build(struct dctx *dc, const uint8_t *buf, size_t len, struct yn
             done = true; /* only the first document counts, as in sigs.k8s.io/yaml */
             break;
         case YAML_ALIAS_EVENT:
-            derr(
-                dc, mark_pos(ev.start_mark), "",
-                "error converting YAML to JSON: yaml: line %d: aliases are not supported by atrest",
-                (int)ev.start_mark.line + 1);
-            rc = -EINVAL;
-            break;
         case YAML_SCALAR_EVENT:
         case YAML_SEQUENCE_START_EVENT:
         case YAML_MAPPING_START_EVENT:
@@ -319,7 +457,30 @@ static int tree_build(struct dctx *dc, const uint8_t *buf, size_t len, struct yn
                 break;
             }
             n->pos = mark_pos(ev.start_mark);
-            if (ev.type == YAML_SCALAR_EVENT) {
+            if (ev.type == YAML_ALIAS_EVENT) {
+                const char *name = (const char *)ev.data.alias.anchor;
+
+                n->kind = YN_ALIAS;
+                n->target = anchor_get(&anchors, ev.data.alias.anchor);
+                n->len = strlen(name);
+                n->s = strdup(name);
+                if (!n->s) {
+                    free(n);
+                    rc = -ENOMEM;
+                    break;
+                }
+                if (!n->target) {
+                    /* goyaml.v2's parser fails here, before anything is decoded */
+                    derr(dc, n->pos, "",
+                         "error converting YAML to JSON: yaml: unknown anchor '%s' referenced",
+                         name);
+                    yn_free(n);
+                    rc = -EINVAL;
+                    break;
+                }
+                n->cyclic = n->target->open;
+                yn_measure(n);
+            } else if (ev.type == YAML_SCALAR_EVENT) {
                 const char *tag = (const char *)ev.data.scalar.tag;
                 n->kind = YN_SCALAR;
                 n->len = ev.data.scalar.length;
@@ -333,8 +494,17 @@ static int tree_build(struct dctx *dc, const uint8_t *buf, size_t len, struct yn
                 n->s[n->len] = '\0';
                 n->str_tag = tag && strcmp(tag, YAML_STR_TAG) == 0;
                 n->plain = ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE && !n->str_tag;
+                /* goyaml.v2 isMerge: "<<", implicit or tagged !!merge */
+                n->merge = n->len == 2 && memcmp(n->s, "<<", 2) == 0 &&
+                           (ev.data.scalar.plain_implicit ||
+                            (tag && strcmp(tag, "tag:yaml.org,2002:merge") == 0));
+                anchor = ev.data.scalar.anchor;
+                yn_measure(n);
             } else {
                 n->kind = ev.type == YAML_MAPPING_START_EVENT ? YN_MAP : YN_SEQ;
+                n->open = true;
+                anchor = ev.type == YAML_MAPPING_START_EVENT ? ev.data.mapping_start.anchor
+                                                             : ev.data.sequence_start.anchor;
             }
             if (depth == 0) {
                 root = n;
@@ -343,7 +513,12 @@ static int tree_build(struct dctx *dc, const uint8_t *buf, size_t len, struct yn
                 rc = -ENOMEM;
                 break;
             }
-            if (n->kind != YN_SCALAR) {
+            /* registered when the node starts: an alias inside its own node is a cycle */
+            if (anchor && anchor_put(&anchors, anchor, n) < 0) {
+                rc = -ENOMEM;
+                break;
+            }
+            if (n->kind == YN_SEQ || n->kind == YN_MAP) {
                 if (depth == AR_CFG_MAX_DEPTH) {
                     derr(dc, n->pos, "",
                          "error converting YAML to JSON: nesting deeper than %d levels",
@@ -356,8 +531,17 @@ static int tree_build(struct dctx *dc, const uint8_t *buf, size_t len, struct yn
             break;
         case YAML_SEQUENCE_END_EVENT:
         case YAML_MAPPING_END_EVENT:
-            if (depth > 0)
-                depth--;
+            if (depth > 0) {
+                n = stack[--depth];
+                n->open = false;
+                yn_measure(n);
+                if (n->mdepth > AR_CFG_MAX_DEPTH) {
+                    derr(dc, n->pos, "",
+                         "error converting YAML to JSON: merge keys nested deeper than %d levels",
+                         AR_CFG_MAX_DEPTH);
+                    rc = -EINVAL;
+                }
+            }
             break;
         default:
             break;
@@ -368,6 +552,7 @@ static int tree_build(struct dctx *dc, const uint8_t *buf, size_t len, struct yn
             break;
     }
 out:
+    tdestroy(anchors, anchor_free);
     wipe_parser(&parser);
     yaml_parser_delete(&parser);
     if (rc == 0 && dc->nomem)
@@ -377,6 +562,137 @@ out:
         return rc;
     }
     *rootp = root;
+    return 0;
+}
+
+/*
+ * goyaml.v2 decodes the whole document (sigs.k8s.io/yaml converts it all to JSON) before any
+ * field is looked at, and fails on the first of: an alias inside its own anchor, a merge
+ * value that is not a mapping or a sequence of mappings, and excessive aliasing (decoder
+ * .unmarshal: more than 100 decode operations from alias expansion, more than 1000 in all,
+ * and a share of aliased ones above allowedAliasRatio). This walk replays that decode in the
+ * same order without expanding anything: inside one expansion every step counts for both
+ * figures, so the ratio only rises and the allowed ratio only falls until it ends, and the
+ * check at its end stands for every step of it.
+ */
+struct awalk {
+    uint64_t decodes, aliased;
+};
+
+static bool excessive_aliasing(const struct awalk *w)
+{
+    double allowed, d = (double)w->decodes;
+
+    if (w->aliased <= 100 || w->decodes <= 1000)
+        return false;
+    if (w->decodes <= 400000)
+        allowed = 0.99;
+    else if (w->decodes >= 4000000)
+        allowed = 0.10;
+    else
+        allowed = 0.99 - 0.89 * ((double)(w->decodes - 400000) / 3600000.0);
+    return (double)w->aliased / d > allowed;
+}
+
+static int tree_walk(struct dctx *dc, struct awalk *w, const struct yn *n);
+
+static int walk_merge(struct dctx *dc, struct awalk *w, const struct yn *v)
+{
+    size_t i;
+    int rc;
+
+    if (v->kind == YN_MAP || (v->kind == YN_ALIAS && v->target->kind == YN_MAP))
+        return tree_walk(dc, w, v);
+    if (v->kind == YN_SEQ) {
+        for (i = v->n; i-- > 0;) {
+            if (yd(v->kids[i])->kind != YN_MAP) {
+                v = v->kids[i];
+                goto bad;
+            }
+            rc = tree_walk(dc, w, v->kids[i]);
+            if (rc < 0)
+                return rc;
+        }
+        return 0;
+    }
+bad:
+    derr(dc, v->pos, "",
+         "error converting YAML to JSON: yaml: map merge requires map or sequence of maps as the "
+         "value");
+    return -EINVAL;
+}
+
+static int tree_walk(struct dctx *dc, struct awalk *w, const struct yn *n)
+{
+    size_t i;
+    int rc;
+
+    w->decodes++;
+    if (excessive_aliasing(w))
+        goto excessive;
+    switch (n->kind) {
+    case YN_SCALAR:
+        return 0;
+    case YN_ALIAS:
+        if (n->cyclic) {
+            derr(dc, n->pos, "",
+                 "error converting YAML to JSON: yaml: anchor '%s' value contains itself", n->s);
+            return -EINVAL;
+        }
+        w->decodes = sat_add(w->decodes, n->target->esize);
+        w->aliased = sat_add(w->aliased, n->target->esize);
+        if (excessive_aliasing(w))
+            goto excessive;
+        return 0;
+    case YN_SEQ:
+        for (i = 0; i < n->n; i++)
+            if ((rc = tree_walk(dc, w, n->kids[i])) < 0)
+                return rc;
+        return 0;
+    case YN_MAP:
+        for (i = 0; i + 1 < n->n; i += 2) {
+            if (n->kids[i]->merge)
+                rc = walk_merge(dc, w, n->kids[i + 1]);
+            else if ((rc = tree_walk(dc, w, n->kids[i])) == 0)
+                rc = tree_walk(dc, w, n->kids[i + 1]);
+            if (rc < 0)
+                return rc;
+        }
+        return 0;
+    }
+    return 0;
+excessive:
+    derr(dc, n->pos, "",
+         "error converting YAML to JSON: yaml: document contains excessive aliasing");
+    return -EINVAL;
+}
+
+/* What goyaml.v2 refuses in the whole document, then atrest's own bounds on the expansion: the
+ * effective file is written expanded and must load again, so the expansion may hold no more
+ * nodes and no more scalar bytes than a file may. */
+static int tree_check(struct dctx *dc, const struct yn *root, size_t max_bytes)
+{
+    struct awalk w = {1, 0}; /* the document node is the first decode operation */
+    int rc;
+
+    if (!root)
+        return 0;
+    rc = tree_walk(dc, &w, root);
+    if (rc < 0)
+        return rc;
+    if (root->enodes > AR_CFG_MAX_NODES) {
+        derr(dc, root->pos, "",
+             "error converting YAML to JSON: more than %d YAML nodes once aliases are expanded",
+             AR_CFG_MAX_NODES);
+        return -EINVAL;
+    }
+    if (root->ebytes > max_bytes) {
+        derr(dc, root->pos, "",
+             "error converting YAML to JSON: more than %zu bytes of scalars once aliases are "
+             "expanded",
+             max_bytes);
+        return -EINVAL;
+    }
     return 0;
 }
 
@@ -520,6 +836,7 @@ static enum jt node_jt(const struct yn *n)
     bool isint;
     long long iv;
 
+    n = yd(n);
     if (!n)
         return JT_NULL;
     if (n->kind == YN_SEQ)
@@ -698,42 +1015,79 @@ struct field {
 typedef void (*field_fn)(struct dctx *dc, void *obj, int idx, const struct yn *key,
                          const struct yn *val);
 
+/*
+ * The entries of a mapping in the order goyaml.v2 sets them: its own entries in order, a merge
+ * key's mappings where the merge key stands (a sequence of them last to first). A key set
+ * again is a duplicate under strict decoding, also when a merge brought the first one (go-yaml
+ * v2 issue #410, kubernetes-sigs/yaml issue #46). k is the key's node (an alias resolved), v
+ * the value as written (possibly an alias). Merge nesting is bounded by tree_build.
+ */
+typedef void (*entry_fn)(struct dctx *dc, void *ctx, const struct yn *k, const struct yn *v);
+
+static void map_each(struct dctx *dc, const struct yn *map, entry_fn fn, void *ctx)
+{
+    size_t i, j;
+
+    map = yd(map);
+    if (map->kind != YN_MAP) /* a bad merge value: tree_check refused the document already */
+        return;
+    for (i = 0; i + 1 < map->n; i += 2) {
+        const struct yn *k = map->kids[i], *v = map->kids[i + 1];
+
+        if (!k->merge)
+            fn(dc, ctx, yd(k), v);
+        else if (v->kind == YN_SEQ) /* last to first: earlier mappings take precedence */
+            for (j = v->n; j-- > 0;)
+                map_each(dc, v->kids[j], fn, ctx);
+        else
+            map_each(dc, v, fn, ctx);
+    }
+}
+
+struct struct_ctx {
+    const char *const *fields;
+    void *obj;
+    field_fn fn;
+    unsigned seen;
+};
+
+static void struct_entry(struct dctx *dc, void *ctx, const struct yn *k, const struct yn *v)
+{
+    struct struct_ctx *sc = ctx;
+    size_t old;
+    int idx;
+
+    if (k->kind != YN_SCALAR) {
+        derr(dc, k->pos, dc->path, "error converting YAML to JSON: yaml: invalid map key");
+        return;
+    }
+    for (idx = 0; sc->fields[idx]; idx++)
+        if (strlen(sc->fields[idx]) == k->len && memcmp(sc->fields[idx], k->s, k->len) == 0)
+            break;
+    old = path_push_field(dc, k->s);
+    if (!sc->fields[idx]) {
+        unknown_field(dc, old, k);
+    } else if (sc->seen & (1u << idx)) {
+        if (dc->json)
+            derr(dc, k->pos, dc->path, "strict decoding error: duplicate field \"%s\"", dc->path);
+        else /* goyaml.v2 setMapIndex names the line of the value it was about to set */
+            derr(dc, k->pos, dc->path,
+                 "strict decoding error: yaml: unmarshal errors: line %d: key \"%s\" already "
+                 "set in map",
+                 v->pos.line, k->s);
+    } else {
+        sc->seen |= 1u << idx;
+        sc->fn(dc, sc->obj, idx, k, yd(v));
+    }
+    path_pop(dc, old);
+}
+
 static void dec_struct(struct dctx *dc, const struct yn *map, const char *const *fields, void *obj,
                        field_fn fn)
 {
-    unsigned seen = 0;
-    size_t i;
+    struct struct_ctx sc = {fields, obj, fn, 0};
 
-    for (i = 0; i + 1 < map->n; i += 2) {
-        const struct yn *k = map->kids[i], *v = map->kids[i + 1];
-        size_t old;
-        int idx;
-
-        if (k->kind != YN_SCALAR) {
-            derr(dc, k->pos, dc->path, "error converting YAML to JSON: yaml: invalid map key");
-            continue;
-        }
-        for (idx = 0; fields[idx]; idx++)
-            if (strlen(fields[idx]) == k->len && memcmp(fields[idx], k->s, k->len) == 0)
-                break;
-        old = path_push_field(dc, k->s);
-        if (!fields[idx]) {
-            unknown_field(dc, old, k);
-        } else if (seen & (1u << idx)) {
-            if (dc->json)
-                derr(dc, k->pos, dc->path, "strict decoding error: duplicate field \"%s\"",
-                     dc->path);
-            else
-                derr(dc, k->pos, dc->path,
-                     "strict decoding error: yaml: unmarshal errors: line %d: key \"%s\" already "
-                     "set in map",
-                     k->pos.line, k->s);
-        } else {
-            seen |= 1u << idx;
-            fn(dc, obj, idx, k, v);
-        }
-        path_pop(dc, old);
-    }
+    map_each(dc, map, struct_entry, &sc);
 }
 
 /* Key {name, secret} */
@@ -789,7 +1143,7 @@ static void keys_field(struct dctx *dc, void *obj, int idx, const struct yn *k, 
     }
     ks->n = v->n;
     for (i = 0; i < v->n; i++) {
-        const struct yn *e = v->kids[i];
+        const struct yn *e = yd(v->kids[i]);
         size_t old = path_push_index(dc, i);
         struct dkey *key = &ks->v[i];
 
@@ -1012,7 +1366,7 @@ static void rule_field(struct dctx *dc, void *obj, int idx, const struct yn *k, 
         }
         r->nres = v->n;
         for (i = 0; i < v->n; i++) {
-            const struct yn *e = v->kids[i];
+            const struct yn *e = yd(v->kids[i]);
             size_t old = path_push_index(dc, i);
 
             r->res_pos[i] = e->pos;
@@ -1044,7 +1398,7 @@ static void rule_field(struct dctx *dc, void *obj, int idx, const struct yn *k, 
     }
     r->nprov = v->n;
     for (i = 0; i < v->n; i++) {
-        const struct yn *e = v->kids[i];
+        const struct yn *e = yd(v->kids[i]);
         size_t old = path_push_index(dc, i);
 
         r->prov[i].pos = e->pos;
@@ -1082,7 +1436,7 @@ static void root_field(struct dctx *dc, void *obj, int idx, const struct yn *k, 
     }
     c->nrules = v->n;
     for (i = 0; i < v->n; i++) {
-        const struct yn *e = v->kids[i];
+        const struct yn *e = yd(v->kids[i]);
         size_t old = path_push_index(dc, i);
         struct drule *r = &c->rules[i];
 
@@ -1096,15 +1450,25 @@ static void root_field(struct dctx *dc, void *obj, int idx, const struct yn *k, 
     }
 }
 
+struct get_ctx {
+    const char *name;
+    const struct yn *found;
+};
+
+static void get_entry(struct dctx *dc, void *ctx, const struct yn *k, const struct yn *v)
+{
+    struct get_ctx *g = ctx;
+
+    if (k->kind == YN_SCALAR && k->len == strlen(g->name) && memcmp(k->s, g->name, k->len) == 0)
+        g->found = yd(v); /* the last one wins, as in the JSON sigs.k8s.io/yaml writes */
+}
+
 static const struct yn *map_get(const struct yn *map, const char *name)
 {
-    size_t i;
+    struct get_ctx g = {name, NULL};
 
-    for (i = 0; i + 1 < map->n; i += 2)
-        if (map->kids[i]->kind == YN_SCALAR && map->kids[i]->len == strlen(name) &&
-            memcmp(map->kids[i]->s, name, map->kids[i]->len) == 0)
-            return map->kids[i + 1];
-    return NULL;
+    map_each(NULL, map, get_entry, &g);
+    return g.found;
 }
 
 /* A scalar equal to s, NUL bytes included. */
@@ -1275,10 +1639,12 @@ static void compute_fingerprint(struct ar_config *c)
 
 static void config_free(struct ar_config *c)
 {
+    struct ar_config_priv *pc;
     size_t i, j, k;
 
     if (!c)
         return;
+    pc = ar_cfg_priv(c);
     for (i = 0; i < c->nrules; i++) {
         struct ar_rule *r = &c->rules[i];
         for (j = 0; j < r->nresources; j++) {
@@ -1301,22 +1667,65 @@ static void config_free(struct ar_config *c)
         free(r->providers);
     }
     free(c->rules);
-    if (c->arena)
-        sodium_free(c->arena); /* wipes */
-    sodium_memzero(c, sizeof(*c));
-    free(c);
+    if (pc->arena)
+        sodium_free(pc->arena); /* wipes */
+    sodium_memzero(pc, sizeof(*pc));
+    free(pc);
+}
+
+struct ar_config *ar_cfg_alloc(void)
+{
+    struct ar_config_priv *pc = calloc(1, sizeof(*pc));
+
+    if (!pc)
+        return NULL;
+    pc->refs = 1;
+    return &pc->pub;
+}
+
+uint8_t *ar_cfg_arena(struct ar_config *c, size_t size)
+{
+    struct ar_config_priv *pc = ar_cfg_priv(c);
+
+    if (pc->arena || !size)
+        return NULL;
+    pc->arena = sodium_malloc(size);
+    if (!pc->arena)
+        return NULL;
+    /* sodium_malloc ignores an mlock failure; lock again to know (mlock is idempotent). */
+    c->keys_locked = sodium_mlock(pc->arena, size) == 0;
+    return pc->arena;
+}
+
+void ar_cfg_seal(struct ar_config *c)
+{
+    struct ar_config_priv *pc = ar_cfg_priv(c);
+
+    compute_fingerprint(c);
+    if (pc->arena)
+        sodium_mprotect_readonly(pc->arena);
+}
+
+void ar_cfg_destroy(struct ar_config *c)
+{
+    config_free(c);
+}
+
+void ar_cfg_dconf_free(struct dconf *c)
+{
+    dconf_free(c);
 }
 
 struct ar_config *ar_config_ref(struct ar_config *c)
 {
     if (c)
-        __atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&ar_cfg_priv(c)->refs, 1, __ATOMIC_RELAXED);
     return c;
 }
 
 struct ar_config *ar_config_unref(struct ar_config *c)
 {
-    if (c && __atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) == 0)
+    if (c && __atomic_sub_fetch(&ar_cfg_priv(c)->refs, 1, __ATOMIC_ACQ_REL) == 0)
         config_free(c);
     return NULL;
 }
@@ -1398,6 +1807,11 @@ static int build_config(struct dconf *d, struct ar_config *c)
         }
     }
     return 0;
+}
+
+int ar_cfg_build(struct dconf *d, struct ar_config *c)
+{
+    return build_config(d, c);
 }
 
 static size_t arena_size(const struct dconf *d)
@@ -1487,15 +1901,16 @@ int ar_config_load_mem(const char *name, const void *buf, size_t len,
         goto fail;
     }
     dc.json = looks_like_json(buf, len);
-    c = calloc(1, sizeof(*c));
+    c = ar_cfg_alloc();
     if (!c) {
         rc = -ENOMEM;
         goto fail;
     }
-    c->refs = 1;
     crypto_hash_sha256(c->file_sha256, buf, len);
 
     rc = tree_build(&dc, buf, len, &root);
+    if (rc == 0)
+        rc = tree_check(&dc, root, max);
     if (rc < 0)
         goto fail;
     rc = check_gvk(&dc, root, &legacy);
@@ -1515,14 +1930,12 @@ int ar_config_load_mem(const char *name, const void *buf, size_t len,
     ar_cfg_defaults(&d);
     asz = arena_size(&d);
     if (asz) {
-        c->arena = sodium_malloc(asz);
-        if (!c->arena) {
+        uint8_t *arena = ar_cfg_arena(c, asz);
+        if (!arena) {
             rc = -ENOMEM;
             goto fail;
         }
-        /* sodium_malloc ignores an mlock failure; lock again to know (mlock is idempotent). */
-        c->keys_locked = sodium_mlock(c->arena, asz) == 0;
-        arena_assign(&d, c->arena);
+        arena_assign(&d, arena);
     }
     rc = ar_cfg_validate(&d, &vc);
     if (rc != 0) {
@@ -1537,9 +1950,7 @@ int ar_config_load_mem(const char *name, const void *buf, size_t len,
     rc = build_config(&d, c);
     if (rc < 0)
         goto fail;
-    compute_fingerprint(c);
-    if (c->arena)
-        sodium_mprotect_readonly(c->arena);
+    ar_cfg_seal(c);
     dconf_free(&d);
     yn_free(root);
     *out = c;

@@ -81,14 +81,14 @@ struct ar_rule {          /* one element of .resources[] */
     struct ar_pos pos;
 };
 
+/* The model of one loaded (or composed) config. Only crypto/ allocates it: the reference count
+ * and the locked key arena live in a private wrapper around it (crypto/config_int.h). */
 struct ar_config {
-    int refs;
     bool legacy_kind; /* apiVersion v1, kind EncryptionConfig */
     struct ar_rule *rules;
     size_t nrules;
     uint8_t file_sha256[AR_SHA256_LEN]; /* over the raw file bytes */
     uint8_t fingerprint[AR_SHA256_LEN]; /* over the canonical meaning (see ar_config_fingerprint) */
-    void *arena;                        /* private: the locked key arena (read-only once loaded) */
     bool keys_locked; /* the arena is mlock'ed (false: RLIMIT_MEMLOCK too low; log it) */
 };
 
@@ -160,6 +160,38 @@ void ar_hex(const uint8_t *p, size_t n, char *out);
  * back to a config with the same fingerprint. */
 int ar_config_render(const struct ar_config *c, bool redact, char **out, size_t *outlen);
 void ar_config_render_free(char *buf, size_t len);
+
+/* ---- composing a config from parts of others (crypto/compose.c) ------------------------ */
+
+/* One provider of a composed config. Keyed types (aescbc, aesgcm, secretbox) name keys of live
+ * configs (pointers into their rules); AR_P_KMS names a KMS provider of a live config (copied
+ * as it is: name, endpoint, apiVersion, timeout, cachesize); identity needs nothing. */
+struct ar_compose_provider {
+    enum ar_ptype type;
+    const struct ar_key *const *keys;
+    size_t nkeys;
+    const struct ar_kms *kms;
+};
+
+struct ar_compose_rule {
+    const char *const *resources; /* as they will be written, e.g. "secrets", "*.apps", "*.*" */
+    size_t nresources;
+    const struct ar_compose_provider *providers;
+    size_t nproviders;
+};
+
+/* Build a new config from the given rules, as if a file saying exactly that had been loaded:
+ * the same defaults, the same validation rules and masking check (opts as for loading; NULL:
+ * defaults), every error appended to diags with name as the file and 0:0 positions (-EINVAL;
+ * -ENOMEM). Key secrets are copied from the source configs' arenas straight into the new
+ * config's own locked arena: key bytes never pass through ordinary memory and no key text
+ * (base64) is made. Source configs are only read; the caller keeps them alive during the call.
+ * diags must not be NULL. The result has one reference; its fingerprint is computed as for a loaded
+ * file and its file_sha256 is over ar_config_render(result, false): the bytes kube-apiserver would
+ * hash. */
+int ar_config_compose(const char *name, const struct ar_compose_rule *rules, size_t nrules,
+                      const struct ar_load_opts *opts, struct ar_config **out,
+                      struct ar_diags *diags);
 
 /* ---- Go-compatible base64 (StdEncoding.DecodeString) ----------------------------------- */
 

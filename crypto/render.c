@@ -18,12 +18,15 @@
 struct w {
     char *buf; /* NULL while measuring */
     size_t len;
+    crypto_hash_sha256_state *hash; /* hashing instead of writing */
 };
 
 static void put(struct w *w, const char *s, size_t n)
 {
     if (w->buf)
         memcpy(w->buf + w->len, s, n);
+    if (w->hash)
+        crypto_hash_sha256_update(w->hash, (const unsigned char *)s, n);
     w->len += n;
 }
 
@@ -79,6 +82,14 @@ static void put_secret(struct w *w, const struct ar_key *k, bool redact)
     put(w, "\"", 1);
     if (w->buf)
         ar_b64_encode(k->secret, k->secret_len, w->buf + w->len);
+    if (w->hash) { /* the key text, in a wiped stack buffer (44 bytes for 32-byte keys) */
+        char t[4 * ((64 + 2) / 3) + 1];
+        if (k->secret_len <= 64) {
+            ar_b64_encode(k->secret, k->secret_len, t);
+            crypto_hash_sha256_update(w->hash, (const unsigned char *)t, strlen(t));
+            sodium_memzero(t, sizeof(t));
+        }
+    }
     w->len += 4 * ((k->secret_len + 2) / 3);
     put(w, "\"", 1);
 }
@@ -140,7 +151,7 @@ static void render(const struct ar_config *c, bool redact, struct w *w)
 
 int ar_config_render(const struct ar_config *c, bool redact, char **out, size_t *outlen)
 {
-    struct w w = {NULL, 0};
+    struct w w = {NULL, 0, NULL};
     size_t need;
 
     *out = NULL;
@@ -163,4 +174,15 @@ void ar_config_render_free(char *buf, size_t len)
     (void)len;
     if (buf)
         sodium_free(buf); /* wipes the whole region */
+}
+
+void ar_cfg_render_sha256(const struct ar_config *c, uint8_t out[AR_SHA256_LEN])
+{
+    crypto_hash_sha256_state st;
+    struct w w = {NULL, 0, &st};
+
+    crypto_hash_sha256_init(&st);
+    render(c, false, &w);
+    crypto_hash_sha256_final(&st, out);
+    sodium_memzero(&st, sizeof(st));
 }

@@ -131,8 +131,7 @@ static void setup(void)
         return;
     if (uv_loop_init(&loop) < 0)
         abort();
-    client = ar_etcd_new(&loop, &s);
-    if (!client)
+    if (ar_etcd_new(&loop, &s, &client) < 0)
         abort();
     handles_at_start = handles();
 }

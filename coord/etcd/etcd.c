@@ -4,6 +4,8 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <malloc.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -563,10 +565,8 @@ static void req_finish(struct req *r, int status, struct ar_etcd_result *res,
     ar_xfer_stop(&r->x);
     if (r->cb)
         r->cb(r->arg, status, status < 0 ? NULL : res, status < 0 ? err : NULL);
-    if (res && !res->kept_) {
-        ar_result_clear(res);
-        free(res);
-    }
+    if (res && !ar_result_box_of(res)->kept)
+        ar_etcd_result_free(res);
     req_free(r);
 }
 
@@ -674,33 +674,33 @@ int ar_etcd_decode_result(const struct ar_xfer *x, enum ar_etcd_op_type type,
                           struct ar_etcd_result **out, struct ar_etcd_error *err)
 {
     struct ar_etcd *c = x->c;
-    struct ar_etcd_result *res;
+    struct ar_result_box *box;
     json_t *root, *tok;
     json_error_t jerr;
     int st;
 
     *out = NULL;
     root = json_loadb(x->resp ? x->resp : "", x->resp_len, 0, &jerr);
-    res = calloc(1, sizeof(*res));
-    if (!root || !res) {
+    box = calloc(1, sizeof(*box));
+    if (!root || !box) {
         ar_etcd_set_error(err, -EPROTO, c->endpoints[x->ep], "malformed response: %s",
                           root ? "no memory" : jerr.text);
         json_decref(root);
-        free(res);
+        free(box);
         return err->code;
     }
-    st = ar_parse_result(c, root, type, res);
+    box->owner = c;
+    st = ar_parse_result(c, root, type, &box->pub);
     tok = json_object_get(root, "token");
     if (json_is_string(tok)) /* jansson's copy of an auth token (the lexer's is out of reach) */
         sodium_memzero((char *)json_string_value(tok), json_string_length(tok));
     json_decref(root);
     if (st < 0) {
-        ar_result_clear(res);
-        free(res);
+        ar_etcd_result_free(&box->pub);
         ar_etcd_set_error(err, st, c->endpoints[x->ep], "malformed response (%s)", strerror(-st));
         return st;
     }
-    *out = res;
+    *out = &box->pub;
     return 0;
 }
 
@@ -844,11 +844,28 @@ static int submit(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type
  *   - libcurl copies a small POSTFIELDS body into its request buffer (after the headers) and
  *     frees it unwiped: the escaped password stays in freed heap until the memory is reused;
  *   - libcurl copies the Authorization header into every request buffer, likewise;
- *   - jansson's lexer keeps the raw token text in its own buffer (strbuffer), freed unwiped;
  *   - with TLS, OpenSSL's record buffers hold both on the way out and in.
- * Wiping those would need process-wide allocator hooks (json_set_alloc_funcs,
- * curl_global_init_mem), which atrest does not install.
+ * Wiping those would need curl_global_init_mem, which atrest does not install. jansson's copies
+ * (the lexer's buffer, every string of a parsed answer: tokens, base64 values) are wiped by the
+ * allocator hook below.
  */
+
+/* jansson's free: wipe the whole block (malloc_usable_size covers what jansson wrote), then free.
+ * Installed once per process by ar_etcd_new (see etcd.h). */
+static void wiping_free(void *p)
+{
+    if (p) {
+        sodium_memzero(p, malloc_usable_size(p));
+        free(p);
+    }
+}
+
+static pthread_once_t json_alloc_once = PTHREAD_ONCE_INIT;
+
+static void install_json_alloc(void)
+{
+    json_set_alloc_funcs(malloc, wiping_free);
+}
 
 static void auth_done(void *arg, int status, const struct ar_etcd_result *res,
                       const struct ar_etcd_error *err)
@@ -1000,30 +1017,27 @@ static void free_settings(struct ar_etcd *c)
     sodium_free(c->password); /* wipes; NULL is fine */
 }
 
-struct ar_etcd *ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s)
+int ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s, struct ar_etcd **out)
 {
     struct ar_etcd *c;
     bool bad = false;
 
-    if (!loop || !s || !s->n_endpoints || s->n_endpoints > AR_ETCD_MAX_ENDPOINTS) {
-        errno = EINVAL;
-        return NULL;
-    }
+    if (out)
+        *out = NULL;
+    if (!out || !loop || !s || !s->n_endpoints || s->n_endpoints > AR_ETCD_MAX_ENDPOINTS)
+        return -EINVAL;
     for (size_t i = 0; i < s->n_endpoints; i++) {
         const char *e = s->endpoints[i];
 
-        if (!e || (strncmp(e, "http://", 7) && strncmp(e, "https://", 8)) || strlen(e) > 400) {
-            errno = EINVAL;
-            return NULL;
-        }
+        if (!e || (strncmp(e, "http://", 7) && strncmp(e, "https://", 8)) || strlen(e) > 400)
+            return -EINVAL;
     }
-    if (sodium_init() < 0) { /* the password and tokens live in sodium_malloc'd memory */
-        errno = EIO;
-        return NULL;
-    }
+    if (sodium_init() < 0) /* the password and tokens live in sodium_malloc'd memory */
+        return -EIO;
+    pthread_once(&json_alloc_once, install_json_alloc);
     c = calloc(1, sizeof(*c));
     if (!c)
-        return NULL;
+        return -ENOMEM;
     c->loop = loop;
     ar_link_init(&c->auth_waiters);
     ar_link_init(&c->reqs);
@@ -1067,14 +1081,14 @@ struct ar_etcd *ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s)
     curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, 256L);
     uv_timer_init(loop, &c->timer);
     c->timer.data = c;
-    return c;
+    *out = c;
+    return 0;
 fail:
     if (c->multi)
         curl_multi_cleanup(c->multi);
     free_settings(c);
     free(c);
-    errno = ENOMEM;
-    return NULL;
+    return -ENOMEM;
 }
 
 static void free_client(uv_handle_t *h)
@@ -1116,19 +1130,24 @@ void ar_etcd_close(struct ar_etcd *c)
 
 struct ar_etcd_result *ar_etcd_result_keep(const struct ar_etcd_result *res)
 {
-    struct ar_etcd_result *r = (struct ar_etcd_result *)res;
+    struct ar_result_box *b;
 
-    if (r)
-        r->kept_ = true;
-    return r;
+    if (!res)
+        return NULL;
+    b = ar_result_box_of(res);
+    b->kept = true;
+    return &b->pub;
 }
 
 void ar_etcd_result_free(struct ar_etcd_result *res)
 {
+    struct ar_result_box *b;
+
     if (!res)
         return;
-    ar_result_clear(res);
-    free(res);
+    b = ar_result_box_of(res);
+    ar_result_clear(b->owner, &b->pub);
+    free(b);
 }
 
 /* --- KV ----------------------------------------------------------------------------------- */

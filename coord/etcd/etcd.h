@@ -26,6 +26,11 @@
  * - Keys and values are bytes (pointer + length). Returned keys and values are additionally
  *   NUL-terminated (not counted in the length) so text keys can be printed directly. Returned
  *   values are wiped when freed.
+ * - Values may be a Secret's plaintext (identity), so every copy the client makes is wiped when
+ *   freed: the response body, the decoded values, and jansson's: the first ar_etcd_new installs,
+ *   once per process, jansson allocator functions (json_set_alloc_funcs) whose free wipes the
+ *   whole block (malloc_usable_size) before free(). Every jansson user of the process gets them
+ *   (a cost on each free, about a memset of the block). libcurl's own buffers are not wiped.
  * - Failover: endpoints are tried in order, starting with the last one that worked. A request
  *   moves to the next endpoint when the connection fails or etcd says it has no leader; reads
  *   also move on a timeout of their attempt (see request_timeout_ms), so a member that hangs
@@ -159,9 +164,6 @@ struct ar_etcd_result {
     int64_t ttl;
     int64_t granted_ttl;
     char *token;
-    /* private */
-    struct ar_etcd *owner_;
-    bool kept_;
 };
 
 typedef void (*ar_etcd_cb)(void *arg, int status, const struct ar_etcd_result *res,
@@ -173,8 +175,9 @@ void ar_etcd_set_error(struct ar_etcd_error *e, int code, const char *endpoint, 
 
 /* --- client ------------------------------------------------------------------------------ */
 
-/* Copies the settings. NULL on bad settings (errno EINVAL) or no memory. */
-struct ar_etcd *ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s);
+/* Copies the settings. 0 and *out set, or -EINVAL (bad settings), -ENOMEM, -EIO (libsodium would
+ * not initialise) with *out NULL. */
+int ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s, struct ar_etcd **out);
 /* Cancel everything (callbacks get -ECANCELED), close handles, free. Watches and keepers still
  * open are freed too (stop them, and free elections, first). Never call it from one of this
  * client's callbacks. The loop must then be run (uv_run) until its close callbacks have fired;
@@ -209,7 +212,8 @@ int ar_etcd_iterate(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_page
 
 /* --- results ------------------------------------------------------------------------------ */
 
-/* Take ownership of a result inside its callback; free it later with ar_etcd_result_free. */
+/* Take ownership of a result inside its callback; free it later with ar_etcd_result_free. Only a
+ * result handed to a callback (or through *out by etcd_sync.h), never one of its ops[]. */
 struct ar_etcd_result *ar_etcd_result_keep(const struct ar_etcd_result *res);
 void ar_etcd_result_free(struct ar_etcd_result *res);
 /* Peak number of kvs held in live results of this client (for memory-bound tests). */

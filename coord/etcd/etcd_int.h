@@ -6,6 +6,7 @@
 #define ATREST_COORD_ETCD_INT_H
 
 #include <curl/curl.h>
+#include <stddef.h>
 #include <jansson.h>
 #include <sys/types.h>
 
@@ -142,7 +143,20 @@ int ar_parse_kv(struct ar_etcd *c, const json_t *o, struct ar_etcd_kv *kv);
 void ar_kv_clear(struct ar_etcd_kv *kv);
 int ar_parse_result(struct ar_etcd *c, const json_t *root, enum ar_etcd_op_type type,
                     struct ar_etcd_result *res);
-void ar_result_clear(struct ar_etcd_result *res);
+/* Free what res holds (not res); owner: the client its kvs were counted on (NULL: none). */
+void ar_result_clear(struct ar_etcd *owner, struct ar_etcd_result *res);
+
+/* Every result handed out is allocated as this box: callers see pub only; the client it was
+ * counted on and whether a callback kept it stay here (ar_etcd_result_keep/free). */
+struct ar_result_box {
+    struct ar_etcd_result pub;
+    struct ar_etcd *owner;
+    bool kept;
+};
+static inline struct ar_result_box *ar_result_box_of(const struct ar_etcd_result *res)
+{
+    return (struct ar_result_box *)((const char *)res - offsetof(struct ar_result_box, pub));
+}
 char *ar_json_dump(json_t *o, size_t *len); /* compact; steals nothing */
 
 /*

@@ -21,6 +21,7 @@ int ar_json_b64(json_t *obj, const char *name, const uint8_t *p, size_t n)
         goto out;
     sodium_bin2base64(s, cap, p ? p : (const uint8_t *)"", n, sodium_base64_VARIANT_ORIGINAL);
     rc = json_object_set_new_nocheck(obj, name, json_stringn_nocheck(s, cap - 1)) ? -ENOMEM : 0;
+    sodium_memzero(s, cap); /* the base64 of a value: a Secret's plaintext under identity */
 out:
     free(s);
     return rc;
@@ -46,6 +47,7 @@ int ar_etcd_b64_decode(const char *s, size_t slen, uint8_t **out, size_t *outlen
         return -ENOMEM;
     if (slen &&
         sodium_base642bin(p, cap, s, slen, NULL, &n, NULL, sodium_base64_VARIANT_ORIGINAL) != 0) {
+        sodium_memzero(p, cap); /* what was decoded before the bad byte */
         free(p);
         return -EPROTO;
     }
@@ -158,14 +160,14 @@ static int parse_kv_array(struct ar_etcd *c, const json_t *arr, struct ar_etcd_r
     return 0;
 }
 
-void ar_result_clear(struct ar_etcd_result *res)
+void ar_result_clear(struct ar_etcd *owner, struct ar_etcd_result *res)
 {
     for (size_t i = 0; i < res->n_kvs; i++)
         ar_kv_clear(&res->kvs[i]);
-    kvs_account(res->owner_, res->n_kvs, false);
+    kvs_account(owner, res->n_kvs, false);
     free(res->kvs);
     for (size_t i = 0; i < res->n_ops; i++)
-        ar_result_clear(&res->ops[i]);
+        ar_result_clear(owner, &res->ops[i]);
     free(res->ops);
     sodium_free(res->token); /* wipes; NULL is fine */
     memset(res, 0, sizeof(*res));
@@ -178,7 +180,6 @@ int ar_parse_result(struct ar_etcd *c, const json_t *root, enum ar_etcd_op_type 
     int rc = 0;
 
     memset(res, 0, sizeof(*res));
-    res->owner_ = c;
     res->type = type;
     if (!json_is_object(root))
         return -EPROTO;

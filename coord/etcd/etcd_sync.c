@@ -20,26 +20,30 @@ struct waiter {
     void *page_arg;
 };
 
-struct ar_etcd_sync *ar_etcd_sync_new(const struct ar_etcd_settings *st)
+int ar_etcd_sync_new(const struct ar_etcd_settings *st, struct ar_etcd_sync **out)
 {
-    struct ar_etcd_sync *s = calloc(1, sizeof(*s));
+    struct ar_etcd_sync *s;
+    int rc;
 
+    if (!out)
+        return -EINVAL;
+    *out = NULL;
+    s = calloc(1, sizeof(*s));
     if (!s)
-        return NULL;
-    if (uv_loop_init(&s->loop) < 0) {
-        free(s);
-        return NULL;
-    }
-    s->c = ar_etcd_new(&s->loop, st);
-    if (!s->c) {
-        int e = errno;
-
+        return -ENOMEM;
+    rc = uv_loop_init(&s->loop); /* libuv errors are negative errnos */
+    if (rc < 0)
+        goto fail;
+    rc = ar_etcd_new(&s->loop, st, &s->c);
+    if (rc < 0) {
         uv_loop_close(&s->loop);
-        free(s);
-        errno = e;
-        return NULL;
+        goto fail;
     }
-    return s;
+    *out = s;
+    return 0;
+fail:
+    free(s);
+    return rc;
 }
 
 void ar_etcd_sync_free(struct ar_etcd_sync *s)

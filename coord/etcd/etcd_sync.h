@@ -14,7 +14,8 @@
 
 struct ar_etcd_sync;
 
-struct ar_etcd_sync *ar_etcd_sync_new(const struct ar_etcd_settings *s);
+/* 0 and *out set, or a negative errno (as ar_etcd_new, or libuv's) with *out NULL. */
+int ar_etcd_sync_new(const struct ar_etcd_settings *s, struct ar_etcd_sync **out);
 /* Closes the client and the private loop (uv_loop_close returns 0 then). */
 void ar_etcd_sync_free(struct ar_etcd_sync *s);
 struct ar_etcd *ar_etcd_sync_client(struct ar_etcd_sync *s);

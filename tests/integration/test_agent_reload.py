@@ -118,6 +118,9 @@ def test_start_writes_effective(make_agent, keys, agent_bin):
                   "effective fingerprint in /status")
     assert fp_desired(st) == fp_effective(st)
     assert desired_valid(st) is True
+    # applied directly through coord's node driver (no rotation yet), and no proof of load is
+    # claimed
+    assert st["apply"] == {"mode": "direct", "step": "idle", "proof": "none"}, st["apply"]
     assert_effective_ok(a, fp_desired(st))
     assert lint_fp(a.desired) == lint_fp(a.effective)
     assert a.get("/healthz")[0] == 200

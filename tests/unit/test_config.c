@@ -17,7 +17,10 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <sodium.h>
 
 #include "crypto/config.h"
 #include "crypto/config_int.h"
@@ -47,6 +50,8 @@ static const char *const valid_files[] = {
     TD "valid-configs/kms/multiple-providers-kmsv2.yaml",
     "tests/data/configs/special-names.yaml",
     "tests/data/configs/all-providers.json",
+    "tests/data/configs/anchors.yaml",
+    "tests/data/configs/anchors-expanded.yaml",
     NULL,
 };
 
@@ -570,6 +575,8 @@ static void test_invalid_files(void **state)
          1, 7},
         {TD "invalid-configs/kms/invalid-gvk.yaml", "",
          "Object 'Kind' is missing in '<the file content is not repeated>'", 1, 1},
+        {"tests/data/configs/billion-laughs.yaml", "",
+         "error converting YAML to JSON: yaml: document contains excessive aliasing", 12, 36},
         {TD "invalid-configs/kms/invalid-content.yaml", "",
          "encryption provider configuration file \"" TD
          "invalid-configs/kms/invalid-content.yaml\" is empty",
@@ -616,9 +623,9 @@ static void test_file_hash(void **state)
     assert_string_equal(c->rules[0].providers[0].kms.endpoint, "unix:///tmp/testprovider.sock");
     /* references */
     assert_ptr_equal(ar_config_ref(c), c);
-    assert_int_equal(c->refs, 2);
     assert_null(ar_config_unref(c));
-    assert_int_equal(c->refs, 1);
+    /* one reference left: still usable (ASan would catch a use after free) */
+    assert_string_equal(c->rules[0].providers[0].kms.name, "foo");
     assert_null(ar_config_unref(c));
     assert_null(ar_config_unref(NULL));
 }
@@ -852,8 +859,53 @@ static const struct dcase decode_cases[] = {
     {"tabs", HDR "resources:\n\t- a\n", "",
      "error converting YAML to JSON: yaml: line 4: found character that cannot start any token", 4,
      1},
-    {"alias", HDR "resources:\n- resources: &r [s]\n  providers: *r\n", "",
-     "error converting YAML to JSON: yaml: line 5: aliases are not supported by atrest", 5, 14},
+    /* anchors, aliases and merge keys as goyaml.v2 reads them (shared spec 2.1) */
+    {"alias of a string list where providers go",
+     HDR "resources:\n- resources: &r [s]\n  providers: *r\n", "resources[0].providers[0]",
+     "json: cannot unmarshal string into Go struct field ResourceConfiguration.resources.providers "
+     "of type v1.ProviderConfiguration",
+     4, 18},
+    {"unknown anchor", HDR "resources: *nope\n", "",
+     "error converting YAML to JSON: yaml: unknown anchor 'nope' referenced", 3, 12},
+    {"anchor defined after its alias", HDR "resources: *x\nx: &x []\n", "",
+     "error converting YAML to JSON: yaml: unknown anchor 'x' referenced", 3, 12},
+    {"anchor contains itself", HDR "resources:\n- &r\n  resources: [s]\n  providers: [*r]\n", "",
+     "error converting YAML to JSON: yaml: anchor 'r' value contains itself", 6, 15},
+    {"merge of a scalar", HDR "x: &x 1\nresources:\n- <<: *x\n", "",
+     "error converting YAML to JSON: yaml: map merge requires map or sequence of maps as the "
+     "value",
+     5, 7},
+    {"merge of a list holding a scalar",
+     HDR "resources:\n- resources: &r [s]\n  providers: [{identity: {}}]\n- <<: [{a: 1}, b]\n", "",
+     "error converting YAML to JSON: yaml: map merge requires map or sequence of maps as the value",
+     6, 16},
+    {"merge key override is a duplicate under strict decoding",
+     HDR
+     "resources:\n- resources: [s]\n  providers:\n  - kms: &k {name: a, endpoint: \"unix:///a\"}\n"
+     "  - kms:\n      <<: *k\n      name: b\n",
+     "resources[0].providers[1].kms.name",
+     "strict decoding error: yaml: unmarshal errors: line 9: key \"name\" already set in map", 9,
+     7},
+    {"merge after the key it repeats",
+     HDR
+     "resources:\n- resources: [s]\n  providers:\n  - kms: &k {name: a, endpoint: \"unix:///a\"}\n"
+     "  - kms:\n      name: b\n      <<: *k\n",
+     "resources[0].providers[1].kms.name",
+     "strict decoding error: yaml: unmarshal errors: line 6: key \"name\" already set in map", 6,
+     14},
+    {"two merged mappings with one key",
+     HDR
+     "resources:\n- resources: [s]\n  providers:\n  - kms: &k {name: a, endpoint: \"unix:///a\"}\n"
+     "  - kms: &l {name: b}\n  - kms: {<<: [*k, *l]}\n",
+     "resources[0].providers[2].kms.name",
+     "strict decoding error: yaml: unmarshal errors: line 6: key \"name\" already set in map", 6,
+     14},
+    {"a quoted << is a field name", HDR "resources:\n- \"<<\": {resources: [s]}\n",
+     "resources[0].<<", "strict decoding error: unknown field \"resources[0].<<\"", 4, 3},
+    {"unknown field brought by a merge",
+     HDR "resources:\n- resources: [s]\n  providers:\n  - kms: &k {name: a}\n  - <<: *k\n",
+     "resources[0].providers[1].name",
+     "strict decoding error: unknown field \"resources[0].providers[1].name\"", 6, 14},
     {NULL, NULL, NULL, NULL, 0, 0},
 };
 
@@ -923,6 +975,352 @@ static void test_limits(void **state)
                          "error reading encryption provider configuration file "
                          "\"tests/data/configs/does-not-exist.yaml\": open "
                          "tests/data/configs/does-not-exist.yaml: no such file or directory"));
+    ar_diags_free(&d);
+}
+
+/* ---- anchors, aliases and merge keys ------------------------------------------------------ */
+
+/* A fresh key of n bytes in base64 (keys are generated at test time). */
+static void gen_key(char *out, size_t outlen, size_t n)
+{
+    uint8_t k[32];
+
+    assert_true(sodium_init() >= 0);
+    assert_true(n <= sizeof(k));
+    randombytes_buf(k, n);
+    sodium_bin2base64(out, outlen, k, n, sodium_base64_VARIANT_ORIGINAL);
+    sodium_memzero(k, sizeof(k));
+}
+
+static struct ar_config *load_ok(const char *text)
+{
+    struct ar_config *c = NULL;
+    struct ar_diags d;
+    int r = load(text, false, true, &c, &d);
+
+    if (r)
+        dump(&d);
+    assert_int_equal(r, 0);
+    assert_int_equal(d.nerrors, 0);
+    ar_diags_free(&d);
+    return c;
+}
+
+/* The anchored text and its written-out twin load to the same config: same rules, same key
+ * bytes (each use in its own arena slot), same fingerprint, same rendering without any anchor;
+ * the file hash stays the hash of each file's own bytes. */
+static void assert_twins(const char *anchored, const char *expanded)
+{
+    struct ar_config *a = load_ok(anchored), *b = load_ok(expanded);
+    uint8_t h[AR_SHA256_LEN];
+    char *ra = NULL, *rb = NULL;
+    size_t na = 0, nb = 0, i, j, k;
+
+    assert_int_equal(a->nrules, b->nrules);
+    for (i = 0; i < a->nrules; i++) {
+        assert_int_equal(a->rules[i].nresources, b->rules[i].nresources);
+        for (j = 0; j < a->rules[i].nresources; j++)
+            assert_string_equal(a->rules[i].resources[j], b->rules[i].resources[j]);
+        assert_int_equal(a->rules[i].nproviders, b->rules[i].nproviders);
+        for (j = 0; j < a->rules[i].nproviders; j++) {
+            const struct ar_provider *pa = &a->rules[i].providers[j],
+                                     *pb = &b->rules[i].providers[j];
+            assert_int_equal(pa->type, pb->type);
+            assert_int_equal(pa->nkeys, pb->nkeys);
+            for (k = 0; k < pa->nkeys; k++) {
+                assert_string_equal(pa->keys[k].name, pb->keys[k].name);
+                assert_int_equal(pa->keys[k].secret_len, pb->keys[k].secret_len);
+                assert_memory_equal(pa->keys[k].secret, pb->keys[k].secret, pa->keys[k].secret_len);
+            }
+        }
+    }
+    assert_memory_equal(a->fingerprint, b->fingerprint, AR_SHA256_LEN);
+    crypto_hash_sha256(h, (const uint8_t *)anchored, strlen(anchored));
+    assert_memory_equal(a->file_sha256, h, AR_SHA256_LEN);
+    assert_memory_not_equal(a->file_sha256, b->file_sha256, AR_SHA256_LEN);
+    assert_int_equal(ar_config_render(a, false, &ra, &na), 0);
+    assert_int_equal(ar_config_render(b, false, &rb, &nb), 0);
+    assert_int_equal(na, nb);
+    assert_string_equal(ra, rb);
+    assert_null(strchr(ra, '&'));
+    assert_null(strstr(ra, "<<"));
+    ar_config_render_free(ra, na);
+    ar_config_render_free(rb, nb);
+    ar_config_unref(a);
+    ar_config_unref(b);
+}
+
+static void test_anchors(void **state)
+{
+    char k1[64], k2[64], anchored[2048], expanded[2048];
+    struct ar_config *c;
+
+    gen_key(k1, sizeof(k1), 32);
+    gen_key(k2, sizeof(k2), 16);
+
+    /* a provider list used by two rules */
+    snprintf(anchored, sizeof(anchored),
+             HDR "resources:\n"
+                 "  - resources: [secrets]\n"
+                 "    providers: &p\n"
+                 "      - aescbc:\n"
+                 "          keys:\n"
+                 "            - name: k1\n"
+                 "              secret: %s\n"
+                 "      - identity: {}\n"
+                 "  - resources: [configmaps]\n"
+                 "    providers: *p\n",
+             k1);
+    snprintf(expanded, sizeof(expanded),
+             HDR "resources:\n"
+                 "  - resources: [secrets]\n"
+                 "    providers:\n"
+                 "      - aescbc:\n"
+                 "          keys:\n"
+                 "            - name: k1\n"
+                 "              secret: %s\n"
+                 "      - identity: {}\n"
+                 "  - resources: [configmaps]\n"
+                 "    providers:\n"
+                 "      - aescbc:\n"
+                 "          keys:\n"
+                 "            - name: k1\n"
+                 "              secret: %s\n"
+                 "      - identity: {}\n",
+             k1, k1);
+    assert_twins(anchored, expanded);
+    /* each use of the aliased key has its own slot in the arena, as a written-out key has */
+    c = load_ok(anchored);
+    assert_ptr_not_equal(c->rules[0].providers[0].keys[0].secret,
+                         c->rules[1].providers[0].keys[0].secret);
+    assert_int_equal(c->rules[1].providers[0].keys[0].secret_len, 32);
+    ar_config_unref(c);
+
+    /* a key, a secret scalar, a resource list; a merge key that overrides nothing */
+    snprintf(anchored, sizeof(anchored),
+             HDR "resources:\n"
+                 "  - resources: &r [secrets, configmaps]\n"
+                 "    providers:\n"
+                 "      - aescbc: &cbc\n"
+                 "          keys:\n"
+                 "            - &key1 {name: k1, secret: &s1 %s}\n"
+                 "            - {name: k2, secret: %s}\n"
+                 "            - {name: k3, secret: *s1}\n"
+                 "      - aesgcm: {<<: *cbc}\n"
+                 "      - secretbox:\n"
+                 "          keys: [*key1]\n"
+                 "  - resources: *r\n"
+                 "    providers:\n"
+                 "      - kms: &kms {apiVersion: v2, endpoint: \"unix:///a.sock\", name: a}\n"
+                 "      - !!merge <<: {identity: {}}\n",
+             k1, k2);
+    snprintf(expanded, sizeof(expanded),
+             HDR "resources:\n"
+                 "  - resources: [secrets, configmaps]\n"
+                 "    providers:\n"
+                 "      - aescbc:\n"
+                 "          keys:\n"
+                 "            - {name: k1, secret: %s}\n"
+                 "            - {name: k2, secret: %s}\n"
+                 "            - {name: k3, secret: %s}\n"
+                 "      - aesgcm:\n"
+                 "          keys:\n"
+                 "            - {name: k1, secret: %s}\n"
+                 "            - {name: k2, secret: %s}\n"
+                 "            - {name: k3, secret: %s}\n"
+                 "      - secretbox:\n"
+                 "          keys: [{name: k1, secret: %s}]\n"
+                 "  - resources: [secrets, configmaps]\n"
+                 "    providers:\n"
+                 "      - kms: {apiVersion: v2, endpoint: \"unix:///a.sock\", name: a}\n"
+                 "      - identity: {}\n",
+             k1, k2, k1, k1, k2, k1, k1);
+    assert_twins(anchored, expanded);
+}
+
+/* The anchored fixture and its written-out twin: one fingerprint, one rendering. */
+static void test_anchor_files(void **state)
+{
+    struct ar_config *a = NULL, *b = NULL;
+    char *ra = NULL, *rb = NULL;
+    size_t na = 0, nb = 0;
+
+    assert_int_equal(ar_config_load_file("tests/data/configs/anchors.yaml", NULL, &a, NULL), 0);
+    assert_int_equal(
+        ar_config_load_file("tests/data/configs/anchors-expanded.yaml", NULL, &b, NULL), 0);
+    assert_int_equal(a->nrules, 4);
+    assert_memory_equal(a->fingerprint, b->fingerprint, AR_SHA256_LEN);
+    assert_memory_not_equal(a->file_sha256, b->file_sha256, AR_SHA256_LEN);
+    assert_int_equal(ar_config_render(a, false, &ra, &na), 0);
+    assert_int_equal(ar_config_render(b, false, &rb, &nb), 0);
+    assert_string_equal(ra, rb);
+    ar_config_render_free(ra, na);
+    ar_config_render_free(rb, nb);
+    ar_config_unref(a);
+    ar_config_unref(b);
+}
+
+/* A value reached through an alias is reported at each place of use (kube-apiserver's path),
+ * at the line and column where it is written; no key text in any of it. */
+static void test_alias_error_paths(void **state)
+{
+    static const char *const secrets[] = {"c2hvcnQ=", "short", NULL};
+    struct ar_config *c = NULL;
+    struct ar_diags d;
+    const struct ar_diag *g;
+
+    assert_int_equal(load(HDR "resources:\n"
+                              "  - resources: [secrets]\n"
+                              "    providers:\n"
+                              "      - aescbc:\n"
+                              "          keys:\n"
+                              "            - &k {name: a, secret: c2hvcnQ=}\n"
+                              "  - resources: [configmaps]\n"
+                              "    providers:\n"
+                              "      - aesgcm:\n"
+                              "          keys: [*k]\n",
+                          false, true, &c, &d),
+                     -EINVAL);
+    assert_null(c);
+    assert_int_equal(d.nerrors, 2);
+    g = find(&d, AR_SEV_ERROR, "resources[0].providers[0].aescbc.keys[0].secret",
+             "Invalid value: \"REDACTED\": secret is not of the expected length, got 5, expected "
+             "one of [16 24 32]");
+    assert_non_null(g);
+    assert_int_equal(g->pos.line, 8);
+    assert_int_equal(g->pos.col, 36);
+    g = find(&d, AR_SEV_ERROR, "resources[1].providers[0].aesgcm.keys[0].secret",
+             "Invalid value: \"REDACTED\": secret is not of the expected length, got 5, expected "
+             "one of [16 24 32]");
+    assert_non_null(g);
+    assert_int_equal(g->pos.line, 8);
+    assert_int_equal(g->pos.col, 36);
+    assert_no_secret(&d, secrets);
+    ar_diags_free(&d);
+}
+
+static long maxrss_kb(void)
+{
+    struct rusage ru;
+
+    assert_int_equal(getrusage(RUSAGE_SELF, &ru), 0);
+    return ru.ru_maxrss;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* "a: &a [s, ...m]" then "b: [*a, ...n]": goyaml.v2 counts 6 + m + n * (m + 2) decode operations
+ * of which n * (m + 1) come from aliases. */
+static char *alias_doc(size_t m, size_t n)
+{
+    size_t cap = 64 + 3 * m + 4 * n, i;
+    char *s = malloc(cap), *p = s;
+
+    assert_non_null(s);
+    p += sprintf(p, "a: &a [");
+    for (i = 0; i < m; i++)
+        p += sprintf(p, "%ss", i ? "," : "");
+    p += sprintf(p, "]\nb: [");
+    for (i = 0; i < n; i++)
+        p += sprintf(p, "%s*a", i ? "," : "");
+    sprintf(p, "]\n");
+    return s;
+}
+
+static void test_alias_bounds(void **state)
+{
+    struct ar_load_opts o = {.max_bytes = 4096};
+    struct ar_config *c = NULL;
+    struct ar_diags d;
+    char doc[4096], *p, *s;
+    long rss0;
+    double t0, dt;
+    size_t i;
+
+    /* billion laughs (CVE-2019-11253): 9^9 strings from 9 lines, under a known field */
+    p = doc + sprintf(doc, HDR "resources:\n- resources: &a [s,s,s,s,s,s,s,s,s]\n"
+                               "  providers: [{identity: {}}]\n");
+    for (i = 1; i < 9; i++)
+        p += sprintf(p,
+                     "- resources: &%c [*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c,*%c]\n"
+                     "  providers: [{identity: {}}]\n",
+                     (char)('a' + i), (char)('a' + i - 1), (char)('a' + i - 1), (char)('a' + i - 1),
+                     (char)('a' + i - 1), (char)('a' + i - 1), (char)('a' + i - 1),
+                     (char)('a' + i - 1), (char)('a' + i - 1), (char)('a' + i - 1));
+    rss0 = maxrss_kb();
+    t0 = now_s();
+    assert_int_equal(load(doc, false, true, &c, &d), -EINVAL);
+    dt = now_s() - t0;
+    assert_null(c);
+    assert_int_equal(d.nerrors, 1);
+    assert_non_null(find(&d, AR_SEV_ERROR, "",
+                         "error converting YAML to JSON: yaml: document contains excessive "
+                         "aliasing"));
+    ar_diags_free(&d);
+    print_message("billion laughs refused in %.3f ms, max RSS grew by %ld KiB\n", dt * 1e3,
+                  maxrss_kb() - rss0);
+    assert_true(dt < 1.0);
+    assert_true(maxrss_kb() - rss0 < 16 * 1024);
+
+    /* goyaml.v2's bound to the operation: 199 aliases of a 200-string list pass the ratio
+     * (39999/40404 = 0.98998), 200 of them do not (40200/40606 = 0.990001) */
+    s = alias_doc(200, 199);
+    assert_int_equal(load(s, false, true, &c, &d), -EINVAL);
+    assert_non_null(find(&d, AR_SEV_ERROR, "",
+                         "Object 'Kind' is missing in '<the file content is not repeated>'"));
+    ar_diags_free(&d);
+    free(s);
+    s = alias_doc(200, 200);
+    assert_int_equal(load(s, false, true, &c, &d), -EINVAL);
+    assert_non_null(find(&d, AR_SEV_ERROR, "",
+                         "error converting YAML to JSON: yaml: document contains excessive "
+                         "aliasing"));
+    ar_diags_free(&d);
+    free(s);
+    /* no more than 100 aliased operations is never excessive */
+    s = alias_doc(99, 1);
+    assert_int_equal(load(s, false, true, &c, &d), -EINVAL);
+    assert_non_null(find(&d, AR_SEV_ERROR, "",
+                         "Object 'Kind' is missing in '<the file content is not repeated>'"));
+    ar_diags_free(&d);
+    free(s);
+
+    /* within goyaml's ratio but larger than a file may be once expanded: 90 * 3001 nodes */
+    s = alias_doc(3000, 90);
+    assert_int_equal(load(s, false, true, &c, &d), -EINVAL);
+    assert_non_null(find(&d, AR_SEV_ERROR, "",
+                         "error converting YAML to JSON: more than 262144 YAML nodes once aliases "
+                         "are expanded"));
+    ar_diags_free(&d);
+    free(s);
+    /* scalar bytes once expanded are bounded as the file is (max_bytes) */
+    p = doc + sprintf(doc, "a: &a \"");
+    memset(p, 'x', 300);
+    p += 300;
+    p += sprintf(p, "\"\nb: [");
+    for (i = 0; i < 14; i++)
+        p += sprintf(p, "*a,");
+    sprintf(p, "*a]\n");
+    ar_diags_init(&d);
+    assert_int_equal(ar_config_load_mem("t.yaml", doc, strlen(doc), &o, &c, &d), -EINVAL);
+    assert_non_null(find(&d, AR_SEV_ERROR, "",
+                         "error converting YAML to JSON: more than 4096 bytes of scalars once "
+                         "aliases are expanded"));
+    ar_diags_free(&d);
+
+    /* merge keys nested deeper than the nesting bound */
+    p = doc + sprintf(doc, "m0: &m0 {x: 1}\n");
+    for (i = 1; i <= 40; i++)
+        p += sprintf(p, "m%zu: &m%zu {<<: *m%zu}\n", i, i, i - 1);
+    assert_int_equal(load(doc, false, true, &c, &d), -EINVAL);
+    assert_non_null(find(&d, AR_SEV_ERROR, "",
+                         "error converting YAML to JSON: merge keys nested deeper than 32 levels"));
     ar_diags_free(&d);
 }
 
@@ -1437,6 +1835,10 @@ int main(void)
         cmocka_unit_test(test_diag_format),
         cmocka_unit_test(test_crypto_init),
         cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_anchors),
+        cmocka_unit_test(test_anchor_files),
+        cmocka_unit_test(test_alias_error_paths),
+        cmocka_unit_test(test_alias_bounds),
     };
 
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);

@@ -340,6 +340,53 @@ static void test_read_locked(void **state)
     assert_int_equal(ar_file_read_locked(f->dir, 4096, &buf, &len), -EISDIR);
 }
 
+/* Locked memory runs out: every reader fails with -ENOMEM and, where it reports, says so in one
+ * diagnostic (the daemon formats the first diagnostic of a failure: the list is never empty). */
+static void test_read_enomem(void **state)
+{
+    struct fx *f = *state;
+    char p[PATH_MAX], want[PATH_MAX + 128], line[PATH_MAX + 256];
+    struct ar_config *cfg = (struct ar_config *)f; /* must be cleared */
+    struct ar_diags d;
+    uint8_t sha[AR_SHA256_LEN];
+    bool have = true;
+    char *buf = (char *)f;
+    size_t len = 99;
+
+    snprintf(p, sizeof(p), "%s/desired.yaml", f->dir);
+    write_desired(p, "k1");
+    ar_diags_init(&d);
+    ar_effective_fail_allocs(1);
+    assert_int_equal(ar_config_read_checked(p, 0, &cfg, sha, &have, &d), -ENOMEM);
+    assert_null(cfg);
+    assert_false(have);
+    assert_int_equal(d.n, 1);
+    assert_int_equal(d.nerrors, 1);
+    ar_diag_format(&d.v[0], line, sizeof(line));
+    struct stat st;
+    assert_int_equal(stat(p, &st), 0);
+    snprintf(want, sizeof(want), "%s:0:0: out of memory: cannot hold %lld bytes in locked memory",
+             p, (long long)st.st_size + 2);
+    assert_string_equal(line, want);
+    ar_diags_free(&d);
+
+    ar_effective_fail_allocs(1);
+    assert_int_equal(ar_file_read_locked(p, 0, &buf, &len), -ENOMEM);
+    assert_null(buf);
+    assert_int_equal(len, 0);
+    uint8_t h[AR_SHA256_LEN];
+    ar_effective_fail_allocs(1);
+    assert_int_equal(ar_file_sha256(p, 0, h), -ENOMEM);
+
+    /* the hook is spent: the same reads work again */
+    ar_diags_init(&d);
+    assert_int_equal(ar_config_read_checked(p, 0, &cfg, sha, &have, &d), 0);
+    assert_non_null(cfg);
+    assert_true(have);
+    ar_config_unref(cfg);
+    ar_diags_free(&d);
+}
+
 static void test_write_fails_cleanly(void **state)
 {
     struct fx *f = *state;
@@ -458,6 +505,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_write_fails_cleanly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cleanup_temps, setup, teardown),
         cmocka_unit_test_setup_teardown(test_read_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_read_enomem, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sha_even_when_invalid, setup, teardown),
     };
     if (ar_crypto_init() < 0)

@@ -106,7 +106,7 @@ static void test_cluster_failover(void **state)
 
     etcd_harness_settings(&H, &st);
     st.request_timeout_ms = 3000;
-    s = ar_etcd_sync_new(&st);
+    assert_int_equal(ar_etcd_sync_new(&st, &s), 0);
     assert_int_equal(all_ops(s, "c/0", &err), 0);
 
     /* the member the client uses hangs (SIGSTOP: connections are accepted, nothing answers):
@@ -178,7 +178,7 @@ static void test_tls(void **state)
 
     etcd_harness_settings(&H, &st);
     st.request_timeout_ms = 2000;
-    s = ar_etcd_sync_new(&st);
+    assert_int_equal(ar_etcd_sync_new(&st, &s), 0);
     assert_int_equal(put_s(s, "tls/k", "secret-ish", &err), 0);
     assert_int_equal(get_s(s, "tls/k", false, v, sizeof(v), &err), 0);
     assert_string_equal(v, "secret-ish");
@@ -186,7 +186,7 @@ static void test_tls(void **state)
 
     /* a CA that did not sign the server: clear error, no retry storm */
     st.cacert = H.other_ca;
-    s = ar_etcd_sync_new(&st);
+    assert_int_equal(ar_etcd_sync_new(&st, &s), 0);
     assert_int_equal(get_s(s, "tls/k", false, v, sizeof(v), &err), -EACCES);
     assert_string_equal(err.endpoint, H.endpoint[0]);
     assert_non_null(strstr(err.msg, "certificate"));
@@ -196,7 +196,7 @@ static void test_tls(void **state)
     etcd_harness_settings(&H, &st);
     st.request_timeout_ms = 1500;
     st.cert = st.key = NULL;
-    s = ar_etcd_sync_new(&st);
+    assert_int_equal(ar_etcd_sync_new(&st, &s), 0);
     assert_true(get_s(s, "tls/k", false, v, sizeof(v), &err) < 0);
     assert_true(err.msg[0] != 0);
     ar_etcd_sync_free(s);
@@ -223,7 +223,7 @@ static void test_auth(void **state)
     st.request_timeout_ms = 2000;
     st.username = "agent";
     st.password = "agentpw";
-    s = ar_etcd_sync_new(&st);
+    assert_int_equal(ar_etcd_sync_new(&st, &s), 0);
     assert_int_equal(put_s(s, "/atrest/x", "1", &err), 0);
     assert_int_equal(put_s(s, "/other", "1", &err), -EACCES);
     assert_string_equal(err.msg, "etcdserver: permission denied");
@@ -236,14 +236,14 @@ static void test_auth(void **state)
 
     /* wrong password */
     st.password = "nope";
-    s = ar_etcd_sync_new(&st);
+    assert_int_equal(ar_etcd_sync_new(&st, &s), 0);
     assert_int_equal(put_s(s, "/atrest/x", "2", &err), -EACCES);
     assert_string_equal(err.msg, "etcdserver: authentication failed, invalid user ID or password");
     ar_etcd_sync_free(s);
 
     /* no credentials at all */
     st.username = st.password = NULL;
-    s = ar_etcd_sync_new(&st);
+    assert_int_equal(ar_etcd_sync_new(&st, &s), 0);
     assert_int_equal(put_s(s, "/atrest/x", "2", &err), -EINVAL);
     assert_string_equal(err.msg, "etcdserver: user name is empty");
     ar_etcd_sync_free(s);

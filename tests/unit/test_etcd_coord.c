@@ -25,6 +25,7 @@
 #include "coord/election.h"
 #include "coord/etcd/etcd_sync.h"
 #include "coord/member.h"
+#include "coord/session.h"
 #include "tests/support/etcd_harness.h"
 
 static struct etcd_harness H;
@@ -42,8 +43,7 @@ static int group_setup(void **state)
     if (etcd_harness_start(&H, &o) < 0)
         return -1;
     etcd_harness_settings(&H, &st);
-    S = ar_etcd_sync_new(&st);
-    return S ? 0 : -1;
+    return ar_etcd_sync_new(&st, &S) == 0 ? 0 : -1;
 }
 
 static int group_teardown(void **state)
@@ -105,9 +105,7 @@ static void run_contender(int fd, const char *name)
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
     st.request_timeout_ms = 1000;
-    ch.c = ar_etcd_new(&loop, &st);
-    ch.e = ar_election_start(ch.c, &es, NULL, NULL);
-    if (!ch.c || !ch.e)
+    if (ar_etcd_new(&loop, &st, &ch.c) < 0 || ar_election_start(ch.c, &es, NULL, NULL, &ch.e) < 0)
         _exit(2);
     uv_timer_init(&loop, &ch.tick);
     ch.tick.data = &ch;
@@ -330,11 +328,11 @@ static void test_election_observe_and_deadline(void **state)
 
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
-    c = ar_etcd_new(&loop, &st);
-    ea = ar_election_start(c, &sa, on_state, &a);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
+    assert_int_equal(ar_election_start(c, &sa, on_state, &a, &ea), 0);
     etcd_harness_run_until(&loop, &a.leader, 3000);
     assert_true(a.leader);
-    eb = ar_election_start(c, &sb, on_state, &b);
+    assert_int_equal(ar_election_start(c, &sb, on_state, &b, &eb), 0);
     etcd_harness_run_for(&loop, 500);
     assert_false(b.leader);
     assert_string_equal(b.seen, "A"); /* B observes who leads */
@@ -405,12 +403,12 @@ static void test_election_guard_and_operator_delete(void **state)
 
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
-    c = ar_etcd_new(&loop, &st);
-    ea = ar_election_start(c, &sa, on_state, &a);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
+    assert_int_equal(ar_election_start(c, &sa, on_state, &a, &ea), 0);
     assert_true(etcd_harness_run_until(&loop, &a.leader, 3000));
     assert_int_equal(ar_election_guard(ea, &g1), 0);
     assert_int_equal(guarded_put(&g1, "1"), 1);
-    eb = ar_election_start(c, &sb, on_state, &b);
+    assert_int_equal(ar_election_start(c, &sb, on_state, &b, &eb), 0);
     etcd_harness_run_for(&loop, 300);
     assert_int_equal(ar_election_guard(eb, &gb), -EPERM); /* a follower gets no guard */
 
@@ -481,13 +479,15 @@ static void test_membership(void **state)
 
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
-    c = ar_etcd_new(&loop, &st);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
     assert_int_equal(ar_member_register(c, "/m/", "cp-1", "{\"since\":1}", on_reg, &reg), 0);
     etcd_harness_run_for(&loop, 300);
     assert_int_equal(reg, 1);
     assert_int_equal(ar_member_register(c, "/m/", "cp-2", "{\"since\":2}", on_reg, &reg), 0);
-    a1 = ar_member_alive_start(c, "/m/", "cp-1", TTL, "{\"fp\":\"aa\"}", NULL, NULL);
-    a2 = ar_member_alive_start(c, "/m/", "cp-3", TTL, "{\"fp\":\"cc\"}", NULL, NULL);
+    assert_int_equal(
+        ar_member_alive_start(c, "/m/", "cp-1", TTL, "{\"fp\":\"aa\"}", NULL, NULL, &a1), 0);
+    assert_int_equal(
+        ar_member_alive_start(c, "/m/", "cp-3", TTL, "{\"fp\":\"cc\"}", NULL, NULL, &a2), 0);
     etcd_harness_run_for(&loop, 400);
     assert_true(ar_member_alive_ok(a1));
     assert_int_equal(ar_member_alive_update(a1, "{\"fp\":\"bb\"}"), 0);
@@ -523,11 +523,119 @@ static void test_membership(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* --- session ----------------------------------------------------------------------------- */
+
+struct sess_obs {
+    int granted, lost, lost_status;
+    int64_t lease, lost_lease;
+};
+
+static void on_sess(void *arg, const struct ar_session_update *u)
+{
+    struct sess_obs *o = arg;
+
+    if (u->kind == AR_SESSION_GRANTED) {
+        o->granted++;
+        o->lease = u->lease;
+    } else if (u->kind == AR_SESSION_LOST) {
+        o->lost++;
+        o->lost_status = u->status;
+        o->lost_lease = u->lease;
+    }
+}
+
+static int64_t key_lease(const char *key)
+{
+    struct ar_etcd_op op = {.key = (const uint8_t *)key, .key_len = strlen(key)};
+    struct ar_etcd_result *r;
+    int64_t l = -1;
+
+    assert_int_equal(ar_etcd_sync_range(S, &op, &r, NULL), 0);
+    if (r->n_kvs == 1)
+        l = r->kvs[0].lease;
+    ar_etcd_result_free(r);
+    return l;
+}
+
+static bool both_on(int64_t lease)
+{
+    return key_lease("/s/alive/n1") == lease && key_lease("/s/leader") == lease;
+}
+
+/* One lease for the liveness key and the leader key; a lease revoked behind the agent's back is
+ * noticed (keepalive: lease gone), the leader steps down, both keys come back on ONE new lease
+ * and the node leads again; closing the session revokes it and both keys go. */
+static void test_session_shared(void **state)
+{
+    uv_loop_t loop;
+    struct ar_etcd_settings st;
+    struct ar_etcd *c;
+    struct ar_session *s;
+    struct ar_session_settings ss = {.ttl_s = 3};
+    struct sess_obs so = {0};
+    struct obs o = {0};
+    struct ar_election_settings es = {.key = "/s/leader", .value = "n1"};
+    struct ar_election *e;
+    struct ar_member_alive *al;
+    struct ar_etcd_error err;
+    bool closed = false;
+    int64_t first;
+
+    uv_loop_init(&loop);
+    etcd_harness_settings(&H, &st);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
+    assert_int_equal(ar_session_new(c, &ss, &s), 0);
+    assert_int_equal(ar_session_listen(s, on_sess, &so), 0);
+    es.session = s;
+    assert_int_equal(ar_election_start(c, &es, on_state, &o, &e), 0);
+    assert_int_equal(ar_member_alive_start_on(s, "/s/", "n1", "{}", NULL, NULL, &al), 0);
+    assert_true(etcd_harness_run_until(&loop, &o.leader, 3000));
+    etcd_harness_run_for(&loop, 200);
+    assert_int_equal(so.granted, 1);
+    first = ar_session_lease(s);
+    assert_true(first != 0);
+    assert_int_equal(so.lease, first);
+    assert_true(both_on(first));
+    assert_true(ar_session_alive(s, ar_etcd_now_ms()));
+    assert_true(ar_election_deadline(e) > ar_etcd_now_ms());
+
+    /* an operator revokes the lease: both keys go; the session learns it at the next
+     * keepalive (every ttl/3 = 1 s), tells LOST, and grants once more */
+    assert_int_equal(ar_etcd_sync_lease_revoke(S, first, &err), 0);
+    assert_true(run_until_stepped_down(&loop, &o, 3000)); /* the watch sees the key go */
+    for (int i = 0; i < 300 && !so.lost; i++)
+        etcd_harness_run_for(&loop, 10);
+    assert_int_equal(so.lost, 1);
+    assert_int_equal(so.lost_status, -ENOENT);
+    assert_int_equal(so.lost_lease, first);
+    assert_true(etcd_harness_run_until(&loop, &o.leader, 3000));
+    etcd_harness_run_for(&loop, 200);
+    assert_int_equal(so.granted, 2);
+    assert_true(ar_session_lease(s) != first);
+    assert_true(both_on(ar_session_lease(s)));
+
+    /* shut down as the agent does: resign (the leader key goes), stop the liveness key, revoke */
+    ar_election_resign(e, resign_done, &closed);
+    assert_true(etcd_harness_run_until(&loop, &closed, 3000));
+    assert_int_equal(key_lease("/s/leader"), -1);
+    ar_member_alive_stop(al, NULL, NULL);
+    etcd_harness_run_for(&loop, 200);
+    assert_int_equal(key_lease("/s/alive/n1"), -1);
+    closed = false;
+    ar_session_close(s, resign_done, &closed);
+    assert_true(etcd_harness_run_until(&loop, &closed, 3000));
+    ar_election_free(e);
+    ar_etcd_close(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 /* --- CAS ---------------------------------------------------------------------------------- */
 
 struct casctx {
     int done, status;
     unsigned retries;
+    char msg[256];
     int interfere; /* writes to do behind the CAS's back, from inside change() */
 };
 
@@ -549,14 +657,14 @@ static int incr(void *arg, const json_t *cur, json_t **out)
     return 0;
 }
 
-static void cas_done(void *arg, int status, int64_t rev, unsigned retries,
-                     const struct ar_etcd_error *err)
+static void cas_done(void *arg, int status, int64_t rev, unsigned retries, const struct ar_err *err)
 {
     struct casctx *x = arg;
 
     x->done++;
     x->status = status;
     x->retries = retries;
+    snprintf(x->msg, sizeof(x->msg), "%s", err ? err->msg : "");
 }
 
 static void test_cas(void **state)
@@ -570,7 +678,7 @@ static void test_cas(void **state)
 
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
-    c = ar_etcd_new(&loop, &st);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
 
     /* absent -> created */
     assert_int_equal(ar_cas_json(c, "/cas/rec", incr, cas_done, &x, 3), 0);
@@ -601,13 +709,149 @@ static void test_cas(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+static void read_rec(const char *key, char *out, size_t outsz)
+{
+    struct ar_etcd_op op = {.key = (const uint8_t *)key, .key_len = strlen(key)};
+    struct ar_etcd_result *r;
+
+    assert_int_equal(ar_etcd_sync_range(S, &op, &r, NULL), 0);
+    assert_int_equal(r->n_kvs, 1);
+    snprintf(out, outsz, "%s", (const char *)r->kvs[0].value);
+    ar_etcd_result_free(r);
+}
+
+/* S7 through the CAS: the leader guard rides along as an extra compare; a record that moved is
+ * retried (then -EAGAIN), a guard that no longer holds is -EPERM at once, even when the record
+ * moved too. The record key is /cas/rec (incr's interference writes there). */
+static void test_cas_guard(void **state)
+{
+    uv_loop_t loop;
+    struct ar_etcd_settings st;
+    struct ar_etcd *c;
+    struct obs o = {0};
+    struct ar_election_settings es = {.key = "/cg/leader", .value = "A", .ttl_s = 5};
+    struct ar_election *e;
+    struct ar_etcd_compare g;
+    struct ar_etcd_op del = {.key = (const uint8_t *)"/cg/leader", .key_len = 10};
+    struct ar_etcd_op clr = {.key = (const uint8_t *)"/cas/rec", .key_len = 8};
+    struct casctx x = {0};
+    char v[64], want[256];
+
+    uv_loop_init(&loop);
+    etcd_harness_settings(&H, &st);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
+    assert_int_equal(ar_etcd_sync_delete(S, &clr, NULL, NULL), 0);
+    assert_int_equal(ar_election_start(c, &es, on_state, &o, &e), 0);
+    assert_true(etcd_harness_run_until(&loop, &o.leader, 3000));
+    assert_int_equal(ar_election_guard(e, &g), 0);
+
+    /* the guard holds: written */
+    assert_int_equal(ar_cas_json_guarded(c, "/cas/rec", &g, 1, incr, cas_done, &x, 3), 0);
+    etcd_harness_run_for(&loop, 300);
+    assert_int_equal(x.done, 1);
+    assert_int_equal(x.status, 0);
+    assert_int_equal(x.retries, 0);
+    read_rec("/cas/rec", v, sizeof(v));
+    assert_string_equal(v, "{\"n\":1}");
+
+    /* the record moves once, the guard holds: a conflict, retried */
+    x = (struct casctx){.interfere = 1};
+    assert_int_equal(ar_cas_json_guarded(c, "/cas/rec", &g, 1, incr, cas_done, &x, 3), 0);
+    etcd_harness_run_for(&loop, 300);
+    assert_int_equal(x.status, 0);
+    assert_int_equal(x.retries, 1);
+    read_rec("/cas/rec", v, sizeof(v));
+    assert_string_equal(v, "{\"n\":101}");
+
+    /* the record always moves: -EAGAIN after max_retries */
+    x = (struct casctx){.interfere = 100};
+    assert_int_equal(ar_cas_json_guarded(c, "/cas/rec", &g, 1, incr, cas_done, &x, 2), 0);
+    etcd_harness_run_for(&loop, 500);
+    assert_int_equal(x.done, 1);
+    assert_int_equal(x.status, -EAGAIN);
+    assert_int_equal(x.retries, 2);
+    assert_string_equal(x.msg, "cas /cas/rec: still conflicting after 2 retries");
+
+    /* an operator deletes the leader key: the old term's guard fails: -EPERM, nothing written,
+     * never retried; also when the record moved in the same round */
+    assert_int_equal(ar_etcd_sync_delete(S, &del, NULL, NULL), 0);
+    for (int interfere = 0; interfere <= 1; interfere++) {
+        read_rec("/cas/rec", want, sizeof(want));
+        x = (struct casctx){.interfere = interfere};
+        assert_int_equal(ar_cas_json_guarded(c, "/cas/rec", &g, 1, incr, cas_done, &x, 3), 0);
+        etcd_harness_run_for(&loop, 300);
+        assert_int_equal(x.done, 1);
+        assert_int_equal(x.status, -EPERM);
+        assert_int_equal(x.retries, 0);
+        assert_non_null(strstr(x.msg, "cas /cas/rec: guard 0 (/cg/leader) failed at revision "));
+        read_rec("/cas/rec", v, sizeof(v));
+        if (interfere)
+            assert_string_equal(v, "{\"n\":100}"); /* only the interfering write landed */
+        else
+            assert_string_equal(v, want);
+    }
+    assert_int_equal(
+        ar_cas_json_guarded(c, "/cas/rec", &g, AR_CAS_MAX_GUARD + 1, incr, cas_done, &x, 3),
+        -EINVAL);
+    ar_election_free(e);
+    ar_etcd_close(c);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* etcd's compare semantics, as the CAS evaluates them on what a failed txn read. */
+static void test_cas_compare_holds(void **state)
+{
+    struct ar_etcd_kv kv = {.value = (uint8_t *)"abc",
+                            .value_len = 3,
+                            .create_revision = 5,
+                            .mod_revision = 9,
+                            .version = 2};
+    struct ar_etcd_compare g = {.key = (const uint8_t *)"k", .key_len = 1};
+
+    g.target = AR_ETCD_CMP_CREATE;
+    g.result = AR_ETCD_EQUAL;
+    g.number = 5;
+    assert_true(ar_cas_compare_holds(&g, &kv));
+    assert_false(ar_cas_compare_holds(&g, NULL)); /* absent: create_revision 0 */
+    g.number = 0;
+    assert_true(ar_cas_compare_holds(&g, NULL));
+    g.target = AR_ETCD_CMP_MOD;
+    g.result = AR_ETCD_LESS;
+    g.number = 10;
+    assert_true(ar_cas_compare_holds(&g, &kv));
+    g.number = 9;
+    assert_false(ar_cas_compare_holds(&g, &kv));
+    g.target = AR_ETCD_CMP_VERSION;
+    g.result = AR_ETCD_GREATER;
+    g.number = 1;
+    assert_true(ar_cas_compare_holds(&g, &kv));
+    g.result = AR_ETCD_NOT_EQUAL;
+    g.number = 2;
+    assert_false(ar_cas_compare_holds(&g, &kv));
+    g.target = AR_ETCD_CMP_VALUE;
+    g.result = AR_ETCD_EQUAL;
+    g.value = (const uint8_t *)"abc";
+    g.value_len = 3;
+    assert_true(ar_cas_compare_holds(&g, &kv));
+    assert_false(ar_cas_compare_holds(&g, NULL)); /* absent: every VALUE compare fails */
+    g.result = AR_ETCD_NOT_EQUAL;
+    assert_false(ar_cas_compare_holds(&g, NULL));
+    g.value_len = 2; /* "ab" < "abc" */
+    g.result = AR_ETCD_GREATER;
+    assert_true(ar_cas_compare_holds(&g, &kv));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_election_observe_and_deadline),
         cmocka_unit_test(test_election_guard_and_operator_delete),
         cmocka_unit_test(test_membership),
+        cmocka_unit_test(test_session_shared),
         cmocka_unit_test(test_cas),
+        cmocka_unit_test(test_cas_guard),
+        cmocka_unit_test(test_cas_compare_holds),
         cmocka_unit_test(test_election_three_contenders),
     };
 

@@ -20,6 +20,7 @@
 
 #include "coord/election.h"
 #include "coord/member.h"
+#include "coord/session.h"
 #include "tests/support/etcd_harness.h"
 
 struct script {
@@ -29,7 +30,8 @@ struct script {
     int put_lease_gone;  /* answer this many puts with "requested lease not found" */
     char last_put[2048]; /* body of the last /v3/kv/put */
     char last_watch[2048];
-    bool watch_silent; /* /v3/watch: accept and never answer */
+    bool watch_silent;     /* /v3/watch: accept and never answer */
+    bool keepalive_silent; /* /v3/lease/keepalive: accept and never answer */
 };
 
 static void gw(void *arg, const char *path, const char *body, struct fake_gw_reply *r)
@@ -58,6 +60,10 @@ static void gw(void *arg, const char *path, const char *body, struct fake_gw_rep
     } else if (!strcmp(path, "/v3/lease/keepalive")) {
         const char *id = strstr(body, "\"ID\":\"");
 
+        if (s->keepalive_silent) {
+            r->status = 0;
+            return;
+        }
         snprintf(r->body, sizeof(r->body),
                  "{\"result\":{\"header\":{\"revision\":\"5\"},\"ID\":\"%lld\",\"TTL\":\"%d\"}}\n",
                  id ? strtoll(id + 6, NULL, 10) : 0LL, s->grant_ttl);
@@ -83,6 +89,7 @@ struct fx {
     /* freed by teardown if a failed assertion left them running */
     struct ar_member_alive *alive;
     struct ar_election *election;
+    struct ar_session *session;
     struct ar_etcd_watch *watch;
 };
 
@@ -98,7 +105,7 @@ static int setup(void **state)
     if (!f->g)
         return -1;
     st.endpoints[0] = fake_gw_endpoint(f->g);
-    f->c = ar_etcd_new(&f->loop, &st);
+    assert_int_equal(ar_etcd_new(&f->loop, &st, &f->c), 0);
     *state = f;
     return f->c ? 0 : -1;
 }
@@ -109,6 +116,7 @@ static int teardown(void **state)
 
     ar_member_alive_stop(f->alive, NULL, NULL);
     ar_election_free(f->election);
+    ar_session_free(f->session); /* after its users */
     ar_etcd_watch_stop(f->watch);
     ar_etcd_close(f->c);
     fake_gw_stop(f->g);
@@ -148,7 +156,8 @@ static void test_member_grant_without_ttl(void **state)
     struct ar_member_alive *a;
 
     f->s.next_id = 7; /* ID 7, TTL omitted (0) */
-    a = f->alive = ar_member_alive_start(f->c, "/m/", "n1", 5, "{}", on_write, &w);
+    assert_int_equal(ar_member_alive_start(f->c, "/m/", "n1", 5, "{}", on_write, &w, &a), 0);
+    f->alive = a;
     assert_non_null(a);
     etcd_harness_run_for(&f->loop, 600);
     assert_true(fake_gw_count(f->g, "/v3/lease/grant") >= 2); /* retried */
@@ -188,7 +197,8 @@ static void test_member_put_lease_gone(void **state)
     f->s.id_step = 1;
     f->s.grant_ttl = 30; /* keepalives keep saying the lease lives: only the put knows */
     f->s.put_lease_gone = 1;
-    a = f->alive = ar_member_alive_start(f->c, "/m/", "n1", 30, "{}", on_write, &w);
+    assert_int_equal(ar_member_alive_start(f->c, "/m/", "n1", 30, "{}", on_write, &w, &a), 0);
+    f->alive = a;
     etcd_harness_run_for(&f->loop, 400);
     assert_int_equal(w.failed, 1);
     assert_int_equal(w.last_status, -ENOENT);
@@ -209,7 +219,7 @@ static void test_member_stop_during_grant(void **state)
 
     f->s.next_id = 20;
     f->s.grant_ttl = 30;
-    a = ar_member_alive_start(f->c, "/m/", "n1", 30, "{}", NULL, NULL);
+    assert_int_equal(ar_member_alive_start(f->c, "/m/", "n1", 30, "{}", NULL, NULL, &a), 0);
     ar_member_alive_stop(a, NULL, NULL);
     etcd_harness_run_for(&f->loop, 300);
     assert_int_equal(fake_gw_count(f->g, "/v3/lease/grant"), 1);
@@ -223,6 +233,10 @@ struct obs {
     int calls, status;
     bool leader;
     char msg[256];
+    int downs; /* leader -> not leader, with when and why */
+    uint64_t down_at;
+    int down_status;
+    char down_msg[256];
 };
 
 static void on_state(void *arg, const struct ar_election_state *st)
@@ -230,6 +244,11 @@ static void on_state(void *arg, const struct ar_election_state *st)
     struct obs *o = arg;
 
     o->calls++;
+    if (o->leader && !st->is_leader && !o->downs++) {
+        o->down_at = ar_etcd_now_ms();
+        o->down_status = st->status;
+        snprintf(o->down_msg, sizeof(o->down_msg), "%s", st->err ? st->err->msg : "");
+    }
     o->leader = st->is_leader;
     o->status = st->status;
     snprintf(o->msg, sizeof(o->msg), "%s", st->err ? st->err->msg : "");
@@ -243,7 +262,8 @@ static void test_election_grant_without_ttl(void **state)
     struct ar_election *e;
 
     f->s.next_id = 7;
-    e = f->election = ar_election_start(f->c, &es, on_state, &o);
+    assert_int_equal(ar_election_start(f->c, &es, on_state, &o, &e), 0);
+    f->election = e;
     assert_non_null(e);
     etcd_harness_run_for(&f->loop, 700);
     assert_false(o.leader);
@@ -306,6 +326,80 @@ static void test_watch_silent_stream(void **state)
     f->watch = NULL;
 }
 
+/* The election's safety through the shared session: keepalives go unanswered, so the lease
+ * is trusted only until (grant request sent + TTL - margin); then the leader steps down at once
+ * with -ETIMEDOUT, the session revokes the untrusted lease and grants a new one, and a second
+ * user of the session (the liveness key) hears LOST too. */
+struct lost_obs {
+    int lost, granted, status;
+    int64_t lease;
+};
+
+static void on_sess(void *arg, const struct ar_session_update *u)
+{
+    struct lost_obs *o = arg;
+
+    if (u->kind == AR_SESSION_LOST) {
+        o->lost++;
+        o->status = u->status;
+        o->lease = u->lease;
+    } else if (u->kind == AR_SESSION_GRANTED) {
+        o->granted++;
+    }
+}
+
+static void test_session_deadline(void **state)
+{
+    struct fx *f = *state;
+    struct obs o = {0};
+    struct lost_obs lo = {0};
+    struct ar_session_settings ss = {.ttl_s = 2, .margin_ms = 500};
+    struct ar_election_settings es = {.key = "/e/leader", .value = "A"};
+    struct ar_session *s;
+    struct ar_election *e;
+    uint64_t t0, d;
+
+    f->s.next_id = 30;
+    f->s.id_step = 1;
+    f->s.grant_ttl = 2;
+    f->s.keepalive_silent = true;
+    t0 = ar_etcd_now_ms();
+    assert_int_equal(ar_session_new(f->c, &ss, &s), 0);
+    f->session = s;
+    assert_int_equal(ar_session_listen(s, on_sess, &lo), 0);
+    es.session = s;
+    assert_int_equal(ar_election_start(f->c, &es, on_state, &o, &e), 0);
+    f->election = e;
+    etcd_harness_run_for(&f->loop, 300);
+    assert_true(o.leader); /* the fake's txn says succeeded */
+    assert_int_equal(ar_session_lease(s), 30);
+    d = ar_session_deadline(s);
+    assert_true(d >= t0 && d <= t0 + 2000); /* from the grant REQUEST's send time */
+    assert_int_equal(ar_election_deadline(e), d - 500);
+    assert_true(ar_election_is_leader(e, d - 501));
+    assert_false(ar_election_is_leader(e, d - 500));
+
+    /* no renewal answers: down at d - 500 at the latest, never later */
+    while (!o.downs && ar_etcd_now_ms() < d + 1000)
+        etcd_harness_run_for(&f->loop, 10);
+    assert_int_equal(o.downs, 1);
+    assert_true(o.down_at >= d - 500 && o.down_at < d);
+    assert_int_equal(o.down_status, -ETIMEDOUT);
+    assert_string_equal(o.down_msg, "lease not renewed before its deadline");
+    assert_int_equal(lo.lost, 1);
+    assert_int_equal(lo.status, -ETIMEDOUT);
+    assert_int_equal(lo.lease, 30);
+    etcd_harness_run_for(&f->loop, 100);
+    assert_int_equal(fake_gw_count(f->g, "/v3/lease/revoke"), 1); /* the untrusted lease */
+    assert_int_equal(lo.granted, 2);
+    assert_int_equal(ar_session_lease(s), 31);
+    assert_true(o.leader); /* campaigned again on the new lease (the fake's txn succeeds) */
+    f->election = NULL;
+    ar_election_free(e);
+    f->session = NULL;
+    ar_session_free(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -314,6 +408,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_member_stop_during_grant, setup, teardown),
         cmocka_unit_test_setup_teardown(test_election_grant_without_ttl, setup, teardown),
         cmocka_unit_test_setup_teardown(test_watch_silent_stream, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_deadline, setup, teardown),
     };
 
     curl_global_init(CURL_GLOBAL_DEFAULT);

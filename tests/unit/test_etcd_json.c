@@ -25,7 +25,7 @@ static int setup(void **state)
 
     assert_non_null(f);
     assert_int_equal(uv_loop_init(&f->loop), 0);
-    f->c = ar_etcd_new(&f->loop, &s);
+    assert_int_equal(ar_etcd_new(&f->loop, &s, &f->c), 0);
     assert_non_null(f->c);
     *state = f;
     return 0;

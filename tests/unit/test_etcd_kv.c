@@ -35,8 +35,7 @@ static int group_setup(void **state)
         return -1;
     etcd_harness_settings(&H, &st);
     st.request_timeout_ms = 5000;
-    S = ar_etcd_sync_new(&st);
-    return S ? 0 : -1;
+    return ar_etcd_sync_new(&st, &S) == 0 ? 0 : -1;
 }
 
 static int group_teardown(void **state)
@@ -91,12 +90,19 @@ static void test_bad_settings(void **state)
     uv_loop_t loop;
     struct ar_etcd_settings st = {.endpoints = {"127.0.0.1:2379"}, .n_endpoints = 1};
 
+    struct ar_etcd *c = (struct ar_etcd *)&loop; /* not NULL: the constructor must clear it */
+    struct ar_etcd_sync *s = (struct ar_etcd_sync *)&loop;
+
     uv_loop_init(&loop);
-    errno = 0;
-    assert_null(ar_etcd_new(&loop, &st));
-    assert_int_equal(errno, EINVAL);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), -EINVAL); /* no scheme */
+    assert_null(c);
     st.n_endpoints = 0;
-    assert_null(ar_etcd_new(&loop, &st));
+    c = (struct ar_etcd *)&loop;
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), -EINVAL);
+    assert_null(c);
+    assert_int_equal(ar_etcd_new(&loop, &st, NULL), -EINVAL);
+    assert_int_equal(ar_etcd_sync_new(&st, &s), -EINVAL);
+    assert_null(s);
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
@@ -393,11 +399,12 @@ static void test_connection_refused(void **state)
 {
     struct ar_etcd_settings st = {
         .endpoints = {"http://127.0.0.1:1"}, .n_endpoints = 1, .request_timeout_ms = 600};
-    struct ar_etcd_sync *s = ar_etcd_sync_new(&st);
+    struct ar_etcd_sync *s = NULL;
     struct ar_etcd_op op = {.key = K("x")};
     struct ar_etcd_error err;
     uint64_t t0 = ar_etcd_now_ms(), dt;
 
+    assert_int_equal(ar_etcd_sync_new(&st, &s), 0);
     assert_non_null(s);
     assert_int_equal(ar_etcd_sync_range(s, &op, NULL, &err), -ECONNREFUSED);
     dt = ar_etcd_now_ms() - t0;
@@ -503,7 +510,7 @@ static void test_keepalive(void **state)
     ar_etcd_result_free(r);
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
-    c = ar_etcd_new(&loop, &st);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
     assert_non_null(c);
     assert_int_equal(ar_etcd_keepalive_start(c, id, 2, on_ka, &ka, &k), 0);
     /* 4.5 s with a 2 s TTL: alive only if renewed about every 0.67 s on one stream */
@@ -589,7 +596,7 @@ static void test_iterate_10k(void **state)
     }
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
-    c = ar_etcd_new(&loop, &st);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
     struct ar_etcd_op op = {.key = K("it/"), .limit = PAGE};
     op.range_end = end;
     op.range_end_len = ar_etcd_prefix_end(op.key, op.key_len, end);
@@ -690,7 +697,7 @@ static void test_watch_reconnect(void **state)
 
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
-    c = ar_etcd_new(&loop, &st);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
     o.range_end = end;
     o.range_end_len = ar_etcd_prefix_end(o.key, o.key_len, end);
     assert_int_equal(ar_etcd_watch_start(c, &o, on_watch, &s, &s.w), 0);
@@ -756,7 +763,7 @@ static void test_watch_across_etcd_restart(void **state)
 
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
-    c = ar_etcd_new(&loop, &st);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
     assert_int_equal(ar_etcd_watch_start(c, &o, on_watch, &s, &s.w), 0);
     etcd_harness_run_for(&loop, 300);
     assert_int_equal(s.created, 1);
@@ -815,7 +822,7 @@ static void test_close_cancels(void **state)
 
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
-    c = ar_etcd_new(&loop, &st);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
     for (int i = 0; i < 10; i++)
         assert_int_equal(ar_etcd_range(c, &op, on_any, &n), 0);
     assert_int_equal(ar_etcd_watch_start(c, &o, on_watch_nop, NULL, &w), 0);

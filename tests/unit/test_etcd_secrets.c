@@ -177,8 +177,7 @@ static int child(void)
     st.request_timeout_ms = 3000;
     st.username = "agent";
     st.password = password;
-    s = ar_etcd_sync_new(&st);
-    if (!s || en < 0)
+    if (ar_etcd_sync_new(&st, &s) < 0 || en < 0)
         return 10;
     for (int i = 0; i < 3; i++) {
         if (ar_etcd_sync_put(s, &op, NULL, &err) < 0) {
@@ -235,7 +234,7 @@ static void test_locked_copies(void **state)
     etcd_harness_settings(&H, &st);
     st.username = "agent";
     st.password = password;
-    s = ar_etcd_sync_new(&st);
+    assert_int_equal(ar_etcd_sync_new(&st, &s), 0);
     assert_non_null(s);
     c = ar_etcd_sync_client(s);
     assert_int_equal(ar_etcd_sync_put(s, &op, NULL, &err), 0);

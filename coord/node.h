@@ -1,0 +1,80 @@
+/*
+ * coord/node.h: the asynchronous interface between coord/ (the protocol) and agent/ (this node:
+ * its effective file, its provider chain, its status). coord/ never reaches into the agent: it
+ * asks through a table of operations the agent implements, and the agent hands it each valid
+ * desired config. The rotation (next issue) replaces the driver's policy, not this interface.
+ *
+ * Contract
+ * - Every operation is started on the loop thread and completes EXACTLY ONCE through its
+ *   callback, possibly before the operation returns (the agent's file write is synchronous
+ *   today). The config passed to an operation is referenced by the driver until completion.
+ * - apply: write cfg as the effective config (the file kube-apiserver reads) and swap the
+ *   in-process provider chain; complete with 0 and whether the file changed, or a negative
+ *   errno and err saying why (the previous effective config then stays in force).
+ * - prove: prove that the local API server loaded cfg. Kinds, strongest first, are in
+ *   enum ar_node_proof; AR_NODE_PROOF_NONE means nothing was proved (today's agent completes at
+ *   once with it, and the status says so).
+ * - report: the driver's state for /status and the log, after every step (never blocks).
+ *
+ * The driver today (no rotation yet): each valid desired config is applied directly, then
+ * proved; a desired config handed over while one is in flight replaces any not yet started
+ * (only the newest is applied next).
+ */
+#ifndef ATREST_COORD_NODE_H
+#define ATREST_COORD_NODE_H
+
+#include <stdbool.h>
+
+#include "coord/err.h"
+#include "crypto/config.h"
+
+enum ar_node_proof {
+    AR_NODE_PROOF_NONE = 0, /* nothing proved (reported as such) */
+    AR_NODE_PROOF_FILE,     /* the effective file holds the config's bytes (read back) */
+};
+
+enum ar_node_step {
+    AR_NODE_IDLE = 0,
+    AR_NODE_APPLYING,
+    AR_NODE_PROVING,
+};
+
+enum ar_node_result {
+    AR_NODE_NONE = 0,  /* nothing applied yet */
+    AR_NODE_APPLIED,   /* written and swapped in */
+    AR_NODE_UNCHANGED, /* the effective config already was this one */
+    AR_NODE_FAILED,    /* apply failed: err says why */
+};
+
+typedef void (*ar_node_apply_done)(void *done_arg, int status, bool changed,
+                                   const struct ar_err *err);
+typedef void (*ar_node_prove_done)(void *done_arg, int status, enum ar_node_proof kind,
+                                   const struct ar_err *err);
+
+struct ar_node_report {
+    const char *mode;           /* "direct" (no rotation) */
+    enum ar_node_step step;     /* what runs now */
+    enum ar_node_result result; /* of the last apply */
+    enum ar_node_proof proof;   /* of the last successful apply */
+    const char *fingerprint;    /* of the config concerned ("sha256:..."), or NULL */
+    const struct ar_err *err;   /* FAILED: why; else NULL */
+};
+
+struct ar_node_ops {
+    void (*apply)(void *agent, struct ar_config *cfg, ar_node_apply_done done, void *done_arg);
+    void (*prove)(void *agent, struct ar_config *cfg, ar_node_prove_done done, void *done_arg);
+    void (*report)(void *agent, const struct ar_node_report *r);
+};
+
+struct ar_node;
+
+/* ops is copied; every op is required. 0 and *out, or -EINVAL / -ENOMEM with *out NULL. */
+int ar_node_new(const struct ar_node_ops *ops, void *agent, struct ar_node **out);
+/* A valid desired config (referenced by the driver while it needs it). 0 or -EINVAL. */
+int ar_node_desired(struct ar_node *n, struct ar_config *cfg);
+enum ar_node_step ar_node_step(const struct ar_node *n);
+/* No op starts after this; an op in flight completes into nothing (the node is freed when the
+ * last completion arrives, or at once when none is pending). */
+void ar_node_free(struct ar_node *n);
+
+#endif
