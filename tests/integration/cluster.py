@@ -666,6 +666,15 @@ class Traffic:
         return [e for e in self.read_errors()
                 if self.is_decrypt_error(e) and (names is None or e["node"] in names)]
 
+    def results(self):
+        """Counts and every recorded failure (dicts: t, role, node, op, name, status, error)."""
+        with self.lock:
+            errors = list(self.errors)
+            out = {"writes": self.writes, "reads": self.reads, "names": len(self.created),
+                   "errors": errors}
+        out["decrypt_errors"] = sum(1 for e in errors if self.is_decrypt_error(e))
+        return out
+
     def summary(self):
         with self.lock:
             return "traffic: %d writes via %s, %d reads via %s, %d errors" % (

@@ -69,6 +69,8 @@ def test_checker_catches_s1_naive_push(make_cluster, keys):
     # the readers through cp-2 and cp-3 saw the decrypt errors; cp-1 wrote without error
     dec = tr.decrypt_errors(nodes=["cp-2", "cp-3"])
     assert dec and all(e["status"] == 500 for e in dec)
+    out = tr.results()
+    assert out["decrypt_errors"] == len(dec) == len(out["errors"]) and out["names"] == 16
     assert res.of("read-error") and not res.of("write-error")
     # once every node has key2 everything reads again: the damage was transient, S2 holds
     assert not res.of("S2-unreadable") and not res.of("missing") and not res.of("lost-update")
