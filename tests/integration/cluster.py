@@ -345,6 +345,21 @@ class Cluster:
                     pass
         assert not errors, "\n".join(errors)
 
+    def restart_agent(self, node, hard=True, wait_ready=True):
+        """SIGKILL (hard) or SIGTERM a node's agent and start it again, same settings."""
+        a = self._select([node])[0].agent
+        if hard:
+            a.kill()
+        else:
+            a.stop()
+        a.logf.close()
+        return a.start(wait_ready=wait_ready)
+
+    def restart_sim(self, node):
+        """SIGKILL a node's simulator (a crashed kube-apiserver) and start it again on the
+        same port and certificates; it loads its effective file at start."""
+        return self._select([node])[0].sim.restart()
+
     # -- config pushes --
     def _select(self, nodes):
         if nodes is None:
@@ -651,6 +666,15 @@ class Traffic:
         return [e for e in self.read_errors()
                 if self.is_decrypt_error(e) and (names is None or e["node"] in names)]
 
+    def results(self):
+        """Counts and every recorded failure (dicts: t, role, node, op, name, status, error)."""
+        with self.lock:
+            errors = list(self.errors)
+            out = {"writes": self.writes, "reads": self.reads, "names": len(self.created),
+                   "errors": errors}
+        out["decrypt_errors"] = sum(1 for e in errors if self.is_decrypt_error(e))
+        return out
+
     def summary(self):
         with self.lock:
             return "traffic: %d writes via %s, %d reads via %s, %d errors" % (
@@ -733,8 +757,12 @@ class Checker:
     final_check(traffic) then reads every object through every simulator's REST API."""
 
     def __init__(self, cluster, interval_s=0.2, sample=200, resources=("secrets",),
-                 max_details=25):
+                 max_details=25, ignore_keys=()):
         self.cluster = cluster
+        # etcd key prefixes neither the sampler nor the final check looks at, e.g. a canary
+        # namespace the protocol writes straight into etcd ("/registry/secrets/atrest-canary/");
+        # default none: every stored object counts
+        self.ignore_keys = tuple(k.encode() if isinstance(k, str) else k for k in ignore_keys)
         self.interval_s = interval_s
         self.sample = sample
         self.resources = resources
@@ -761,6 +789,12 @@ class Checker:
         if self.thread is not None:
             self.thread.join(timeout)
             assert not self.thread.is_alive(), "the S1 sampler did not stop"
+        return self
+
+    def wait_samples(self, k=2, timeout=10):
+        """Wait until the sampler has taken k more samples (it has looked at the present)."""
+        n = self.samples
+        wait_for(lambda: self.samples >= n + k, timeout, "%d more S1 samples" % k)
         return self
 
     def violation(self, rule, node, key, pk, detail, dedup=None):
@@ -826,6 +860,8 @@ class Checker:
                 what.append(("probe", node, r, doc["writeKey"]))
         for r in self.resources:
             for kv in self._window(r):
+                if kv.key.startswith(self.ignore_keys):
+                    continue
                 items.append({"key": _b64(kv.key), "value": _b64(kv.value)})
                 what.append(("stored", None, kv.key.decode("utf-8", "replace"),
                              provider_key(kv.value)))
@@ -884,8 +920,17 @@ class Checker:
                 self.violation("down", node.name, None, None,
                                "%s's simulator is not running at the final check" % node.name)
         nodes = [n for n in self.cluster.nodes if n.sim is not None and n.sim.alive()]
+        for node in nodes:
+            try:
+                st = self.cluster.status(node)
+                notes.append("%s: loaded %s, secrets: writes %s, reads %s" % (
+                    node.name, (st["configSha256"] or "none")[:12], st["writeKey"]["secrets"],
+                    st["readKeys"]["secrets"]))
+            except (OSError, AssertionError, KeyError) as e:
+                notes.append("%s: no /sim/status: %r" % (node.name, e))
         for r in resources:
-            stored = {kv[0].decode(): kv for kv in self.cluster.scan(r)}
+            stored = {kv[0].decode(): kv for kv in self.cluster.scan(r)
+                      if not kv[0].startswith(self.ignore_keys)}
             notes.append("%s: %d stored %s" % (r, len(stored), dict(collections.Counter(
                 provider_key(v) for _k, v, _m in stored.values()))))
             self.cluster._parallel([lambda n=n: self._final_node(n, r, stored, traffic)
@@ -933,6 +978,8 @@ class Checker:
             if res != r:
                 continue
             key = "%s%s/%s/%s" % (REGISTRY, r, ns, name)
+            if key.encode().startswith(self.ignore_keys):
+                continue
             if (ns, name) in listed and listed[(ns, name)] != data:
                 self.violation("content", node.name, key, None,
                                "%s: seeded %s %s/%s reads with other data" % (node.name, r,
@@ -947,6 +994,8 @@ class Checker:
             pending = {k: list(v) for k, v in traffic.pending.items()}
         for name, data in last.items():
             key = "%s%s/%s/%s" % (REGISTRY, r, traffic.ns, name)
+            if key.encode().startswith(self.ignore_keys):
+                continue
             got = listed.get((traffic.ns, name))
             if got is None:
                 if key not in stored:

@@ -50,7 +50,7 @@ def test_checker_catches_s1_naive_push(make_cluster, keys):
     pushed = time.monotonic() - chk.t0
     c.push_effective(aescbc(k2, k1), gap_s=2.5)
     c.wait_loaded()
-    time.sleep(0.5)
+    chk.wait_samples(3)
     res = chk.final_check(tr)
     with pytest.raises(AssertionError, match="S1-write"):
         res.assert_ok()
@@ -69,6 +69,8 @@ def test_checker_catches_s1_naive_push(make_cluster, keys):
     # the readers through cp-2 and cp-3 saw the decrypt errors; cp-1 wrote without error
     dec = tr.decrypt_errors(nodes=["cp-2", "cp-3"])
     assert dec and all(e["status"] == 500 for e in dec)
+    out = tr.results()
+    assert out["decrypt_errors"] == len(dec) == len(out["errors"]) and out["names"] == 16
     assert res.of("read-error") and not res.of("write-error")
     # once every node has key2 everything reads again: the damage was transient, S2 holds
     assert not res.of("S2-unreadable") and not res.of("missing") and not res.of("lost-update")
@@ -86,6 +88,7 @@ def test_checker_catches_s2_dropped_key(make_cluster, keys):
     assert c.census() == {"aescbc/key1": 46} and c.census("configmaps") == {"aescbc/key1": 10}
     c.push_effective(aescbc(k2), gap_s=0)          # key1 dropped, objects still under it
     c.wait_loaded()
+    chk.wait_samples(2)                            # the sampler looked after the drop
     res = chk.final_check(tr)
     assert not res.ok
     # every stored object, through every one of the 3 servers
@@ -98,6 +101,10 @@ def test_checker_catches_s2_dropped_key(make_cluster, keys):
     assert res.of("S1-stored", pk="aescbc/key1")
     with pytest.raises(AssertionError, match="S2-unreadable"):
         res.assert_ok()
+    # ignore_keys (e.g. a canary namespace) leaves exactly those objects out
+    part = c.checker(ignore_keys=["/registry/secrets/seed/", "/registry/configmaps/seed/"])
+    res2 = part.final_check()
+    assert res2.counts == {"S2-unreadable": 3 * 16}, res2.report()
 
 
 def test_manual_four_step_rotation_passes(make_cluster, keys):
@@ -121,7 +128,7 @@ def test_manual_four_step_rotation_passes(make_cluster, keys):
     prune = aescbc(k2)
     c.push_effective(prune, gap_s=0.5)
     c.wait_loaded(prune)
-    time.sleep(0.5)
+    chk.wait_samples(3)
     res = chk.final_check(tr)
     res.assert_ok(min_samples=10)
     assert tr.writes > 50 and tr.reads > 50
@@ -158,9 +165,12 @@ def test_agents_read_key_push_passes(make_cluster, keys, agent_bin):
     for n in c.nodes:
         wait_for(lambda n=n: applied(n), 15, "%s's agent to write its effective file" % n.name)
     c.wait_loaded(target)      # the same document as pushed, loaded by every server
+    before = c.nodes[1].agent.proc.pid
+    c.restart_agent(1)         # SIGKILL and start again: it keeps the effective file
+    assert c.nodes[1].agent.proc.pid != before and applied(c.nodes[1])
     for n in c.nodes:
         assert c.status(n)["readKeys"]["secrets"] == ["aescbc/key1", "aescbc/key2", "identity"]
-    time.sleep(0.5)
+    chk.wait_samples(3)
     res = chk.final_check(tr)
     res.assert_ok(min_samples=5)
     fps = {n.agent.status()["effective"]["fingerprint"] for n in c.nodes}
@@ -227,6 +237,8 @@ def test_checker_catches_lost_update_changed_content_and_a_dead_server(make_clus
     assert all(v.key == "/registry/secrets/traffic/w-000" and "'w-000 seq 0'" in v.detail
                for v in lost), res.report()
     assert {v.key for v in res.of("content")} == {"/registry/secrets/seed/s-000002"}
+    assert "cp-1: loaded %s, secrets: writes identity, reads ['identity']" % \
+        c.status(c.nodes[0])["configSha256"][:12] in res.notes
     assert res.of("down", node="cp-3")
     with pytest.raises(AssertionError, match="lost-update"):
         res.assert_ok()
