@@ -9,9 +9,9 @@
  *   - libcurl's request buffer: for a small CURLOPT_POSTFIELDS body libcurl copies the body
  *     into the malloc'd buffer that holds "POST /v3/auth/authenticate HTTP/1.1 ..." and frees
  *     it unwiped; a password occurrence is allowed only right after that request's headers.
- *   - the token: libcurl copies the Authorization header into every request buffer, and
- *     jansson's lexer keeps the raw token text in its own buffer; token occurrences are only
- *     counted and printed, not asserted.
+ *   - the token: libcurl copies the Authorization header into every request buffer (jansson's
+ *     blocks are wiped on free since coord/etcd installs a wiping allocator); token
+ *     occurrences are only counted and printed, not asserted.
  */
 #include <errno.h>
 #include <setjmp.h>

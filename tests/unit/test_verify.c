@@ -574,8 +574,7 @@ static void test_parallel_merge(void **state)
     one = scan(&(struct ar_verify_opts){0}, 0);
     uv_loop_init(&loop);
     etcd_harness_settings(&H, &st);
-    c = ar_etcd_new(&loop, &st);
-    assert_non_null(c);
+    assert_int_equal(ar_etcd_new(&loop, &st, &c), 0);
     assert_int_equal(
         ar_verify_start(c, ch,
                         &(struct ar_verify_opts){.start = (const uint8_t *)"/registry/",
