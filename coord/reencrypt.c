@@ -117,7 +117,7 @@ struct ar_reencrypt {
 
 /* ---- checkpoint record ------------------------------------------------------------------- */
 
-static const char *const ck_fields[] = {"selector", "cursor",    "done",   "rewritten", "skipped",
+static const char *const ck_fields[] = {"selector",  "cursor", "done",  "rewritten", "skipped",
                                         "conflicts", "failed", "total", "time_ms"};
 
 static int get_u64(json_t *o, const char *name, uint64_t *out)
@@ -145,8 +145,7 @@ int ar_reencrypt_ckpt_parse(const uint8_t *p, size_t n, struct ar_reencrypt_ckpt
     root = json_loadb((const char *)p, n, JSON_REJECT_DUPLICATES, &je);
     if (!root)
         return -EBADMSG;
-    if (!json_is_object(root) ||
-        json_object_size(root) != sizeof(ck_fields) / sizeof(ck_fields[0]))
+    if (!json_is_object(root) || json_object_size(root) != sizeof(ck_fields) / sizeof(ck_fields[0]))
         goto out;
     for (size_t i = 0; i < sizeof(ck_fields) / sizeof(ck_fields[0]); i++)
         if (!json_object_get(root, ck_fields[i]))
@@ -361,8 +360,8 @@ static int write_ckpt(struct ar_reencrypt *r)
         .time_ms = 0,
     };
     struct ar_etcd_op put = {.type = AR_ETCD_PUT};
-    struct ar_etcd_txn t = {.compare = r->guard, .n_compare = r->n_guard, .success = &put,
-                            .n_success = 1};
+    struct ar_etcd_txn t = {
+        .compare = r->guard, .n_compare = r->n_guard, .success = &put, .n_success = 1};
     struct timespec ts;
     size_t len = 0;
     char *s;
@@ -1054,8 +1053,8 @@ static int copy_guard(struct ar_reencrypt *r, const struct ar_reencrypt_opts *o)
 }
 
 int ar_reencrypt_start(struct ar_etcd *c, struct ar_chain *chain, const struct ar_reencrypt_opts *o,
-                       ar_reencrypt_progress_cb progress_cb, ar_reencrypt_done_cb done,
-                       void *arg, struct ar_reencrypt **out)
+                       ar_reencrypt_progress_cb progress_cb, ar_reencrypt_done_cb done, void *arg,
+                       struct ar_reencrypt **out)
 {
     struct ar_reencrypt *r;
     int rc;
@@ -1194,8 +1193,8 @@ int ar_reencrypt_run(struct ar_etcd_sync *s, struct ar_chain *chain,
                      struct ar_err *err)
 {
     struct ar_etcd *c = ar_etcd_sync_client(s);
-    struct run ru = {.stop_after = stop_after, .out = out, .err = err, .progress = progress_cb,
-                     .arg = arg};
+    struct run ru = {
+        .stop_after = stop_after, .out = out, .err = err, .progress = progress_cb, .arg = arg};
     int rc;
 
     memset(out, 0, sizeof(*out));

@@ -234,8 +234,14 @@ static int group_teardown(void **state)
 
 static void test_ckpt_record(void **state)
 {
-    struct ar_reencrypt_ckpt c = {.selector = 1, .done = 10, .rewritten = 5, .skipped = 3,
-                                  .conflicts = 1, .failed = 1, .total = 20, .time_ms = 7},
+    struct ar_reencrypt_ckpt c = {.selector = 1,
+                                  .done = 10,
+                                  .rewritten = 5,
+                                  .skipped = 3,
+                                  .conflicts = 1,
+                                  .failed = 1,
+                                  .total = 20,
+                                  .time_ms = 7},
                              back;
     const char *bad[] = {
         "",
@@ -377,8 +383,8 @@ static void test_exact_counts(void **state)
         assert_string_equal(name, "aescbc:k2");
         /* the injected writes win: tag 7, written once by the "API server" only */
         n = plain_of(key,
-                     (!strcmp(key, "/t1/secrets/ns/k1-00") || !strcmp(key, "/t1/secrets/ns/k1-03") ||
-                      !strcmp(key, "/t1/secrets/ns/k1-06"))
+                     (!strcmp(key, "/t1/secrets/ns/k1-00") ||
+                      !strcmp(key, "/t1/secrets/ns/k1-03") || !strcmp(key, "/t1/secrets/ns/k1-06"))
                          ? 7
                          : 0,
                      want, sizeof(want));
@@ -460,9 +466,8 @@ static void test_resume(void **state)
     struct ar_reencrypt_opts o = opts("/t4", sel, 2);
     struct ar_reencrypt_progress p1, p2;
     struct ar_reencrypt_ckpt ck;
-    struct ar_etcd_op op = {.type = AR_ETCD_RANGE,
-                            .key = (const uint8_t *)"/atrest/reencrypt/r1",
-                            .key_len = 20};
+    struct ar_etcd_op op = {
+        .type = AR_ETCD_RANGE, .key = (const uint8_t *)"/atrest/reencrypt/r1", .key_len = 20};
     struct ar_etcd_result *res, *ckr;
     struct ar_etcd_error ee;
     struct ar_buf pt = AR_BUF_INIT;
@@ -640,10 +645,11 @@ static void test_concurrent_writer(void **state)
     assert_int_equal(ar_reencrypt_run(S, P, &o, NULL, NULL, 0, &p, &err), 0);
     atomic_store(&cw_stop, true);
     pthread_join(th, NULL);
-    fprintf(stderr, "concurrent writer: %u writes; pass: %llu rewritten, %llu skipped, %llu "
-                    "conflicts\n",
-            atomic_load(&cw_writes), (unsigned long long)p.rewritten,
-            (unsigned long long)p.skipped, (unsigned long long)p.conflicts);
+    fprintf(stderr,
+            "concurrent writer: %u writes; pass: %llu rewritten, %llu skipped, %llu "
+            "conflicts\n",
+            atomic_load(&cw_writes), (unsigned long long)p.rewritten, (unsigned long long)p.skipped,
+            (unsigned long long)p.conflicts);
     assert_int_equal(p.done, CW_N);
     assert_int_equal(p.rewritten + p.skipped + p.conflicts, CW_N);
     assert_true(p.skipped > 0);
@@ -703,9 +709,9 @@ static void test_100k(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ckpt_record),   cmocka_unit_test(test_exact_counts),
-        cmocka_unit_test(test_wildcard),      cmocka_unit_test(test_resume),
-        cmocka_unit_test(test_guard),         cmocka_unit_test(test_concurrent_writer),
+        cmocka_unit_test(test_ckpt_record), cmocka_unit_test(test_exact_counts),
+        cmocka_unit_test(test_wildcard),    cmocka_unit_test(test_resume),
+        cmocka_unit_test(test_guard),       cmocka_unit_test(test_concurrent_writer),
         cmocka_unit_test(test_100k),
     };
 
