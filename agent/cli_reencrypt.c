@@ -403,10 +403,9 @@ int ar_cmd_reencrypt(int argc, char **argv)
     }
     if (json) {
         json_t *j = json_pack("{sI sI sI sI sI sI sf ss}", "done", (json_int_t)p.done, "total",
-                              (json_int_t)p.total, "rewritten", (json_int_t)p.rewritten,
-                              "skipped", (json_int_t)p.skipped, "conflicts",
-                              (json_int_t)p.conflicts, "failed", (json_int_t)p.failed, "rate",
-                              p.rate, "first_failed", p.first_failed);
+                              (json_int_t)p.total, "rewritten", (json_int_t)p.rewritten, "skipped",
+                              (json_int_t)p.skipped, "conflicts", (json_int_t)p.conflicts, "failed",
+                              (json_int_t)p.failed, "rate", p.rate, "first_failed", p.first_failed);
 
         if (!j || json_dumpf(j, stdout, JSON_COMPACT | JSON_PRESERVE_ORDER) < 0) {
             json_decref(j);
