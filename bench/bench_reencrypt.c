@@ -162,11 +162,18 @@ static double run_loader(struct ar_etcd_sync *s, struct ar_chain *old, unsigned 
     return rate;
 }
 
+static unsigned env_unsigned(const char *name, unsigned dflt)
+{
+    const char *v = getenv(name);
+
+    return v && atoi(v) > 0 ? (unsigned)atoi(v) : dflt;
+}
+
 /* ---- the pass, in a child ------------------------------------------------------------------ */
 
 struct child_out {
     double rate;
-    uint64_t rewritten, peak_window;
+    uint64_t rewritten, peak_window, ms, range_ms, handle_ms, txn_ms, txns;
 };
 
 static int run_pass_child(const struct ar_etcd_settings *st, struct ar_chain *promote,
@@ -188,8 +195,8 @@ static int run_pass_child(const struct ar_etcd_settings *st, struct ar_chain *pr
         struct ar_reencrypt_opts o = {.selectors = sel,
                                       .nselectors = 1,
                                       .checkpoint_key = "/atrest/reencrypt/bench",
-                                      .page_size = 1000,
-                                      .max_inflight = INFLIGHT};
+                                      .page_size = env_unsigned("PAGE", 1000),
+                                      .max_inflight = env_unsigned("INFLIGHT", INFLIGHT)};
         struct ar_reencrypt_progress p;
         struct ar_err err;
         struct child_out out = {0};
@@ -211,6 +218,11 @@ static int run_pass_child(const struct ar_etcd_settings *st, struct ar_chain *pr
             out.rate = (double)n * 1000.0 / (double)(t1 - t0 ? t1 - t0 : 1);
             out.rewritten = p.rewritten;
             out.peak_window = p.peak_window;
+            out.ms = t1 - t0;
+            out.range_ms = p.range_ms;
+            out.handle_ms = p.handle_ms;
+            out.txn_ms = p.txn_ms;
+            out.txns = p.txns;
         }
         ar_etcd_sync_free(s);
         if (write(fd[1], &out, sizeof(out)) != (ssize_t)sizeof(out))
@@ -327,8 +339,14 @@ int main(void)
     if (run_pass_child(&st, promote, n, true, &idle, &idle_rss) < 0 ||
         run_pass_child(&st, promote, n, false, &co, &rss) < 0)
         goto out;
-    fprintf(stderr, "bench_reencrypt: pass: %llu rewritten at %.0f/s, peak window %llu objects\n",
-            (unsigned long long)co.rewritten, co.rate, (unsigned long long)co.peak_window);
+    fprintf(stderr,
+            "bench_reencrypt: pass: %llu rewritten at %.0f/s in %llu ms, peak window %llu "
+            "objects; range requests in flight %llu ms, values handled on the loop %llu ms, "
+            "%llu txns of %.1f ms on average\n",
+            (unsigned long long)co.rewritten, co.rate, (unsigned long long)co.ms,
+            (unsigned long long)co.peak_window, (unsigned long long)co.range_ms,
+            (unsigned long long)co.handle_ms, (unsigned long long)co.txns,
+            co.txns ? (double)co.txn_ms / (double)co.txns : 0.0);
     printf("BENCH name=reencrypt-rate value=%.0f unit=objects/s baseline=%.0f ratio=%.2f\n",
            co.rate, load, co.rate / load);
     printf("BENCH name=reencrypt-peak-rss value=%.1f unit=MiB baseline=%.1f ratio=%.2f\n", rss,

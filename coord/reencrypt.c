@@ -11,6 +11,7 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "coord/verify.h"
 #include "crypto/buf.h"
 #include "crypto/resource.h"
 
@@ -52,6 +53,7 @@ struct batch {
     struct counts cnt;
     uint64_t handled;
     size_t selector;
+    uint64_t sent_ms;
     uint8_t *end_key; /* the last key this batch covers (NULL: none) */
     size_t end_len;
 };
@@ -102,6 +104,7 @@ struct ar_reencrypt {
     uint64_t t0_ms, last_ckpt_ms;
     bool ckpt_inflight, ckpt_want, final_ckpt_sent;
     unsigned checkpoints;
+    uint64_t range_sent_ms, range_ms, handle_ns, txn_ms, txns;
 
     struct batch *head, *tail;
     size_t nbatches, held, peak_window;
@@ -275,6 +278,10 @@ static void fill_progress(const struct ar_reencrypt *r, struct ar_reencrypt_prog
     p->resumed = r->resumed;
     p->peak_window = r->peak_window;
     p->checkpoints = r->checkpoints;
+    p->range_ms = r->range_ms;
+    p->handle_ms = r->handle_ns / 1000000u;
+    p->txn_ms = r->txn_ms;
+    p->txns = r->txns;
     snprintf(p->first_failed, sizeof(p->first_failed), "%s", r->first_failed);
 }
 
@@ -430,6 +437,7 @@ static int send_batch(struct ar_reencrypt *r, struct batch *b, size_t from, size
     if (rc == 0) {
         r->pending++;
         r->inflight++;
+        b->sent_ms = ar_etcd_now_ms();
     }
     return rc;
 }
@@ -476,6 +484,8 @@ static void on_batch(void *arg, int status, const struct ar_etcd_result *res,
 
     r->pending--;
     r->inflight--;
+    r->txn_ms += ar_etcd_now_ms() - b->sent_ms;
+    r->txns++;
     if (r->stopped || r->finished) {
         try_free(r);
         return;
@@ -681,10 +691,12 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
     struct batch *b;
     const uint8_t *prev = NULL;
     size_t prev_len = 0;
+    uint64_t t0;
     int rc;
 
     r->pending--;
     r->reading = false;
+    r->range_ms += ar_etcd_now_ms() - r->range_sent_ms;
     if (r->stopped || r->finished) {
         try_free(r);
         return;
@@ -704,6 +716,7 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
         fail(r, -ENOMEM, "re-encrypt", NULL);
         return;
     }
+    t0 = uv_hrtime();
     for (size_t i = 0; i < res->n_kvs; i++) {
         if ((rc = handle_kv(r, &b, &res->kvs[i], prev, prev_len)) < 0) {
             fail(r, rc, "re-encrypt", NULL);
@@ -712,6 +725,7 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
         prev = res->kvs[i].key;
         prev_len = res->kvs[i].key_len;
     }
+    r->handle_ns += uv_hrtime() - t0;
     if (prev && (rc = batch_close(b, prev, prev_len)) < 0) {
         fail(r, rc, "re-encrypt", NULL);
         return;
@@ -782,6 +796,7 @@ static void read_page(struct ar_reencrypt *r)
     }
     r->pending++;
     r->reading = true;
+    r->range_sent_ms = ar_etcd_now_ms();
 }
 
 /* Send what may be sent, move the cursor, read on, checkpoint, finish. */
@@ -997,32 +1012,6 @@ static int sel_init(struct ar_reencrypt *r, const char *s, struct sel *out)
     return 0;
 }
 
-/* "/registry" -> "/registry/" (kube-apiserver's path.Join of its prefix and the key). */
-static int join_prefix(const char *p, char *out, size_t len)
-{
-    size_t n = 0;
-
-    p = p ? p : AR_DEFAULT_ETCD_PREFIX;
-    out[n++] = '/';
-    while (*p) {
-        size_t l;
-
-        while (*p == '/')
-            p++;
-        l = strcspn(p, "/");
-        if (!l)
-            break;
-        if (n + l + 2 > len)
-            return -ENAMETOOLONG;
-        memcpy(out + n, p, l);
-        n += l;
-        out[n++] = '/';
-        p += l;
-    }
-    out[n] = 0;
-    return 0;
-}
-
 static int copy_guard(struct ar_reencrypt *r, const struct ar_reencrypt_opts *o)
 {
     size_t n = o->guard ? (o->n_guard ? o->n_guard : 1) : 0;
@@ -1079,7 +1068,7 @@ int ar_reencrypt_start(struct ar_etcd *c, struct ar_chain *chain, const struct a
     r->arg = arg;
     r->last_sel = SIZE_MAX;
     r->t0_ms = ar_etcd_now_ms();
-    if ((rc = join_prefix(o->etcd_prefix, r->prefix, sizeof(r->prefix))) < 0)
+    if ((rc = ar_verify_join_prefix(o->etcd_prefix, r->prefix, sizeof(r->prefix))) < 0)
         goto fail;
     r->sel = calloc(o->nselectors, sizeof(*r->sel));
     rc = -ENOMEM;

@@ -82,6 +82,9 @@ struct ar_reencrypt_progress {
     uint64_t resumed;   /* objects the checkpoint already counted when this run started */
     size_t peak_window; /* most objects held at once (page + batches) */
     unsigned checkpoints;
+    /* where the time went (ms; for benchmarks): range requests in flight, values handled on
+     * the loop (read, encrypt, batch), txns in flight (summed over txns) and their number */
+    uint64_t range_ms, handle_ms, txn_ms, txns;
     char first_failed[600]; /* "<key>: <reason>" of the first failed object, "" */
 };
 

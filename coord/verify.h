@@ -149,6 +149,9 @@ int ar_verify_run(struct ar_etcd_sync *s, struct ar_chain *chain, const struct a
                   struct ar_etcd_error *err);
 
 void ar_verify_report_free(struct ar_verify_report *r);
+/* The key prefix kube-apiserver's --etcd-prefix gives (path.Join("/", prefix) + "/"; NULL:
+ * "/registry/"), shared with the re-encrypt pass. 0 or -ENAMETOOLONG. */
+int ar_verify_join_prefix(const char *prefix, char *out, size_t outlen);
 /* The row of a resource or NULL; the count of entry name in a row (0 when absent). */
 const struct ar_verify_row *ar_verify_find_row(const struct ar_verify_report *r, const char *group,
                                                const char *resource);
