@@ -196,7 +196,8 @@ static int run_pass_child(const struct ar_etcd_settings *st, struct ar_chain *pr
                                       .nselectors = 1,
                                       .checkpoint_key = "/atrest/reencrypt/bench",
                                       .page_size = env_unsigned("PAGE", 1000),
-                                      .max_inflight = env_unsigned("INFLIGHT", INFLIGHT)};
+                                      .max_inflight = env_unsigned("INFLIGHT", INFLIGHT),
+                                      .readers = env_unsigned("READERS", 2)};
         struct ar_reencrypt_progress p;
         struct ar_err err;
         struct child_out out = {0};

@@ -23,7 +23,11 @@
 #define CKPT_MAX_BYTES   4096u
 #define KEY_MAX          1400u
 
-enum bstate { B_QUEUED, B_SENT, B_RETRY, B_DONE };
+/* B_READING: a reader's placeholder, the end of its key range; it holds the cursor back until
+ * the reader has read (and queued) everything before it. */
+enum bstate { B_READING, B_QUEUED, B_SENT, B_RETRY, B_DONE };
+
+#define MAX_READERS 8
 
 struct counts {
     uint64_t rewritten, skipped, conflicts, failed;
@@ -65,6 +69,18 @@ struct sel {
     size_t start_len, end_len;
 };
 
+/* A reader pages through one piece [pos, end) of a selector's range; its batches go into the
+ * queue after prev and before its placeholder ph, so the queue stays in key order. */
+struct reader {
+    struct ar_reencrypt *r;
+    uint8_t pos[KEY_MAX + 1], end[KEY_MAX + 1];
+    size_t pos_len, end_len;
+    unsigned limit;
+    struct batch *prev, *ph;
+    bool active, inflight;
+    uint64_t sent_ms;
+};
+
 struct ar_reencrypt {
     struct ar_etcd *c;
     struct ar_chain *chain;
@@ -86,11 +102,14 @@ struct ar_reencrypt {
     bool stopped, finished, in_cb, tick_closed, counting, started;
     bool *freed_flag;
 
-    /* scan position (ahead of the committed cursor) */
+    /* scan position (ahead of the committed cursor): the selector's range from rpos on is not
+     * given to a reader yet; sel_eof: all of it is */
     size_t cur_sel;
     uint8_t rpos[KEY_MAX + 1];
     size_t rpos_len;
-    bool reading, sel_eof;
+    bool splitting, sel_eof;
+    struct reader rd[MAX_READERS];
+    unsigned nreaders;
 
     /* committed (what the checkpoint says) */
     size_t com_sel;
@@ -104,7 +123,7 @@ struct ar_reencrypt {
     uint64_t t0_ms, last_ckpt_ms;
     bool ckpt_inflight, ckpt_want, final_ckpt_sent;
     unsigned checkpoints;
-    uint64_t range_sent_ms, range_ms, handle_ns, txn_ms, txns;
+    uint64_t range_ms, handle_ns, txn_ms, txns;
 
     struct batch *head, *tail;
     size_t nbatches, held, peak_window;
@@ -470,6 +489,9 @@ static void advance_head(struct ar_reencrypt *r)
         if (!r->head)
             r->tail = NULL;
         r->nbatches--;
+        for (unsigned i = 0; i < MAX_READERS; i++)
+            if (r->rd[i].prev == b) /* it was just before the reader's placeholder */
+                r->rd[i].prev = NULL;
         batch_free(b);
     }
     if (r->since_ckpt >= r->ck_every)
@@ -537,7 +559,8 @@ static void on_single(void *arg, int status, const struct ar_etcd_result *res,
 
 /* ---- pages --------------------------------------------------------------------------------- */
 
-static struct batch *batch_open(struct ar_reencrypt *r)
+/* A new batch after `after` (NULL: at the head). */
+static struct batch *batch_open(struct ar_reencrypt *r, struct batch *after)
 {
     struct batch *b = calloc(1, sizeof(*b));
 
@@ -547,11 +570,15 @@ static struct batch *batch_open(struct ar_reencrypt *r)
     b->st = B_QUEUED;
     b->selector = r->cur_sel;
     b->mem.max = AR_ETCD_MAX_BODY;
-    if (r->tail)
-        r->tail->next = b;
-    else
+    if (after) {
+        b->next = after->next;
+        after->next = b;
+    } else {
+        b->next = r->head;
         r->head = b;
-    r->tail = b;
+    }
+    if (r->tail == after)
+        r->tail = b;
     r->nbatches++;
     return b;
 }
@@ -662,7 +689,7 @@ static int handle_kv(struct ar_reencrypt *r, struct batch **bp, const struct ar_
         b->handled--;
         if ((rc = batch_close(b, prev_key, prev_len)) < 0)
             return rc;
-        if (!(b = batch_open(r)))
+        if (!(b = batch_open(r, b)))
             return -ENOMEM;
         *bp = b;
         b->handled++;
@@ -684,10 +711,27 @@ static int handle_kv(struct ar_reencrypt *r, struct batch **bp, const struct ar_
     return 0;
 }
 
+static int set_after(uint8_t *dst, size_t *dlen, const uint8_t *key, size_t len)
+{
+    if (len >= KEY_MAX)
+        return -ENAMETOOLONG;
+    memcpy(dst, key, len);
+    dst[len] = 0; /* the first key after key */
+    *dlen = len + 1;
+    return 0;
+}
+
+static void reader_done(struct reader *rd)
+{
+    rd->active = false;
+    rd->ph->st = B_QUEUED; /* empty: done at the next pump */
+}
+
 static void on_page(void *arg, int status, const struct ar_etcd_result *res,
                     const struct ar_etcd_error *err)
 {
-    struct ar_reencrypt *r = arg;
+    struct reader *rd = arg;
+    struct ar_reencrypt *r = rd->r;
     struct batch *b;
     const uint8_t *prev = NULL;
     size_t prev_len = 0;
@@ -695,14 +739,14 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
     int rc;
 
     r->pending--;
-    r->reading = false;
-    r->range_ms += ar_etcd_now_ms() - r->range_sent_ms;
+    rd->inflight = false;
+    r->range_ms += ar_etcd_now_ms() - rd->sent_ms;
     if (r->stopped || r->finished) {
         try_free(r);
         return;
     }
-    if (status == -EMSGSIZE && r->page > 1) {
-        r->page /= 2;
+    if (status == -EMSGSIZE && rd->limit > 1) {
+        rd->limit /= 2;
         pump(r);
         return;
     }
@@ -712,7 +756,7 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
     }
     if (res->n_kvs + r->held > r->peak_window)
         r->peak_window = res->n_kvs + r->held;
-    if (!(b = batch_open(r))) {
+    if (!(b = batch_open(r, rd->prev))) {
         fail(r, -ENOMEM, "re-encrypt", NULL);
         return;
     }
@@ -726,25 +770,104 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
         prev_len = res->kvs[i].key_len;
     }
     r->handle_ns += uv_hrtime() - t0;
+    rd->prev = b;
     if (prev && (rc = batch_close(b, prev, prev_len)) < 0) {
         fail(r, rc, "re-encrypt", NULL);
         return;
     }
     if (!res->more || !res->n_kvs) {
-        r->sel_eof = true;
-    } else {
-        const struct ar_etcd_kv *last = &res->kvs[res->n_kvs - 1];
-
-        if (last->key_len >= KEY_MAX) {
-            fail(r, -ENAMETOOLONG, "re-encrypt: key too long", NULL);
-            return;
-        }
-        memcpy(r->rpos, last->key, last->key_len);
-        r->rpos[last->key_len] = 0; /* the first key after last */
-        r->rpos_len = last->key_len + 1;
+        reader_done(rd);
+    } else if ((rc = set_after(rd->pos, &rd->pos_len, prev, prev_len)) < 0) {
+        fail(r, rc, "re-encrypt: key too long", NULL);
+        return;
     }
     if (!progress(r))
         pump(r);
+}
+
+/* A reader over [start, end) (end NULL: the selector's end), its placeholder at the tail. */
+static int reader_start(struct ar_reencrypt *r, const uint8_t *start, size_t start_len,
+                        const uint8_t *end, size_t end_len)
+{
+    struct reader *rd = NULL;
+
+    for (unsigned i = 0; i < MAX_READERS && !rd; i++)
+        if (!r->rd[i].active)
+            rd = &r->rd[i];
+    if (!rd || start_len > KEY_MAX || end_len > KEY_MAX)
+        return -EINVAL;
+    memset(rd, 0, sizeof(*rd));
+    rd->r = r;
+    memcpy(rd->pos, start, start_len);
+    rd->pos_len = start_len;
+    if (end) {
+        memcpy(rd->end, end, end_len);
+        rd->end_len = end_len;
+    } else {
+        memcpy(rd->end, r->sel[r->cur_sel].end, r->sel[r->cur_sel].end_len);
+        rd->end_len = r->sel[r->cur_sel].end_len;
+    }
+    rd->limit = r->page;
+    rd->prev = r->tail;
+    rd->ph = batch_open(r, r->tail);
+    if (!rd->ph)
+        return -ENOMEM;
+    rd->ph->st = B_READING;
+    rd->active = true;
+    return 0;
+}
+
+/* The split: keys only, nreaders pages of them; one reader per page of keys. */
+static void on_split(void *arg, int status, const struct ar_etcd_result *res,
+                     const struct ar_etcd_error *err)
+{
+    struct ar_reencrypt *r = arg;
+    size_t n, per = r->page;
+    int rc = 0;
+
+    r->pending--;
+    r->splitting = false;
+    if (r->stopped || r->finished) {
+        try_free(r);
+        return;
+    }
+    if (status < 0) {
+        fail(r, status, "re-encrypt range", err);
+        return;
+    }
+    n = res->n_kvs;
+    if (!n) {
+        r->sel_eof = true;
+        pump(r);
+        return;
+    }
+    for (size_t i = 0; i < n && rc == 0; i += per) {
+        /* piece i: from its first key (the first piece: from rpos) to the next piece's first
+         * key, the last one to just after the last key */
+        const uint8_t *start = i ? res->kvs[i].key : r->rpos;
+        size_t start_len = i ? res->kvs[i].key_len : r->rpos_len;
+        uint8_t end[KEY_MAX + 1];
+        size_t end_len = 0;
+
+        if (i + per < n) {
+            end_len = res->kvs[i + per].key_len;
+            if (end_len > KEY_MAX)
+                rc = -ENAMETOOLONG;
+            else
+                memcpy(end, res->kvs[i + per].key, end_len);
+        } else {
+            rc = set_after(end, &end_len, res->kvs[n - 1].key, res->kvs[n - 1].key_len);
+        }
+        if (rc == 0)
+            rc = reader_start(r, start, start_len, end, end_len);
+    }
+    if (rc == 0)
+        rc = set_after(r->rpos, &r->rpos_len, res->kvs[n - 1].key, res->kvs[n - 1].key_len);
+    if (rc < 0) {
+        fail(r, rc, "re-encrypt", NULL);
+        return;
+    }
+    pump(r);
 }
 
 static bool queued(const struct ar_reencrypt *r)
@@ -774,29 +897,65 @@ static void sel_begin(struct ar_reencrypt *r)
     r->sel_eof = false;
 }
 
-static void read_page(struct ar_reencrypt *r)
+static bool readers_active(const struct ar_reencrypt *r)
 {
-    const struct sel *s = &r->sel[r->cur_sel];
-    unsigned page = r->page;
+    for (unsigned i = 0; i < MAX_READERS; i++)
+        if (r->rd[i].active)
+            return true;
+    return false;
+}
+
+static void read_page(struct reader *rd)
+{
+    struct ar_reencrypt *r = rd->r;
+    unsigned page = rd->limit;
     struct ar_etcd_op op;
     int rc;
 
     if (r->rate_limit > 0 && r->rate_limit < page)
         page = r->rate_limit >= 1 ? (unsigned)r->rate_limit : 1;
     op = (struct ar_etcd_op){.type = AR_ETCD_RANGE,
-                             .key = r->rpos,
-                             .key_len = r->rpos_len,
-                             .range_end = s->end,
-                             .range_end_len = s->end_len,
+                             .key = rd->pos,
+                             .key_len = rd->pos_len,
+                             .range_end = rd->end,
+                             .range_end_len = rd->end_len,
                              .limit = page};
-    rc = ar_etcd_range(r->c, &op, on_page, r);
+    rc = ar_etcd_range(r->c, &op, on_page, rd);
     if (rc < 0) {
         fail(r, rc, "re-encrypt range", NULL);
         return;
     }
     r->pending++;
-    r->reading = true;
-    r->range_sent_ms = ar_etcd_now_ms();
+    rd->inflight = true;
+    rd->sent_ms = ar_etcd_now_ms();
+}
+
+/* Give the rest of the selector's range to readers: one reader for all of it, or (several
+ * readers) a keys-only range first to cut the next nreaders pages apart. */
+static void split(struct ar_reencrypt *r)
+{
+    const struct sel *s = &r->sel[r->cur_sel];
+    struct ar_etcd_op op = {.type = AR_ETCD_RANGE,
+                            .key = r->rpos,
+                            .key_len = r->rpos_len,
+                            .range_end = s->end,
+                            .range_end_len = s->end_len,
+                            .keys_only = true};
+    int rc;
+
+    if (r->nreaders <= 1 || r->rate_limit > 0) {
+        if ((rc = reader_start(r, r->rpos, r->rpos_len, NULL, 0)) < 0)
+            fail(r, rc, "re-encrypt", NULL);
+        r->sel_eof = true;
+        return;
+    }
+    op.limit = (int64_t)r->page * r->nreaders;
+    if ((rc = ar_etcd_range(r->c, &op, on_split, r)) < 0) {
+        fail(r, rc, "re-encrypt range", NULL);
+        return;
+    }
+    r->pending++;
+    r->splitting = true;
 }
 
 /* Send what may be sent, move the cursor, read on, checkpoint, finish. */
@@ -807,6 +966,8 @@ static void pump(struct ar_reencrypt *r)
     if (r->stopped || r->finished || !r->started)
         return;
     for (struct batch *b = r->head; b && r->inflight < r->inflight_max; b = b->next) {
+        if (b->st == B_READING)
+            continue;
         if (b->st == B_QUEUED && !b->n) {
             batch_done(r, b);
         } else if (b->st == B_QUEUED) {
@@ -830,12 +991,17 @@ static void pump(struct ar_reencrypt *r)
         }
     }
     advance_head(r);
-    if (r->cur_sel < r->nsel && !r->reading && !r->sel_eof && !queued(r) &&
-        r->nbatches < 4 * (size_t)r->inflight_max + 8 && rate_ok(r))
-        read_page(r);
+    if (r->cur_sel < r->nsel && !queued(r) &&
+        r->nbatches < 4 * (size_t)r->inflight_max + 8 + 2 * MAX_READERS && rate_ok(r)) {
+        if (!readers_active(r) && !r->splitting && !r->sel_eof)
+            split(r);
+        for (unsigned i = 0; i < MAX_READERS && !r->finished; i++)
+            if (r->rd[i].active && !r->rd[i].inflight)
+                read_page(&r->rd[i]);
+    }
     if (r->finished)
         return;
-    if (r->cur_sel < r->nsel && r->sel_eof && !r->head && !r->reading) {
+    if (r->cur_sel < r->nsel && r->sel_eof && !r->head && !readers_active(r) && !r->splitting) {
         /* the selector is done: the next one starts from its range's beginning */
         r->cur_sel++;
         r->com_sel = r->cur_sel;
@@ -1060,6 +1226,7 @@ int ar_reencrypt_start(struct ar_etcd *c, struct ar_chain *chain, const struct a
     r->pt.max = r->enc.max = AR_ETCD_MAX_BODY;
     r->page = o->page_size ? o->page_size : DEFAULT_PAGE;
     r->inflight_max = o->max_inflight ? o->max_inflight : DEFAULT_INFLIGHT;
+    r->nreaders = o->readers ? (o->readers < MAX_READERS ? o->readers : MAX_READERS) : 2;
     r->ck_every = o->checkpoint_every ? o->checkpoint_every : DEFAULT_CK_EVERY;
     r->ck_ms = o->checkpoint_ms ? o->checkpoint_ms : DEFAULT_CK_MS;
     r->rate_limit = o->rate_limit;

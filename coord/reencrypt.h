@@ -19,9 +19,11 @@
  *   A value that cannot be read (corrupt, unknown key, needs a KMS plugin) or written (a KMS
  *   write provider: -ENOPKG) is counted in failed and left as it is; the first one's reason is
  *   kept in first_failed (key and reason, never a value).
- * - Pages are read at the newest revision, one range request at a time, page_size keys each.
- *   At most max_inflight txns are in flight; a new page is read only when every batch of the
- *   previous one has been sent, so at most page_size + max_inflight * 128 objects are held
+ * - Pages are read at the newest revision, page_size keys each. With readers > 1 (and no rate
+ *   limit) a keys-only range cuts the next readers * page_size keys into pieces read in
+ *   parallel, one page request per piece in flight; the queue of batches stays in key order.
+ *   At most max_inflight txns are in flight; pages are read only when every batch read before
+ *   has been sent, so at most readers * page_size + max_inflight * 128 objects are held
  *   (peak_window reports the largest number held). New values live in wiped buffers
  *   (crypto/buf.h); plaintext is wiped after every value; the etcd client wipes the request
  *   bodies (base64 of the new values) and the answers.
@@ -59,12 +61,13 @@ struct ar_reencrypt_opts {
     const char *etcd_prefix;      /* "/registry" (NULL: the same) */
     const char *const *selectors; /* canonical selectors (ar_plan rewrite[]) */
     size_t nselectors;
-    const char *checkpoint_key;          /* "<prefix>reencrypt/<id>", NULL: none */
-    unsigned page_size;                  /* 0: 1000 */
-    unsigned max_inflight;               /* txns in flight; 0: 8 */
-    unsigned checkpoint_every;           /* objects; 0: 10000 */
-    unsigned checkpoint_ms;              /* 0: 5000 */
-    double rate_limit;                   /* objects/s, 0: none */
+    const char *checkpoint_key; /* "<prefix>reencrypt/<id>", NULL: none */
+    unsigned page_size;         /* 0: 1000 */
+    unsigned max_inflight;      /* txns in flight; 0: 8 */
+    unsigned readers;           /* range requests in flight, on pieces of the range; 0: 2 */
+    unsigned checkpoint_every;  /* objects; 0: 10000 */
+    unsigned checkpoint_ms;     /* 0: 5000 */
+    double rate_limit;          /* objects/s, 0: none */
     const struct ar_etcd_compare *guard; /* S7 guard added to every checkpoint txn; NULL: none */
     size_t n_guard;                      /* compares at guard; 0 with guard set: 1 */
 };
