@@ -26,7 +26,9 @@
  *   has been sent, so at most readers * page_size + max_inflight * 128 objects are held
  *   (peak_window reports the largest number held). New values live in wiped buffers
  *   (crypto/buf.h); plaintext is wiped after every value; the etcd client wipes the request
- *   bodies (base64 of the new values) and the answers.
+ *   bodies (base64 of the new values) and the answers. Not wiped: libcurl's copy of a request
+ *   body under 64 KiB (coord/etcd/etcd.c says why); the new values are ciphertext unless the
+ *   write provider is identity (a rotation that turns encryption off).
  * - Checkpoint (checkpoint_key != NULL): the record
  *     {"selector":i,"cursor":"<base64 key>","done":n,"rewritten":n,"skipped":n,"conflicts":n,
  *      "failed":n,"total":n,"time_ms":T}
