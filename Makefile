@@ -54,7 +54,7 @@ FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=$(FZ)/%)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(REL)/bench/%)
 
 .PHONY: all deps check check-inner style arrows unit-security unit unit-rel unit-asan fuzz fuzz-check fuzz-build bench \
-        demo integration install clean format lint-style
+        demo integration install clean format lint-style bench-reencrypt
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -152,6 +152,11 @@ integration: atrest $(SAN)/atrest
 bench: deps
 	@$(MAKE) --no-print-directory atrest $(BENCH_BIN)
 	@sh bench/run.sh $(BENCH_BIN)
+
+# The re-encrypt pass and the verify scan against a plain loader and a plain range read
+# (N objects, default 100000: N=1000000 make bench-reencrypt).
+bench-reencrypt: $(REL)/bench/bench_reencrypt
+	@sh bench/run.sh $(REL)/bench/bench_reencrypt
 
 demo: deps
 	@$(MAKE) --no-print-directory atrest

@@ -23,4 +23,7 @@ int ar_cmd_status(int argc, char **argv);
 /* agent/cli_verify.c */
 int ar_cmd_verify(int argc, char **argv);
 
+/* agent/cli_reencrypt.c */
+int ar_cmd_reencrypt(int argc, char **argv);
+
 #endif

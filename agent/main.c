@@ -23,6 +23,7 @@ static const struct subcmd cmds[] = {
     {"status", ar_cmd_status, "show the local agent's view of the cluster"},
     {"plan", ar_cmd_plan, "print the phases of a rotation from one config to another"},
     {"verify", ar_cmd_verify, "count stored objects per resource and provider:key (etcd scan)"},
+    {"reencrypt", ar_cmd_reencrypt, "rewrite stored objects not under their write key (etcd)"},
 };
 
 static void usage(FILE *f)

@@ -478,7 +478,7 @@ int ar_verify_tally_add(struct ar_verify_tally *v, const uint8_t *key, size_t ke
 
 /* path.Join("/", prefix) + "/" for prefixes made of plain segments ("." and ".." are not
  * resolved: kube-apiserver's --etcd-prefix does not use them in practice). */
-static int join_prefix(const char *prefix, char *out, size_t outlen)
+int ar_verify_join_prefix(const char *prefix, char *out, size_t outlen)
 {
     size_t n = 0;
     const char *s = prefix ? prefix : AR_DEFAULT_ETCD_PREFIX;
@@ -520,7 +520,7 @@ int ar_verify_tally_new(struct ar_chain *chain, const char *etcd_prefix,
         free(t);
         return -ENOMEM;
     }
-    if ((r = join_prefix(etcd_prefix, t->pp, sizeof(t->pp))) < 0) {
+    if ((r = ar_verify_join_prefix(etcd_prefix, t->pp, sizeof(t->pp))) < 0) {
         free(t->rep);
         free(t);
         return r;

@@ -157,6 +157,9 @@ void ar_verify_report_free(struct ar_verify_report *r);
  * entries by name, the caps as above; the first undecryptable keys up to 100 (dst's first);
  * revision and peaks are the larger. dst is sorted again. 0 or -ENOMEM (dst counted in part). */
 int ar_verify_report_merge(struct ar_verify_report *dst, const struct ar_verify_report *src);
+/* The key prefix kube-apiserver's --etcd-prefix gives (path.Join("/", prefix) + "/"; NULL:
+ * "/registry/"), shared with the re-encrypt pass. 0 or -ENAMETOOLONG. */
+int ar_verify_join_prefix(const char *prefix, char *out, size_t outlen);
 /* The row of a resource or NULL; the count of entry name in a row (0 when absent). */
 const struct ar_verify_row *ar_verify_find_row(const struct ar_verify_report *r, const char *group,
                                                const char *resource);
