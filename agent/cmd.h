@@ -23,4 +23,7 @@ int ar_cmd_status(int argc, char **argv);
 /* agent/cli_verify.c */
 int ar_cmd_verify(int argc, char **argv);
 
+/* agent/cli_proof.c (hidden: a troubleshooting tool) */
+int ar_cmd_proof(int argc, char **argv);
+
 #endif

@@ -328,13 +328,14 @@ struct ar_proof {
     uint64_t written_ms, start_ms, start_mono;
     ar_node_prove_done done;
     void *done_arg;
-    bool create;            /* WRITE: POST instead of PUT (the canary does not exist) */
-    bool weaker;            /* LOADED proved by READ of the write key */
-    double success_before;  /* reload success counter at the start (-1: unknown) */
-    char *probe_b64;        /* sodium_malloc'd: what the canary's data.probe must read */
-    char used_key[128];     /* WRITE: the key the server wrote with */
-    char last_error[256];   /* last failed attempt */
-    char detail[256];       /* what this step waits for */
+    bool create;           /* WRITE: POST instead of PUT (the canary does not exist) */
+    bool weaker;           /* LOADED proved by READ of the write key */
+    double success_before; /* reload success counter at the start (-1: unknown) */
+    char *probe_b64;       /* sodium_malloc'd: what the canary's data.probe must read */
+    char used_key[128];    /* WRITE: the key the server wrote with */
+    int64_t write_rv;      /* WRITE: resourceVersion (etcd mod_revision) of our write, 0: ? */
+    char last_error[256];  /* last failed attempt */
+    char detail[256];      /* what this step waits for */
     unsigned attempts;
 };
 
@@ -476,8 +477,8 @@ static int canary_json(struct ar_proof *p, bool etcd, char **out, size_t *len)
         json_decref(md);
         goto out;
     }
-    o = json_pack("{s:s, s:s, s:o, s:{s:s}, s:s}", "kind", "Secret", "apiVersion", "v1",
-                  "metadata", md, "data", "probe", p->probe_b64, "type", "Opaque");
+    o = json_pack("{s:s, s:s, s:o, s:{s:s}, s:s}", "kind", "Secret", "apiVersion", "v1", "metadata",
+                  md, "data", "probe", p->probe_b64, "type", "Opaque");
     if (!o)
         goto out;
     n = json_dumpb(o, NULL, 0, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -502,6 +503,21 @@ static bool probe_matches(struct ar_proof *p, const char *body, size_t len)
 
     json_decref(o);
     return ok;
+}
+
+/* The message of a Kubernetes Status body, else the start of the body (one line). */
+static const char *status_message(const char *body, size_t len, char *dst, size_t n)
+{
+    json_t *o = json_loadb(body, len, 0, NULL);
+    const char *m = json_string_value(json_object_get(o, "message"));
+
+    snprintf(dst, n, "%.*s", m ? (int)strlen(m) : (int)(len < 200 ? len : 200), m ? m : body);
+    json_decref(o);
+    for (char *c = dst; *c; c++) {
+        if (*c == '\n' || *c == '\r')
+            *c = ' ';
+    }
+    return dst;
 }
 
 static void etcd_key(struct ar_proof *p, char *dst, size_t n)
@@ -559,8 +575,8 @@ static void on_metrics(void *arg, int status, long http, const char *body, size_
             if (v.loaded)
                 finish(p, 0, AR_NODE_PROOF_METRICS, "loaded %s (metrics)", p->file_hash);
             else
-                retry(p, S_METRICS, "%s", v.style == AR_METRICS_HASH ? "the loaded hash differs"
-                                                                     : "no reload yet");
+                retry(p, S_METRICS, "%s",
+                      v.style == AR_METRICS_HASH ? "the loaded hash differs" : "no reload yet");
             return;
         }
         /* no reload metrics: READ of the config's write key (weaker) */
@@ -574,8 +590,8 @@ static void on_metrics(void *arg, int status, long http, const char *body, size_
         if (v.loaded) {
             finish(p, -EBADMSG, AR_NODE_PROOF_NONE,
                    "the API server loaded phase %s (%s) but writes secrets with %s, not %s",
-                   p->phase, v.style == AR_METRICS_HASH ? v.hash : "reload recorded",
-                   p->used_key, want_key(p, want, sizeof(want)));
+                   p->phase, v.style == AR_METRICS_HASH ? v.hash : "reload recorded", p->used_key,
+                   want_key(p, want, sizeof(want)));
             return;
         }
         retry(p, S_WRITE_PUT, "the API server still writes secrets with %s, not %s (not loaded)",
@@ -593,8 +609,9 @@ static void on_metrics(void *arg, int status, long http, const char *body, size_
         else if (v.style == AR_METRICS_RELOAD)
             retry(p, S_METRICS, "no successful reload since the file was written");
         else
-            retry(p, S_METRICS, "no encryption-config reload metrics in /metrics (is "
-                                "--encryption-provider-config-automatic-reload on?)");
+            retry(p, S_METRICS,
+                  "no encryption-config reload metrics in /metrics (is "
+                  "--encryption-provider-config-automatic-reload on?)");
         return;
     }
 }
@@ -605,6 +622,7 @@ static void on_read_get(void *arg, int status, long http, const char *body, size
                         const char *err)
 {
     struct ar_proof *p = arg;
+    char msg[200];
 
     p->req_api = NULL;
     if (status == -EACCES) {
@@ -633,7 +651,8 @@ static void on_read_get(void *arg, int status, long http, const char *body, size
     else if (http == 401 || http == 403)
         finish(p, -EACCES, AR_NODE_PROOF_NONE, "GET the canary: HTTP %ld (credentials)", http);
     else
-        retry(p, S_READ_GET, "GET the canary: HTTP %ld: %.160s", http, body);
+        retry(p, S_READ_GET, "GET the canary: HTTP %ld: %s", http,
+              status_message(body, len, msg, sizeof(msg)));
 }
 
 static void on_read_put(void *arg, int status, const struct ar_etcd_result *res,
@@ -747,9 +766,7 @@ static void on_write_raw(void *arg, int status, const struct ar_etcd_result *res
 {
     struct ticket *t = arg;
     struct ar_proof *p = t->p;
-    char want[160], key[600];
-    struct ar_buf dec = AR_BUF_INIT;
-    struct ar_result rr;
+    char want[160];
     bool ours;
 
     free(t);
@@ -767,12 +784,8 @@ static void on_write_raw(void *arg, int status, const struct ar_etcd_result *res
     }
     stored_key(res->kvs[0].value, res->kvs[0].value_len, p->used_key, sizeof(p->used_key));
     want_key(p, want, sizeof(want));
-    etcd_key(p, key, sizeof(key));
-    /* our write? (a concurrent writer would make the check meaningless) */
-    ours = ar_chain_read(p->chain, "", "secrets", (const uint8_t *)key, strlen(key),
-                         res->kvs[0].value, res->kvs[0].value_len, &dec, &rr) == 0 &&
-           probe_matches(p, (const char *)dec.p, dec.len);
-    ar_buf_free(&dec);
+    /* our write? (the stored form may be protobuf: compare revisions, not bytes) */
+    ours = !p->write_rv || res->kvs[0].mod_revision == p->write_rv;
     if (!strcmp(p->used_key, want) && ours) {
         finish(p, 0, AR_NODE_PROOF_CANARY, "the API server writes secrets with %s", want);
         return;
@@ -791,10 +804,9 @@ static void on_write_put(void *arg, int status, long http, const char *body, siz
 {
     struct ar_proof *p = arg;
     struct ar_etcd_op op;
-    char key[600];
+    char key[600], msg[200];
     int r;
 
-    (void)len;
     p->req_api = NULL;
     if (status == -EACCES) {
         finish(p, -EACCES, AR_NODE_PROOF_NONE, "writing the canary: %s", err);
@@ -823,8 +835,19 @@ static void on_write_put(void *arg, int status, long http, const char *body, siz
         return;
     }
     if (http != 200 && http != 201) {
-        retry(p, S_WRITE_PUT, "writing the canary: HTTP %ld: %.160s", http, body);
+        retry(p, S_WRITE_PUT, "writing the canary: HTTP %ld: %s", http,
+              status_message(body, len, msg, sizeof(msg)));
         return;
+    }
+    p->write_rv = 0;
+    {
+        json_t *o = json_loadb(body, len, 0, NULL);
+        const char *rv =
+            json_string_value(json_object_get(json_object_get(o, "metadata"), "resourceVersion"));
+
+        if (rv)
+            p->write_rv = strtoll(rv, NULL, 10);
+        json_decref(o);
     }
     if (!p->etcd) {
         finish(p, -ENOTCONN, AR_NODE_PROOF_NONE,
@@ -1008,8 +1031,7 @@ static void step_now(struct ar_proof *p)
     case S_METRICS:
     case S_PROBE:
     case S_WRITE_MET:
-        r = ar_api_request(p->api, "GET", "/metrics", NULL, 0, 10000, on_metrics, p,
-                           &p->req_api);
+        r = ar_api_request(p->api, "GET", "/metrics", NULL, 0, 10000, on_metrics, p, &p->req_api);
         break;
     case S_READ_PUT:
         do_read_put(p);
