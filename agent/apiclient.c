@@ -83,8 +83,7 @@ static int find_named(struct kc *k, yaml_node_t *root, const char *list, const c
         snprintf(what, sizeof(what), "%s", list);
         return kc_fail(k, l ? l : yaml_document_get_root_node(&k->doc), "no list \"%s\"", what);
     }
-    for (yaml_node_item_t *i = l->data.sequence.items.start; i < l->data.sequence.items.top;
-         i++) {
+    for (yaml_node_item_t *i = l->data.sequence.items.start; i < l->data.sequence.items.top; i++) {
         yaml_node_t *e = yaml_document_get_node(&k->doc, *i);
 
         if (is_scalar(map_get(k, e, "name"), name)) {
@@ -173,17 +172,15 @@ static int kc_refuse_unknown(struct kc *k, yaml_node_t *m, const char *const *kn
 
 static int kc_build(struct kc *k, struct ar_kubeconfig *o)
 {
-    static const char *const cluster_known[] = {"server", "certificate-authority",
-                                                "certificate-authority-data", "tls-server-name",
-                                                "extensions", NULL};
-    static const char *const user_known[] = {"token",
-                                             "tokenFile",
-                                             "client-certificate",
-                                             "client-certificate-data",
-                                             "client-key",
-                                             "client-key-data",
-                                             "extensions",
-                                             NULL};
+    static const char *const cluster_known[] = {"server",
+                                                "certificate-authority",
+                                                "certificate-authority-data",
+                                                "tls-server-name",
+                                                "extensions",
+                                                NULL};
+    static const char *const user_known[] = {
+        "token",      "tokenFile",       "client-certificate", "client-certificate-data",
+        "client-key", "client-key-data", "extensions",         NULL};
     yaml_node_t *root = yaml_document_get_root_node(&k->doc), *ctx, *cl, *us, *n;
     const char *cur, *cname, *uname;
     int r;
@@ -334,8 +331,7 @@ int ar_kubeconfig_load(const char *path, struct ar_kubeconfig **out, char *err, 
     slash = strrchr(dir, '/');
     if (slash)
         *slash = 0;
-    r = ar_kubeconfig_parse(path, slash ? (dir[0] ? dir : "/") : NULL, buf, len, out, err,
-                            errlen);
+    r = ar_kubeconfig_parse(path, slash ? (dir[0] ? dir : "/") : NULL, buf, len, out, err, errlen);
     free(dir);
     sodium_free(buf);
     return r;
@@ -441,8 +437,8 @@ static void check_multi(struct ar_api *a)
         if (st == -EMSGSIZE)
             snprintf(err, sizeof(err), "response larger than %u bytes", AR_API_MAX_BODY);
         else if (st < 0)
-            snprintf(err, sizeof(err), "%s", r->curl_err[0] ? r->curl_err
-                                                            : curl_easy_strerror(m->data.result));
+            snprintf(err, sizeof(err), "%s",
+                     r->curl_err[0] ? r->curl_err : curl_easy_strerror(m->data.result));
         else
             err[0] = 0;
         if (st < 0)
@@ -654,8 +650,8 @@ int ar_api_new(uv_loop_t *loop, const struct ar_settings *s, struct ar_api **out
         token = a->kc->token;
         a->kc->token = NULL;
     } else if (s->api_token_file || a->kc->token_file) {
-        r = read_token_file(s->api_token_file ? s->api_token_file : a->kc->token_file, &token,
-                            err, errlen);
+        r = read_token_file(s->api_token_file ? s->api_token_file : a->kc->token_file, &token, err,
+                            errlen);
         if (r < 0)
             goto fail;
         r = -ENOMEM;

@@ -47,6 +47,7 @@ struct run {
     char err[512];
     unsigned timeout_s;
     bool timed_out;
+    bool closing; /* cleanup: a cancelled proof's done must not stop the loop again */
     uv_timer_t timer;
 };
 
@@ -70,7 +71,7 @@ static void on_done(void *arg, int status, enum ar_node_proof kind, const struct
 {
     struct run *r = arg;
 
-    if (r->done)
+    if (r->done || r->closing)
         return;
     r->done = true;
     r->status = status;
@@ -207,8 +208,9 @@ int ar_cmd_proof(int argc, char **argv)
     }
     if (req.goal != AR_PROVE_LOADED) {
         if (!type || parse_type(type, &req.type) < 0) {
-            fprintf(stderr, "atrest proof: --goal %s needs --type "
-                            "identity|aescbc|aesgcm|secretbox\n",
+            fprintf(stderr,
+                    "atrest proof: --goal %s needs --type "
+                    "identity|aescbc|aesgcm|secretbox\n",
                     goal);
             goto usage;
         }
@@ -303,8 +305,7 @@ int ar_cmd_proof(int argc, char **argv)
     r = ar_proof_start(run.proof, &req, on_done, &run);
     if (r < 0) {
         fprintf(stderr, "atrest proof: cannot start: %s\n",
-                r == -ENOENT ? "the key is not in secrets' providers of the config"
-                             : strerror(-r));
+                r == -ENOENT ? "the key is not in secrets' providers of the config" : strerror(-r));
         goto out_loop;
     }
     uv_run(&loop, UV_RUN_DEFAULT);
@@ -324,6 +325,7 @@ int ar_cmd_proof(int argc, char **argv)
         rc = 1;
     }
 out_loop:
+    run.closing = true;
     ar_proof_free(run.proof);
     run.proof = NULL;
     if (etcd)

@@ -113,12 +113,19 @@ def test_canary_read_times_out_with_a_clear_message_when_never_loaded(env):
     stage(e)
     t0 = time.monotonic()
     rc, out, err = e.proof(st, "read", "aescbc", "k2", timeout=3)
-    assert rc == 1 and out == ""
+    assert rc == 1 and out == "", err
     assert time.monotonic() - t0 < 20
     assert ("atrest proof: timed out after 3 s (--timeout): waiting for cp-1's API server to "
             "load phase stage: ") in err, err
     assert "it polls every 60 s; last attempt: GET the canary: HTTP 500" in err, err
     assert "no matching key was found for the provided AES transformer" in err, err
+    assert "looks stuck" not in err
+    # after proof.warnAfterSeconds the sentence says it looks stuck, and it keeps waiting
+    rc, out, err = e.proof(st, "read", "aescbc", "k2", timeout=3,
+                           extra=["--proof-warn-after", "1"])
+    assert rc == 1
+    assert ("load phase stage: 3 s, it polls every 60 s; it looks stuck (no proof after 1 s), "
+            "still waiting; last attempt: GET the canary: HTTP 500") in err, err
 
 
 def test_canary_read_reports_a_key_the_config_lacks(env):
@@ -182,7 +189,7 @@ def test_metrics_proof_waits_while_reloads_fail(env, version):
     time.sleep(1.5)
     stage(e)
     rc, out, err = e.proof(st, "loaded", timeout=4)
-    assert rc == 1, out
+    assert rc == 1, err
     assert "timed out after 4 s (--timeout): waiting for cp-1's API server to load phase" in err
 
 

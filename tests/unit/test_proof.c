@@ -43,23 +43,22 @@ static int collect(void *arg, const char *name, const struct ar_prom_label *l, s
 
 static void test_promtext(void **state)
 {
-    static const char text[] =
-        "# HELP a_total A counter.\n"
-        "# TYPE a_total counter\n"
-        "a_total 3\n"
-        "\n"
-        "  b{x=\"1\",y=\"q\\\"uote\\\\back\\nnl\"} 2.5 1700000000000\r\n"
-        "c{ le = \"+Inf\" , } +Inf\n"
-        "d NaN\n"
-        "e{} -1e3\n"
-        "# a comment\n"
-        "bad{x=1} 1\n"
-        "bad2{x=\"1\" 1\n"
-        "bad3 notanumber\n"
-        "9bad 1\n"
-        "bad4{x=\"\\q\"} 1\n"
-        "bad5 1 2 3\n"
-        "f:g_h 7"; /* no final newline */
+    static const char text[] = "# HELP a_total A counter.\n"
+                               "# TYPE a_total counter\n"
+                               "a_total 3\n"
+                               "\n"
+                               "  b{x=\"1\",y=\"q\\\"uote\\\\back\\nnl\"} 2.5 1700000000000\r\n"
+                               "c{ le = \"+Inf\" , } +Inf\n"
+                               "d NaN\n"
+                               "e{} -1e3\n"
+                               "# a comment\n"
+                               "bad{x=1} 1\n"
+                               "bad2{x=\"1\" 1\n"
+                               "bad3 notanumber\n"
+                               "9bad 1\n"
+                               "bad4{x=\"\\q\"} 1\n"
+                               "bad5 1 2 3\n"
+                               "f:g_h 7"; /* no final newline */
     struct got g = {0};
     size_t bad = 99;
 
@@ -100,9 +99,9 @@ static void test_metrics_134(void **state)
 {
     static const char text[] =
         "# HELP " P "last_config_info [ALPHA] Information about the last applied ...\n"
-        "# TYPE " P "last_config_info gauge\n" P
-        "last_config_info{apiserver_id_hash=\"" IDH "\",hash=\"" HASH "\"} 1\n" P
-        "automatic_reloads_total{apiserver_id_hash=\"" IDH "\",status=\"success\"} 2\n";
+        "# TYPE " P "last_config_info gauge\n" P "last_config_info{apiserver_id_hash=\"" IDH
+        "\",hash=\"" HASH "\"} 1\n" P "automatic_reloads_total{apiserver_id_hash=\"" IDH
+        "\",status=\"success\"} 2\n";
     struct ar_metrics_verdict v;
 
     (void)state;
@@ -120,15 +119,14 @@ static void test_metrics_134(void **state)
 
 static void test_metrics_131(void **state)
 {
-    static const char text[] = "# TYPE " P "automatic_reload_last_timestamp_seconds gauge\n" P
-                               "automatic_reload_last_timestamp_seconds{apiserver_id_hash=\"" IDH
-                               "\",status=\"failure\"} 1.7000002e+09\n" P
-                               "automatic_reload_last_timestamp_seconds{apiserver_id_hash=\"" IDH
-                               "\",status=\"success\"} 1.700000100e+09\n" P
-                               "automatic_reloads_total{apiserver_id_hash=\"" IDH
-                               "\",status=\"failure\"} 4\n" P
-                               "automatic_reloads_total{apiserver_id_hash=\"" IDH
-                               "\",status=\"success\"} 3\n";
+    static const char text[] =
+        "# TYPE " P "automatic_reload_last_timestamp_seconds gauge\n" P
+        "automatic_reload_last_timestamp_seconds{apiserver_id_hash=\"" IDH
+        "\",status=\"failure\"} 1.7000002e+09\n" P
+        "automatic_reload_last_timestamp_seconds{apiserver_id_hash=\"" IDH
+        "\",status=\"success\"} 1.700000100e+09\n" P
+        "automatic_reloads_total{apiserver_id_hash=\"" IDH "\",status=\"failure\"} 4\n" P
+        "automatic_reloads_total{apiserver_id_hash=\"" IDH "\",status=\"success\"} 3\n";
     struct ar_metrics_verdict v;
 
     (void)state;
@@ -282,9 +280,8 @@ static void test_kubeconfig_errors(void **state)
     assert_int_equal(ar_kubeconfig_parse("kc.yaml", NULL, "a: [", 4, &k, err, sizeof(err)),
                      -EINVAL);
     assert_string_equal(err, "kc.yaml:2: did not find expected node content");
-    assert_int_equal(ar_kubeconfig_parse("kc.yaml", NULL, "kind: Config\n", 13, &k, err,
-                                         sizeof(err)),
-                     -EINVAL);
+    assert_int_equal(
+        ar_kubeconfig_parse("kc.yaml", NULL, "kind: Config\n", 13, &k, err, sizeof(err)), -EINVAL);
     assert_string_equal(err, "kc.yaml:1: no current-context");
 }
 
@@ -310,9 +307,8 @@ static void test_command_argv(void **state)
     char buf[256], *argv[8];
 
     (void)state;
-    assert_int_equal(command_argv("  systemctl restart  kube-apiserver ", buf, sizeof(buf), argv,
-                                  8),
-                     0);
+    assert_int_equal(
+        command_argv("  systemctl restart  kube-apiserver ", buf, sizeof(buf), argv, 8), 0);
     assert_string_equal(argv[0], "systemctl");
     assert_string_equal(argv[1], "restart");
     assert_string_equal(argv[2], "kube-apiserver");
