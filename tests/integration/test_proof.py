@@ -307,3 +307,17 @@ def test_wrong_token_is_refused(env):
     rc, out, err = e.proof(st, "read", "aescbc", "k2", timeout=5)
     assert rc == 1
     assert "atrest proof: not proven: GET the canary: HTTP 401 (credentials)" in err, err
+
+
+def test_canary_loaded_without_reload_metrics_falls_back_to_reading_the_write_key(env):
+    # 1.31 style shows no reload series before the first reload: the proof reads a canary
+    # written with the config's write key instead (weaker, said in the log line)
+    e = env(["--encryption-provider-config-automatic-reload", "--sim-reload-interval", "4",
+             "--sim-metrics-version", "1.31"])
+    st = e.settings(mode="canary")
+    promote(e)
+    rc, out, err = e.proof(st, "loaded")
+    assert rc == 0, err
+    assert out.startswith("proved: kind=canary goal=loaded "), out
+    assert "weaker than a metrics proof" in err, err
+    assert e.raw_canary().startswith(b"k8s:enc:aescbc:v1:k2:")
