@@ -17,6 +17,8 @@
  * - Statuses: 0, -ETIMEDOUT, -ECONNREFUSED (cannot connect), -EACCES (TLS verification or
  *   client-certificate failure), -EMSGSIZE, -ENOMEM, -EIO (any other transport error); err says
  *   which in one line.
+ * - A request handle is invalid once its callback runs (do not cancel it from there). Never
+ *   free the client from inside one of its callbacks.
  * - ar_api_free: cancels what is pending and closes the handles; run the loop afterwards until
  *   the close callbacks fired.
  *

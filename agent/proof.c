@@ -550,6 +550,11 @@ static void on_metrics(void *arg, int status, long http, const char *body, size_
             finish(p, -EACCES, AR_NODE_PROOF_NONE, "GET /metrics: %s", err);
             return;
         }
+        if (http == 401 || http == 403) {
+            finish(p, -EACCES, AR_NODE_PROOF_NONE,
+                   "GET /metrics: HTTP %ld (the credentials need get on /metrics)", http);
+            return;
+        }
         if (s == S_WRITE_MET) {
             retry(p, S_WRITE_PUT, "the API server wrote secrets with %s, not %s; /metrics: %s",
                   p->used_key, want_key(p, want, sizeof(want)),
