@@ -334,6 +334,8 @@ struct ar_proof {
     char *probe_b64;       /* sodium_malloc'd: what the canary's data.probe must read */
     char used_key[128];    /* WRITE: the key the server wrote with */
     int64_t write_rv;      /* WRITE: resourceVersion (etcd mod_revision) of our write, 0: ? */
+    bool known_loaded;     /* WRITE: the metrics said "loaded" before the last PUT started */
+    char loaded_what[96];  /* ... which hash or "reload recorded" */
     char last_error[256];  /* last failed attempt */
     char detail[256];      /* what this step waits for */
     unsigned attempts;
@@ -799,6 +801,12 @@ static void on_write_raw(void *arg, int status, const struct ar_etcd_result *res
         retry(p, S_WRITE_PUT, "the canary in etcd is not the one written (concurrent writer?)");
         return;
     }
+    if (p->known_loaded) {
+        finish(p, -EBADMSG, AR_NODE_PROOF_NONE,
+               "the API server loaded phase %s (%s) but writes secrets with %s, not %s", p->phase,
+               p->loaded_what, p->used_key, want);
+        return;
+    }
     /* another key: loaded-but-wrong or not loaded yet? Ask the metrics. */
     p->step = S_WRITE_MET;
     step_now(p);
@@ -1132,6 +1140,8 @@ int ar_proof_start(struct ar_proof *p, const struct ar_prove_req *req, ar_node_p
     p->success_before = -1;
     p->create = false;
     p->weaker = false;
+    p->known_loaded = false;
+    p->loaded_what[0] = 0;
     p->attempts = 0;
     p->last_error[0] = p->used_key[0] = p->detail[0] = 0;
     p->cfg = ar_config_ref(req->cfg);
