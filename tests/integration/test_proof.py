@@ -272,7 +272,7 @@ def test_kubeconfig(env, inline):
     write_kubeconfig(e, inline)
     st = e.settings(auth="kubeconfig")
     promote(e)
-    rc, out, err = e.proof(st, "write", "aescbc", "k2")
+    rc, out, err = e.proof(st, "write", "aescbc", "k2", extra=["--log-level", "debug"])
     assert rc == 0, err
 
 
