@@ -25,5 +25,7 @@ int ar_cmd_verify(int argc, char **argv);
 
 /* agent/cli_reencrypt.c */
 int ar_cmd_reencrypt(int argc, char **argv);
+/* agent/cli_proof.c (hidden: a troubleshooting tool) */
+int ar_cmd_proof(int argc, char **argv);
 
 #endif

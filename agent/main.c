@@ -24,6 +24,7 @@ static const struct subcmd cmds[] = {
     {"plan", ar_cmd_plan, "print the phases of a rotation from one config to another"},
     {"verify", ar_cmd_verify, "count stored objects per resource and provider:key (etcd scan)"},
     {"reencrypt", ar_cmd_reencrypt, "rewrite stored objects not under their write key (etcd)"},
+    {"proof", ar_cmd_proof, NULL}, /* hidden: troubleshooting (README "Proof of load") */
 };
 
 static void usage(FILE *f)
@@ -31,8 +32,10 @@ static void usage(FILE *f)
     fprintf(f, "usage: atrest COMMAND [ARGS]\n\n"
                "atrest keeps Kubernetes data encrypted at rest and rotates its keys across\n"
                "highly-available control planes.\n\ncommands:\n");
-    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
-        fprintf(f, "  %-9s %s\n", cmds[i].name, cmds[i].summary);
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        if (cmds[i].summary)
+            fprintf(f, "  %-9s %s\n", cmds[i].name, cmds[i].summary);
+    }
     fprintf(f, "\n'atrest COMMAND --help' explains each command.\n");
 }
 

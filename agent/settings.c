@@ -68,9 +68,17 @@ static const struct field fields[] = {
      "bearer token file"},
     {"apiserver", "kubeconfig", "kubeconfig", F_PATH, O(kubeconfig), 0, 0,
      "kubeconfig (instead of url and credentials)"},
+    {"apiserver", "etcdPrefix", "apiserver-etcd-prefix", F_STR, O(api_etcd_prefix), 0, 0,
+     "the API server's --etcd-prefix (default /registry): where the canary is stored"},
     {"proof", "mode", "proof", F_PROOF, O(proof), 0, 0, "proof of load: canary|metrics|restart"},
     {"proof", "reloadCommand", "reload-command", F_STR, O(reload_command), 0, 0,
      "command that restarts kube-apiserver (proof mode restart)"},
+    {"proof", "canaryNamespace", "canary-namespace", F_STR, O(canary_namespace), 0, 0,
+     "namespace of the canary Secret (default kube-system)"},
+    {"proof", "canaryName", "canary-name", F_STR, O(canary_name), 0, 0,
+     "name of the canary Secret (default atrest-canary)"},
+    {"proof", "warnAfterSeconds", "proof-warn-after", F_UINT, O(warn_after_s), 1, 86400,
+     "a proof waiting longer is reported as looking stuck; it keeps waiting (s, default 180)"},
     {"status", "listen", "status-listen", F_STR, O(status_listen), 0, 0,
      "status server TCP address host:port (loopback; \"\" disables)"},
     {"status", "socket", "status-socket", F_PATH, O(status_socket), 0, 0,
@@ -148,7 +156,12 @@ int ar_settings_init(struct ar_settings *s)
     s->lease_ttl_s = 10;
     s->log_level = AR_LOG_INFO;
     s->proof = AR_PROOF_CANARY;
-    if (!s->node || !s->state_dir || !s->coord_prefix || !s->status_listen) {
+    s->warn_after_s = 180;
+    s->api_etcd_prefix = strdup("/registry");
+    s->canary_namespace = strdup("kube-system");
+    s->canary_name = strdup("atrest-canary");
+    if (!s->node || !s->state_dir || !s->coord_prefix || !s->status_listen || !s->api_etcd_prefix ||
+        !s->canary_namespace || !s->canary_name) {
         ar_settings_free(s);
         return -ENOMEM;
     }
@@ -848,6 +861,21 @@ static int parent_dir(const char *p, char *out, size_t len)
     return 0;
 }
 
+/* A DNS-1123 label (dots: subdomain): [a-z0-9]([-a-z0-9.]*[a-z0-9])? */
+static bool dns_name_ok(const char *v, size_t max, bool dots)
+{
+    size_t n = v ? strlen(v) : 0;
+
+    if (!n || n > max || v[0] == '-' || v[n - 1] == '-' || v[0] == '.' || v[n - 1] == '.')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (!((v[i] >= 'a' && v[i] <= 'z') || (v[i] >= '0' && v[i] <= '9') || v[i] == '-' ||
+              (dots && v[i] == '.')))
+            return false;
+    }
+    return true;
+}
+
 int ar_settings_check(struct ar_settings *s, struct ar_diags *d, unsigned flags)
 {
     char dir[PATH_MAX];
@@ -953,8 +981,16 @@ int ar_settings_check(struct ar_settings *s, struct ar_diags *d, unsigned flags)
     check_file(s, O(api_keyfile), d, &r);
     check_file(s, O(api_token_file), d, &r);
     check_file(s, O(kubeconfig), d, &r);
+    if (!s->api_etcd_prefix || s->api_etcd_prefix[0] != '/')
+        CHECK_ERR(O(api_etcd_prefix), "must start with '/', e.g. /registry");
 
     /* proof of load */
+    if (!dns_name_ok(s->canary_namespace, 63, false))
+        CHECK_ERR(O(canary_namespace),
+                  "must be a namespace name (lowercase letters, digits and '-', 1 to 63)");
+    if (!dns_name_ok(s->canary_name, 253, true))
+        CHECK_ERR(O(canary_name), "must be a Secret name (lowercase letters, digits, '-' and "
+                                  "'.', 1 to 253)");
     if (s->proof == AR_PROOF_RESTART && (!s->reload_command || !*s->reload_command))
         CHECK_ERR(O(proof), "proof mode restart needs proof.reloadCommand (--reload-command)");
     if ((s->proof == AR_PROOF_CANARY || s->proof == AR_PROOF_METRICS) && !s->api_url &&

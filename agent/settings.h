@@ -33,9 +33,13 @@
  *   apiserver:
  *     url: https://127.0.0.1:6443
  *     cafile: ...  certfile: ...  keyfile: ...  tokenFile: ...  kubeconfig: ...
+ *     etcdPrefix: /registry           # the API server's --etcd-prefix
  *   proof:
  *     mode: canary                    # canary | metrics | restart
  *     reloadCommand: systemctl restart kube-apiserver
+ *     canaryNamespace: kube-system
+ *     canaryName: atrest-canary
+ *     warnAfterSeconds: 180
  *   status:
  *     listen: 127.0.0.1:9798          # "" disables TCP
  *     socket: /run/atrest/status.sock # optional
@@ -88,9 +92,13 @@ struct ar_settings {
     char *api_keyfile;
     char *api_token_file;
     char *kubeconfig;
+    char *api_etcd_prefix; /* the API server's --etcd-prefix (default "/registry") */
 
     enum ar_proof_mode proof;
     char *reload_command;
+    char *canary_namespace; /* default "kube-system" */
+    char *canary_name;      /* default "atrest-canary" */
+    unsigned warn_after_s;  /* a proof waiting longer "looks stuck" (default 180) */
 
     char *status_listen; /* "host:port", "[v6]:port"; NULL or "": no TCP */
     char *status_socket; /* unix socket path or NULL */

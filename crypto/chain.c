@@ -509,9 +509,10 @@ static int chain_read(const struct ar_chain *c, const char *group, const char *r
 
 /* ---- write -------------------------------------------------------------------------- */
 
-static int chain_write(const struct ar_chain *c, const char *group, const char *resource,
-                       const uint8_t *aad, size_t aadlen, const uint8_t *in, size_t inlen,
-                       struct ar_buf *out, struct ar_result *res)
+/* Write with provider pi of the resource's list and key ki inside it (0, 0: the write key). */
+static int chain_write(const struct ar_chain *c, const char *group, const char *resource, size_t pi,
+                       size_t ki, const uint8_t *aad, size_t aadlen, const uint8_t *in,
+                       size_t inlen, struct ar_buf *out, struct ar_result *res)
 {
     const struct centry *e;
     const struct cprov *cp;
@@ -521,11 +522,24 @@ static int chain_write(const struct ar_chain *c, const char *group, const char *
     if (!c || !group || !resource || (!in && inlen) || (!aad && aadlen))
         return -EINVAL;
     e = lookup(c, group, resource);
-    if (!e)
+    if (!e) {
+        if (pi || ki) {
+            res_err(res, "no provider %zu for %s (plain identity)", pi, resource);
+            return -ENOENT;
+        }
         return ar_buf_append(out, in, inlen);
-    cp = e->cv[0];
+    }
+    if (pi >= e->n) {
+        res_err(res, "no provider %zu for %s", pi, resource);
+        return -ENOENT;
+    }
+    cp = e->cv[pi];
+    if (ki && ki >= cp->nkeys) {
+        res_err(res, "no key %zu in provider %zu for %s", ki, pi, resource);
+        return -ENOENT;
+    }
     res->type = cp->p->type;
-    res->provider_index = 0;
+    res->provider_index = (int)pi;
     switch (cp->p->type) {
     case AR_P_IDENTITY:
         return ar_buf_append(out, in, inlen);
@@ -537,8 +551,12 @@ static int chain_write(const struct ar_chain *c, const char *group, const char *
     default:
         break;
     }
-    ck = &cp->keys[0];
-    res->key_index = 0;
+    if (ki >= cp->nkeys) {
+        res_err(res, "no key %zu in provider %zu for %s", ki, pi, resource);
+        return -ENOENT;
+    }
+    ck = &cp->keys[ki];
+    res->key_index = (int)ki;
     res->key_name = ck->k->name;
     res->key_fp = ck->k->fp;
     r = ar_buf_reserve(out, cp->plen + ck->plen + inlen + 64);
@@ -609,7 +627,22 @@ int ar_chain_write(const struct ar_chain *c, const char *group, const char *reso
 
     res_init(res);
     out->len = 0;
-    r = chain_write(c, group, resource, aad, aadlen, in, inlen, out, res);
+    r = chain_write(c, group, resource, 0, 0, aad, aadlen, in, inlen, out, res);
+    finish_out(out, old, r);
+    return r;
+}
+
+int ar_chain_write_with(const struct ar_chain *c, const char *group, const char *resource,
+                        size_t provider_index, size_t key_index, const uint8_t *aad, size_t aadlen,
+                        const uint8_t *in, size_t inlen, struct ar_buf *out, struct ar_result *res)
+{
+    size_t old = out->len;
+    int r;
+
+    res_init(res);
+    out->len = 0;
+    r = chain_write(c, group, resource, provider_index, key_index, aad, aadlen, in, inlen, out,
+                    res);
     finish_out(out, old, r);
     return r;
 }

@@ -78,6 +78,14 @@ int ar_chain_write(const struct ar_chain *c, const char *group, const char *reso
                    const uint8_t *aad, size_t aadlen, const uint8_t *in, size_t inlen,
                    struct ar_buf *out, struct ar_result *res);
 
+/* The same with an explicit provider (index in the resource's list, see ar_chain_lookup) and key
+ * (index inside that provider; 0 for identity), e.g. to write a canary with a key that only
+ * reads. -ENOENT (res->err says which) when the resource has no such provider or key; -ENOPKG
+ * for KMS. Byte-compatible with what kube-apiserver writes when that provider/key is first. */
+int ar_chain_write_with(const struct ar_chain *c, const char *group, const char *resource,
+                        size_t provider_index, size_t key_index, const uint8_t *aad, size_t aadlen,
+                        const uint8_t *in, size_t inlen, struct ar_buf *out, struct ar_result *res);
+
 /* Decrypt a stored value. out is reset, then filled with the plaintext on success. */
 int ar_chain_read(const struct ar_chain *c, const char *group, const char *resource,
                   const uint8_t *aad, size_t aadlen, const uint8_t *in, size_t inlen,

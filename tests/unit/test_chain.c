@@ -690,6 +690,105 @@ static void test_genkey(void **state)
     assert_int_equal(ar_genkey(0, a, sizeof(a)), -EINVAL);
 }
 
+/* ar_chain_write_with: any provider/key of the list writes exactly what a chain with that
+ * provider/key first writes (the other chain reads it as not stale), and this chain reads it
+ * back as stale; indexes out of range are -ENOENT. */
+static void test_write_with(void **state)
+{
+    static const char pt[] = "{\"kind\":\"Secret\"}";
+    char p1[512], p2[512], p3[512], y[2048];
+    struct ar_buf enc = AR_BUF_INIT, dec = AR_BUF_INIT;
+    struct ar_result res;
+    struct ar_chain *c, *k2first, *sbfirst, *gcm;
+
+    (void)state;
+    keyed(p1, sizeof(p1), "aescbc", "k1", k32, "k2", k32b);
+    keyed(p2, sizeof(p2), "secretbox", "s1", k32c, NULL, NULL);
+    snprintf(y, sizeof(y), "%s, %s, identity: {}", p1, p2);
+    c = chain_for(y);
+    keyed(p3, sizeof(p3), "aescbc", "k2", k32b, "k1", k32);
+    k2first = chain_for(p3);
+    sbfirst = chain_for(p2);
+
+    /* aescbc key 1 (k2) */
+    assert_int_equal(ar_chain_write_with(c, "", "secrets", 0, 1, AAD, AADN, (const uint8_t *)pt,
+                                         strlen(pt), &enc, &res),
+                     0);
+    assert_int_equal(res.type, AR_P_AESCBC);
+    assert_int_equal(res.provider_index, 0);
+    assert_int_equal(res.key_index, 1);
+    assert_string_equal(res.key_name, "k2");
+    assert_memory_equal(enc.p, "k8s:enc:aescbc:v1:k2:", 21);
+    assert_int_equal(rd(c, &enc, &dec, &res), 0);
+    assert_true(res.stale);
+    assert_int_equal(res.key_index, 1);
+    assert_int_equal(dec.len, strlen(pt));
+    assert_memory_equal(dec.p, pt, dec.len);
+    assert_int_equal(rd(k2first, &enc, &dec, &res), 0);
+    assert_false(res.stale);
+    assert_memory_equal(dec.p, pt, dec.len);
+
+    /* provider 1: secretbox s1 */
+    assert_int_equal(ar_chain_write_with(c, "", "secrets", 1, 0, AAD, AADN, (const uint8_t *)pt,
+                                         strlen(pt), &enc, &res),
+                     0);
+    assert_memory_equal(enc.p, "k8s:enc:secretbox:v1:s1:", 24);
+    assert_int_equal(rd(sbfirst, &enc, &dec, &res), 0);
+    assert_false(res.stale);
+    assert_memory_equal(dec.p, pt, dec.len);
+
+    /* provider 2: identity writes the plaintext itself */
+    assert_int_equal(ar_chain_write_with(c, "", "secrets", 2, 0, AAD, AADN, (const uint8_t *)pt,
+                                         strlen(pt), &enc, &res),
+                     0);
+    assert_int_equal(res.type, AR_P_IDENTITY);
+    assert_int_equal(enc.len, strlen(pt));
+    assert_memory_equal(enc.p, pt, enc.len);
+
+    /* (0, 0) is ar_chain_write */
+    assert_int_equal(ar_chain_write_with(c, "", "secrets", 0, 0, AAD, AADN, (const uint8_t *)pt,
+                                         strlen(pt), &enc, &res),
+                     0);
+    assert_memory_equal(enc.p, "k8s:enc:aescbc:v1:k1:", 21);
+    assert_int_equal(rd(c, &enc, &dec, &res), 0);
+    assert_false(res.stale);
+
+    /* out of range */
+    assert_int_equal(ar_chain_write_with(c, "", "secrets", 0, 2, AAD, AADN, (const uint8_t *)pt,
+                                         strlen(pt), &enc, &res),
+                     -ENOENT);
+    assert_int_equal(enc.len, 0);
+    assert_string_equal(res.err, "no key 2 in provider 0 for secrets");
+    assert_int_equal(ar_chain_write_with(c, "", "secrets", 3, 0, AAD, AADN, (const uint8_t *)pt,
+                                         strlen(pt), &enc, &res),
+                     -ENOENT);
+    assert_string_equal(res.err, "no provider 3 for secrets");
+    assert_int_equal(ar_chain_write_with(c, "", "configmaps", 1, 0, AAD, AADN, (const uint8_t *)pt,
+                                         strlen(pt), &enc, &res),
+                     -ENOENT);
+
+    /* aesgcm: the AAD is authenticated */
+    keyed(p1, sizeof(p1), "aesgcm", "g1", k16, "g2", k24);
+    gcm = chain_for(p1);
+    assert_int_equal(ar_chain_write_with(gcm, "", "secrets", 0, 1, AAD, AADN, (const uint8_t *)pt,
+                                         strlen(pt), &enc, &res),
+                     0);
+    assert_memory_equal(enc.p, "k8s:enc:aesgcm:v1:g2:", 21);
+    assert_int_equal(rd(gcm, &enc, &dec, &res), 0);
+    assert_true(res.stale);
+    assert_memory_equal(dec.p, pt, dec.len);
+    assert_int_not_equal(ar_chain_read(gcm, "", "secrets", (const uint8_t *)"/registry/x", 11,
+                                       enc.p, enc.len, &dec, &res),
+                         0);
+
+    ar_buf_free(&enc);
+    ar_buf_free(&dec);
+    ar_chain_unref(c);
+    ar_chain_unref(k2first);
+    ar_chain_unref(sbfirst);
+    ar_chain_unref(gcm);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -707,6 +806,7 @@ int main(void)
         cmocka_unit_test(test_out_wiped),
         cmocka_unit_test(test_buf),
         cmocka_unit_test(test_genkey),
+        cmocka_unit_test(test_write_with),
     };
 
     return cmocka_run_group_tests(tests, setup, NULL);

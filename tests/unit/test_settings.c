@@ -113,6 +113,22 @@ static void test_defaults(void **state)
     assert_int_equal(s.poll_interval_s, 60);
     assert_int_equal(s.proof, AR_PROOF_CANARY);
     assert_int_equal(s.n_etcd_endpoints, 0);
+    assert_string_equal(s.api_etcd_prefix, "/registry");
+    assert_string_equal(s.canary_namespace, "kube-system");
+    assert_string_equal(s.canary_name, "atrest-canary");
+    assert_int_equal(s.warn_after_s, 180);
+    ar_settings_free(&s);
+
+    /* the proof settings from the file */
+    assert_int_equal(load(&s,
+                          "desiredConfig: /a\napiserver:\n  etcdPrefix: /k8s\nproof:\n"
+                          "  canaryNamespace: ops\n  canaryName: c.1\n  warnAfterSeconds: 30\n",
+                          NULL, 0),
+                     0);
+    assert_string_equal(s.api_etcd_prefix, "/k8s");
+    assert_string_equal(s.canary_namespace, "ops");
+    assert_string_equal(s.canary_name, "c.1");
+    assert_int_equal(s.warn_after_s, 30);
     ar_settings_free(&s);
 }
 
@@ -304,6 +320,19 @@ static void test_check(void **state)
     assert_string_equal(out, want);
     strcat(y, "  allowNonLoopback: true\n");
     assert_int_equal(check_yaml(y, out, sizeof(out)), 0);
+
+    /* proof settings: names Kubernetes accepts, an absolute etcd prefix */
+    snprintf(y, sizeof(y),
+             "desiredConfig: %s/desired.yaml\neffectiveConfig:\n  path: %s/enc/config.yaml\n"
+             "stateDir: %s/state\napiserver:\n  url: https://127.0.0.1:6443\n"
+             "  etcdPrefix: registry\nproof:\n  canaryNamespace: Kube_System\n"
+             "  canaryName: -x\n",
+             dir, dir, dir);
+    assert_int_equal(check_yaml(y, out, sizeof(out)), 3);
+    assert_non_null(strstr(out, "agent.yaml:7:15: apiserver.etcdPrefix: must start with '/'"));
+    assert_non_null(strstr(out, "agent.yaml:9:20: proof.canaryNamespace: must be a namespace "
+                                "name"));
+    assert_non_null(strstr(out, "agent.yaml:10:15: proof.canaryName: must be a Secret name"));
 
     /* missing required fields, unpaired TLS files, unreadable files */
     snprintf(y, sizeof(y),
