@@ -16,19 +16,17 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import pytest
 
-from conftest import ATREST, enc_config, wait_for
+from conftest import ATREST, NOBODY, enc_config, run_as_nobody, wait_for
 
 HOSTILE = pathlib.Path(__file__).resolve().parents[1] / "data" / "hostile"
 sys.path.insert(0, str(HOSTILE))
 import make as hostile  # noqa: E402  (tests/data/hostile/make.py)
 
-NOBODY = 65534
 # Memory (VmHWM, VmRSS from /proc/<pid>/status) after the whole corpus and a second round of
 # its heaviest cases. Measured on Debian 12 x86-64 (see the HOSTILE line this test prints):
 # release VmHWM 53 MiB, VmRSS 50 MiB after the first round and no growth after the second;
@@ -170,32 +168,12 @@ def good_cfg(keys):
                                                     ("identity",)])])
 
 
-@pytest.fixture
-def nobody_tree():
-    """A temp tree outside pytest's 0700 tmp; made over to nobody when running as root."""
-    base = pathlib.Path(tempfile.mkdtemp(prefix="atrest-hostile-"))
-    os.chmod(base, 0o755)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
-
-
-def as_nobody(a, base):
-    """Run agent `a` (not started) as nobody from a copy of its binary under base."""
-    if os.geteuid() != 0:
-        return
-    (base / "bin").mkdir(exist_ok=True)
-    a.binary = shutil.copy2(a.binary, base / "bin" / os.path.basename(a.binary))
-    for p in [base] + list(base.rglob("*")):
-        os.lchown(p, NOBODY, NOBODY)
-    a.preexec = lambda: (os.setgroups([]), os.setgid(NOBODY), os.setuid(NOBODY))
-
-
 def test_hostile_corpus(nobody_tree, make_agent, keys, agent_bin, tmp_path):
     which = "asan" if agent_bin != ATREST else "rel"
     cases = corpus(tmp_path / "cases", keys)
     a = make_agent(binary=agent_bin, base=nobody_tree)
     write_rename(a.desired, good_cfg(keys).encode())
-    as_nobody(a, nobody_tree)
+    run_as_nobody(a, nobody_tree)
     a.start()
     wait_for(lambda: a.status()["effective"]["fingerprint"], 10, "first effective config")
     pid = a.proc.pid
