@@ -218,6 +218,12 @@ def _cases(newkey):
     c["val-capital-resource"] = HEAD + "resources:\n  - resources: [Secrets]\n    providers:\n" \
         "      - identity: {}\n"
     c["val-kms-colon-name"] = kms.replace("name: vault", "name: a:b")
+    # ---- keys where error messages quote text (the leak scan reads every log and response)
+    c["leak-secret-typo-flow"] = HEAD + "resources:\n  - resources: [secrets]\n    providers:\n" \
+        "      - aescbc: {keys: [{name: k1, secret:%s}]}\n" % k()
+    c["leak-secret-typo-space"] = HEAD + "resources:\n  - resources: [secrets]\n    providers:\n" \
+        "      - aescbc: {keys: [{name: k1, secret %s}]}\n" % k()
+    c["leak-key-as-field"] = HEAD + prov("aescbc", k()) + "              %s: x\n" % k()
     # ---- huge files (the agent reads at most 4 MiB)
     pad = ("# " + "x" * 1021 + "\n").encode()          # 1 KiB lines
     c["huge-over-limit"] = pad * ((LIMIT // len(pad)) + 1) + gb
