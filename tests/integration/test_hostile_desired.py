@@ -8,7 +8,6 @@ grew by exactly one, /healthz answers. At the end the agent's memory is under a 
 When the tests run as root (file modes mean nothing to root) the agent runs as nobody, over a
 tree it owns outside pytest's 0700 tmp, so the permission cases are real.
 """
-import json
 import os
 import pathlib
 import re
@@ -19,7 +18,6 @@ import sys
 import threading
 import time
 
-import pytest
 
 from conftest import ATREST, NOBODY, enc_config, run_as_nobody, wait_for
 

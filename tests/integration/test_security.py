@@ -142,6 +142,14 @@ def test_core_dumps_disabled(nobody_tree, make_agent, keys):
         for f in ("status", "environ", "mem"):
             st = os.stat("/proc/%d/%s" % (pid, f))
             assert (st.st_uid, st.st_gid) == (0, 0), (f, st.st_uid, st.st_gid)
+        # the control: a dumpable process started the same way has them as nobody's
+        ctl = subprocess.Popen(["sleep", "30"], preexec_fn=a.preexec, start_new_session=True)
+        try:
+            wait_for(lambda: os.stat("/proc/%d/status" % ctl.pid).st_uid == NOBODY, 5,
+                     "the control process's /proc files owned by nobody")
+        finally:
+            ctl.kill()
+            ctl.wait(5)
     else:
         pytest.skip("not root: cannot run the agent as another user to see its dumpable flag")
     assert a.stop() == 0

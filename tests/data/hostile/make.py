@@ -148,7 +148,8 @@ def _cases(newkey):
         "          keys:\n", "          keys: []\n          keys:\n")
     c["dup-case-fold"] = HEAD + "Kind: EncryptionConfiguration\nresources: []\n"
     # ---- bad base64
-    for name, s in [("bang", "'!!notbase64!!'"), ("short-pad", "abc"), ("inner-space", "'YWJj ZGVm'"),
+    for name, s in [("bang", "'!!notbase64!!'"), ("short-pad", "abc"),
+                    ("inner-space", "'YWJj ZGVm'"),
                     ("urlsafe", "'-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_-_8='"),
                     ("pad-only", "'===='"), ("data-after-pad", "'AAAA=AAA'"),
                     ("unicode", "'ÄÖÜß'"), ("empty", "''")]:
