@@ -969,11 +969,19 @@ static void dec_string(struct dctx *dc, const struct yn *v, const char *gostruct
     *out = xstrdup(dc, v->s);
 }
 
+/* An unknown field name this long is not a misspelt field of the API (the longest is 10
+ * bytes): it may be a key written where a field name goes ("secret:KEY" in flow style, "secret
+ * KEY", a key on a line of its own), so it is shown as REDACTED, as secrets are. */
+#define UNKNOWN_FIELD_MAX_SHOWN 20
+
 /* The strict decoder's unknown-field error: Go prints the path with %q. The diagnostic's path
  * shows a NUL in the field name as \x00. */
 static void unknown_field(struct dctx *dc, size_t old, const struct yn *k)
 {
-    size_t n = old + 1 + k->len;
+    bool hide = k->len > UNKNOWN_FIELD_MAX_SHOWN;
+    const char *name = hide ? "REDACTED" : k->s;
+    size_t nlen = hide ? strlen(name) : k->len;
+    size_t n = old + 1 + nlen;
     char *raw = malloc(n + 1), *q = NULL;
 
     if (!raw) {
@@ -984,12 +992,15 @@ static void unknown_field(struct dctx *dc, size_t old, const struct yn *k)
     n = old;
     if (old)
         raw[n++] = '.';
-    memcpy(raw + n, k->s, k->len);
-    n += k->len;
+    memcpy(raw + n, name, nlen);
+    n += nlen;
     raw[n] = '\0';
     q = ar_go_quote(raw, n);
     if (q) {
-        if (memchr(k->s, '\0', k->len)) {
+        if (hide) {
+            path_pop(dc, old);
+            path_push_field(dc, name);
+        } else if (memchr(k->s, '\0', k->len)) {
             char *qk = ar_go_quote(k->s, k->len);
             if (qk) {
                 qk[strlen(qk) - 1] = '\0';

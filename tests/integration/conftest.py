@@ -669,3 +669,37 @@ def make_cluster(tmp_path, keys):
         except AssertionError as e:
             errors.append(str(e))
     assert not errors, "\n".join(errors)
+
+
+# ---- running the agent as an unprivileged user (tests/integration/test_security.py,
+# test_hostile_desired.py) -------------------------------------------------------------------
+
+NOBODY = 65534
+
+
+def run_as_nobody(agent, base):
+    """When the tests run as root: make agent (not started) run as nobody from a copy of its
+    binary under base (a tree outside pytest's 0700 tmp), over files nobody owns. Returns True
+    when it did (file modes then mean something to the agent), False when not root."""
+    import shutil
+    if os.geteuid() != 0:
+        return False
+    base = pathlib.Path(base)
+    (base / "bin").mkdir(exist_ok=True)
+    agent.binary = shutil.copy2(agent.binary, base / "bin" / os.path.basename(agent.binary))
+    for p in [base] + list(base.rglob("*")):
+        os.lchown(p, NOBODY, NOBODY)
+    agent.preexec = lambda: (os.setgroups([]), os.setgid(NOBODY), os.setuid(NOBODY))
+    return True
+
+
+@pytest.fixture
+def nobody_tree():
+    """A 0755 temp tree outside pytest's 0700 tmp (for run_as_nobody); removed at the end.
+    Request it before make_agent so the agents are finished before the tree goes."""
+    import shutil
+    import tempfile
+    base = pathlib.Path(tempfile.mkdtemp(prefix="atrest-it-"))
+    os.chmod(base, 0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)

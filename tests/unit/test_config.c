@@ -1478,6 +1478,14 @@ static void test_no_secret_in_diags(void **state)
         /* a syntax error right after a key */
         HDR "resources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, secret: " K16
             "]]\n",
+        /* "secret:KEY" (no space) and "secret KEY" in flow style are field names: the
+         * unknown-field error must not quote them */
+        HDR "resources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, secret:" K16
+            "}]}\n",
+        HDR "resources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, secret " K16
+            "}]}\n",
+        HDR "resources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a}], " K16
+            ": 1}\n",
         /* no kind: Go would print the whole file here */
         "apiVersion: v1\nresources:\n- resources: [s]\n  providers:\n  - aescbc: {keys: [{name: a, "
         "secret: " K16 "}]}\n",
