@@ -17,6 +17,7 @@
  *   MUT_A  the leader promotes without waiting for every member's stage ack   (S1)
  *   MUT_B  the leader prunes without the verify scan                          (S2)
  *   MUT_C  a transition without the leader guard (term compare)               (S7)
+ *   MUT_D  the leader writes the next phase config before the record names it (S8)
  *   MUT_E  a member acks without the proof of load (its API server's reload)  (S1)
  */
 
@@ -25,7 +26,7 @@
 #define NOBJ 1 /* stored objects of the resource (1 or 2) */
 #endif
 #ifndef MAXCRASH
-#define MAXCRASH 2 /* agent crashes (and restarts) in one run */
+#define MAXCRASH 1 /* agent crashes (and restarts) in one run */
 #endif
 #ifndef MAXEXP
 #define MAXEXP 1 /* lease expiries of a live agent (it does not notice at once) */
@@ -280,6 +281,15 @@ end:
 		/* leader step 2: every member acked index i and the phase's work is finished: advance
 		 * (or, after prune, write history and delete the record and the acks), guarded */
 		mterm[n] != 0 && lst[n] != L_NONE && lst[n] != L_READOBJ && WORK_DONE(n) && ACKS_OK(n, lidx[n]) ->
+#ifdef MUT_D
+		/* mutation D: the leader runs the next phase config on its own node, then records it */
+		if
+		:: lidx[n] < PRUNE ->
+			assert(named & bit(lidx[n] + 1)); /* S8: the record named this phase before */
+			eff[n] = cfg_of(lidx[n] + 1)
+		:: else -> skip
+		fi;
+#endif
 		if
 		:: GUARD(n) ->
 			s7_transition(n);
