@@ -21,7 +21,8 @@ MEMLIM=${MODEL_MEMLIM:-3000} # MB; pan stops (and this script fails) beyond it
 command -v "$SPIN" >/dev/null 2>&1 || { echo "model: spin not installed (make deps)" >&2; exit 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/atrest-model.XXXXXX")
-trap 'rm -rf "$work"' EXIT INT TERM
+trap 'rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
 
 # build <dir> <cc -O level> <extra spin -D flags...>: pan for the model in <dir>
 build() {
