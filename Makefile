@@ -112,7 +112,7 @@ deps:
 check: deps
 	@$(MAKE) --no-print-directory check-inner
 
-check-inner: style arrows atrest $(SAN)/atrest unit unit-security fuzz-check integration
+check-inner: style arrows atrest $(SAN)/atrest unit unit-security fuzz-check integration model
 
 # Mechanical style: every C file as .clang-format says (fix with `make format`).
 style:
@@ -122,6 +122,12 @@ style:
 # check's own self-test on planted bad includes.
 arrows:
 	@sh tests/check-arrows.sh && sh tests/check-arrows.sh --self-test
+
+# The rotation protocol's Promela model: an exhaustive spin check of S1, S2, S7, S8, and each
+# mutation caught (docs/MODEL.md).
+.PHONY: model
+model:
+	@sh tests/model/run.sh
 
 unit-security:
 	@sh tests/test_unit_security.sh 2.0
