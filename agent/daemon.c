@@ -164,7 +164,8 @@ static void node_apply(void *arg, struct ar_config *cfg, ar_node_apply_done done
 }
 
 /* No proof of load exists yet (DESIGN 4.5): complete at once, and say so. */
-static void node_prove(void *arg, struct ar_config *cfg, ar_node_prove_done done, void *done_arg)
+static void node_prove(void *arg, const struct ar_prove_req *req, ar_node_prove_done done,
+                       void *done_arg)
 {
     done(done_arg, 0, AR_NODE_PROOF_NONE, NULL);
 }

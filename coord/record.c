@@ -99,10 +99,10 @@ static int dump(json_t *j, char **out)
 
 static bool rotation_ok(const struct ar_rotation_rec *r)
 {
-    if (!ar_record_id_valid(r->id) || !ar_report_fp_valid(r->from) ||
-        !ar_report_fp_valid(r->to) || r->nphases < 1 || r->nphases > AR_RECORD_MAX_PHASES ||
-        r->index < 0 || (size_t)r->index >= r->nphases || r->nmembers < 1 ||
-        r->nmembers > AR_RECORD_MAX_MEMBERS || r->started_ms < 0 || r->phase_since_ms < 0 ||
+    if (!ar_record_id_valid(r->id) || !ar_report_fp_valid(r->from) || !ar_report_fp_valid(r->to) ||
+        r->nphases < 1 || r->nphases > AR_RECORD_MAX_PHASES || r->index < 0 ||
+        (size_t)r->index >= r->nphases || r->nmembers < 1 || r->nmembers > AR_RECORD_MAX_MEMBERS ||
+        r->started_ms < 0 || r->phase_since_ms < 0 ||
         (r->state != AR_ROT_RUNNING && r->state != AR_ROT_ABORTING) ||
         strnlen(r->abort_refused, AR_RECORD_MSG_MAX) >= AR_RECORD_MSG_MAX)
         return false;
@@ -134,8 +134,8 @@ int ar_rotation_rec_build(const struct ar_rotation_rec *r, char **out)
     ph = json_array();
     m = json_array();
     for (size_t i = 0; ph && i < r->nphases; i++)
-        json_array_append_new(ph, json_pack("{s:s, s:s}", "name", r->phases[i].name, "hash",
-                                            r->phases[i].hash));
+        json_array_append_new(
+            ph, json_pack("{s:s, s:s}", "name", r->phases[i].name, "hash", r->phases[i].hash));
     for (size_t i = 0; m && i < r->nmembers; i++)
         json_array_append_new(m, json_string(r->members[i]));
     if (!ph || !m || json_array_size(ph) != r->nphases || json_array_size(m) != r->nmembers) {
@@ -145,9 +145,8 @@ int ar_rotation_rec_build(const struct ar_rotation_rec *r, char **out)
     }
     j = json_pack("{s:s, s:s, s:s, s:o, s:i, s:s, s:o, s:I, s:I}", "id", r->id, "from", r->from,
                   "to", r->to, "phases", ph, "index", r->index, "state",
-                  r->state == AR_ROT_ABORTING ? "aborting" : "running", "members", m,
-                  "started_ms", (json_int_t)r->started_ms, "phase_since_ms",
-                  (json_int_t)r->phase_since_ms);
+                  r->state == AR_ROT_ABORTING ? "aborting" : "running", "members", m, "started_ms",
+                  (json_int_t)r->started_ms, "phase_since_ms", (json_int_t)r->phase_since_ms);
     if (j && r->abort_refused[0] &&
         json_object_set_new(j, "abort_refused", json_string(r->abort_refused)) < 0) {
         json_decref(j);
@@ -178,9 +177,9 @@ int ar_abort_rec_build(const struct ar_abort_rec *r, char **out)
     *out = NULL;
     if (!r || !ar_record_id_valid(r->id) || !node_ok(r->by) || r->time_ms < 0)
         return -EINVAL;
-    return dump(json_pack("{s:s, s:s, s:I}", "id", r->id, "by", r->by, "time_ms",
-                          (json_int_t)r->time_ms),
-                out);
+    return dump(
+        json_pack("{s:s, s:s, s:I}", "id", r->id, "by", r->by, "time_ms", (json_int_t)r->time_ms),
+        out);
 }
 
 int ar_history_rec_build(const struct ar_history_rec *r, char **out)
@@ -196,8 +195,7 @@ int ar_history_rec_build(const struct ar_history_rec *r, char **out)
         return -EINVAL;
     for (size_t i = 0; i < r->nphases; i++)
         if (ar_record_phase_kind(r->phases[i]) < 0 ||
-            (i > 0 && ar_record_phase_kind(r->phases[i]) <=
-                          ar_record_phase_kind(r->phases[i - 1])))
+            (i > 0 && ar_record_phase_kind(r->phases[i]) <= ar_record_phase_kind(r->phases[i - 1])))
             return -EINVAL;
     ph = json_array();
     for (size_t i = 0; ph && i < r->nphases; i++)
@@ -206,8 +204,8 @@ int ar_history_rec_build(const struct ar_history_rec *r, char **out)
         json_decref(ph);
         return -ENOMEM;
     }
-    return dump(json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:o}", "id", r->id, "from", r->from,
-                          "to", r->to, "result", r->aborted ? "aborted" : "done", "started_ms",
+    return dump(json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:o}", "id", r->id, "from", r->from, "to",
+                          r->to, "result", r->aborted ? "aborted" : "done", "started_ms",
                           (json_int_t)r->started_ms, "finished_ms", (json_int_t)r->finished_ms,
                           "phases", ph),
                 out);
@@ -323,8 +321,7 @@ static int rotation_members(const json_t *a, struct ar_rotation_rec *out)
     size_t i;
     const json_t *v;
 
-    if (!json_is_array(a) || json_array_size(a) < 1 ||
-        json_array_size(a) > AR_RECORD_MAX_MEMBERS)
+    if (!json_is_array(a) || json_array_size(a) < 1 || json_array_size(a) > AR_RECORD_MAX_MEMBERS)
         return -EBADMSG;
     json_array_foreach(a, i, v)
     {
