@@ -7,9 +7,9 @@
 
 #include "coord/reencrypt.h"
 
-int ar_reencrypt_start(struct ar_etcd *c, struct ar_chain *chain,
-                       const struct ar_reencrypt_opts *o, ar_reencrypt_progress_cb progress,
-                       ar_reencrypt_done_cb done, void *arg, struct ar_reencrypt **out)
+int ar_reencrypt_start(struct ar_etcd *c, struct ar_chain *chain, const struct ar_reencrypt_opts *o,
+                       ar_reencrypt_progress_cb progress, ar_reencrypt_done_cb done, void *arg,
+                       struct ar_reencrypt **out)
 {
     if (out)
         *out = NULL;

@@ -23,16 +23,16 @@
 #include "crypto/chain.h"
 
 struct ar_reencrypt_opts {
-    const char *etcd_prefix;       /* "/registry" */
-    const char *const *selectors;  /* ar_plan rewrite[]: canonical selectors ... */
-    size_t nselectors;             /* ... a wildcard = every resource it serves */
-    const char *checkpoint_key;    /* "<prefix>reencrypt/<id>", NULL: none */
+    const char *etcd_prefix;      /* "/registry" */
+    const char *const *selectors; /* ar_plan rewrite[]: canonical selectors ... */
+    size_t nselectors;            /* ... a wildcard = every resource it serves */
+    const char *checkpoint_key;   /* "<prefix>reencrypt/<id>", NULL: none */
     unsigned page_size;
     unsigned max_inflight;
     unsigned checkpoint_every;
     unsigned checkpoint_ms;
-    double rate_limit;                    /* objects/s, 0: none */
-    const struct ar_etcd_compare *guard;  /* S7 leader guard in every checkpoint txn; NULL */
+    double rate_limit;                   /* objects/s, 0: none */
+    const struct ar_etcd_compare *guard; /* S7 leader guard in every checkpoint txn; NULL */
 };
 
 struct ar_reencrypt_progress {
@@ -47,9 +47,9 @@ typedef void (*ar_reencrypt_done_cb)(void *arg, int status, const struct ar_reen
                                      const struct ar_err *err);
 
 /* 0 (done will be called) or a negative errno (no callback). */
-int ar_reencrypt_start(struct ar_etcd *c, struct ar_chain *chain,
-                       const struct ar_reencrypt_opts *o, ar_reencrypt_progress_cb progress,
-                       ar_reencrypt_done_cb done, void *arg, struct ar_reencrypt **out);
+int ar_reencrypt_start(struct ar_etcd *c, struct ar_chain *chain, const struct ar_reencrypt_opts *o,
+                       ar_reencrypt_progress_cb progress, ar_reencrypt_done_cb done, void *arg,
+                       struct ar_reencrypt **out);
 void ar_reencrypt_stop(struct ar_reencrypt *r);
 
 #endif

@@ -148,7 +148,8 @@ static void whyf(char *buf, size_t n, const char *fmt, ...)
 }
 
 /* Append ", x" style text. */
-static void appendf(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void appendf(char *buf, size_t n, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static void appendf(char *buf, size_t n, const char *fmt, ...)
 {
     size_t l = strlen(buf);
@@ -315,8 +316,8 @@ static void snap_fill(struct ar_rotation *r, struct snap *s, const struct ar_etc
                 s->hist_ids[s->nhist_keys++][len - n] = '\0';
             }
             if (s->nhist < AR_RECORD_HISTORY + 8 &&
-                ar_history_rec_parse((const char *)kv->value, kv->value_len,
-                                     &s->hist[s->nhist]) == 0)
+                ar_history_rec_parse((const char *)kv->value, kv->value_len, &s->hist[s->nhist]) ==
+                    0)
                 s->nhist++;
         }
     }
@@ -455,10 +456,10 @@ static void prove_goal(struct ar_rotation *r, int index, struct ar_prove_req *q)
                 }
         }
     } else if (kind == AR_PHASE_PROMOTE) {
-        bool same = b && nb && b[0].type == p[0].type &&
-                    ((!prov_name(&p[0]) && !prov_name(&b[0])) ||
-                     (prov_name(&p[0]) && prov_name(&b[0]) &&
-                      !strcmp(prov_name(&p[0]), prov_name(&b[0]))));
+        bool same =
+            b && nb && b[0].type == p[0].type &&
+            ((!prov_name(&p[0]) && !prov_name(&b[0])) ||
+             (prov_name(&p[0]) && prov_name(&b[0]) && !strcmp(prov_name(&p[0]), prov_name(&b[0]))));
         if (!same) {
             q->goal = AR_PROVE_WRITE;
             q->type = p[0].type;
@@ -535,8 +536,8 @@ static int member_plan(struct ar_rotation *r, const struct ar_rotation_rec *rec)
         if (strcmp(ar_phase_name(r->plan->phases[i].kind), rec->phases[i].name) ||
             strcmp(h, rec->phases[i].hash)) {
             whyf(r->merr, sizeof(r->merr),
-                 "derived phase %zu (%s %.23s) differs from the record's (%s %.23s): not acking",
-                 i, ar_phase_name(r->plan->phases[i].kind), h, rec->phases[i].name,
+                 "derived phase %zu (%s %.23s) differs from the record's (%s %.23s): not acking", i,
+                 ar_phase_name(r->plan->phases[i].kind), h, rec->phases[i].name,
                  rec->phases[i].hash);
             return -EAGAIN;
         }
@@ -645,8 +646,8 @@ static void on_applied(void *arg, int status, bool changed, const struct ar_err 
         ar_config_file_hash_str(eff, h);
     if (r->busy_index >= 0 && strcmp(h, r->req_hash)) {
         whyf(r->merr, sizeof(r->merr),
-             "the effective file's hash %.23s is not phase %s's %.23s: not acking", h,
-             r->req_phase, r->req_hash);
+             "the effective file's hash %.23s is not phase %s's %.23s: not acking", h, r->req_phase,
+             r->req_hash);
         r->busy = false;
         return;
     }
@@ -822,8 +823,9 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
     if (!s->has_rot)
         return agreement(r, why, n);
     if (!s->rot_ok) {
-        whyf(why, n, "the rotation record in etcd is refused (not a valid record): nothing acts "
-                     "on it");
+        whyf(why, n,
+             "the rotation record in etcd is refused (not a valid record): nothing acts "
+             "on it");
         return A_NONE;
     }
     for (size_t i = 0; i < rec->nmembers; i++)
@@ -870,8 +872,8 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
         else if (r->reenc_status < 0 && !strcmp(r->reenc_for, rec->id))
             whyf(why, n, "re-encrypt failed (%s): trying again", strerror(-r->reenc_status));
         else
-            whyf(why, n, "re-encrypting: %llu of %llu done",
-                 (unsigned long long)r->reenc_prog.done, (unsigned long long)r->reenc_prog.total);
+            whyf(why, n, "re-encrypting: %llu of %llu done", (unsigned long long)r->reenc_prog.done,
+                 (unsigned long long)r->reenc_prog.total);
         return A_REENCRYPT;
     }
     if (kind == AR_PHASE_VERIFY && !(r->verify_passed && !strcmp(r->verify_for, rec->id))) {
@@ -917,8 +919,8 @@ static void on_leader_txn(void *arg, int status, const struct ar_etcd_result *re
 
 /* One guarded transition: compares the leader term and the record (create_revision == 0 for a
  * new one, else its mod_revision as read), then ops. */
-static int leader_txn(struct ar_rotation *r, const struct ar_etcd_op *ops, size_t nops,
-                      bool create, const char *id, const char *phase)
+static int leader_txn(struct ar_rotation *r, const struct ar_etcd_op *ops, size_t nops, bool create,
+                      const char *id, const char *phase)
 {
     struct ar_etcd_compare cmp[2];
     char rkey[KEY_MAX];
@@ -1060,15 +1062,13 @@ static int leader_finish(struct ar_rotation *r, bool aborted)
                                       .value = (const uint8_t *)json,
                                       .value_len = strlen(json)};
     for (int k = 1; k <= 4; k++)
-        ops[nops++] = (struct ar_etcd_op){.type = AR_ETCD_DELETE,
-                                          .key = (const uint8_t *)keys[k],
-                                          .key_len = strlen(keys[k])};
+        ops[nops++] = (struct ar_etcd_op){
+            .type = AR_ETCD_DELETE, .key = (const uint8_t *)keys[k], .key_len = strlen(keys[k])};
     ops[2].range_end = aend;
     ops[2].range_end_len = ar_etcd_prefix_end(ops[2].key, ops[2].key_len, aend);
     /* keep the newest AR_RECORD_HISTORY, counting the one written now */
-    drop = r->snap->nhist_keys + 1 > AR_RECORD_HISTORY
-               ? r->snap->nhist_keys + 1 - AR_RECORD_HISTORY
-               : 0;
+    drop = r->snap->nhist_keys + 1 > AR_RECORD_HISTORY ? r->snap->nhist_keys + 1 - AR_RECORD_HISTORY
+                                                       : 0;
     for (size_t i = 0; i < drop && i < r->snap->nhist_keys; i++) {
         if (key_of(r, old[i], "history/%s", r->snap->hist_ids[i]) < 0)
             continue;
@@ -1220,8 +1220,7 @@ static void leader_reencrypt(struct ar_rotation *r)
         r->reenc_status = 0;
         memset(&r->reenc_prog, 0, sizeof(r->reenc_prog));
     }
-    if (ar_election_guard(r->election, &guard) < 0 ||
-        key_of(r, ckey, "reencrypt/%s", rec->id) < 0)
+    if (ar_election_guard(r->election, &guard) < 0 || key_of(r, ckey, "reencrypt/%s", rec->id) < 0)
         return;
     o.selectors = (const char *const *)r->plan->rewrite;
     o.nselectors = r->plan->nrewrite;
@@ -1229,8 +1228,7 @@ static void leader_reencrypt(struct ar_rotation *r)
     o.guard = &guard;
     rc = ar_chain_new(r->plan->phases[rec->index].config, &chain);
     if (rc == 0)
-        rc = ar_reencrypt_start(r->etcd, chain, &o, on_reenc_progress, on_reenc_done, r,
-                                &r->reenc);
+        rc = ar_reencrypt_start(r->etcd, chain, &o, on_reenc_progress, on_reenc_done, r, &r->reenc);
     ar_chain_unref(chain);
     if (rc == 0)
         r->pending++;
@@ -1332,9 +1330,8 @@ static void on_watch(void *arg, const struct ar_etcd_watch_update *u)
 static int watch_start(struct ar_rotation *r)
 {
     uint8_t end[300];
-    struct ar_etcd_watch_opts o = {.key = (const uint8_t *)r->prefix,
-                                   .key_len = strlen(r->prefix),
-                                   .range_end = end};
+    struct ar_etcd_watch_opts o = {
+        .key = (const uint8_t *)r->prefix, .key_len = strlen(r->prefix), .range_end = end};
 
     o.range_end_len = ar_etcd_prefix_end(o.key, o.key_len, end);
     return ar_etcd_watch_start(r->etcd, &o, on_watch, r, &r->watch);
@@ -1461,38 +1458,51 @@ static json_t *iso_or_null(int64_t ms)
     return json_string(buf);
 }
 
-static json_t *members_json(const struct ar_rotation *r)
+static void member_json(const struct ar_rotation *r, json_t *m, const char *name)
 {
     const struct snap *s = r->snap;
     const struct ar_rotation_rec *rec = &s->rot;
-    json_t *m = json_object();
-    int index = s->has_rot && s->rot_ok ? (rec->state == AR_ROT_ABORTING ? -1 : rec->index) : 0;
+    bool cur = s->has_rot && s->rot_ok;
+    int index = cur ? (rec->state == AR_ROT_ABORTING ? -1 : rec->index) : 0;
+    const struct node_view *v = node_find(s, name);
+    const struct ar_ack_rec *a = cur ? ack_find(s, name, index) : NULL;
+    bool in_set = false, alive = v && v->alive;
+    const char *err = NULL;
+    char buf[AR_RECORD_MSG_MAX];
 
-    for (size_t i = 0; m && i < s->nnodes; i++) {
-        const struct node_view *v = &s->nodes[i];
-        const struct ar_ack_rec *a = s->has_rot && s->rot_ok ? ack_find(s, v->node, index) : NULL;
-        bool in_set = false;
-        const char *err = NULL;
-        char buf[AR_RECORD_MSG_MAX];
-
-        for (size_t k = 0; s->has_rot && s->rot_ok && k < rec->nmembers; k++)
-            in_set |= !strcmp(rec->members[k], v->node);
-        if (!strcmp(v->node, r->node) && r->merr[0])
-            err = r->merr;
-        else if (!v->alive && v->registered)
-            err = "not alive (its lease expired)";
-        else if (a && index >= 0 && (!a->ok || strcmp(a->hash, rec->phases[index].hash))) {
-            whyf(buf, sizeof(buf), "acked phase %s with another config hash (%.19s)",
-                 rec->phases[index].name, a->hash);
-            err = buf;
-        }
-        json_object_set_new(
-            m, v->node,
-            json_pack("{s:b, s:s?, s:b, s:s?, s:s?, s:b}", "alive", v->alive, "effective",
-                      v->report_ok && v->rep.effective_fp[0] ? v->rep.effective_fp : NULL,
-                      "acked", a && a->ok, "proof", a ? a->proof : NULL, "last_error", err,
-                      "in_rotation", in_set));
+    if (json_object_get(m, name))
+        return;
+    for (size_t k = 0; cur && k < rec->nmembers; k++)
+        in_set |= !strcmp(rec->members[k], name);
+    if (!strcmp(name, r->node) && r->merr[0])
+        err = r->merr;
+    else if (!alive)
+        err = "not alive (no lease: down or never started)";
+    else if (a && index >= 0 && (!a->ok || strcmp(a->hash, rec->phases[index].hash))) {
+        whyf(buf, sizeof(buf), "acked phase %s with another config hash (%.19s)",
+             rec->phases[index].name, a->hash);
+        err = buf;
     }
+    json_object_set_new(
+        m, name,
+        json_pack("{s:b, s:s?, s:b, s:s?, s:s?, s:b, s:b}", "alive", alive, "effective",
+                  v && v->report_ok && v->rep.effective_fp[0] ? v->rep.effective_fp : NULL, "acked",
+                  a && a->ok, "proof", a ? a->proof : NULL, "last_error", err, "registered",
+                  v && v->registered, "in_rotation", in_set));
+}
+
+/* Every node seen (registered or alive), every member of the rotation's set, and this one. */
+static json_t *members_json(const struct ar_rotation *r)
+{
+    const struct snap *s = r->snap;
+    json_t *m = json_object();
+
+    for (size_t i = 0; m && i < s->nnodes; i++)
+        member_json(r, m, s->nodes[i].node);
+    for (size_t i = 0; m && s->has_rot && s->rot_ok && i < s->rot.nmembers; i++)
+        member_json(r, m, s->rot.members[i]);
+    if (m)
+        member_json(r, m, r->node);
     return m;
 }
 
@@ -1509,8 +1519,7 @@ static json_t *history_json(const struct snap *s)
             h, json_pack("{s:s, s:s, s:s, s:s, s:o, s:o, s:I, s:o}", "id", e->id, "from", e->from,
                          "to", e->to, "result", e->aborted ? "aborted" : "done", "started",
                          iso_or_null(e->started_ms), "finished", iso_or_null(e->finished_ms),
-                         "duration_seconds",
-                         (json_int_t)((e->finished_ms - e->started_ms) / 1000),
+                         "duration_seconds", (json_int_t)((e->finished_ms - e->started_ms) / 1000),
                          "phases", ph ? ph : json_array()));
     }
     return h;
@@ -1524,8 +1533,9 @@ json_t *ar_rotation_status_json(const struct ar_rotation *r)
     bool reenc_cur = cur && !strcmp(r->reenc_for, rec->id);
     bool ver_cur = cur && !strcmp(r->verify_for, rec->id);
     const struct ar_history_rec *last = s->nhist ? &s->hist[s->nhist - 1] : NULL;
-    const char *phase = cur ? ar_rotation_phase(r) : last ? (last->aborted ? "aborted" : "done")
-                                                          : "idle";
+    const char *phase = cur    ? ar_rotation_phase(r)
+                        : last ? (last->aborted ? "aborted" : "done")
+                               : "idle";
     json_t *o, *first = json_array();
 
     for (size_t i = 0; ver_cur && first && i < r->nfirst; i++)
@@ -1533,12 +1543,22 @@ json_t *ar_rotation_status_json(const struct ar_rotation *r)
     o = json_pack(
         "{s:s?, s:s?, s:s?, s:s, s:o, s:s, s:b, s:s?, s:o, s:{s:I, s:I, s:I, s:I, s:f, s:o}, "
         "s:{s:o, s:I, s:I, s:b, s:o}, s:o}",
-        "id", cur ? rec->id : last ? last->id : NULL, "from", cur ? rec->from : last ? last->from : NULL,
-        "to", cur ? rec->to : last ? last->to : NULL, "phase", phase, "phase_since",
-        cur ? iso_or_null(rec->phase_since_ms) : json_null(), "waiting_for", r->why, "leader",
-        leading(r), "abort_refused", cur && rec->abort_refused[0] ? rec->abort_refused : NULL,
-        "members", members_json(r), "reencrypt", "done",
-        (json_int_t)(reenc_cur ? r->reenc_prog.done : 0), "total",
+        "id",
+        cur    ? rec->id
+        : last ? last->id
+               : NULL,
+        "from",
+        cur    ? rec->from
+        : last ? last->from
+               : NULL,
+        "to",
+        cur    ? rec->to
+        : last ? last->to
+               : NULL,
+        "phase", phase, "phase_since", cur ? iso_or_null(rec->phase_since_ms) : json_null(),
+        "waiting_for", r->why, "leader", leading(r), "abort_refused",
+        cur && rec->abort_refused[0] ? rec->abort_refused : NULL, "members", members_json(r),
+        "reencrypt", "done", (json_int_t)(reenc_cur ? r->reenc_prog.done : 0), "total",
         (json_int_t)(reenc_cur ? r->reenc_prog.total : 0), "skipped",
         (json_int_t)(reenc_cur ? r->reenc_prog.skipped : 0), "conflicts",
         (json_int_t)(reenc_cur ? r->reenc_prog.conflicts : 0), "rate",

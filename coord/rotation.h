@@ -52,11 +52,11 @@
 struct ar_rotation;
 
 struct ar_rotation_settings {
-    const char *prefix;      /* "/atrest/" */
-    const char *node;        /* this member's name */
-    const char *etcd_prefix; /* kube-apiserver's --etcd-prefix ("/registry") for verify */
-    unsigned settle_ms;      /* rotation.settleSeconds * 1000 */
-    unsigned tick_ms;        /* slow look; 0: 1000 */
+    const char *prefix;       /* "/atrest/" */
+    const char *node;         /* this member's name */
+    const char *etcd_prefix;  /* kube-apiserver's --etcd-prefix ("/registry") for verify */
+    unsigned settle_ms;       /* rotation.settleSeconds * 1000 */
+    unsigned tick_ms;         /* slow look; 0: 1000 */
     unsigned verify_retry_ms; /* a verify that found objects scans again after; 0: 10000 */
     const struct ar_load_opts *load_opts; /* for ar_plan_derive; NULL: defaults */
 };
