@@ -163,11 +163,73 @@ static void node_apply(void *arg, struct ar_config *cfg, ar_node_apply_done done
     done(done_arg, 0, w == 1, NULL);
 }
 
-/* No proof of load exists yet (DESIGN 4.5): complete at once, and say so. */
+/*
+ * Proof of load for the rotation (DESIGN 4.5). TEMPORARY until agent/proof.h (H) is merged: the
+ * effective file is read back and its bytes must hash to req->file_hash (kind "file": the file
+ * is in place, not that the API server loaded it). At merge this one function becomes
+ * ar_proof_start(a->proof, req, done, done_arg).
+ */
+static void prove_rotation(struct agent *a, const struct ar_prove_req *req, ar_node_prove_done done,
+                           void *done_arg)
+{
+    uint8_t sha[AR_SHA256_LEN];
+    char hx[2 * AR_SHA256_LEN + 1], hash[AR_HASH_STRLEN];
+    struct ar_err e = {0};
+    int r = ar_file_sha256(a->set.effective_path, 0, sha);
+
+    if (r == 0) {
+        ar_hex(sha, sizeof(sha), hx);
+        snprintf(hash, sizeof(hash), "sha256:%s", hx);
+        if (req->file_hash && req->file_hash[0] && strcmp(hash, req->file_hash))
+            r = -ESTALE;
+    }
+    if (r < 0) {
+        ar_err_set(&e, r, a->set.effective_path, "the effective file does not hold phase %s: %s",
+                   req->phase ? req->phase : "?", r == -ESTALE ? "other bytes" : strerror(-r));
+        done(done_arg, r, AR_NODE_PROOF_NONE, &e);
+        return;
+    }
+    done(done_arg, 0, AR_NODE_PROOF_FILE, NULL);
+}
+
+/* The direct driver (no etcd) proves nothing yet and says so; the rotation's requests carry
+ * their id. */
 static void node_prove(void *arg, const struct ar_prove_req *req, ar_node_prove_done done,
                        void *done_arg)
 {
-    done(done_arg, 0, AR_NODE_PROOF_NONE, NULL);
+    if (req->rotation_id)
+        prove_rotation(arg, req, done, done_arg);
+    else
+        done(done_arg, 0, AR_NODE_PROOF_NONE, NULL);
+}
+
+static int node_save(void *arg, const char *id, struct ar_config *from, struct ar_config *to)
+{
+    struct agent *a = arg;
+    int r = ar_effective_copies_save(a->set.state_dir, id, from, to);
+
+    if (r < 0)
+        log_err("rotation %s: cannot save from/to under %s/rotation/: %s", id, a->set.state_dir,
+                strerror(-r));
+    return r;
+}
+
+static int node_load(void *arg, const char *id, struct ar_config **from, struct ar_config **to)
+{
+    struct agent *a = arg;
+    return ar_effective_copies_load(a->set.state_dir, id, from, to);
+}
+
+static void node_forget(void *arg, const char *keep_id)
+{
+    struct agent *a = arg;
+    ar_effective_copies_forget(a->set.state_dir, keep_id);
+}
+
+static struct ar_config *node_config(void *arg, bool desired)
+{
+    struct agent *a = arg;
+    return desired ? a->st.desired : a->st.effective;
 }
 
 static void publish_status(struct agent *a);
@@ -193,12 +255,22 @@ static void node_report(void *arg, const struct ar_node_report *r)
     publish_status(a);
 }
 
+static const struct ar_node_ops node_ops = {.apply = node_apply,
+                                            .prove = node_prove,
+                                            .report = node_report,
+                                            .save = node_save,
+                                            .load = node_load,
+                                            .forget = node_forget,
+                                            .config = node_config};
+
+const struct ar_node_ops *ar_agent_node_ops(void)
+{
+    return &node_ops;
+}
+
 static int node_start(struct agent *a)
 {
-    static const struct ar_node_ops ops = {
-        .apply = node_apply, .prove = node_prove, .report = node_report};
-
-    return ar_node_new(&ops, a, &a->node);
+    return ar_node_new(&node_ops, a, &a->node);
 }
 
 static void reload_desired(struct agent *a, bool force, const char *why);
@@ -296,6 +368,13 @@ static void reload_desired(struct agent *a, bool force, const char *why)
         char fp[AR_HASH_STRLEN];
         ar_config_fingerprint_str(cfg, fp);
         log_info("desired: %s is valid (fingerprint %s, %s)", a->set.desired_path, fp, why);
+    }
+    if (a->set.n_etcd_endpoints && a->st.effective) {
+        /* etcd configured: the rotation decides (DESIGN 4.4); only a first install, with no
+         * effective file at all, is written directly */
+        log_info("desired: the rotation decides when to apply it (etcd configured)");
+        ar_coord_desired_changed(a);
+        goto out;
     }
     r = a->node ? ar_node_desired(a->node, cfg) : -ESHUTDOWN; /* node_report tells */
     if (r < 0) {

@@ -71,6 +71,9 @@ static const struct field fields[] = {
     {"proof", "mode", "proof", F_PROOF, O(proof), 0, 0, "proof of load: canary|metrics|restart"},
     {"proof", "reloadCommand", "reload-command", F_STR, O(reload_command), 0, 0,
      "command that restarts kube-apiserver (proof mode restart)"},
+    {"rotation", "settleSeconds", "settle-seconds", F_UINT, O(settle_s), 0, 86400,
+     "a rotation starts once the desired config is unchanged this long everywhere (s, default "
+     "30)"},
     {"status", "listen", "status-listen", F_STR, O(status_listen), 0, 0,
      "status server TCP address host:port (loopback; \"\" disables)"},
     {"status", "socket", "status-socket", F_PATH, O(status_socket), 0, 0,
@@ -85,7 +88,8 @@ static const struct field fields[] = {
 };
 #define NFIELDS (sizeof(fields) / sizeof(fields[0]))
 
-static const char *const sections[] = {"effectiveConfig", "etcd", "apiserver", "proof", "status"};
+static const char *const sections[] = {"effectiveConfig", "etcd",     "apiserver",
+                                       "proof",           "rotation", "status"};
 #define NSECTIONS (sizeof(sections) / sizeof(sections[0]))
 
 _Static_assert(NFIELDS <= 40, "field_pos_ too small");
@@ -146,6 +150,7 @@ int ar_settings_init(struct ar_settings *s)
     s->debounce_ms = 300;
     s->poll_interval_s = 60;
     s->lease_ttl_s = 10;
+    s->settle_s = 30;
     s->log_level = AR_LOG_INFO;
     s->proof = AR_PROOF_CANARY;
     if (!s->node || !s->state_dir || !s->coord_prefix || !s->status_listen) {

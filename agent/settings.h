@@ -36,6 +36,8 @@
  *   proof:
  *     mode: canary                    # canary | metrics | restart
  *     reloadCommand: systemctl restart kube-apiserver
+ *   rotation:
+ *     settleSeconds: 30               # desired unchanged everywhere this long first
  *   status:
  *     listen: 127.0.0.1:9798          # "" disables TCP
  *     socket: /run/atrest/status.sock # optional
@@ -91,6 +93,8 @@ struct ar_settings {
 
     enum ar_proof_mode proof;
     char *reload_command;
+
+    unsigned settle_s; /* rotation.settleSeconds */
 
     char *status_listen; /* "host:port", "[v6]:port"; NULL or "": no TCP */
     char *status_socket; /* unix socket path or NULL */
