@@ -37,9 +37,10 @@ static struct ar_rotation_rec rot(void)
 }
 
 #define ROT_JSON                                                                                   \
-    "{\"id\":\"" ID "\",\"from\":\"" FP_A "\",\"to\":\"" FP_B "\",\"phases\":[{\"name\":\"stage\"," \
-    "\"hash\":\"" FP_H "\"},{\"name\":\"promote\",\"hash\":\"" FP_I "\"}],\"index\":1,\"state\":"   \
-    "\"running\",\"members\":[\"cp-1\",\"cp-2\",\"cp-3\"],\"started_ms\":1764491234567,"            \
+    "{\"id\":\"" ID "\",\"from\":\"" FP_A "\",\"to\":\"" FP_B                                      \
+    "\",\"phases\":[{\"name\":\"stage\","                                                          \
+    "\"hash\":\"" FP_H "\"},{\"name\":\"promote\",\"hash\":\"" FP_I "\"}],\"index\":1,\"state\":"  \
+    "\"running\",\"members\":[\"cp-1\",\"cp-2\",\"cp-3\"],\"started_ms\":1764491234567,"           \
     "\"phase_since_ms\":1764491239999}"
 
 static void test_id(void **state)
@@ -125,16 +126,17 @@ static void test_rotation_hostile(void **state)
     assert_int_equal(parse_edit("\"index\":1", "\"index\":\"1\""), -EBADMSG);
     assert_int_equal(parse_edit("\"index\":1,", ""), -EBADMSG); /* missing */
     assert_int_equal(parse_edit("\"running\"", "\"paused\""), -EBADMSG);
-    assert_int_equal(parse_edit("\"cp-3\"", "\"cp-1\""), -EBADMSG);  /* duplicate member */
-    assert_int_equal(parse_edit("\"cp-3\"", "\"a/b\""), -EBADMSG);   /* not a name */
-    assert_int_equal(parse_edit("\"cp-3\"", "\"\""), -EBADMSG);      /* empty */
-    assert_int_equal(parse_edit("\"cp-3\"", "3"), -EBADMSG);         /* not a string */
+    assert_int_equal(parse_edit("\"cp-3\"", "\"cp-1\""), -EBADMSG);       /* duplicate member */
+    assert_int_equal(parse_edit("\"cp-3\"", "\"a/b\""), -EBADMSG);        /* not a name */
+    assert_int_equal(parse_edit("\"cp-3\"", "\"\""), -EBADMSG);           /* empty */
+    assert_int_equal(parse_edit("\"cp-3\"", "3"), -EBADMSG);              /* not a string */
     assert_int_equal(parse_edit("\"cp-3\"", "\"cp\\u00003\""), -EBADMSG); /* embedded NUL */
     assert_int_equal(parse_edit("\"promote\"", "\"stage\""), -EBADMSG);   /* twice */
     assert_int_equal(parse_edit("\"promote\"", "\"rotate\""), -EBADMSG);  /* unknown */
     assert_int_equal(parse_edit("\"stage\"", "\"prune\""), -EBADMSG);     /* out of order */
-    assert_int_equal(parse_edit(HEX_A, "0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"),
-                     -EBADMSG);
+    assert_int_equal(
+        parse_edit(HEX_A, "0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef"),
+        -EBADMSG);
     assert_int_equal(parse_edit(FP_H, "sha256:aa"), -EBADMSG);
     assert_int_equal(parse_edit(ID, "20261130T090347Z-01234567"), -EBADMSG);
     assert_int_equal(parse_edit("\"started_ms\":1764491234567", "\"started_ms\":-5"), -EBADMSG);
@@ -248,8 +250,10 @@ static void test_abort_history(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_id),           cmocka_unit_test(test_rotation_exact),
-        cmocka_unit_test(test_rotation_hostile), cmocka_unit_test(test_ack),
+        cmocka_unit_test(test_id),
+        cmocka_unit_test(test_rotation_exact),
+        cmocka_unit_test(test_rotation_hostile),
+        cmocka_unit_test(test_ack),
         cmocka_unit_test(test_abort_history),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
