@@ -23,4 +23,8 @@ int ar_cmd_status(int argc, char **argv);
 /* agent/cli_verify.c */
 int ar_cmd_verify(int argc, char **argv);
 
+/* agent/cli_rotation.c */
+int ar_cmd_member(int argc, char **argv);
+int ar_cmd_rotation(int argc, char **argv);
+
 #endif

@@ -23,6 +23,8 @@ static const struct subcmd cmds[] = {
     {"status", ar_cmd_status, "show the local agent's view of the cluster"},
     {"plan", ar_cmd_plan, "print the phases of a rotation from one config to another"},
     {"verify", ar_cmd_verify, "count stored objects per resource and provider:key (etcd scan)"},
+    {"member", ar_cmd_member, "list the members, or remove one that is gone for good"},
+    {"rotation", ar_cmd_rotation, "abort a rotation that has not promoted yet"},
 };
 
 static void usage(FILE *f)
