@@ -191,7 +191,8 @@ static const struct ar_etcd_kv *kv_at(const struct ar_etcd_result *res, const ch
     return NULL;
 }
 
-/* ---- member list ------------------------------------------------------------------------------ */
+/* ---- member list ------------------------------------------------------------------------------
+ */
 
 static int member_list(struct cli *c)
 {
@@ -228,10 +229,10 @@ static int member_list(struct cli *c)
         for (size_t k = 0; have_rot && k < rot.nmembers; k++)
             in_rot |= !strcmp(rot.members[k], node);
         json_array_append_new(
-            arr, json_pack("{s:s, s:b, s:s?, s:s?, s:b}", "node", node, "alive", alive != NULL,
-                           "desired", ok && rep.desired_fp[0] ? rep.desired_fp : NULL,
-                           "effective", ok && rep.effective_fp[0] ? rep.effective_fp : NULL,
-                           "in_rotation", in_rot));
+            arr,
+            json_pack("{s:s, s:b, s:s?, s:s?, s:b}", "node", node, "alive", alive != NULL,
+                      "desired", ok && rep.desired_fp[0] ? rep.desired_fp : NULL, "effective",
+                      ok && rep.effective_fp[0] ? rep.effective_fp : NULL, "in_rotation", in_rot));
     }
     if (c->json) {
         char *s = json_dumps(arr, JSON_COMPACT);
@@ -259,7 +260,8 @@ out:
     return rc;
 }
 
-/* ---- member remove ---------------------------------------------------------------------------- */
+/* ---- member remove ----------------------------------------------------------------------------
+ */
 
 static int member_remove(struct cli *c, const char *node)
 {
@@ -309,7 +311,8 @@ static int member_remove(struct cli *c, const char *node)
     return r;
 }
 
-/* ---- rotation abort --------------------------------------------------------------------------- */
+/* ---- rotation abort ---------------------------------------------------------------------------
+ */
 
 static int rotation_abort(struct cli *c)
 {
@@ -390,7 +393,8 @@ out:
     return rc;
 }
 
-/* ---- entries ---------------------------------------------------------------------------------- */
+/* ---- entries ----------------------------------------------------------------------------------
+ */
 
 int ar_cmd_member(int argc, char **argv)
 {
