@@ -137,6 +137,11 @@ def test_member_down_blocks_and_member_remove(make_cluster, keys):
     assert hist and hist[0]["result"] == "done" and hist[0]["phases"] == ["stage"], hist
     for n in c.nodes[:2]:
         assert c.status(n)["readKeys"]["secrets"] == ["aescbc/key1", "aescbc/key2", "identity"]
+    # atrest status at a glance: the phase, and the finished rotation with its result
+    rc, out, err = cli("status", "--addr", "127.0.0.1:%d" % c.nodes[0].agent.port)
+    assert rc == 0, err
+    assert "rotation   done %s" % hist[0]["id"] in out, out
+    assert "FINISHED ROTATION" in out and " done " in out, out
     chk.final_check().assert_ok(min_samples=3)
 
 
