@@ -160,6 +160,7 @@ static void node_apply(void *arg, struct ar_config *cfg, ar_node_apply_done done
         done(done_arg, r, w == 1, &e);
         return;
     }
+    ar_coord_publish(a); /* alive/<node> carries the new effective fingerprint */
     done(done_arg, 0, w == 1, NULL);
 }
 

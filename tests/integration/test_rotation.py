@@ -134,6 +134,9 @@ def test_member_down_blocks_and_member_remove(make_cluster, keys):
     c.wait(lambda: all(rot(n)["phase"] in ("done",) for n in c.nodes[:2]), 30,
            "the two members to finish the rotation")
     hist = rot(c.nodes[0])["history"]
+    # the members report their new effective config (what the next agreement compares)
+    c.wait(lambda: all(rot(c.nodes[0])["members"][n]["effective"] == hist[0]["to"]
+                       for n in ("cp-1", "cp-2")), 10, "the new effective fingerprints")
     assert hist and hist[0]["result"] == "done" and hist[0]["phases"] == ["stage"], hist
     for n in c.nodes[:2]:
         assert c.status(n)["readKeys"]["secrets"] == ["aescbc/key1", "aescbc/key2", "identity"]
