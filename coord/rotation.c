@@ -88,7 +88,7 @@ struct ar_rotation {
     struct ar_plan *plan;
     bool plan_ok;
     char merr[AR_RECORD_MSG_MAX]; /* why this member does not ack */
-    bool busy;
+    bool busy, forgot;
     int busy_index;
     int64_t busy_create;
     struct ar_prove_req req;
@@ -674,9 +674,10 @@ static void member_step(struct ar_rotation *r)
     int index;
 
     if (!s->has_rot) {
-        if (r->id[0] || r->plan) {
+        if (r->id[0] || r->plan || !r->forgot) { /* also copies a crash left behind */
             member_reset(r);
             r->ops.forget(r->agent, NULL);
+            r->forgot = true;
         }
         return;
     }

@@ -772,6 +772,55 @@ static void test_restart_and_leader_death(void **state)
     ar_config_unref(to);
 }
 
+/* A desired config that changes mid-rotation waits for the running rotation to finish; then,
+ * once settled, the next rotation starts from where the first one ended. */
+static void test_desired_change_mid_rotation(void **state)
+{
+    struct keys k;
+    struct ar_config *from, *to, *next;
+    struct ar_rotation_rec rec, rec2;
+    char fp_to[AR_HASH_STRLEN], fp_next[AR_HASH_STRLEN];
+
+    gen_keys(&k);
+    from = cfg(&k, "k1");
+    to = cfg(&k, "k2,k1"); /* stage, promote, reencrypt, verify */
+    next = cfg(&k, "k2");  /* then drop key1 */
+    fp_of(to, fp_to);
+    fp_of(next, fp_next);
+    g_reenc_mode = 0; /* hold the first rotation in reencrypt */
+    g_regprefix = "/reg9";
+    setup_agents("/t9/", from, to, now_ms() - 5000);
+    assert_true(run_until(at_phase, "/t9/", "reencrypt", 10000));
+    assert_true(record("/t9/", &rec));
+    for (int i = 0; i < 3; i++) { /* configuration management moves on */
+        ar_config_unref(A[i].desired);
+        A[i].desired = ar_config_ref(next);
+        publish(&A[i], now_ms() - 5000);
+    }
+    etcd_harness_run_for(&LOOP, 800);
+    assert_true(record("/t9/", &rec2));
+    assert_string_equal(rec2.id, rec.id); /* the same rotation, same to */
+    assert_string_equal(rec2.to, fp_to);
+    g_reenc_mode = 1; /* the engine lands: the first rotation finishes */
+    assert_true(run_until(no_record, "/t9/", NULL, 10000));
+    /* the members report where they are now; the next rotation starts from to */
+    for (int i = 0; i < 3; i++)
+        publish(&A[i], now_ms() - 5000);
+    for (int t = 0; t < 200; t++) {
+        if (record("/t9/", &rec2) && strcmp(rec2.id, rec.id))
+            break;
+        etcd_harness_run_for(&LOOP, 50);
+    }
+    assert_true(record("/t9/", &rec2));
+    assert_string_not_equal(rec2.id, rec.id);
+    assert_string_equal(rec2.from, fp_to);
+    assert_string_equal(rec2.to, fp_next);
+    teardown_agents();
+    ar_config_unref(from);
+    ar_config_unref(to);
+    ar_config_unref(next);
+}
+
 /* Abort before promote: back to from everywhere, history "aborted", and the same rotation is
  * not started again. */
 static void test_abort_before_promote(void **state)
@@ -920,6 +969,7 @@ int main(void)
         cmocka_unit_test(test_member_down_and_remove),
         cmocka_unit_test(test_restart_and_leader_death),
         cmocka_unit_test(test_abort_before_promote),
+        cmocka_unit_test(test_desired_change_mid_rotation),
         cmocka_unit_test(test_hash_mismatch_not_acked),
     };
     return cmocka_run_group_tests_name("rotation", tests, group_setup, group_teardown);
