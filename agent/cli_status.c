@@ -358,6 +358,63 @@ static void print_members(json_t *root)
     }
 }
 
+/* The rotation at a glance: id and phase, what it waits for, per member ack and proof, the
+ * re-encrypt and verify counts, the last finished ones. */
+static void print_rotation(json_t *rot)
+{
+    char f1[16], f2[16], tb[96];
+    const char *k, *w;
+    json_t *m, *v, *h;
+    size_t i;
+
+    if (!json_is_object(rot))
+        return;
+    printf("%-10s %s %s (%s -> %s)%s%s\n", "rotation", dash(jstr(rot, "phase")),
+           dash(jstr(rot, "id")), short_fp(jstr(rot, "from"), f1), short_fp(jstr(rot, "to"), f2),
+           jstr(rot, "phase_since") ? ", since " : "",
+           jstr(rot, "phase_since") ? when(jget(rot, "phase_since"), tb, sizeof(tb)) : "");
+    w = jstr(rot, "waiting_for");
+    if (w && *w)
+        printf("%-10s waiting: %s\n", "", w);
+    if (jstr(rot, "abort_refused"))
+        printf("%-10s %s\n", "", jstr(rot, "abort_refused"));
+    v = jget(rot, "reencrypt");
+    if (json_is_object(v) && json_integer_value(jget(v, "total")))
+        printf("%-10s re-encrypt %lld/%lld done, %lld skipped, %lld conflicts\n", "",
+               (long long)json_integer_value(jget(v, "done")),
+               (long long)json_integer_value(jget(v, "total")),
+               (long long)json_integer_value(jget(v, "skipped")),
+               (long long)json_integer_value(jget(v, "conflicts")));
+    v = jget(rot, "verify");
+    if (json_is_object(v) && json_object_size(jget(v, "counts")))
+        printf("%-10s verify: %lld under dropped keys, %lld undecryptable%s\n", "",
+               (long long)json_integer_value(jget(v, "under_dropped_keys")),
+               (long long)json_integer_value(jget(v, "undecryptable")),
+               json_is_true(jget(v, "passed")) ? " (passed)" : "");
+    m = jget(rot, "members");
+    if (json_is_object(m) && json_object_size(m)) {
+        printf("\n%-20s %-7s %-7s %-8s %s\n", "ROTATION MEMBER", "ALIVE", "ACKED", "PROOF",
+               "LAST ERROR");
+        json_object_foreach(m, k, v)
+        {
+            printf("%-20s %-7s %-7s %-8s %s\n", k, json_is_true(jget(v, "alive")) ? "yes" : "NO",
+                   json_is_true(jget(v, "acked")) ? "yes" : "no", dash(jstr(v, "proof")),
+                   dash(jstr(v, "last_error")));
+        }
+    }
+    h = jget(rot, "history");
+    if (json_is_array(h) && json_array_size(h)) {
+        printf("\n%-36s %-8s %s\n", "FINISHED ROTATION", "RESULT", "DURATION");
+        json_array_foreach(h, i, v)
+        {
+            if (i >= 5)
+                break;
+            printf("%-36s %-8s %llds\n", dash(jstr(v, "id")), dash(jstr(v, "result")),
+                   (long long)json_integer_value(jget(v, "duration_seconds")));
+        }
+    }
+}
+
 static void print_table(json_t *root)
 {
     char tb[96], f1[16], f2[16], n1[32], n2[32];
@@ -392,9 +449,7 @@ static void print_table(json_t *root)
     const char *ee = jstr(root, "etcd.error");
     printf("%-10s %s%s%s\n", "etcd", dash(es), ee ? ": " : "", ee ? ee : "");
     printf("%-10s %s\n", "leader", dash(jstr(root, "leader|cluster.leader")));
-    json_t *rot = jget(root, "rotation|cluster.rotation");
-    if (json_is_object(rot))
-        printf("%-10s %s\n", "rotation", dash(jstr(rot, "phase|state")));
+    print_rotation(jget(root, "rotation|cluster.rotation"));
     print_resources(root);
     print_members(root);
 }

@@ -27,5 +27,8 @@ int ar_cmd_verify(int argc, char **argv);
 int ar_cmd_reencrypt(int argc, char **argv);
 /* agent/cli_proof.c (hidden: a troubleshooting tool) */
 int ar_cmd_proof(int argc, char **argv);
+/* agent/cli_rotation.c */
+int ar_cmd_member(int argc, char **argv);
+int ar_cmd_rotation(int argc, char **argv);
 
 #endif

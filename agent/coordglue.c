@@ -10,6 +10,9 @@
  * - the member list for /status: every COORD_TICK_MS, and COORD_SOON_MS after a change under
  *   alive/ (watch).
  * - one lease session (coord/session.h) carries alive/<node> and the leader key.
+ * - the rotation (coord/rotation.h) once registered: it drives this node's effective file through
+ *   the node ops (agent/daemon.c); its status is /status "rotation", its events one log line
+ *   each and the atrest_rotation_* / atrest_proof_* metrics.
  * - shutdown: resign, delete alive/<node> and revoke the session's lease, bounded by
  *   COORD_STOP_MS, then close.
  * Every answer counts in atrest_etcd_requests_total{op=register|alive|list|election|watch}.
@@ -26,11 +29,13 @@
 #include "agent/daemon_int.h"
 #include "agent/effective.h"
 #include "agent/log.h"
+#include "agent/proof.h"
 #include "coord/election.h"
 #include "coord/err.h"
 #include "coord/etcd/etcd.h"
 #include "coord/member.h"
 #include "coord/report.h"
+#include "coord/rotation.h"
 #include "coord/session.h"
 
 struct coord {
@@ -43,8 +48,10 @@ struct coord {
     struct ar_member_alive *alive;
     struct ar_election *election;
     struct ar_etcd_watch *watch; /* <prefix>alive/ */
-    char *report_key;            /* the last report sent, without its time */
-    char *leader;                /* last observed leader (to log changes) */
+    struct ar_rotation *rotation;
+    char rot_phase[16]; /* last phase logged */
+    char *report_key;   /* the last report sent, without its time */
+    char *leader;       /* last observed leader (to log changes) */
     bool was_leader;
     bool registering, registered, listing, list_again;
     bool closing, finished;
@@ -113,8 +120,10 @@ static char *coord_report(struct agent *a, bool with_time)
     _Static_assert(AR_HASH_STRLEN == AR_REPORT_FP_LEN, "fingerprint text lengths");
     snprintf(r.node, sizeof(r.node), "%s", a->set.node);
     snprintf(r.version, sizeof(r.version), "%s", ATREST_VERSION);
-    if (a->st.desired)
+    if (a->st.desired) {
         ar_config_fingerprint_str(a->st.desired, r.desired_fp);
+        r.desired_since_ms = a->st.desired_changed_ms > 0 ? a->st.desired_changed_ms : 0;
+    }
     if (a->st.effective) {
         ar_config_fingerprint_str(a->st.effective, r.effective_fp);
         ar_config_file_hash_str(a->st.effective, r.effective_hash);
@@ -146,6 +155,114 @@ void ar_coord_publish(struct agent *a)
     }
     free(rep);
     free(key);
+    ar_rotation_poke(co->rotation);
+}
+
+void ar_coord_desired_changed(struct agent *a)
+{
+    ar_coord_publish(a);
+    if (a->coord)
+        ar_rotation_poke(a->coord->rotation);
+}
+
+/* ---- the rotation ---------------------------------------------------------------------------- */
+
+static void on_rotation_event(void *arg, const struct ar_rotation_event *ev)
+{
+    struct agent *a = arg;
+
+    switch (ev->kind) {
+    case AR_ROT_EV_TRANSITION:
+        log_info("rotation %s: %s (recorded by this leader)", ev->id, ev->phase);
+        ar_metrics_rotation_transition(a->metrics, ev->phase);
+        break;
+    case AR_ROT_EV_ACK:
+        log_info("rotation %s: acked phase %s (proof %s)", ev->id, ev->phase, ev->proof);
+        ar_metrics_rotation_ack(a->metrics, ev->phase);
+        break;
+    case AR_ROT_EV_PROOF:
+        if (!ev->ok)
+            log_warn("rotation %s: proof of phase %s failed; trying again", ev->id, ev->phase);
+        ar_metrics_proof_result(a->metrics, ev->proof, ev->ok);
+        break;
+    }
+}
+
+static void on_rotation_status(void *arg)
+{
+    struct agent *a = arg;
+    struct coord *co = a->coord;
+    const char *phase;
+    json_t *st, *re;
+
+    if (!co || !co->rotation)
+        return;
+    phase = ar_rotation_phase(co->rotation);
+    if (strcmp(phase, co->rot_phase)) {
+        st = ar_rotation_status_json(co->rotation);
+        log_info("rotation: phase %s%s%s", phase,
+                 st && json_string_length(json_object_get(st, "waiting_for")) ? "; " : "",
+                 st ? json_string_value(json_object_get(st, "waiting_for")) : "");
+        json_decref(st);
+        snprintf(co->rot_phase, sizeof(co->rot_phase), "%s", phase);
+        ar_metrics_rotation_phase(a->metrics, phase);
+    }
+    if (!strcmp(phase, "reencrypt") && ar_state_is_leader(&a->st) &&
+        (st = ar_rotation_status_json(co->rotation))) {
+        re = json_object_get(st, "reencrypt");
+        ar_metrics_reencrypt(a->metrics, json_integer_value(json_object_get(re, "done")),
+                             json_integer_value(json_object_get(re, "total")),
+                             json_integer_value(json_object_get(re, "skipped")),
+                             json_integer_value(json_object_get(re, "conflicts")));
+        json_decref(st);
+    }
+}
+
+/* The rotation's status plus this node's proof of load ("proof": what it waits for). */
+static struct json_t *rotation_status(void *arg)
+{
+    struct agent *a = arg;
+    struct ar_proof_progress pg;
+    json_t *st;
+
+    if (!a->coord || !a->coord->rotation)
+        return NULL;
+    st = ar_rotation_status_json(a->coord->rotation);
+    if (!st)
+        return NULL;
+    if (!a->proof) {
+        json_object_set_new(st, "proof",
+                            json_pack("{s:b,s:s}", "running", 0, "unavailable", a->proof_err));
+        return st;
+    }
+    ar_proof_status(a->proof, &pg);
+    json_object_set_new(st, "proof",
+                        json_pack("{s:b,s:s,s:i,s:b,s:s}", "running", pg.running, "waiting_for",
+                                  pg.waiting_for, "waited_seconds", (json_int_t)pg.waited_s,
+                                  "stuck", pg.stuck, "last_error", pg.last_error));
+    return st;
+}
+
+static void coord_rotation_start(struct coord *co)
+{
+    struct agent *a = co->a;
+    struct ar_rotation_settings rs = {.prefix = a->set.coord_prefix,
+                                      .node = a->set.node,
+                                      .etcd_prefix = a->set.api_etcd_prefix,
+                                      .settle_ms = a->set.settle_s * 1000u,
+                                      .tick_ms = 1000};
+    int r = ar_rotation_new(co->etcd, &rs, ar_agent_node_ops(), a, on_rotation_event,
+                            on_rotation_status, &co->rotation);
+
+    if (r < 0) {
+        log_err("rotation: cannot start: %s (nothing is rotated)", strerror(-r));
+        return;
+    }
+    ar_rotation_set_election(co->rotation, co->election);
+    a->st.rotation_status = rotation_status;
+    a->st.rotation_arg = a;
+    ar_metrics_rotation_phase(a->metrics, "idle");
+    snprintf(co->rot_phase, sizeof(co->rot_phase), "idle");
 }
 
 static void on_alive_write(void *arg, int status, const struct ar_etcd_result *res,
@@ -356,6 +473,7 @@ static void coord_join(struct coord *co)
         log_err("etcd: cannot start the election: %s", strerror(-r));
     coord_watch(co);
     coord_list_soon(co);
+    coord_rotation_start(co);
 }
 
 static void on_register_put(void *arg, int status, const struct ar_etcd_result *res,
@@ -505,6 +623,14 @@ int ar_coord_start(struct agent *a)
         free(co);
         goto out;
     }
+    r = ar_proof_new_err(&a->loop, &a->set, co->etcd, a->set.api_etcd_prefix, &a->proof,
+                         a->proof_err, sizeof(a->proof_err));
+    if (r < 0) {
+        a->proof = NULL;
+        log_warn("proof of load: %s: a rotation will wait at its first proof until the API "
+                 "server settings are fixed",
+                 a->proof_err);
+    }
     uv_timer_init(&a->loop, &co->tick);
     uv_timer_init(&a->loop, &co->stop_timer);
     co->tick.data = co->stop_timer.data = co;
@@ -576,7 +702,12 @@ void ar_coord_stop(struct agent *a)
         return;
     a->coord = NULL;
     a->st.leading = NULL;
+    a->st.rotation_status = NULL;
     co->closing = true;
+    ar_rotation_free(co->rotation); /* its requests in flight end with the client */
+    co->rotation = NULL;
+    ar_proof_free(a->proof); /* after the rotation: a cancelled proof completes into nothing */
+    a->proof = NULL;
     uv_timer_stop(&co->tick);
     ar_etcd_watch_stop(co->watch);
     co->watch = NULL;

@@ -27,6 +27,7 @@
 #include "agent/log.h"
 #include "agent/metrics.h"
 #include "agent/notify.h"
+#include "agent/proof.h"
 #include "agent/settings.h"
 #include "agent/state.h"
 #include "agent/watch.h"
@@ -162,13 +163,88 @@ static void node_apply(void *arg, struct ar_config *cfg, ar_node_apply_done done
         done(done_arg, r, w == 1, &e);
         return;
     }
+    ar_coord_publish(a); /* alive/<node> carries the new effective fingerprint */
     done(done_arg, 0, w == 1, NULL);
 }
 
-/* No proof of load exists yet (DESIGN 4.5): complete at once, and say so. */
-static void node_prove(void *arg, struct ar_config *cfg, ar_node_prove_done done, void *done_arg)
+/*
+ * Proof of load for the rotation (DESIGN 4.5): first the effective file must hold the phase
+ * config's bytes (a cheap check that nothing else rewrote it), then agent/proof.c proves that
+ * the API server runs it (canary, metrics or restart, as settings.proof says). Without a
+ * usable API-server setup the proof fails with the reason and the rotation waits (S9).
+ */
+static void prove_rotation(struct agent *a, const struct ar_prove_req *req, ar_node_prove_done done,
+                           void *done_arg)
 {
-    done(done_arg, 0, AR_NODE_PROOF_NONE, NULL);
+    uint8_t sha[AR_SHA256_LEN];
+    char hx[2 * AR_SHA256_LEN + 1], hash[AR_HASH_STRLEN];
+    struct ar_err e = {0};
+    int r = ar_file_sha256(a->set.effective_path, 0, sha);
+
+    if (r == 0) {
+        ar_hex(sha, sizeof(sha), hx);
+        snprintf(hash, sizeof(hash), "sha256:%s", hx);
+        if (req->file_hash && req->file_hash[0] && strcmp(hash, req->file_hash))
+            r = -ESTALE;
+    }
+    if (r < 0) {
+        ar_err_set(&e, r, a->set.effective_path, "the effective file does not hold phase %s: %s",
+                   req->phase ? req->phase : "?", r == -ESTALE ? "other bytes" : strerror(-r));
+        done(done_arg, r, AR_NODE_PROOF_NONE, &e);
+        return;
+    }
+    if (!a->proof) {
+        ar_err_set(&e, -ENOTCONN, NULL, "no proof of load possible: %s",
+                   a->proof_err[0] ? a->proof_err : "no API server configured");
+        done(done_arg, -ENOTCONN, AR_NODE_PROOF_NONE, &e);
+        return;
+    }
+    r = ar_proof_start(a->proof, req, done, done_arg);
+    if (r < 0) {
+        ar_err_set(&e, r, NULL, "cannot start the proof of load for phase %s: %s",
+                   req->phase ? req->phase : "?", strerror(-r));
+        done(done_arg, r, AR_NODE_PROOF_NONE, &e);
+    }
+}
+
+/* The direct driver (no etcd) proves nothing yet and says so; the rotation's requests carry
+ * their id. */
+static void node_prove(void *arg, const struct ar_prove_req *req, ar_node_prove_done done,
+                       void *done_arg)
+{
+    if (req->rotation_id)
+        prove_rotation(arg, req, done, done_arg);
+    else
+        done(done_arg, 0, AR_NODE_PROOF_NONE, NULL);
+}
+
+static int node_save(void *arg, const char *id, struct ar_config *from, struct ar_config *to)
+{
+    struct agent *a = arg;
+    int r = ar_effective_copies_save(a->set.state_dir, id, from, to);
+
+    if (r < 0)
+        log_err("rotation %s: cannot save from/to under %s/rotation/: %s", id, a->set.state_dir,
+                strerror(-r));
+    return r;
+}
+
+static int node_load(void *arg, const char *id, struct ar_config **from, struct ar_config **to)
+{
+    struct agent *a = arg;
+    return ar_effective_copies_load(a->set.state_dir, id, from, to);
+}
+
+static void node_forget(void *arg, const char *keep_id)
+{
+    struct agent *a = arg;
+    ar_effective_copies_forget(a->set.state_dir, keep_id);
+}
+
+static struct ar_config *node_config(void *arg, bool desired)
+{
+    struct agent *a = arg;
+    return desired ? a->st.desired : a->st.effective;
 }
 
 static void publish_status(struct agent *a);
@@ -198,12 +274,22 @@ static void node_report(void *arg, const struct ar_node_report *r)
     publish_status(a);
 }
 
+static const struct ar_node_ops node_ops = {.apply = node_apply,
+                                            .prove = node_prove,
+                                            .report = node_report,
+                                            .save = node_save,
+                                            .load = node_load,
+                                            .forget = node_forget,
+                                            .config = node_config};
+
+const struct ar_node_ops *ar_agent_node_ops(void)
+{
+    return &node_ops;
+}
+
 static int node_start(struct agent *a)
 {
-    static const struct ar_node_ops ops = {
-        .apply = node_apply, .prove = node_prove, .report = node_report};
-
-    return ar_node_new(&ops, a, &a->node);
+    return ar_node_new(&node_ops, a, &a->node);
 }
 
 static void reload_desired(struct agent *a, bool force, const char *why);
@@ -301,6 +387,13 @@ static void reload_desired(struct agent *a, bool force, const char *why)
         char fp[AR_HASH_STRLEN];
         ar_config_fingerprint_str(cfg, fp);
         log_info("desired: %s is valid (fingerprint %s, %s)", a->set.desired_path, fp, why);
+    }
+    if (a->set.n_etcd_endpoints && a->st.effective) {
+        /* etcd configured: the rotation decides (DESIGN 4.4); only a first install, with no
+         * effective file at all, is written directly */
+        log_info("desired: the rotation decides when to apply it (etcd configured)");
+        ar_coord_desired_changed(a);
+        goto out;
     }
     r = a->node ? ar_node_desired(a->node, cfg) : -ESHUTDOWN; /* node_report tells */
     if (r < 0) {

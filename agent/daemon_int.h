@@ -15,6 +15,7 @@
 #include "agent/settings.h"
 #include "agent/state.h"
 #include "agent/watch.h"
+#include "coord/node.h"
 #include "crypto/config.h"
 
 #define HEARTBEAT_MS      1000
@@ -32,6 +33,7 @@
 #define M_MEMBERS_HELP "Members in etcd: registered (members/<node>) and alive (alive/<node>)."
 
 struct coord;
+struct ar_proof;
 struct ar_node;
 
 struct agent {
@@ -60,6 +62,8 @@ struct agent {
     int desired_status; /* result of the last read (0 or negative errno) */
     bool stopping;
     struct coord *coord;
+    struct ar_proof *proof; /* proof of load (agent/proof.h); NULL: cannot prove (proof_err) */
+    char proof_err[256];
     struct ar_node *node; /* coord/node.h: the driver that applies desired configs */
 };
 
@@ -73,5 +77,10 @@ int ar_coord_start(struct agent *a);
 void ar_coord_publish(struct agent *a);
 /* Resign, revoke, close: bounded; the loop then runs until its handles are closed. */
 void ar_coord_stop(struct agent *a);
+/* A new valid desired config while etcd is configured: publish it, let the rotation look. */
+void ar_coord_desired_changed(struct agent *a);
+
+/* agent/daemon.c: the node operations (coord/node.h) the rotation drives. */
+const struct ar_node_ops *ar_agent_node_ops(void);
 
 #endif

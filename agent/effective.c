@@ -508,3 +508,136 @@ int ar_effective_cleanup_temps(const char *path)
     closedir(dp);
     return n;
 }
+
+/* ---- a rotation's saved from/to copies (DESIGN 4.3) ----------------------------------------- */
+
+static bool copy_id_ok(const char *id)
+{
+    size_t n = id ? strlen(id) : 0;
+
+    return n > 0 && n < 64 && !strchr(id, '/') && strcmp(id, ".") && strcmp(id, "..");
+}
+
+static int copy_dir(const char *state_dir, const char *id, char *out, size_t len)
+{
+    int n = id ? snprintf(out, len, "%s/rotation/%s", state_dir, id)
+               : snprintf(out, len, "%s/rotation", state_dir);
+    return (n < 0 || (size_t)n >= len) ? -ENAMETOOLONG : 0;
+}
+
+/* Render c into dir/name (0600) through a temp file, fsync, rename. */
+static int copy_write(const char *dir, const char *name, const struct ar_config *c)
+{
+    char path[PATH_MAX], tmp[PATH_MAX], *buf = NULL;
+    size_t len = 0, off = 0;
+    int fd = -1, r;
+
+    if (snprintf(path, sizeof(path), "%s/%s", dir, name) >= (int)sizeof(path) ||
+        snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", dir, name) >= (int)sizeof(tmp))
+        return -ENAMETOOLONG;
+    r = ar_config_render(c, false, &buf, &len);
+    if (r < 0)
+        return r;
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        r = -errno;
+        goto out;
+    }
+    while (off < len) {
+        ssize_t w = write(fd, buf + off, len - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            r = w < 0 ? -errno : -EIO;
+            goto out;
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) < 0 || close(fd) < 0) {
+        r = -errno;
+        fd = -1;
+        goto out;
+    }
+    fd = -1;
+    r = rename(tmp, path) < 0 ? -errno : 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    if (r < 0)
+        unlink(tmp);
+    ar_config_render_free(buf, len); /* wipes */
+    return r;
+}
+
+int ar_effective_copies_save(const char *state_dir, const char *id, const struct ar_config *from,
+                             const struct ar_config *to)
+{
+    char dir[PATH_MAX];
+    int r, dfd;
+
+    if (!state_dir || !copy_id_ok(id) || !from || !to)
+        return -EINVAL;
+    r = copy_dir(state_dir, NULL, dir, sizeof(dir));
+    if (r == 0 && mkdir(dir, 0700) < 0 && errno != EEXIST)
+        r = -errno;
+    if (r == 0)
+        r = copy_dir(state_dir, id, dir, sizeof(dir));
+    if (r == 0 && mkdir(dir, 0700) < 0 && errno != EEXIST)
+        r = -errno;
+    if (r == 0)
+        r = copy_write(dir, "from.yaml", from);
+    if (r == 0)
+        r = copy_write(dir, "to.yaml", to);
+    if (r == 0 && (dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    return r;
+}
+
+int ar_effective_copies_load(const char *state_dir, const char *id, struct ar_config **from,
+                             struct ar_config **to)
+{
+    char dir[PATH_MAX], path[PATH_MAX + 16];
+    int r;
+
+    *from = *to = NULL;
+    if (!state_dir || !copy_id_ok(id))
+        return -EINVAL;
+    r = copy_dir(state_dir, id, dir, sizeof(dir));
+    if (r < 0)
+        return r;
+    snprintf(path, sizeof(path), "%s/from.yaml", dir);
+    r = ar_config_read_checked(path, 0, from, NULL, NULL, NULL);
+    if (r == 0) {
+        snprintf(path, sizeof(path), "%s/to.yaml", dir);
+        r = ar_config_read_checked(path, 0, to, NULL, NULL, NULL);
+    }
+    if (r < 0) {
+        *from = ar_config_unref(*from);
+        *to = ar_config_unref(*to);
+    }
+    return r;
+}
+
+void ar_effective_copies_forget(const char *state_dir, const char *keep_id)
+{
+    char dir[PATH_MAX], sub[PATH_MAX + 300], f[PATH_MAX + 320];
+    DIR *dp;
+    struct dirent *de;
+    unsigned n = 0;
+
+    if (!state_dir || copy_dir(state_dir, NULL, dir, sizeof(dir)) < 0 || !(dp = opendir(dir)))
+        return;
+    while ((de = readdir(dp)) && n++ < 10000) {
+        if (de->d_name[0] == '.' || (keep_id && !strcmp(de->d_name, keep_id)))
+            continue;
+        snprintf(sub, sizeof(sub), "%s/%s", dir, de->d_name);
+        snprintf(f, sizeof(f), "%s/from.yaml", sub);
+        unlink(f);
+        snprintf(f, sizeof(f), "%s/to.yaml", sub);
+        unlink(f);
+        rmdir(sub);
+    }
+    closedir(dp);
+}

@@ -73,4 +73,17 @@ int ar_effective_cleanup_temps(const char *path);
 /* The history directory of a state dir, e.g. "/var/lib/atrest/history". */
 int ar_effective_history_dir(const char *state_dir, char *out, size_t len);
 
+/*
+ * A rotation's saved copies of from and to (DESIGN 4.3): <state_dir>/rotation/<id>/{from,to}.yaml,
+ * rendered (non-redacted: they hold keys, so mode 0600 in a 0700 directory), each through a temp
+ * file, fsync and rename. Load reads both back with ar_config_read_checked (-ENOENT when none
+ * were saved). Forget removes every saved rotation but keep_id (NULL: all). id: a rotation id
+ * (no '/'). 0 or negative errno.
+ */
+int ar_effective_copies_save(const char *state_dir, const char *id, const struct ar_config *from,
+                             const struct ar_config *to);
+int ar_effective_copies_load(const char *state_dir, const char *id, struct ar_config **from,
+                             struct ar_config **to);
+void ar_effective_copies_forget(const char *state_dir, const char *keep_id);
+
 #endif

@@ -25,6 +25,8 @@ static const struct subcmd cmds[] = {
     {"verify", ar_cmd_verify, "count stored objects per resource and provider:key (etcd scan)"},
     {"reencrypt", ar_cmd_reencrypt, "rewrite stored objects not under their write key (etcd)"},
     {"proof", ar_cmd_proof, NULL}, /* hidden: troubleshooting (README "Proof of load") */
+    {"member", ar_cmd_member, "list the members, or remove one that is gone for good"},
+    {"rotation", ar_cmd_rotation, "abort a rotation that has not promoted yet"},
 };
 
 static void usage(FILE *f)

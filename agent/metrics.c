@@ -490,3 +490,55 @@ int ar_metrics_etcd_request(struct ar_metrics *m, const char *op, const char *re
     return ar_metric_counter_add(m, AR_M_ETCD_REQUESTS, H_ETCD_REQUESTS, 1, "op", op, "result",
                                  result, NULL);
 }
+
+/* ---- the rotation ---------------------------------------------------------------------------- */
+
+int ar_metrics_rotation_phase(struct ar_metrics *m, const char *phase)
+{
+    static const char *const phases[] = {"idle",   "stage", "promote", "reencrypt",
+                                         "verify", "prune", "aborting"};
+    int r = 0;
+
+    for (size_t i = 0; i < sizeof(phases) / sizeof(phases[0]) && r == 0; i++)
+        r = ar_metric_gauge_set(m, AR_M_ROT_PHASE,
+                                "1 for the rotation phase this agent sees (idle: none), else 0.",
+                                !strcmp(phase, phases[i]) ? 1.0 : 0.0, "phase", phases[i], NULL);
+    return r;
+}
+
+int ar_metrics_rotation_transition(struct ar_metrics *m, const char *phase)
+{
+    return ar_metric_counter_add(m, AR_M_ROT_TRANSITIONS,
+                                 "Rotation transitions this agent recorded as leader, by the "
+                                 "phase entered (started, stage..prune, aborting, done, aborted).",
+                                 1, "phase", phase, NULL);
+}
+
+int ar_metrics_rotation_ack(struct ar_metrics *m, const char *phase)
+{
+    return ar_metric_counter_add(m, AR_M_ROT_ACKS, "Acks this member put, by phase.", 1, "phase",
+                                 phase, NULL);
+}
+
+int ar_metrics_proof_result(struct ar_metrics *m, const char *kind, bool ok)
+{
+    return ar_metric_counter_add(m, AR_M_PROOF_RESULTS, "Proofs of load, by kind and result.", 1,
+                                 "kind", kind, "result", ok ? "ok" : "failed", NULL);
+}
+
+int ar_metrics_reencrypt(struct ar_metrics *m, uint64_t done, uint64_t total, uint64_t skipped,
+                         uint64_t conflicts)
+{
+    static const char *const help =
+        "Objects of the current re-encrypt pass (leader): done, total, skipped, conflicts.";
+    int r = ar_metric_gauge_set(m, AR_M_REENCRYPT, help, (double)done, "state", "done", NULL);
+
+    if (r == 0)
+        r = ar_metric_gauge_set(m, AR_M_REENCRYPT, help, (double)total, "state", "total", NULL);
+    if (r == 0)
+        r = ar_metric_gauge_set(m, AR_M_REENCRYPT, help, (double)skipped, "state", "skipped", NULL);
+    if (r == 0)
+        r = ar_metric_gauge_set(m, AR_M_REENCRYPT, help, (double)conflicts, "state", "conflicts",
+                                NULL);
+    return r;
+}

@@ -70,6 +70,22 @@ int ar_metrics_render(const struct ar_metrics *m, char **out, size_t *outlen);
 #define AR_M_BUILD_INFO       "atrest_build_info"
 
 int ar_metrics_atrest_init(struct ar_metrics *m, const char *version);
+
+/* The rotation (coord/rotation.h): atrest_rotation_phase{phase} is 1 for the phase this agent
+ * sees ("idle", "stage".."prune", "aborting") and 0 for the others; transitions recorded by
+ * this agent as leader, acks this member put, proof results by kind, re-encrypt counts of the
+ * current pass (as the leader reports them). */
+#define AR_M_ROT_PHASE       "atrest_rotation_phase"
+#define AR_M_ROT_TRANSITIONS "atrest_rotation_transitions_total"
+#define AR_M_ROT_ACKS        "atrest_rotation_acks_total"
+#define AR_M_PROOF_RESULTS   "atrest_proof_results_total"
+#define AR_M_REENCRYPT       "atrest_reencrypt_objects"
+int ar_metrics_rotation_phase(struct ar_metrics *m, const char *phase);
+int ar_metrics_rotation_transition(struct ar_metrics *m, const char *phase);
+int ar_metrics_rotation_ack(struct ar_metrics *m, const char *phase);
+int ar_metrics_proof_result(struct ar_metrics *m, const char *kind, bool ok);
+int ar_metrics_reencrypt(struct ar_metrics *m, uint64_t done, uint64_t total, uint64_t skipped,
+                         uint64_t conflicts);
 /* A reload finished: ok = a new config was applied (success), !ok = rejected or failed
  * (failure). now_s: Unix time in seconds. Unchanged re-reads are recorded as neither, as
  * kube-apiserver does. */

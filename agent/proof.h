@@ -45,30 +45,7 @@
 #include "coord/node.h"
 #include "crypto/config.h"
 
-#ifndef AR_PROVE_REQ_DEFINED
-/* --- moves to coord/node.h at merge (rotation core, G); delete from here then. --------------- */
-#define AR_PROVE_REQ_DEFINED 1
-enum ar_prove_goal {
-    AR_PROVE_READ,   /* the API server reads with key (type,key_name) for resource secrets */
-    AR_PROVE_WRITE,  /* the API server writes secrets with (type,key_name) (identity: plaintext) */
-    AR_PROVE_LOADED, /* the API server loaded the file whose bytes hash to file_hash */
-};
-struct ar_prove_req {
-    enum ar_prove_goal goal;
-    struct ar_config *cfg;   /* the phase config just written (referenced until done) */
-    const char *file_hash;   /* "sha256:<hex>" of the written file's bytes */
-    enum ar_ptype type;      /* READ/WRITE: the provider ... */
-    const char *key_name;    /* ... and key name (NULL for identity / KMS by name) */
-    const char *rotation_id; /* for the canary's annotations and logs */
-    const char *phase;       /* "stage", "promote", "prune", "abort" */
-    uint64_t written_ms;     /* wall clock when the file was written */
-};
-/* G adds these enumerators to enum ar_node_proof in coord/node.h. */
-#define AR_NODE_PROOF_CANARY  ((enum ar_node_proof)2)
-#define AR_NODE_PROOF_METRICS ((enum ar_node_proof)3)
-#define AR_NODE_PROOF_RESTART ((enum ar_node_proof)4)
-/* --- end of what moves ----------------------------------------------------------------------- */
-#endif
+/* struct ar_prove_req, enum ar_prove_goal and the proof kinds are coord/node.h's. */
 
 struct ar_proof;
 

@@ -79,6 +79,9 @@ static const struct field fields[] = {
      "name of the canary Secret (default atrest-canary)"},
     {"proof", "warnAfterSeconds", "proof-warn-after", F_UINT, O(warn_after_s), 1, 86400,
      "a proof waiting longer is reported as looking stuck; it keeps waiting (s, default 180)"},
+    {"rotation", "settleSeconds", "settle-seconds", F_UINT, O(settle_s), 0, 86400,
+     "a rotation starts once the desired config is unchanged this long everywhere (s, default "
+     "30)"},
     {"status", "listen", "status-listen", F_STR, O(status_listen), 0, 0,
      "status server TCP address host:port (loopback; \"\" disables)"},
     {"status", "socket", "status-socket", F_PATH, O(status_socket), 0, 0,
@@ -93,7 +96,8 @@ static const struct field fields[] = {
 };
 #define NFIELDS (sizeof(fields) / sizeof(fields[0]))
 
-static const char *const sections[] = {"effectiveConfig", "etcd", "apiserver", "proof", "status"};
+static const char *const sections[] = {"effectiveConfig", "etcd",     "apiserver",
+                                       "proof",           "rotation", "status"};
 #define NSECTIONS (sizeof(sections) / sizeof(sections[0]))
 
 _Static_assert(NFIELDS <= 40, "field_pos_ too small");
@@ -154,6 +158,7 @@ int ar_settings_init(struct ar_settings *s)
     s->debounce_ms = 300;
     s->poll_interval_s = 60;
     s->lease_ttl_s = 10;
+    s->settle_s = 30;
     s->log_level = AR_LOG_INFO;
     s->proof = AR_PROOF_CANARY;
     s->warn_after_s = 180;

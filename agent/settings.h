@@ -40,6 +40,8 @@
  *     canaryNamespace: kube-system
  *     canaryName: atrest-canary
  *     warnAfterSeconds: 180
+ *   rotation:
+ *     settleSeconds: 30               # desired unchanged everywhere this long first
  *   status:
  *     listen: 127.0.0.1:9798          # "" disables TCP
  *     socket: /run/atrest/status.sock # optional
@@ -99,6 +101,8 @@ struct ar_settings {
     char *canary_namespace; /* default "kube-system" */
     char *canary_name;      /* default "atrest-canary" */
     unsigned warn_after_s;  /* a proof waiting longer "looks stuck" (default 180) */
+
+    unsigned settle_s; /* rotation.settleSeconds */
 
     char *status_listen; /* "host:port", "[v6]:port"; NULL or "": no TCP */
     char *status_socket; /* unix socket path or NULL */

@@ -189,6 +189,12 @@ const char *ar_node_proof_name(enum ar_node_proof p)
         return "none";
     case AR_NODE_PROOF_FILE:
         return "file";
+    case AR_NODE_PROOF_CANARY:
+        return "canary";
+    case AR_NODE_PROOF_METRICS:
+        return "metrics";
+    case AR_NODE_PROOF_RESTART:
+        return "restart";
     }
     return "unknown";
 }

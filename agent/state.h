@@ -25,6 +25,8 @@
 #include "crypto/chain.h"
 #include "crypto/config.h"
 
+struct json_t; /* jansson */
+
 /* ---- current chain ---------------------------------------------------------------------- */
 
 struct ar_chain_slot {
@@ -123,6 +125,10 @@ struct ar_state {
      * event, so it is never cached); NULL: never leads. See ar_state_is_leader. */
     bool (*leading)(void *arg);
     void *leading_arg;
+    /* the /status "rotation" object, built live (coord/rotation.h; a new reference), NULL when
+     * no rotation runs here (no etcd): the status then shows rotation: null */
+    struct json_t *(*rotation_status)(void *arg);
+    void *rotation_arg;
     struct ar_state_member *members;
     size_t nmembers;
 

@@ -172,6 +172,10 @@ int ar_status_json(const struct ar_state *st, char **out, size_t *outlen)
 
     json_object_set_new(root, "leader", jstr(st->leader));
     json_object_set_new(root, "is_leader", json_boolean(ar_state_is_leader(st)));
+    {
+        json_t *rot = st->rotation_status ? st->rotation_status(st->rotation_arg) : NULL;
+        json_object_set_new(root, "rotation", rot ? rot : json_null());
+    }
     char dfp[AR_HASH_STRLEN] = "", efp[AR_HASH_STRLEN] = "";
     if (st->desired)
         ar_config_fingerprint_str(st->desired, dfp);

@@ -18,6 +18,8 @@ struct ar_node {
     bool changed;
     enum ar_node_proof proof;
     struct ar_err err;
+    struct ar_prove_req req; /* of the prove in flight */
+    char hash[AR_HASH_STRLEN];
 };
 
 static void report(struct ar_node *n, enum ar_node_result res, const struct ar_err *err)
@@ -78,7 +80,12 @@ static void drive(struct ar_node *n)
             n->step = AR_NODE_PROVING;
             n->step_done = false;
             n->pending++;
-            n->ops.prove(n->agent, n->current, on_proved, n);
+            ar_config_file_hash_str(n->current, n->hash);
+            n->req = (struct ar_prove_req){.goal = AR_PROVE_LOADED,
+                                           .cfg = n->current,
+                                           .file_hash = n->hash,
+                                           .phase = "direct"};
+            n->ops.prove(n->agent, &n->req, on_proved, n);
             if (!n->step_done)
                 break; /* on_proved continues */
         } else {       /* PROVING done */

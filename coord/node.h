@@ -11,9 +11,16 @@
  * - apply: write cfg as the effective config (the file kube-apiserver reads) and swap the
  *   in-process provider chain; complete with 0 and whether the file changed, or a negative
  *   errno and err saying why (the previous effective config then stays in force).
- * - prove: prove that the local API server loaded cfg. Kinds, strongest first, are in
- *   enum ar_node_proof; AR_NODE_PROOF_NONE means nothing was proved (today's agent completes at
- *   once with it, and the status says so).
+ * - prove: prove that the local API server runs req->cfg as req->goal asks (the rotation picks
+ *   the goal per phase: see coord/rotation.h). Kinds are in enum ar_node_proof;
+ *   AR_NODE_PROOF_NONE means nothing was proved. req and what it points to are valid until
+ *   done runs (the caller keeps them).
+ * - save/load/forget/config (the rotation's member, coord/rotation.h; the direct driver does
+ *   not use them and they may be NULL for it): keep a rotation's from and to configs under the
+ *   state dir (<stateDir>/rotation/<id>/{from,to}.yaml, 0600) and read them back (-ENOENT when
+ *   none were saved); forget removes every saved rotation but keep_id (NULL: all); config hands
+ *   out the node's current desired (desired true) or effective config, borrowed, NULL when
+ *   there is none.
  * - report: the driver's state for /status and the log, after every step (never blocks).
  *
  * The driver today (no rotation yet): each valid desired config is applied directly, then
@@ -24,6 +31,7 @@
 #define ATREST_COORD_NODE_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "coord/err.h"
 #include "crypto/config.h"
@@ -31,6 +39,27 @@
 enum ar_node_proof {
     AR_NODE_PROOF_NONE = 0, /* nothing proved (reported as such) */
     AR_NODE_PROOF_FILE,     /* the effective file holds the config's bytes (read back) */
+    AR_NODE_PROOF_CANARY,   /* a canary Secret read or written through the API server */
+    AR_NODE_PROOF_METRICS,  /* the API server's metrics: loaded file hash or a reload after */
+    AR_NODE_PROOF_RESTART,  /* the reload command ran and /readyz answered */
+};
+
+/* What a proof must show (DESIGN 4.5). */
+enum ar_prove_goal {
+    AR_PROVE_READ,   /* the API server reads with key (type, key_name) for resource secrets */
+    AR_PROVE_WRITE,  /* the API server writes secrets with (type, key_name) (identity: plain) */
+    AR_PROVE_LOADED, /* the API server loaded the file whose bytes hash to file_hash */
+};
+
+struct ar_prove_req {
+    enum ar_prove_goal goal;
+    struct ar_config *cfg;   /* the phase config just written (referenced until done) */
+    const char *file_hash;   /* "sha256:<hex>" of the written file's bytes */
+    enum ar_ptype type;      /* READ/WRITE: the provider ... */
+    const char *key_name;    /* ... and key name (NULL for identity / KMS by name) */
+    const char *rotation_id; /* for the canary's annotations and logs (NULL: direct driver) */
+    const char *phase;       /* "stage", "promote", "prune", "abort" ("direct": no rotation) */
+    uint64_t written_ms;     /* wall clock when the file was written */
 };
 
 enum ar_node_step {
@@ -62,8 +91,14 @@ struct ar_node_report {
 
 struct ar_node_ops {
     void (*apply)(void *agent, struct ar_config *cfg, ar_node_apply_done done, void *done_arg);
-    void (*prove)(void *agent, struct ar_config *cfg, ar_node_prove_done done, void *done_arg);
+    void (*prove)(void *agent, const struct ar_prove_req *req, ar_node_prove_done done,
+                  void *done_arg);
     void (*report)(void *agent, const struct ar_node_report *r);
+    /* the rotation's member only (see above) */
+    int (*save)(void *agent, const char *id, struct ar_config *from, struct ar_config *to);
+    int (*load)(void *agent, const char *id, struct ar_config **from, struct ar_config **to);
+    void (*forget)(void *agent, const char *keep_id);
+    struct ar_config *(*config)(void *agent, bool desired);
 };
 
 struct ar_node;

@@ -57,13 +57,19 @@ int ar_report_build(const struct ar_report *r, bool with_time, char **out)
     *out = NULL;
     if (!r || !node_ok(r->node) || strlen(r->version) >= AR_REPORT_VERSION_MAX ||
         !opt_fp_ok(r->desired_fp) || !opt_fp_ok(r->effective_fp) || !opt_fp_ok(r->effective_hash) ||
-        r->time_ms < 0)
+        r->time_ms < 0 || r->desired_since_ms < 0)
         return -EINVAL;
     j = json_pack("{s:s, s:s, s:{s:s?, s:b}, s:{s:s?, s:s?}}", "node", r->node, "version",
                   r->version, "desired", "fingerprint", r->desired_fp[0] ? r->desired_fp : NULL,
                   "valid", (int)r->desired_valid, "effective", "fingerprint",
                   r->effective_fp[0] ? r->effective_fp : NULL, "file_hash",
                   r->effective_hash[0] ? r->effective_hash : NULL);
+    if (j && r->desired_since_ms > 0 &&
+        json_object_set_new(json_object_get(j, "desired"), "since_ms",
+                            json_integer((json_int_t)r->desired_since_ms)) < 0) {
+        json_decref(j);
+        return -ENOMEM;
+    }
     if (j && with_time &&
         json_object_set_new(j, "time_ms", json_integer((json_int_t)r->time_ms)) < 0) {
         json_decref(j);
@@ -200,6 +206,8 @@ int ar_report_parse(const char *json, size_t len, struct ar_report *out)
         rc = get_fp(d, "fingerprint", out->desired_fp);
     if (rc == 0)
         rc = get_bool(d, "valid", &out->desired_valid);
+    if (rc == 0 && d)
+        rc = get_time(d, "since_ms", &out->desired_since_ms);
     if (rc == 0 && e)
         rc = get_fp(e, "fingerprint", out->effective_fp);
     if (rc == 0 && e)

@@ -6,7 +6,7 @@
  * Contract
  * - Build: exact bytes, compact JSON, members in this order (other agents and older versions
  *   read them):
- *     {"node":N,"version":V,"desired":{"fingerprint":F|null,"valid":B},
+ *     {"node":N,"version":V,"desired":{"fingerprint":F|null,"valid":B[,"since_ms":S]},
  *      "effective":{"fingerprint":F|null,"file_hash":H|null}[,"time_ms":T]}
  *     {"node":N,"version":V,"first_seen_ms":T1,"registered_ms":T2}
  * - Parse: a record is another agent's bytes: trust nothing. At most AR_REPORT_MAX_BYTES, one
@@ -15,6 +15,8 @@
  *   lowercase hex digits; node a non-empty name without '/', at most AR_REPORT_NODE_MAX - 1
  *   bytes; version at most AR_REPORT_VERSION_MAX - 1 bytes; times integers >= 0), else the
  *   whole record is refused with -EBADMSG (and *out is zeroed). -EMSGSIZE when too long.
+ *   since_ms (rotation agreement, DESIGN 4.1): since when (wall clock) this node has had its
+ *   desired fingerprint; written only when known (> 0), so older readers and records work.
  * - Absent strings are "" in struct ar_report, absent times 0.
  */
 #ifndef ATREST_COORD_REPORT_H
@@ -37,6 +39,7 @@ struct ar_report {
     char effective_fp[AR_REPORT_FP_LEN];   /* "" when none is in force */
     char effective_hash[AR_REPORT_FP_LEN]; /* sha256 of the effective file's bytes */
     int64_t time_ms;                       /* when it was sent (wall clock), 0: not given */
+    int64_t desired_since_ms; /* since when desired_fp has been the desired config, 0: unknown */
 };
 
 struct ar_registration {

@@ -97,7 +97,9 @@ def test_cluster_leader_members_failover(make_agent, make_etcd, keys):
         assert reg["node"] == n and reg["first_seen_ms"] > 0 and reg["version"], reg
         rep = json.loads(kvs[(PREFIX + "alive/" + n).encode()])
         assert sorted(rep) == ["desired", "effective", "node", "time_ms", "version"], rep
-        assert sorted(rep["desired"]) == ["fingerprint", "valid"], rep
+        # since_ms: since when the node has had this desired config (rotation agreement)
+        assert sorted(rep["desired"]) == ["fingerprint", "since_ms", "valid"], rep
+        assert 0 < rep["desired"]["since_ms"] <= rep["time_ms"], rep
         assert sorted(rep["effective"]) == ["file_hash", "fingerprint"], rep
         assert rep["desired"]["fingerprint"].startswith("sha256:"), rep
 

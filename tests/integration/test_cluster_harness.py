@@ -136,11 +136,12 @@ def test_manual_four_step_rotation_passes(make_cluster, keys):
 
 
 def test_agents_read_key_push_passes(make_cluster, keys, agent_bin):
-    """Today's agents copy desired to effective: fine for a change that only adds a read key,
-    pushed node by node."""
+    """A change that only adds a read key, pushed node by node: the agents agree on it (settle
+    1 s) and rotate through one phase (stage) to it."""
     k1, k2 = ("key1", keys.new()), ("key2", keys.new())
     start = aescbc(k1)
-    c = make_cluster(n=3, config=start, binary=agent_bin, reload_s=0.2)
+    c = make_cluster(n=3, config=start, binary=agent_bin, reload_s=0.2,
+                     agent_extra=["--settle-seconds", "1"])
     first = {}
     for n in c.nodes:
         s = n.agent.status()

@@ -493,6 +493,57 @@ static void test_sha_even_when_invalid(void **state)
     assert_memory_equal(h2, want, sizeof(h2));
 }
 
+/* A rotation's saved copies: rendered, 0600 in a 0700 directory, read back with the same
+ * fingerprints; -ENOENT for an id never saved; a bad id refused; forget keeps only keep_id. */
+static void test_rotation_copies(void **state)
+{
+    struct fx *f = *state;
+    char p1[PATH_MAX], p2[PATH_MAX], path[PATH_MAX + 64], a[AR_HASH_STRLEN], b[AR_HASH_STRLEN];
+    struct ar_config *from, *to, *lf = NULL, *lt = NULL;
+    struct stat st;
+    const char *id1 = "20261130T090347Z-01234567-89abcdef",
+               *id2 = "20261130T100000Z-89abcdef-01234567";
+
+    assert_int_equal(mkdir(f->state, 0700), 0);
+    snprintf(p1, sizeof(p1), "%s/from.yaml", f->dir);
+    snprintf(p2, sizeof(p2), "%s/to.yaml", f->dir);
+    write_desired(p1, "key1");
+    write_desired(p2, "key2");
+    from = load(p1);
+    to = load(p2);
+    assert_int_equal(ar_effective_copies_load(f->state, id1, &lf, &lt), -ENOENT);
+    assert_null(lf);
+    assert_int_equal(ar_effective_copies_save(f->state, id1, from, to), 0);
+    assert_int_equal(ar_effective_copies_save(f->state, id2, to, from), 0);
+    snprintf(path, sizeof(path), "%s/rotation/%s/from.yaml", f->state, id1);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    snprintf(path, sizeof(path), "%s/rotation/%s", f->state, id1);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0700);
+    assert_int_equal(ar_effective_copies_load(f->state, id1, &lf, &lt), 0);
+    ar_config_fingerprint_str(from, a);
+    ar_config_fingerprint_str(lf, b);
+    assert_string_equal(a, b);
+    ar_config_fingerprint_str(to, a);
+    ar_config_fingerprint_str(lt, b);
+    assert_string_equal(a, b);
+    ar_config_unref(lf);
+    ar_config_unref(lt);
+    assert_int_equal(ar_effective_copies_save(f->state, "../x", from, to), -EINVAL);
+    assert_int_equal(ar_effective_copies_load(f->state, "a/b", &lf, &lt), -EINVAL);
+    ar_effective_copies_forget(f->state, id2);
+    assert_int_equal(ar_effective_copies_load(f->state, id1, &lf, &lt), -ENOENT);
+    assert_int_equal(ar_effective_copies_load(f->state, id2, &lf, &lt), 0);
+    ar_config_unref(lf);
+    ar_config_unref(lt);
+    ar_effective_copies_forget(f->state, NULL);
+    snprintf(path, sizeof(path), "%s/rotation", f->state);
+    assert_int_equal(count_entries(path, ""), 0);
+    ar_config_unref(from);
+    ar_config_unref(to);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -507,6 +558,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_read_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_read_enomem, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sha_even_when_invalid, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rotation_copies, setup, teardown),
     };
     if (ar_crypto_init() < 0)
         return 1;

@@ -87,12 +87,19 @@ static void f_apply(void *agent, struct ar_config *cfg, ar_node_apply_done done,
     }
 }
 
-static void f_prove(void *agent, struct ar_config *cfg, ar_node_prove_done done, void *done_arg)
+static void f_prove(void *agent, const struct ar_prove_req *req, ar_node_prove_done done,
+                    void *done_arg)
 {
     struct fake *f = agent;
+    char hash[AR_HASH_STRLEN];
 
     f->proves++;
-    assert_ptr_equal(cfg, f->applied[(f->applies - 1) % 8]); /* the config just applied */
+    assert_ptr_equal(req->cfg, f->applied[(f->applies - 1) % 8]); /* the config just applied */
+    /* the direct driver asks for proof that the file was loaded, by its bytes' hash */
+    assert_int_equal(req->goal, AR_PROVE_LOADED);
+    ar_config_file_hash_str(req->cfg, hash);
+    assert_string_equal(req->file_hash, hash);
+    assert_string_equal(req->phase, "direct");
     if (f->async_prove) {
         f->prove_done = done;
         f->done_arg = done_arg;

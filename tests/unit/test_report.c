@@ -168,6 +168,28 @@ static void test_parse_hostile(void **state)
     assert_int_equal(ar_registration_parse("{\"registered_ms\":true}", 22, &g), -EBADMSG);
 }
 
+/* desired since_ms (agreement, DESIGN 4.1): written only when known, read back, typed. */
+static void test_desired_since(void **state)
+{
+    struct ar_report r = full(), back;
+    const char *neg = "{\"desired\":{\"since_ms\":-1}}",
+               *str = "{\"desired\":{\"since_ms\":\"1\"}}";
+    char *s;
+
+    r.desired_since_ms = 1764491200000;
+    assert_int_equal(ar_report_build(&r, false, &s), 0);
+    assert_string_equal(s, "{\"node\":\"cp-1\",\"version\":\"0.1.0\",\"desired\":{\"fingerprint\":"
+                           "\"" FP_A "\",\"valid\":true,\"since_ms\":1764491200000},\"effective\":"
+                           "{\"fingerprint\":\"" FP_B "\",\"file_hash\":\"" FP_H "\"}}");
+    assert_int_equal(ar_report_parse(s, strlen(s), &back), 0);
+    assert_int_equal(back.desired_since_ms, 1764491200000);
+    free(s);
+    assert_int_equal(ar_report_parse(neg, strlen(neg), &back), -EBADMSG);
+    assert_int_equal(ar_report_parse(str, strlen(str), &back), -EBADMSG);
+    r.desired_since_ms = -1;
+    assert_int_equal(ar_report_build(&r, false, &s), -EINVAL);
+}
+
 static void test_fp(void **state)
 {
     assert_true(ar_report_fp_valid(FP_A));
@@ -186,7 +208,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_build_exact),  cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_parse_absent), cmocka_unit_test(test_parse_hostile),
-        cmocka_unit_test(test_fp),
+        cmocka_unit_test(test_fp),           cmocka_unit_test(test_desired_since),
     };
     return cmocka_run_group_tests_name("report", tests, NULL, NULL);
 }
