@@ -1253,6 +1253,35 @@ void ar_proof_free(struct ar_proof *p)
     free(p);
 }
 
+/* One canary per member: "<name>-<node>" (the node lowercased, other characters than letters,
+ * digits, '-' and '.' as '-', at most 253 bytes), so members proving at once never rewrite each
+ * other's canary. */
+static char *canary_name(const char *base, const char *node)
+{
+    size_t bl = strlen(base), nl = node ? strlen(node) : 0;
+    char *n;
+
+    if (bl + 1 + nl > 253)
+        nl = bl + 1 < 253 ? 253 - bl - 1 : 0;
+    n = malloc(bl + 1 + nl + 1);
+    if (!n)
+        return NULL;
+    memcpy(n, base, bl);
+    n[bl] = '\0';
+    if (nl) {
+        n[bl] = '-';
+        for (size_t i = 0; i < nl; i++) {
+            char c = node[i];
+            if (c >= 'A' && c <= 'Z')
+                c = (char)(c - 'A' + 'a');
+            n[bl + 1 + i] =
+                ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.') ? c : '-';
+        }
+        n[bl + 1 + nl] = '\0';
+    }
+    return n;
+}
+
 int ar_proof_new_err(uv_loop_t *loop, const struct ar_settings *s, struct ar_etcd *etcd,
                      const char *etcd_registry_prefix, struct ar_proof **out, char *err,
                      size_t errlen)
@@ -1274,7 +1303,7 @@ int ar_proof_new_err(uv_loop_t *loop, const struct ar_settings *s, struct ar_etc
     p->retry_ms = 2000;
     p->prefix = strndup(pre, strlen(pre) - (pre[0] && pre[strlen(pre) - 1] == '/'));
     p->ns = strdup(s->canary_namespace ? s->canary_namespace : "kube-system");
-    p->name = strdup(s->canary_name ? s->canary_name : "atrest-canary");
+    p->name = canary_name(s->canary_name ? s->canary_name : "atrest-canary", s->node);
     p->node = strdup(s->node ? s->node : "this node");
     if (s->reload_command)
         p->reload_command = strdup(s->reload_command);

@@ -76,7 +76,7 @@ static const struct field fields[] = {
     {"proof", "canaryNamespace", "canary-namespace", F_STR, O(canary_namespace), 0, 0,
      "namespace of the canary Secret (default kube-system)"},
     {"proof", "canaryName", "canary-name", F_STR, O(canary_name), 0, 0,
-     "name of the canary Secret (default atrest-canary)"},
+     "name of the canary Secrets, one per node: <name>-<node> (default atrest-canary)"},
     {"proof", "warnAfterSeconds", "proof-warn-after", F_UINT, O(warn_after_s), 1, 86400,
      "a proof waiting longer is reported as looking stuck; it keeps waiting (s, default 180)"},
     {"rotation", "settleSeconds", "settle-seconds", F_UINT, O(settle_s), 0, 86400,

@@ -62,7 +62,7 @@ class Env:
         return r.returncode, out, err
 
     def raw_canary(self):
-        return self.sim.raw("secrets/atrest-test/canary-1")
+        return self.sim.raw("secrets/atrest-test/canary-1-cp-1")
 
 
 @pytest.fixture
@@ -99,9 +99,9 @@ def test_canary_read_succeeds_after_the_reload(env):
     raw = e.raw_canary()
     assert raw.startswith(b"k8s:enc:aescbc:v1:k2:"), raw[:40]
     # ... and the simulator (an independent implementation) reads it as a v1 Secret
-    status, obj = e.sim.get("atrest-test", "canary-1")
+    status, obj = e.sim.get("atrest-test", "canary-1-cp-1")
     assert status == 200, obj
-    assert obj["kind"] == "Secret" and obj["metadata"]["name"] == "canary-1"
+    assert obj["kind"] == "Secret" and obj["metadata"]["name"] == "canary-1-cp-1"
     assert obj["metadata"]["annotations"]["atrest.io/phase"] == "stage"
     assert len(base64.b64decode(obj["data"]["probe"])) == 16
     assert obj["metadata"]["uid"] and obj["metadata"]["creationTimestamp"].endswith("Z")
