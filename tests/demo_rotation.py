@@ -14,7 +14,8 @@ The last line is always
     DEMO result=ok|fail nodes=3 objects=<N> reencrypted=<N> unreadable=<U> seconds=<S>
 objects: Secrets seeded under key1; reencrypted: seeded Secrets stored under the new write key
 (key2) at the end; unreadable: stored Secrets that some API server could not read at the end;
-seconds: from the first push to the end of the rotation. Exit 0 with result=ok, 1 otherwise;
+seconds: from the first push to the end of the rotation. Exit 0 with result=ok, 1 otherwise
+(128 + the signal's number when a signal stopped it);
 with DEMO_REQUIRE_ROTATION=1, exit 77 at once when the agents' /status has no rotation.
 
 Environment: ATREST (default ./atrest), DEMO_OBJECTS (10000), DEMO_POLL (2), DEMO_SETTLE (3),
@@ -57,7 +58,9 @@ T0 = time.monotonic()
 
 
 class Interrupted(Exception):
-    pass
+    def __init__(self, signum):
+        super().__init__("interrupted by %s" % signal.Signals(signum).name)
+        self.signum = signum
 
 
 class Fail(Exception):
@@ -84,7 +87,7 @@ def on_signal(sig, _frame):
     # once: cleanup must not be interrupted by a second signal
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
-    raise Interrupted("interrupted by %s" % signal.Signals(sig).name)
+    raise Interrupted(sig)
 
 
 def agent_settings():
@@ -199,7 +202,19 @@ class Watch:
         self.waiting = ""
 
 
+def progress(rot):
+    """What counts as movement: the rotation, its phase, acks and re-encrypt progress."""
+    if rot is None:
+        return None
+    acks = tuple(sorted(n for n, m in (rot.get("members") or {}).items()
+                        if (m or {}).get("acked")))
+    return (rot.get("id"), rot.get("phase"), acks, (rot.get("reencrypt") or {}).get("done"))
+
+
 def watch_rotation(c, phases, to_fp, t_push, w):
+    """Show the rotation once a second or on change until the leader's /status says it is
+    done (history names config 2); Fail when it ends otherwise, an agent or simulator exits,
+    or nothing moves for STUCK_S seconds (the reason is the status's waiting_for)."""
     names = [n.name for n in c.nodes]
     last_line, last_print, last_waiting = None, 0.0, None
     key, key_t = None, time.monotonic()
@@ -208,13 +223,13 @@ def watch_rotation(c, phases, to_fp, t_push, w):
         t = time.monotonic()
         check_processes(c)
         rot = leader_rotation(statuses(c))
-        if rot is None:
-            line, ph = "no agent answers /status", None
-        else:
-            ph = rot.get("phase")
-            line = rotation_line(rot, phases, names)
+        ph = (rot or {}).get("phase")
+        line = rotation_line(rot, phases, names) if rot else "no agent answers /status"
+        if ph and ph != "idle" and (not w.phases or w.phases[-1][0] != ph):
+            w.phases.append((ph, t - t_push))
+        if rot is not None:
             re = rot.get("reencrypt") or {}
-            if re.get("done", 0) >= w.reencrypt.get("done", 0) and re.get("total"):
+            if re.get("total") and re.get("done", 0) >= w.reencrypt.get("done", 0):
                 w.reencrypt = dict(re)
             w.waiting = rot.get("waiting_for") or ""
             hist = rot.get("history") or []
@@ -224,11 +239,9 @@ def watch_rotation(c, phases, to_fp, t_push, w):
                 if hist[0].get("result") != "done":
                     raise Fail("the rotation ended %s" % hist[0].get("result"))
                 return
-        k = ((rot or {}).get("id"), ph)
+        k = progress(rot)
         if k != key:
             key, key_t = k, t
-            if ph and ph not in ("idle",) and (not w.phases or w.phases[-1][0] != ph):
-                w.phases.append((ph, t - t_push))
         if t - key_t > STUCK_S:
             raise Fail("phase %s did not move for %.0f s; waiting for: %s"
                        % (ph, t - key_t, w.waiting or "(no reason given)"))
@@ -453,7 +466,7 @@ def main():
             state.setdefault("reason", str(e))
         except Interrupted as e:
             state.setdefault("reason", str(e))
-            rc = 130
+            rc = 128 + e.signum
         except Exception as e:  # noqa: BLE001 (reported as the demo's failure)
             state.setdefault("reason", "%s: %s" % (type(e).__name__, e))
     finally:
