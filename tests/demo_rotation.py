@@ -152,9 +152,18 @@ def check_processes(c):
             raise Fail("%s's API server simulator exited" % n.name)
 
 
+def rotation_of(st):
+    """The `rotation` object of one /status document (top level, or under `cluster`), None
+    when this build has none."""
+    if not isinstance(st, dict):
+        return None
+    rot = st.get("rotation", (st.get("cluster") or {}).get("rotation"))
+    return rot if isinstance(rot, dict) else None
+
+
 def leader_rotation(sts):
     """The rotation object of the leader's /status (the most complete view), else any."""
-    rots = [s["rotation"] for s in sts.values() if s and isinstance(s.get("rotation"), dict)]
+    rots = [r for r in (rotation_of(s) for s in sts.values()) if r is not None]
     lead = [r for r in rots if r.get("leader")]
     return (lead or rots or [None])[0]
 
@@ -200,6 +209,7 @@ class Watch:
         self.reencrypt = {}
         self.history = None
         self.waiting = ""
+        self.ids = set()          # rotation ids seen running
 
 
 def progress(rot):
@@ -232,8 +242,13 @@ def watch_rotation(c, phases, to_fp, t_push, w):
             if re.get("total") and re.get("done", 0) >= w.reencrypt.get("done", 0):
                 w.reencrypt = dict(re)
             w.waiting = rot.get("waiting_for") or ""
+            if ph not in ("idle", "done", "aborted") and rot.get("id"):
+                w.ids.add(rot["id"])
             hist = rot.get("history") or []
-            if ph in ("done", "aborted") and hist and hist[0].get("to") == to_fp:
+            # the newest history entry is this rotation: it goes to config 2, or it is the
+            # one seen running
+            if ph in ("done", "aborted") and hist and (hist[0].get("to") == to_fp or
+                                                       hist[0].get("id") in w.ids):
                 w.history = hist[0]
                 say("%s %s" % (stamp(), line))
                 if hist[0].get("result") != "done":
@@ -343,7 +358,7 @@ def run(state):
         say("%s: simulator %s, agent status http://127.0.0.1:%d/status" % (
             n.name, n.sim.url, n.agent.port))
     sts = statuses(c)
-    has_rotation = any(s and "rotation" in s for s in sts.values())
+    has_rotation = any(rotation_of(s) is not None for s in sts.values())
     if not has_rotation:
         say("NOTE: this atrest's /status has no 'rotation': the rotation protocol is not in this "
             "build; the agents write the desired config straight to the effective file")

@@ -149,6 +149,12 @@ def test_live_line_exact():
     assert line == ("rotation 20261130T091500Z-aaaaaaaa-bbbbbbbb: phase promote (2/5)  "
                     "cp-1 acked canary  cp-2 waiting: canary still written with aescbc/key1  "
                     "cp-3 working  reencrypt 4200/10000 2100/s 3 conflicts")
+    # /status may carry it at the top level or under "cluster"; without it: no rotation
+    doc = rotation_doc("stage", True)
+    assert demo.rotation_of({"rotation": doc}) is doc
+    assert demo.rotation_of({"cluster": {"rotation": doc}}) is doc
+    assert demo.rotation_of({"apply": {"mode": "direct"}}) is None
+    assert demo.leader_rotation({"cp-1": None, "cp-2": {"rotation": doc}}) is doc
     idle = dict(rotation_doc("idle", True), id=None)
     idle["reencrypt"] = {"done": 0, "total": 0}
     assert demo.rotation_line(idle, PHASES, ["cp-1"]) == "rotation -: phase idle"
@@ -183,6 +189,13 @@ def test_done_is_read_from_history(monkeypatch, capsys):
     demo.watch_rotation(c, PHASES, TO, time.monotonic(), w)
     assert w.history["duration_seconds"] == 41
     assert [p for p, _t in w.phases] == ["reencrypt", "done"]
+    # done is also recognised by the id seen running (whatever "to" says)
+    hist2 = [dict(hist[0], to="sha256:" + "c" * 64)]
+    seq2 = iter([rotation_doc("verify", True)] + [rotation_doc("done", True, hist2)] * 50)
+    w = demo.Watch()
+    demo.watch_rotation(FakeCluster([FakeAgent([lambda: next(seq2)])]), PHASES, TO,
+                        time.monotonic(), w)
+    assert w.history is hist2[0] and [p for p, _t in w.phases] == ["verify", "done"]
     # an aborted rotation to the same config is a failure
     hist[0]["result"] = "aborted"
     c = FakeCluster([FakeAgent([rotation_doc("aborted", True, hist)])])
