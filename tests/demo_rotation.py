@@ -38,7 +38,7 @@ os.environ.setdefault("ATREST", str(ROOT / "atrest"))
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 import cluster as cl  # noqa: E402  (the harness; imports conftest for Etcd, KapiSim, Agent)
-from conftest import ATREST, Keys  # noqa: E402
+from conftest import ATREST, Etcd, Keys  # noqa: E402
 
 NODES = 3
 OBJECTS = int(os.environ.get("DEMO_OBJECTS", "10000"))
@@ -83,11 +83,33 @@ def short(fp):
     return (fp or "none").replace("sha256:", "")[:12]
 
 
+DEFER = {"on": False, "sig": None}
+
+
 def on_signal(sig, _frame):
+    if DEFER["on"]:                # starting processes: stop right after (see deferred())
+        DEFER["sig"] = DEFER["sig"] or sig
+        return
     # once: cleanup must not be interrupted by a second signal
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(s, signal.SIG_IGN)
     raise Interrupted(sig)
+
+
+class deferred:
+    """Signals wait until the end of the block (bounded: the harness's start timeouts). An
+    exception raised inside subprocess.Popen can leave a started child that nobody knows
+    of; so while processes start, a signal is only noted, and acted on once they all are
+    known (and so stopped by the cleanup)."""
+
+    def __enter__(self):
+        DEFER["on"] = True
+
+    def __exit__(self, *exc):
+        DEFER["on"] = False
+        if DEFER["sig"] is not None:
+            on_signal(DEFER["sig"], None)
+        return False
 
 
 def agent_settings():
@@ -349,10 +371,15 @@ def run(state):
     say("keys are generated now (os.urandom) and never printed; work dir %s" % tmp)
 
     step("start etcd, %d kube-apiserver simulators and %d agents on loopback" % (NODES, NODES))
-    c = cl.Cluster(tmp / "cluster", keys, n=NODES, config=old, reload_s=POLL_S,
-                   agent_extra=flags, lease_ttl=LEASE_TTL)
-    state["cluster"] = c
-    c.start()
+    # etcd is the demo's own (not the harness's), so that a signal during its start still
+    # finds it to stop
+    with deferred():
+        etcd = state["etcd"] = Etcd(tmp / "etcd")
+        etcd.start()
+        c = cl.Cluster(tmp / "cluster", keys, n=NODES, config=old, reload_s=POLL_S,
+                       agent_extra=flags, lease_ttl=LEASE_TTL, etcd=etcd)
+        state["cluster"] = c
+        c.start()
     say("etcd %s" % c.etcd.endpoint)
     for n in c.nodes:
         say("%s: simulator %s, agent status http://127.0.0.1:%d/status" % (
@@ -464,6 +491,16 @@ def run(state):
         state.setdefault("reason", "%d of %d seeded Secrets under key2" % (reenc, len(names)))
 
 
+def group_alive(pid):
+    try:
+        os.killpg(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 def cleanup(state, failed):
     c = state.get("cluster")
     if c is not None:
@@ -474,11 +511,18 @@ def cleanup(state, failed):
                     for line in n.agent.log().splitlines()[-4:]:
                         say("    " + line)
         try:
-            c.close()       # stops traffic, checker, agents, simulators, etcd; leak scan
-            say("stopped everything it started (agents, simulators, etcd); "
-                "no key in any agent log or /status body")
+            c.close()       # stops traffic, checker, agents, simulators; leak scan
         except AssertionError as e:
             state.setdefault("reason", "teardown: %s" % str(e).splitlines()[0])
+    etcd = state.get("etcd")
+    if etcd is not None:
+        pid = etcd.proc.pid if etcd.proc else None
+        etcd.stop()
+        if pid and group_alive(pid):
+            state.setdefault("reason", "teardown: etcd's process group %d is still there" % pid)
+    if c is not None or etcd is not None:
+        say("stopped everything it started (agents, simulators, etcd)%s" % (
+            "; no key in any agent log or /status body" if c is not None else ""))
     tmp = state.get("tmp")
     if tmp is not None:
         if os.environ.get("DEMO_KEEP") == "1":
