@@ -196,7 +196,8 @@ def member_text(name, m):
     if not m.get("alive", True):
         return "%s DOWN" % name
     if m.get("acked"):
-        return "%s acked %s" % (name, m.get("proof") or "")
+        proof = m.get("proof")
+        return "%s acked" % name + (" " + proof if proof and proof != "none" else "")
     if m.get("last_error"):
         return "%s waiting: %s" % (name, m["last_error"])
     return "%s working" % name
@@ -215,6 +216,8 @@ def rotation_line(rot, phases, names):
                                                 re.get("rate") or 0))
         if re.get("conflicts"):
             parts[-1] += " %d conflicts" % re["conflicts"]
+        if re.get("eta_seconds") is not None and re.get("done", 0) < re["total"]:
+            parts[-1] += " eta %.0f s" % re["eta_seconds"]
     ver = rot.get("verify") or {}
     if ph == "verify" and (ver.get("under_dropped_keys") or ver.get("undecryptable")):
         parts.append("verify: %d under dropped keys, %d undecryptable" % (

@@ -148,7 +148,14 @@ def test_live_line_exact():
     line = demo.rotation_line(rotation_doc("promote", True), PHASES, ["cp-1", "cp-2", "cp-3"])
     assert line == ("rotation 20261130T091500Z-aaaaaaaa-bbbbbbbb: phase promote (2/5)  "
                     "cp-1 acked canary  cp-2 waiting: canary still written with aescbc/key1  "
-                    "cp-3 working  reencrypt 4200/10000 2100/s 3 conflicts")
+                    "cp-3 working  reencrypt 4200/10000 2100/s 3 conflicts eta 3 s")
+    # reencrypt and verify are acked without a new proof ("none"): just "acked"
+    doc = rotation_doc("reencrypt", True)
+    doc["members"]["cp-1"]["proof"] = "none"
+    doc["reencrypt"] = dict(doc["reencrypt"], done=10000, eta_seconds=0.0)
+    assert demo.rotation_line(doc, PHASES, ["cp-1"]) == (
+        "rotation 20261130T091500Z-aaaaaaaa-bbbbbbbb: phase reencrypt (3/5)  cp-1 acked  "
+        "reencrypt 10000/10000 2100/s 3 conflicts")
     # /status may carry it at the top level or under "cluster"; without it: no rotation
     doc = rotation_doc("stage", True)
     assert demo.rotation_of({"rotation": doc}) is doc
