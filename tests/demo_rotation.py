@@ -246,12 +246,19 @@ def progress(rot):
     return (rot.get("id"), rot.get("phase"), acks, (rot.get("reencrypt") or {}).get("done"))
 
 
+def shape(text):
+    """A waiting_for sentence without its numbers: printed again only when this changes."""
+    return "".join("#" if ch.isdigit() else ch for ch in text)
+
+
 def watch_rotation(c, phases, to_fp, t_push, w):
-    """Show the rotation once a second or on change until the leader's /status says it is
-    done (history names config 2); Fail when it ends otherwise, an agent or simulator exits,
-    or nothing moves for STUCK_S seconds (the reason is the status's waiting_for)."""
+    """Show the rotation until the leader's /status says it is done (history names config
+    2): a line on every change of phase or acks, else at most once a second (re-encrypt
+    progress) or every 10 s; the leader's waiting_for when it says something new. Fail when
+    it ends otherwise, an agent or simulator exits, or nothing moves for STUCK_S seconds (the
+    reason is the status's waiting_for). Looks 4 times a second to catch short phases."""
     names = [n.name for n in c.nodes]
-    last_line, last_print, last_waiting = None, 0.0, None
+    last_line, last_print, last_major, last_waiting = None, 0.0, None, None
     key, key_t = None, time.monotonic()
     deadline = time.monotonic() + TOTAL_S
     while time.monotonic() < deadline:
@@ -285,13 +292,15 @@ def watch_rotation(c, phases, to_fp, t_push, w):
         if t - key_t > STUCK_S:
             raise Fail("phase %s did not move for %.0f s; waiting for: %s"
                        % (ph, t - key_t, w.waiting or "(no reason given)"))
-        if line != last_line or t - last_print >= 10:
+        major = k[:3] if k else None
+        if major != last_major or (line != last_line and t - last_print >= 1) or \
+                t - last_print >= 10:
             say("%s %s" % (stamp(), line))
-            last_line, last_print = line, t
-        if w.waiting and w.waiting != last_waiting:
-            say("          waiting for: %s" % w.waiting)
-            last_waiting = w.waiting
-        time.sleep(max(0.05, 1.0 - (time.monotonic() - t)))
+            last_line, last_print, last_major = line, t, major
+        if w.waiting and shape(w.waiting) != last_waiting:
+            say("          (%s)" % w.waiting)
+            last_waiting = shape(w.waiting)
+        time.sleep(max(0.05, 0.25 - (time.monotonic() - t)))
     raise Fail("the rotation did not finish in %.0f s; waiting for: %s" % (TOTAL_S, w.waiting))
 
 
@@ -465,8 +474,8 @@ def run(state):
                                                    " ".join(hh.get("phases") or [])))
     if w.reencrypt:
         re = w.reencrypt
-        say("re-encrypt (agent's count): %d of %d rewritten, %d skipped, %d conflicts, "
-            "%.0f objects/s" % (re.get("done", 0), re.get("total", 0), re.get("skipped", 0),
+        say("re-encrypt (the leader's count): %d of %d objects handled (%d skipped: already "
+            "under key2, %d conflicts: written meanwhile by an API server), %.0f objects/s" % (re.get("done", 0), re.get("total", 0), re.get("skipped", 0),
                                 re.get("conflicts", 0), re.get("rate") or 0))
     say("stored Secrets at the end: %s" % dict(census))
     for note in res.notes:

@@ -183,7 +183,11 @@ def test_stuck_phase_fails_with_the_reason(monkeypatch, capsys):
                                  "(4 s; it polls every 2 s)")
     out = capsys.readouterr().out
     assert out.count("phase promote (2/5)") == 1, out      # printed on change, not every tick
-    assert "          waiting for: cp-2's API server" in out
+    assert "          (cp-2's API server to load phase promote (4 s; it polls every 2 s))" in out
+    # waiting_for is printed again only when it says something else than numbers
+    assert demo.shape("re-encrypting: 2000 of 10016 done") == \
+        demo.shape("re-encrypting: 4000 of 10016 done")
+    assert demo.shape("verifying") != demo.shape("re-encrypting: 4000 of 10016 done")
     assert w.reencrypt["done"] == 4200 and w.phases[0][0] == "promote"
 
 
