@@ -41,9 +41,24 @@ ROTATION_IN_BINARY = "[rotation.settleSeconds]" in agent_help()
 
 
 def run_demo(objects, timeout, **env):
+    """Run the demo to its end; past timeout, SIGTERM it (it then stops what it started) and
+    fail with what it printed."""
     e = dict(os.environ, ATREST=ATREST, DEMO_OBJECTS=str(objects), **env)
-    p = subprocess.run([PY, str(DEMO)], capture_output=True, timeout=timeout, env=e)
-    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+    p = subprocess.Popen([PY, str(DEMO)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=e, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGTERM)
+        try:
+            out, err = p.communicate(timeout=120)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
+        raise AssertionError("the demo ran past %d s:\n%s\n%s" % (
+            timeout, out.decode(errors="replace")[-6000:], err.decode(errors="replace")[-3000:]))
+    return p.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 def work_dir(out):
@@ -69,7 +84,9 @@ def processes_mentioning(text):
 @pytest.mark.skipif(not ROTATION_IN_BINARY,
                     reason="the rotation is not in this atrest (no rotation.settleSeconds)")
 def test_demo_rotation():
-    rc, out, err = run_demo(500, 1500, DEMO_REQUIRE_ROTATION="1")
+    # nothing moving for 200 s ends the run (result=fail, with the reason), and the whole
+    # rotation has 6 times that (demo_rotation.TOTAL_S): both within the test's own limit
+    rc, out, err = run_demo(500, 1500, DEMO_REQUIRE_ROTATION="1", DEMO_STUCK_SECONDS="200")
     if rc == 77:
         pytest.skip("the demo found no rotation in /status")
     last = out.rstrip("\n").split("\n")[-1]
