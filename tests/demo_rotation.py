@@ -462,6 +462,9 @@ def run(state):
     unreadable, reenc = final_numbers(c, chk, seeded_keys)
     state["unreadable"], state["reencrypted"] = unreadable, reenc
     census = c.census()
+    # the canary Secret the proof writes straight into etcd is the agents', not the demo's
+    ours = collections.Counter(cl.provider_key(v) for k, v, _m in c.scan("secrets")
+                               if not k.startswith(tuple(x.encode() for x in ignore)))
     say("read every Secret through %d servers in %.1f s" % (NODES, time.monotonic() - t))
 
     step("summary")
@@ -497,8 +500,8 @@ def run(state):
     if res.samples < 1 or res.sampler_errors:
         state.setdefault("reason", "the S1 sampler did not sample cleanly (%d samples, %d "
                          "errors)" % (res.samples, len(res.sampler_errors)))
-    if census.get(OLD_KEY):
-        state.setdefault("reason", "%d Secrets still under key1" % census[OLD_KEY])
+    if ours.get(OLD_KEY):
+        state.setdefault("reason", "%d Secrets still under key1" % ours[OLD_KEY])
     if reenc != len(names):
         state.setdefault("reason", "%d of %d seeded Secrets under key2" % (reenc, len(names)))
 
