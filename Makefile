@@ -5,7 +5,8 @@
 #   make check      deps + unit tests (normal and ASan+UBSan) + short fuzz runs + integration tests
 #   make bench      benchmarks, one BENCH line per figure
 #   make fuzz       longer libFuzzer runs (FUZZ_SECONDS each)
-#   make demo       a local etcd and an agent on loopback, step by step
+#   make demo       etcd, three API-server simulators and three agents: a key rotation, live
+#   make demo-basic a local etcd and one agent on loopback, step by step
 #   make install    DESTDIR and PREFIX honoured
 
 PREFIX   ?= /usr/local
@@ -54,7 +55,7 @@ FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=$(FZ)/%)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(REL)/bench/%)
 
 .PHONY: all deps check check-inner style arrows unit-security unit unit-rel unit-asan fuzz fuzz-check fuzz-build bench \
-        demo integration install clean format lint-style bench-reencrypt
+        demo demo-basic integration install clean format lint-style bench-reencrypt
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -164,7 +165,13 @@ bench: deps
 bench-reencrypt: $(REL)/bench/bench_reencrypt
 	@sh bench/run.sh $(REL)/bench/bench_reencrypt
 
+# make demo: the three-node rotation (tests/demo_rotation.py; DEMO_OBJECTS=10000 by default);
+# make demo-basic: one agent and etcd, step by step (tests/demo.sh).
 demo: deps
+	@$(MAKE) --no-print-directory atrest
+	@ATREST=$(CURDIR)/atrest $(PYTHON) tests/demo_rotation.py
+
+demo-basic: deps
 	@$(MAKE) --no-print-directory atrest
 	@sh tests/demo.sh
 
