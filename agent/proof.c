@@ -334,6 +334,7 @@ struct ar_proof {
     char *probe_b64;       /* sodium_malloc'd: what the canary's data.probe must read */
     char used_key[128];    /* WRITE: the key the server wrote with */
     int64_t write_rv;      /* WRITE: resourceVersion (etcd mod_revision) of our write, 0: ? */
+    int64_t canary_rev;    /* READ: mod_revision of the canary we put into etcd (0: none) */
     bool known_loaded;     /* WRITE: the metrics said "loaded" before the last PUT started */
     char loaded_what[96];  /* ... which hash or "reload recorded" */
     char last_error[256];  /* last failed attempt */
@@ -354,8 +355,51 @@ static uint64_t mono_ms(void)
     return uv_hrtime() / 1000000u;
 }
 
+static void etcd_key(struct ar_proof *p, char *dst, size_t n);
+
+static void on_canary_deleted(void *arg, int status, const struct ar_etcd_result *res,
+                              const struct ar_etcd_error *ee)
+{
+    (void)arg;
+    if (status < 0)
+        ar_log(AR_LOG_DEBUG, "proof: removing the canary from etcd: %s",
+               ee && ee->msg[0] ? ee->msg : strerror(-status));
+    else
+        ar_log(AR_LOG_DEBUG, "proof: canary %s", res && res->succeeded ? "removed" : "kept");
+}
+
+/* A READ proof writes the canary straight into etcd under a key the other API servers may not
+ * read yet (a staged key). Once the proof ends, however it ends, that value is removed (only if
+ * it is still ours: compare on its mod_revision), so no stored object is left under a key that
+ * an abort withdraws (S2). Fire and forget: a failure leaves one canary, counted by verify. */
+static void remove_canary(struct ar_proof *p)
+{
+    char key[600];
+    struct ar_etcd_op del;
+    struct ar_etcd_compare cmp;
+    struct ar_etcd_txn txn;
+
+    if (!p->canary_rev || !p->etcd)
+        return;
+    etcd_key(p, key, sizeof(key));
+    memset(&del, 0, sizeof(del));
+    del.type = AR_ETCD_DELETE;
+    del.key = (const uint8_t *)key;
+    del.key_len = strlen(key);
+    memset(&cmp, 0, sizeof(cmp));
+    cmp.key = del.key;
+    cmp.key_len = del.key_len;
+    cmp.target = AR_ETCD_CMP_MOD;
+    cmp.result = AR_ETCD_EQUAL;
+    cmp.number = p->canary_rev;
+    txn = (struct ar_etcd_txn){.compare = &cmp, .n_compare = 1, .success = &del, .n_success = 1};
+    p->canary_rev = 0;
+    (void)ar_etcd_txn(p->etcd, &txn, on_canary_deleted, NULL);
+}
+
 static void clear_request(struct ar_proof *p)
 {
+    remove_canary(p);
     ar_api_cancel(p->req_api);
     p->req_api = NULL;
     if (p->ticket) {
@@ -682,6 +726,7 @@ static void on_read_put(void *arg, int status, const struct ar_etcd_result *res,
     }
     ar_log(AR_LOG_DEBUG, "proof: canary %s in etcd at revision %" PRId64,
            res && res->succeeded ? "created" : "replaced", res ? res->revision : 0);
+    p->canary_rev = res ? res->revision : 0;
     p->step = S_READ_GET;
     step_now(p);
 }
