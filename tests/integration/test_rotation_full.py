@@ -175,7 +175,9 @@ def test_server_that_never_reloads_holds_stage(make_cluster, keys):
 
 # ---- 3. an API server that keeps writing with the old key -----------------------------------
 
-def test_server_keeping_old_write_key_fails_promote_proof(make_cluster, keys):
+def _keep_old_write_key_at_promote(make_cluster, keys):
+    """cp-3's API server loads every file but keeps writing with the old key: its canary WRITE
+    proof at promote fails, naming the key it used, and the rotation holds in promote."""
     k1, k2 = ("key1", keys.new()), ("key2", keys.new())
     old, new = keyed_config("aescbc", k1), keyed_config("aescbc", k2, k1)
     c = make_cluster(n=3, config=old, reload_s=0.3, agent_extra=SETTLE)
@@ -186,16 +188,41 @@ def test_server_keeping_old_write_key_fails_promote_proof(make_cluster, keys):
     bad = c.nodes[2]
     knobs(bad, keepOldWriteKey=True)
     c.push(new, gap_s=1.0)
-    c.wait(lambda: "key1" in (rot(c.nodes[0])["members"].get("cp-3", {}).get("last_error")
-                              or ""), 60, "cp-3's failed write proof naming key1")
-    r = rot(c.nodes[0])
+    try:
+        c.wait(lambda: "key1" in (rot(bad)["members"]["cp-3"]["last_error"] or ""), 60,
+               "cp-3's failed write proof naming key1")
+    except AssertionError as e:
+        raise AssertionError("%s\n%s" % (e, json.dumps({n.name: rot(n) for n in c.nodes},
+                                                        indent=1)[:5000])) from None
+    return c, chk, tr
+
+
+def test_server_keeping_old_write_key_fails_promote_proof(make_cluster, keys):
+    c, chk, tr = _keep_old_write_key_at_promote(make_cluster, keys)
+    r = rot(c.nodes[2])
     assert r["phase"] == "promote", r
-    assert "key1" in r["members"]["cp-3"]["last_error"], r["members"]
+    m = r["members"]["cp-3"]
+    assert not m["acked"], m
+    assert "writes secrets with aescbc:key1, not aescbc:key2" in m["last_error"], m
+    assert "aescbc:key1" in r["proof"]["last_error"], r["proof"]
+    assert "cp-3" in rot(leader_of(c))["waiting_for"]
     time.sleep(3)
     for n in c.nodes:
         r = rot(n)
-        assert r["phase"] == "promote" and not r["history"], r
+        assert r["phase"] == "promote" and not r["history"], r   # never passes promote
+        assert r["reencrypt"]["done"] == 0, r["reencrypt"]
     assert c.census()["aescbc/key1"] >= 100      # no re-encrypt happened
+    tr.stop()
+    chk.final_check(tr).assert_ok(min_samples=5)   # S1 holds: everyone still reads key1
+
+
+@pytest.mark.xfail(strict=True, reason="a member's failed proof (last_error) shows only in its "
+                   "own /status: the leader and the others report last_error null for it")
+def test_failed_proof_error_visible_from_every_node(make_cluster, keys):
+    c, chk, tr = _keep_old_write_key_at_promote(make_cluster, keys)
+    time.sleep(2)
+    for n in c.nodes:
+        assert "aescbc:key1" in (rot(n)["members"]["cp-3"]["last_error"] or ""), n.name
     tr.stop()
     chk.final_check(tr).assert_ok(min_samples=5)
 
@@ -208,11 +235,11 @@ def test_member_down_blocks_then_rotates_with_two(make_cluster, keys):
     c = make_cluster(n=3, config=old, reload_s=0.3, agent_extra=SETTLE)
     c.wait_loaded()
     c.seed(100, old)
-    chk = c.checker(ignore_keys=CANARY).start()
-    tr = c.traffic(max_s=150).start()
     down = c.nodes[2]
     down.agent.kill()                         # the whole node is down: agent and API server
     down.sim.crash()
+    chk = c.checker(ignore_keys=CANARY).start()
+    tr = c.traffic(max_s=150, readers=[1]).start()
     c.push(new, nodes=[0, 1], gap_s=1.0)
     c.wait(lambda: "cp-3 is not alive" in rot(c.nodes[0])["waiting_for"], 20, "cp-3 named")
     time.sleep(2)
@@ -234,7 +261,10 @@ def test_member_down_blocks_then_rotates_with_two(make_cluster, keys):
     down.sim.start()
     c.wait_loaded(new, nodes=[2])
     tr.stop()
-    chk.final_check(tr).assert_ok(min_samples=5)
+    res = chk.final_check(tr)
+    # the sampler may catch cp-3's server between its exec and its listen: only that
+    assert all("ConnectionRefused" in e for e in res.sampler_errors), res.sampler_errors
+    res.assert_ok(min_samples=5, max_sampler_errors=len(res.sampler_errors))
     assert set(c.census()) == {"aescbc/key2"}
 
 
