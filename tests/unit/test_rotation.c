@@ -55,7 +55,7 @@ static void *g_reenc_arg;
 
 static void reenc_fire(uv_timer_t *t)
 {
-    struct ar_reencrypt_progress p = {.done = 7, .total = 7, .eta_seconds = 0};
+    struct ar_reencrypt_progress p = {.done = 7, .total = 7, .eta_s = 0};
     g_reenc_done(g_reenc_arg, 0, &p, NULL);
 }
 
