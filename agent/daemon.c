@@ -260,6 +260,7 @@ static void node_report(void *arg, const struct ar_node_report *r)
     a->st.node_mode = r->mode;
     a->st.node_step = r->step;
     a->st.node_proof = r->proof;
+    ar_state_set_str(&a->st.node_waiting, r->waiting_for);
     if (r->result == AR_NODE_NONE)
         return;
     res = r->result == AR_NODE_APPLIED     ? AR_RELOAD_APPLIED
@@ -269,6 +270,8 @@ static void node_report(void *arg, const struct ar_node_report *r)
         log_info("apply: %s %s (%s; proof of load: %s)", r->fingerprint ? r->fingerprint : "?",
                  res == AR_RELOAD_APPLIED ? "in force" : "already in force", r->mode,
                  ar_node_proof_name(r->proof));
+    if (r->waiting_for)
+        log_warn("apply: %s", r->waiting_for);
     set_reload(a, res, res == AR_RELOAD_FAILED ? ar_err_line(r->err, line, sizeof(line)) : NULL);
     retry_after(a, res);
     publish_status(a);

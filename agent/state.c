@@ -144,6 +144,8 @@ void ar_state_free(struct ar_state *st)
     st->effective = ar_config_unref(st->effective);
     free(st->desired_error);
     free(st->last_reload_error);
+    free(st->node_waiting);
+    st->node_waiting = NULL;
     free(st->etcd_error);
     free(st->leader);
     ar_state_members_free(st->members, st->nmembers);

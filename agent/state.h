@@ -110,7 +110,8 @@ struct ar_state {
     uint64_t reloads_failed;   /* INVALID + FAILED */
     uint64_t effective_writes; /* times the effective file was (re)written */
     /* the apply driver (coord/node.h), as it last reported */
-    const char *node_mode; /* "direct" (static string), NULL before the first report */
+    const char *node_mode; /* "direct"/"local" (static string), NULL before the first report */
+    char *node_waiting;    /* why the driver waits before prune (heap), or NULL */
     enum ar_node_step node_step;
     enum ar_node_proof node_proof; /* of the last successful apply */
     int64_t effective_written_ms;

@@ -162,6 +162,7 @@ int ar_status_json(const struct ar_state *st, char **out, size_t *outlen)
     json_object_set_new(o, "mode", jstr(st->node_mode));
     json_object_set_new(o, "step", json_string(ar_node_step_name(st->node_step)));
     json_object_set_new(o, "proof", json_string(ar_node_proof_name(st->node_proof)));
+    json_object_set_new(o, "waiting_for", jstr(st->node_waiting));
     json_object_set_new(root, "apply", o);
 
     o = json_object();

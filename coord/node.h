@@ -23,9 +23,16 @@
  *   there is none.
  * - report: the driver's state for /status and the log, after every step (never blocks).
  *
- * The driver today (no rotation yet): each valid desired config is applied directly, then
- * proved; a desired config handed over while one is in flight replaces any not yet started
- * (only the newest is applied next).
+ * The driver (used without etcd; with etcd the rotation of coord/rotation.h decides): a first
+ * install (config(agent, false) is NULL, or config is NULL) writes the desired config directly
+ * (mode "direct"). Otherwise (mode "local") it derives the plan (coord/phase.h) from the
+ * effective config to the desired one and applies then proves each phase config in order on
+ * this node: when the plan drops nothing it ends at the desired config itself; when it drops a
+ * key it applies only the phases before reencrypt (stage, promote) and then waits, saying why
+ * in report.waiting_for (it never drops a key: without etcd nothing can verify that no stored
+ * object is still under it). A desired config handed over while one is in flight replaces any
+ * not yet started and stops the running sequence after its current step; the next one starts
+ * again from the effective config.
  */
 #ifndef ATREST_COORD_NODE_H
 #define ATREST_COORD_NODE_H
@@ -81,12 +88,13 @@ typedef void (*ar_node_prove_done)(void *done_arg, int status, enum ar_node_proo
                                    const struct ar_err *err);
 
 struct ar_node_report {
-    const char *mode;           /* "direct" (no rotation) */
+    const char *mode;           /* "direct" (first install) or "local" (phases on this node) */
     enum ar_node_step step;     /* what runs now */
     enum ar_node_result result; /* of the last apply */
     enum ar_node_proof proof;   /* of the last successful apply */
     const char *fingerprint;    /* of the config concerned ("sha256:..."), or NULL */
     const struct ar_err *err;   /* FAILED: why; else NULL */
+    const char *waiting_for;    /* one line: why the driver stopped before prune; else NULL */
 };
 
 struct ar_node_ops {
