@@ -112,6 +112,9 @@ struct ar_rotation {
     bool reenc_done;
     int reenc_status;
     struct ar_reencrypt_progress reenc_prog;
+    /* a new write key that is a KMS provider: no direct re-encrypt (why; "" none) */
+    char kms_for[AR_RECORD_ID_LEN];
+    char kms_why[WHY_MAX];
 };
 
 static void read_all(struct ar_rotation *r);
@@ -808,6 +811,43 @@ static bool registered(const struct snap *s, const char *node)
     return v && v->registered;
 }
 
+/* Whether the re-encrypt pass of the member's plan would write through a KMS provider (the
+ * write provider of its config for some selector of rewrite[]): atrest cannot re-encrypt
+ * through a KMS plugin, so the leader does not start the pass and verify decides (computed once
+ * per rotation id; kms_why "" when not). */
+static void kms_check(struct ar_rotation *r)
+{
+    const struct ar_config *cfg = NULL;
+    struct ar_chain *chain = NULL;
+    char group[256], resource[256];
+
+    if (!r->plan_ok || !strcmp(r->kms_for, r->id))
+        return;
+    snprintf(r->kms_for, sizeof(r->kms_for), "%s", r->id);
+    r->kms_why[0] = '\0';
+    for (size_t i = 0; i < r->plan->nphases; i++)
+        if (r->plan->phases[i].kind == AR_PHASE_REENCRYPT)
+            cfg = r->plan->phases[i].config;
+    if (!cfg || ar_chain_new((struct ar_config *)cfg, &chain) < 0)
+        return; /* no pass, or the pass itself reports why it cannot start */
+    for (size_t i = 0; i < r->plan->nrewrite && !r->kms_why[0]; i++) {
+        const char *sel = r->plan->rewrite[i], *dot = strchr(sel, '.');
+        struct ar_plist l;
+
+        snprintf(resource, sizeof(resource), "%.*s", dot ? (int)(dot - sel) : (int)strlen(sel),
+                 sel);
+        snprintf(group, sizeof(group), "%s", dot ? dot + 1 : "");
+        ar_chain_lookup(chain, group, resource, &l);
+        if (l.n && l.v[0]->type == AR_P_KMS)
+            whyf(r->kms_why, sizeof(r->kms_why),
+                 "the new write key of %s is KMS provider %s: atrest cannot re-encrypt through a "
+                 "KMS plugin yet; rewrite those objects through the API server (e.g. kubectl get "
+                 "%s -A -o json | kubectl replace -f -) and the rotation goes on at verify",
+                 sel, l.v[0]->kms.name ? l.v[0]->kms.name : "?", sel);
+    }
+    ar_chain_unref(chain);
+}
+
 static enum action decide(struct ar_rotation *r, char *why, size_t n)
 {
     const struct snap *s = r->snap;
@@ -867,6 +907,15 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
         return A_FINISH;
     }
     kind = (enum ar_phase_kind)ar_record_phase_kind(rec->phases[index].name);
+    if (kind == AR_PHASE_REENCRYPT || kind == AR_PHASE_VERIFY)
+        kms_check(r);
+    if (kind == AR_PHASE_REENCRYPT && r->kms_why[0] && !strcmp(r->kms_for, rec->id) &&
+        (size_t)index + 1 < rec->nphases) {
+        /* no pass through a KMS plugin: the operator rewrites through the API server and verify
+         * decides whether prune may run */
+        whyf(why, n, "%s", r->kms_why);
+        return A_ADVANCE;
+    }
     if (kind == AR_PHASE_REENCRYPT && !(r->reenc_done && !strcmp(r->reenc_for, rec->id))) {
         if (r->reenc_status == -ENOSYS && !strcmp(r->reenc_for, rec->id))
             whyf(why, n, "re-encrypt engine not built: the rotation waits in phase reencrypt");
@@ -886,6 +935,8 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
             for (size_t i = 0; i < r->nfirst; i++)
                 appendf(why, n, "%s%s", i ? ", " : " (first: ", r->verify_first[i]);
             appendf(why, n, "%s; scanning again", r->nfirst ? ")" : "");
+            if (r->kms_why[0] && !strcmp(r->kms_for, rec->id))
+                appendf(why, n, " (%s)", r->kms_why);
         } else
             whyf(why, n, "verifying that nothing is stored under the keys prune drops");
         return A_VERIFY;
