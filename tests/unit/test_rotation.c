@@ -12,7 +12,8 @@
  * time; a member that is down blocks and is named, and converges when it comes back
  * (restart: saved copies); member remove; abort before promote (back to from, history
  * "aborted", not started again); abort after promote refused; a new leader finishes a
- * rotation; a phase hash that differs is never acked.
+ * rotation; a phase hash that differs is never acked; a new write key that is a KMS provider
+ * gets no re-encrypt pass and goes on to verify, which gates prune.
  */
 #include <errno.h>
 #include <setjmp.h>
@@ -641,6 +642,66 @@ static void test_reencrypt_missing_and_abort_refused(void **state)
     ar_config_unref(to);
 }
 
+/* [kms p1 (v2), identity] for secrets: a KMS provider as the new write key */
+static struct ar_config *cfg_kms(void)
+{
+    static const char y[] = "apiVersion: apiserver.config.k8s.io/v1\n"
+                            "kind: EncryptionConfiguration\n"
+                            "resources:\n"
+                            "  - resources: [secrets]\n"
+                            "    providers:\n"
+                            "      - kms:\n"
+                            "          apiVersion: v2\n"
+                            "          name: p1\n"
+                            "          endpoint: unix:///run/atrest-test-kms.sock\n"
+                            "      - identity: {}\n";
+    struct ar_load_opts lo = {.reload = true};
+    struct ar_config *c = NULL;
+    struct ar_diags d;
+
+    ar_diags_init(&d);
+    assert_int_equal(ar_config_load_mem("kms.yaml", y, sizeof(y) - 1, &lo, &c, &d), 0);
+    ar_diags_free(&d);
+    return c;
+}
+
+/* A new write key that is a KMS provider: the leader never starts a re-encrypt pass, says why,
+ * and moves on to verify, which gates prune as usual (waits while an object is under key1, the
+ * KMS note still shown; passes once the operator's rewrite left none). */
+static void test_reencrypt_kms_goes_to_verify(void **state)
+{
+    struct keys k;
+    struct ar_config *from, *to;
+    struct ar_rotation_rec rec;
+
+    gen_keys(&k);
+    from = cfg(&k, "k1");
+    to = cfg_kms();
+    g_reenc_mode = 1;
+    g_reenc_runs = 0;
+    g_regprefix = "/reg12";
+    seed_secret("/reg12/secrets/default/s1", from);
+    setup_agents("/t12/", from, to, now_ms() - 5000);
+    assert_true(run_until(at_phase, "/t12/", "verify", 15000));
+    assert_true(record("/t12/", &rec));
+    assert_string_equal(rec.phases[2].name, "reencrypt");
+    assert_true(run_until(why_has, "/t12/", "1 objects under keys prune would drop", 5000));
+    assert_true(why_has("/t12/", "the new write key of secrets is KMS provider p1: atrest cannot "
+                                 "re-encrypt through a KMS plugin yet; rewrite those objects "
+                                 "through the API server (e.g. kubectl get secrets -A -o json | "
+                                 "kubectl replace -f -) and the rotation goes on at verify"));
+    etcd_harness_run_for(&LOOP, 300);
+    assert_true(at_phase("/t12/", "verify")); /* nothing under key1 may be dropped */
+    assert_int_equal(g_reenc_runs, 0);        /* no pass through a KMS plugin */
+    /* the operator rewrote it through the API server (here: gone from key1) */
+    del_key("/reg12/secrets/default/s1");
+    assert_true(run_until(no_record, "/t12/", NULL, 10000));
+    assert_int_equal(g_reenc_runs, 0);
+    teardown_agents();
+    ar_config_unref(from);
+    ar_config_unref(to);
+}
+
 /* Disagreeing desired configs never start a rotation, and the status names who has what. */
 static void test_disagreement(void **state)
 {
@@ -991,6 +1052,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_rotation),
         cmocka_unit_test(test_reencrypt_missing_and_abort_refused),
+        cmocka_unit_test(test_reencrypt_kms_goes_to_verify),
         cmocka_unit_test(test_disagreement),
         cmocka_unit_test(test_settle),
         cmocka_unit_test(test_member_down_and_remove),
