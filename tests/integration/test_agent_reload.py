@@ -93,8 +93,14 @@ def write_rename(path, text):
 
 
 def valid_cfg(keys, n=1):
-    """A config with n fresh aescbc keys (first one writes) plus identity."""
-    ks = [("key%d" % i, keys.new(32)) for i in range(n)]
+    """A config with n aescbc keys key0..key<n-1> (key0 writes) plus identity. The keys are
+    generated once per test (per `keys`), so a config with more keys only adds read keys:
+    without etcd the agent applies such a change all the way, while a change that drops a key
+    waits before prune (test_drop_key_waits_before_prune)."""
+    stable = keys.__dict__.setdefault("_reload_keys", [])
+    while len(stable) < n:
+        stable.append(keys.new(32))
+    ks = [("key%d" % i, stable[i]) for i in range(n)]
     return enc_config([(["secrets", "configmaps"], [("aescbc", ks), ("identity",)])])
 
 
@@ -118,9 +124,10 @@ def test_start_writes_effective(make_agent, keys, agent_bin):
                   "effective fingerprint in /status")
     assert fp_desired(st) == fp_effective(st)
     assert desired_valid(st) is True
-    # applied directly through coord's node driver (no rotation yet), and no proof of load is
-    # claimed
-    assert st["apply"] == {"mode": "direct", "step": "idle", "proof": "none"}, st["apply"]
+    # a first install (no effective file yet) is applied directly through coord's node driver,
+    # nothing waits, and no proof of load is claimed
+    assert st["apply"] == {"mode": "direct", "step": "idle", "proof": "none",
+                           "waiting_for": None}, st["apply"]
     assert_effective_ok(a, fp_desired(st))
     assert lint_fp(a.desired) == lint_fp(a.effective)
     assert a.get("/healthz")[0] == 200
@@ -174,6 +181,47 @@ def test_change_desired(make_agent, keys, how):
     assert_effective_ok(a, fp_effective(st))
     assert lint_fp(a.effective) == lint_fp(a.desired)
     assert successes(a) == ok0 + 1
+    assert a.stop() == 0
+
+
+def aescbc_cfg(ks):
+    return enc_config([(["secrets"], [("aescbc", ks), ("identity",)])])
+
+
+def test_drop_key_waits_before_prune(make_agent, keys):
+    """Without etcd, a desired config that drops k1 (aescbc{k1} -> aescbc{k2}) runs stage and
+    promote on this node and stops there: the effective file is the promote config
+    aescbc{k2, k1} (k1 still reads), never the desired one, and /status and the log say why.
+    A read-key-only change (aescbc{k2, k1} -> aescbc{k2, k1, k3}) goes all the way."""
+    k1, k2, k3 = ("k1", keys.new(32)), ("k2", keys.new(32)), ("k3", keys.new(32))
+    a = make_agent()
+    write_rename(a.desired, aescbc_cfg([k1]))
+    a.start()
+    st0 = wait_for(lambda: (lambda s: s if fp_effective(s) else None)(a.status()), 10, "start")
+    assert st0["apply"]["mode"] == "direct"      # first install
+    promote = a.tmp / "promote.yaml"
+    promote.write_text(aescbc_cfg([k2, k1]))
+    write_rename(a.desired, aescbc_cfg([k2]))
+    st = wait_for(lambda: (lambda s: s if s["apply"]["waiting_for"] else None)(a.status()), 10,
+                  "the wait before prune")
+    want = ("waiting before prune: without etcd atrest cannot verify that nothing stored is still "
+            "under aescbc key k1; re-encrypt and verify with `atrest reencrypt` / `atrest "
+            "verify`, then push a desired config that keeps those keys, or configure etcd")
+    assert st["apply"] == {"mode": "local", "step": "idle", "proof": "none",
+                           "waiting_for": want}, st["apply"]
+    assert fp_effective(st).startswith(lint_fp(promote))   # lint prints a prefix
+    assert fp_effective(st) != fp_desired(st)
+    assert lint_fp(a.effective) == lint_fp(promote)
+    assert want in a.log()
+    # a later desired config restarts from the effective one: keeping k1 and adding k3 is a
+    # read-key-only change from there, applied all the way
+    write_rename(a.desired, aescbc_cfg([k2, k1, k3]))
+    st = wait_for(lambda: (lambda s: s if fp_effective(s) == fp_desired(s) and
+                           fp_effective(s) != fp_effective(st) else None)(a.status()), 10,
+                  "the read-key-only change")
+    assert st["apply"]["waiting_for"] is None, st["apply"]
+    assert st["apply"]["mode"] == "local"
+    assert lint_fp(a.effective) == lint_fp(a.desired)
     assert a.stop() == 0
 
 
