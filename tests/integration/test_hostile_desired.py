@@ -162,8 +162,11 @@ def corpus(tmp, keys):
 
 
 def good_cfg(keys):
-    return enc_config([(["secrets", "configmaps"], [("aesgcm", [("g1", keys.new(32))]),
-                                                    ("identity",)])])
+    """Every call a new valid config: one more aesgcm read key, the earlier ones kept (without
+    etcd the agent never drops a key: a change that dropped one would wait before prune)."""
+    ks = keys.__dict__.setdefault("_good_keys", [])
+    ks.append(("g%d" % (len(ks) + 1), keys.new(32)))
+    return enc_config([(["secrets", "configmaps"], [("aesgcm", list(ks)), ("identity",)])])
 
 
 def test_hostile_corpus(nobody_tree, make_agent, keys, agent_bin, tmp_path):

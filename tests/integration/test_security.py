@@ -45,10 +45,18 @@ def write_rename(path, text):
 
 
 def cfg(keys):
+    """Every call a new config with new keys that keeps the earlier ones (one more aesgcm read
+    key): without etcd the agent never drops a key, so a change that dropped one would wait
+    before prune instead of being written."""
+    st = keys.__dict__.setdefault("_sec_cfg", None)
+    if st is None:
+        st = keys._sec_cfg = {"gcm": [("g1", keys.new(32)), ("g0", keys.new(16))],
+                              "box": [("s1", keys.new(32))], "cbc": [("c1", keys.new(24))]}
+    else:
+        st["gcm"].append(("g%d" % (len(st["gcm"]) + 1), keys.new(32)))
     return enc_config([(["secrets", "configmaps"], [
-        ("aesgcm", [("g1", keys.new(32)), ("g0", keys.new(16))]),
-        ("secretbox", [("s1", keys.new(32))]),
-        ("aescbc", [("c1", keys.new(24))]), ("identity",)])])
+        ("aesgcm", list(st["gcm"])), ("secretbox", list(st["box"])),
+        ("aescbc", list(st["cbc"])), ("identity",)])])
 
 
 def failures(a):
