@@ -123,8 +123,8 @@ out:
  * ============================================================================================
  * The node operations coord/ drives (coord/node.h). The rotation replaces coord's driver, not
  * these: "write this config as the effective config and swap the chain", "prove the local API
- * server loaded it", "report the driver's state". Today's driver applies each valid desired
- * config directly.
+ * server loaded it", "report the driver's state". Without etcd the driver (coord/node.c) runs
+ * the plan's phases on this node and waits before prune.
  * ============================================================================================
  */
 static void node_apply(void *arg, struct ar_config *cfg, ar_node_apply_done done, void *done_arg)

@@ -156,8 +156,9 @@ int ar_status_json(const struct ar_state *st, char **out, size_t *outlen)
     json_object_set_new(o, "failed_total", json_integer((json_int_t)st->reloads_failed));
     json_object_set_new(root, "last_reload", o);
 
-    /* how desired configs reach the effective file: "direct" until the rotation exists; the
-     * proof of load is "none" until one is built (never claimed) */
+    /* how desired configs reach the effective file without etcd (coord/node.h): "direct" (first
+     * install) or "local" (the phases on this node; waiting_for: why it stopped before prune);
+     * the proof of load is "none" there (never claimed) */
     o = json_object();
     json_object_set_new(o, "mode", jstr(st->node_mode));
     json_object_set_new(o, "step", json_string(ar_node_step_name(st->node_step)));
