@@ -128,6 +128,8 @@ static char *coord_report(struct agent *a, bool with_time)
         ar_config_fingerprint_str(a->st.effective, r.effective_fp);
         ar_config_file_hash_str(a->st.effective, r.effective_hash);
     }
+    if (a->coord && a->coord->rotation)
+        snprintf(r.error, sizeof(r.error), "%s", ar_rotation_member_error(a->coord->rotation));
     if (ar_report_build(&r, with_time, &s) < 0)
         return NULL;
     return s;
@@ -197,6 +199,7 @@ static void on_rotation_status(void *arg)
 
     if (!co || !co->rotation)
         return;
+    ar_coord_publish(a); /* this member's error travels in its report (sent only on change) */
     phase = ar_rotation_phase(co->rotation);
     if (strcmp(phase, co->rot_phase)) {
         st = ar_rotation_status_json(co->rotation);

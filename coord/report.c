@@ -57,7 +57,8 @@ int ar_report_build(const struct ar_report *r, bool with_time, char **out)
     *out = NULL;
     if (!r || !node_ok(r->node) || strlen(r->version) >= AR_REPORT_VERSION_MAX ||
         !opt_fp_ok(r->desired_fp) || !opt_fp_ok(r->effective_fp) || !opt_fp_ok(r->effective_hash) ||
-        r->time_ms < 0 || r->desired_since_ms < 0)
+        r->time_ms < 0 || r->desired_since_ms < 0 ||
+        strnlen(r->error, AR_REPORT_ERROR_MAX) >= AR_REPORT_ERROR_MAX)
         return -EINVAL;
     j = json_pack("{s:s, s:s, s:{s:s?, s:b}, s:{s:s?, s:s?}}", "node", r->node, "version",
                   r->version, "desired", "fingerprint", r->desired_fp[0] ? r->desired_fp : NULL,
@@ -68,6 +69,10 @@ int ar_report_build(const struct ar_report *r, bool with_time, char **out)
         json_object_set_new(json_object_get(j, "desired"), "since_ms",
                             json_integer((json_int_t)r->desired_since_ms)) < 0) {
         json_decref(j);
+        return -ENOMEM;
+    }
+    if (j && r->error[0] && json_object_set_new(j, "error", json_string(r->error)) < 0) {
+        json_decref(j); /* also when json_string refused text that is not UTF-8 */
         return -ENOMEM;
     }
     if (j && with_time &&
@@ -212,6 +217,8 @@ int ar_report_parse(const char *json, size_t len, struct ar_report *out)
         rc = get_fp(e, "fingerprint", out->effective_fp);
     if (rc == 0 && e)
         rc = get_fp(e, "file_hash", out->effective_hash);
+    if (rc == 0)
+        rc = get_str(root, "error", out->error, AR_REPORT_ERROR_MAX);
     if (rc == 0)
         rc = get_time(root, "time_ms", &out->time_ms);
     json_decref(root);

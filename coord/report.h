@@ -30,6 +30,7 @@
 #define AR_REPORT_FP_LEN      72 /* "sha256:" + 64 hex + NUL */
 #define AR_REPORT_NODE_MAX    254
 #define AR_REPORT_VERSION_MAX 64
+#define AR_REPORT_ERROR_MAX   256
 
 struct ar_report {
     char node[AR_REPORT_NODE_MAX];
@@ -40,6 +41,7 @@ struct ar_report {
     char effective_hash[AR_REPORT_FP_LEN]; /* sha256 of the effective file's bytes */
     int64_t time_ms;                       /* when it was sent (wall clock), 0: not given */
     int64_t desired_since_ms; /* since when desired_fp has been the desired config, 0: unknown */
+    char error[AR_REPORT_ERROR_MAX]; /* why this member does not ack its rotation phase ("") */
 };
 
 struct ar_registration {

@@ -87,7 +87,8 @@ struct ar_rotation {
     struct ar_config *from, *to;
     struct ar_plan *plan;
     bool plan_ok;
-    char merr[AR_RECORD_MSG_MAX]; /* why this member does not ack */
+    char merr[AR_RECORD_MSG_MAX];    /* why this member does not ack */
+    char lasterr[AR_RECORD_MSG_MAX]; /* merr kept across retries until an ack (reported) */
     bool busy, forgot;
     int busy_index;
     int64_t busy_create;
@@ -386,6 +387,7 @@ static void member_reset(struct ar_rotation *r)
     r->id[0] = '\0';
     r->plan_ok = false;
     r->merr[0] = '\0';
+    r->lasterr[0] = '\0';
 }
 
 /* The secrets provider list of cfg: the first rule naming secrets, else "*.", else "*.*". */
@@ -563,8 +565,10 @@ static void on_ack_put(void *arg, int status, const struct ar_etcd_result *res,
     if (status < 0)
         whyf(r->merr, sizeof(r->merr), "cannot put the ack: %s",
              err && err->msg[0] ? err->msg : strerror(-status));
-    else if (res->succeeded)
+    else if (res->succeeded) {
+        r->lasterr[0] = '\0';
         emit(r, AR_ROT_EV_ACK, r->req_id, r->req_phase, r->proof, true);
+    }
     read_all(r);
 }
 
@@ -655,6 +659,8 @@ static void on_applied(void *arg, int status, bool changed, const struct ar_err 
         return;
     }
     snprintf(r->req_hash, sizeof(r->req_hash), "%s", h);
+    if (r->merr[0]) /* tried again: the failure stays reported until an ack */
+        snprintf(r->lasterr, sizeof(r->lasterr), "%s", r->merr);
     r->merr[0] = '\0';
     kind = ar_record_phase_kind(r->req_phase);
     if (kind == AR_PHASE_REENCRYPT || kind == AR_PHASE_VERIFY) {
@@ -1457,6 +1463,13 @@ bool ar_rotation_active(const struct ar_rotation *r)
     return r && r->snap->valid && r->snap->has_rot;
 }
 
+const char *ar_rotation_member_error(const struct ar_rotation *r)
+{
+    if (!r || !r->snap || !r->snap->has_rot)
+        return "";
+    return r->merr[0] ? r->merr : r->lasterr;
+}
+
 const char *ar_rotation_phase(const struct ar_rotation *r)
 {
     const struct snap *s = r ? r->snap : NULL;
@@ -1526,10 +1539,12 @@ static void member_json(const struct ar_rotation *r, json_t *m, const char *name
         return;
     for (size_t k = 0; cur && k < rec->nmembers; k++)
         in_set |= !strcmp(rec->members[k], name);
-    if (!strcmp(name, r->node) && r->merr[0])
-        err = r->merr;
+    if (!strcmp(name, r->node) && ar_rotation_member_error(r)[0])
+        err = ar_rotation_member_error(r);
     else if (!alive)
         err = "not alive (no lease: down or never started)";
+    else if (strcmp(name, r->node) && v && v->report_ok && v->rep.error[0] && !(a && a->ok))
+        err = v->rep.error; /* what that member says of itself in its report */
     else if (a && index >= 0 && (!a->ok || strcmp(a->hash, rec->phases[index].hash))) {
         whyf(buf, sizeof(buf), "acked phase %s with another config hash (%.19s)",
              rec->phases[index].name, a->hash);

@@ -94,6 +94,10 @@ json_t *ar_rotation_status_json(const struct ar_rotation *r);
 bool ar_rotation_active(const struct ar_rotation *r);
 /* The current phase name ("idle" without a rotation, "aborting" while aborting). */
 const char *ar_rotation_phase(const struct ar_rotation *r);
+/* Why this member has not acked its current phase ("" when nothing failed): the last failure,
+ * kept while the member tries again, cleared by an ack or a new rotation. The agent puts it in
+ * its alive report, so every member's /status shows it (members.<node>.last_error). */
+const char *ar_rotation_member_error(const struct ar_rotation *r);
 void ar_rotation_free(struct ar_rotation *r);
 
 #endif

@@ -190,6 +190,31 @@ static void test_desired_since(void **state)
     assert_int_equal(ar_report_build(&r, false, &s), -EINVAL);
 }
 
+/* A member's rotation error (why it does not ack): written only when set, read back, typed and
+ * bounded. */
+static void test_error(void **state)
+{
+    struct ar_report r = full(), back;
+    const char *num = "{\"error\":1}", *nul = "{\"error\":\"a\\u0000b\"}";
+    char *s, big[AR_REPORT_ERROR_MAX + 40];
+
+    snprintf(r.error, sizeof(r.error), "proof of load for phase promote failed: writes key1");
+    assert_int_equal(ar_report_build(&r, false, &s), 0);
+    assert_string_equal(s, "{\"node\":\"cp-1\",\"version\":\"0.1.0\",\"desired\":{\"fingerprint\":"
+                           "\"" FP_A "\",\"valid\":true},\"effective\":{\"fingerprint\":\"" FP_B
+                           "\",\"file_hash\":\"" FP_H "\"},\"error\":\"proof of load for phase "
+                           "promote failed: writes key1\"}");
+    assert_int_equal(ar_report_parse(s, strlen(s), &back), 0);
+    assert_string_equal(back.error, r.error);
+    free(s);
+    assert_int_equal(ar_report_parse(num, strlen(num), &back), -EBADMSG);
+    assert_int_equal(ar_report_parse(nul, strlen(nul), &back), -EBADMSG);
+    memset(big, 'x', sizeof(big));
+    memcpy(big, "{\"error\":\"", 10);
+    memcpy(big + sizeof(big) - 3, "\"}", 3);
+    assert_int_equal(ar_report_parse(big, strlen(big), &back), -EBADMSG);
+}
+
 static void test_fp(void **state)
 {
     assert_true(ar_report_fp_valid(FP_A));
@@ -209,6 +234,7 @@ int main(void)
         cmocka_unit_test(test_build_exact),  cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_parse_absent), cmocka_unit_test(test_parse_hostile),
         cmocka_unit_test(test_fp),           cmocka_unit_test(test_desired_since),
+        cmocka_unit_test(test_error),
     };
     return cmocka_run_group_tests_name("report", tests, NULL, NULL);
 }
