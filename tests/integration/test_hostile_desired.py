@@ -226,7 +226,7 @@ def test_hostile_corpus(nobody_tree, make_agent, keys, agent_bin, tmp_path):
         assert a.get("/healthz")[0] == 200, name
         assert a.get("/readyz")[0] == 200, name     # the last valid config is in force
         if err not in logged:       # (identical lines repeated within seconds are limited)
-            wait_for(lambda: err in a.log()[log0:], 5, "case %s: the error in the log" % name)
+            wait_for(lambda: err in a.log()[log0:], 20, "case %s: the error in the log" % name)
             logged.add(err)
         # back to the valid config in force (restoring it is not a reload)
         clear(a.desired)
