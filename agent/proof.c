@@ -338,6 +338,7 @@ struct ar_proof {
     bool known_loaded;     /* WRITE: the metrics said "loaded" before the last PUT started */
     char loaded_what[96];  /* ... which hash or "reload recorded" */
     char last_error[256];  /* last failed attempt */
+    char last_for[192];    /* the rotation/phase that last_error is about */
     char detail[256];      /* what this step waits for */
     unsigned attempts;
 };
@@ -444,6 +445,8 @@ static void finish(struct ar_proof *p, int status, enum ar_node_proof kind, cons
     else
         ar_log(AR_LOG_INFO, "proof of load (phase %s): %s", p->phase ? p->phase : "?", msg);
     snprintf(p->last_error, sizeof(p->last_error), "%s", status < 0 ? msg : "");
+    snprintf(p->last_for, sizeof(p->last_for), "%s/%s", p->rotation_id ? p->rotation_id : "",
+             p->phase ? p->phase : "");
     clear_request(p);
     p->done = NULL;
     if (done)
@@ -1196,7 +1199,12 @@ int ar_proof_start(struct ar_proof *p, const struct ar_prove_req *req, ar_node_p
     p->known_loaded = false;
     p->loaded_what[0] = 0;
     p->attempts = 0;
-    p->last_error[0] = p->used_key[0] = p->detail[0] = 0;
+    p->used_key[0] = p->detail[0] = 0;
+    /* a failed proof of the same phase stays reported while it is tried again */
+    snprintf(want, sizeof(want), "%s/%s", req->rotation_id ? req->rotation_id : "",
+             req->phase ? req->phase : "?");
+    if (strcmp(want, p->last_for))
+        p->last_error[0] = 0;
     p->cfg = ar_config_ref(req->cfg);
     if (dup_str(&p->file_hash, req->file_hash) < 0 || dup_str(&p->key_name, req->key_name) < 0 ||
         dup_str(&p->rotation_id, req->rotation_id) < 0 ||

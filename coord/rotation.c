@@ -21,6 +21,8 @@
 #define MAX_SNAP_ACKS  (4 * AR_RECORD_MAX_MEMBERS * (AR_RECORD_MAX_PHASES + 1))
 #define MAX_SNAP_NODES 64
 #define FIRST_BAD      3
+#define RETRY_MIN_MS   1000
+#define RETRY_MAX_MS   16000
 
 struct node_view {
     char node[AR_REPORT_NODE_MAX];
@@ -95,6 +97,10 @@ struct ar_rotation {
     struct ar_prove_req req;
     char req_hash[AR_HASH_STRLEN], req_id[AR_RECORD_ID_LEN], req_phase[AR_RECORD_NAME_MAX];
     char proof[AR_RECORD_NAME_MAX];
+    /* a failed apply or proof is tried again after a backoff that doubles to RETRY_MAX_MS
+       (a restart-mode proof reruns the reload command: not once a tick) */
+    unsigned retry_ms;
+    uint64_t retry_mono;
 
     /* leader */
     bool txn_busy;
@@ -388,6 +394,17 @@ static void member_reset(struct ar_rotation *r)
     r->plan_ok = false;
     r->merr[0] = '\0';
     r->lasterr[0] = '\0';
+    r->retry_ms = 0;
+    r->retry_mono = 0;
+}
+
+/* A member's apply or proof failed: not again before the backoff has passed. */
+static void member_backoff(struct ar_rotation *r)
+{
+    r->retry_ms = r->retry_ms ? r->retry_ms * 2 : RETRY_MIN_MS;
+    if (r->retry_ms > RETRY_MAX_MS)
+        r->retry_ms = RETRY_MAX_MS;
+    r->retry_mono = ar_etcd_now_ms() + r->retry_ms;
 }
 
 /* The secrets provider list of cfg: the first rule naming secrets, else "*.", else "*.*". */
@@ -567,6 +584,8 @@ static void on_ack_put(void *arg, int status, const struct ar_etcd_result *res,
              err && err->msg[0] ? err->msg : strerror(-status));
     else if (res->succeeded) {
         r->lasterr[0] = '\0';
+        r->retry_ms = 0;
+        r->retry_mono = 0;
         emit(r, AR_ROT_EV_ACK, r->req_id, r->req_phase, r->proof, true);
     }
     read_all(r);
@@ -623,8 +642,9 @@ static void on_proved(void *arg, int status, enum ar_node_proof kind, const stru
         whyf(r->merr, sizeof(r->merr), "proof of load for phase %s failed: %s", r->req_phase,
              err && err->msg[0] ? err->msg : strerror(-status));
         emit(r, AR_ROT_EV_PROOF, r->req_id, r->req_phase, r->proof, false);
+        member_backoff(r);
         r->busy = false;
-        return; /* the tick tries again */
+        return; /* a tick after the backoff tries again */
     }
     emit(r, AR_ROT_EV_PROOF, r->req_id, r->req_phase, r->proof, true);
     member_ack(r);
@@ -645,6 +665,7 @@ static void on_applied(void *arg, int status, bool changed, const struct ar_err 
     if (status < 0) {
         whyf(r->merr, sizeof(r->merr), "cannot write phase %s: %s", r->req_phase,
              err && err->msg[0] ? err->msg : strerror(-status));
+        member_backoff(r);
         r->busy = false;
         return;
     }
@@ -698,6 +719,8 @@ static void member_step(struct ar_rotation *r)
     mine = ack_find(s, r->node, index);
     if (mine && mine->ok && (index < 0 || !strcmp(mine->hash, rec->phases[index].hash)))
         return; /* acked */
+    if (ar_etcd_now_ms() < r->retry_mono)
+        return; /* the last try failed: wait out the backoff */
     cfg = index < 0 ? r->from : r->plan->phases[index].config;
     r->busy = true;
     r->busy_index = index;
