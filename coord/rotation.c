@@ -1308,13 +1308,14 @@ static void leader_reencrypt(struct ar_rotation *r)
     o.checkpoint_key = ckey;
     o.guard = &guard;
     rc = ar_chain_new(r->plan->phases[rec->index].config, &chain);
+    r->pending++; /* before the start: a pass that fails at once calls done inside it */
     if (rc == 0)
         rc = ar_reencrypt_start(r->etcd, chain, &o, on_reenc_progress, on_reenc_done, r, &r->reenc);
     ar_chain_unref(chain);
-    if (rc == 0)
-        r->pending++;
-    else
+    if (rc < 0) {
+        r->pending--;
         r->reenc_status = rc;
+    }
 }
 
 static void leader_act(struct ar_rotation *r, enum action act)
