@@ -17,6 +17,8 @@ PYTHON   ?= /usr/bin/python3
 VERSION  := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 FUZZ_SECONDS ?= 60
 FUZZ_CHECK_SECONDS ?= 5
+# integration tests run this many at a time (pytest-xdist): most of their time is waiting
+TEST_JOBS ?= 3
 
 PKGS     := libuv yaml-0.1 libcrypto libsodium libcurl jansson libmicrohttpd libsystemd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -153,7 +155,8 @@ fuzz: deps
 
 integration: atrest $(SAN)/atrest
 	@if ls tests/integration/test_*.py >/dev/null 2>&1; then \
-	  ATREST=$(CURDIR)/atrest ATREST_ASAN=$(CURDIR)/$(SAN)/atrest $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration; \
+	  ATREST=$(CURDIR)/atrest ATREST_ASAN=$(CURDIR)/$(SAN)/atrest $(PYTHON) -m pytest -q -p no:cacheprovider \
+	    -n $(TEST_JOBS) --durations=15 tests/integration; \
 	else echo "integration: no tests yet"; fi
 
 bench: deps

@@ -7,7 +7,7 @@ libuv1-dev libyaml-dev libssl-dev libsodium-dev libcurl4-openssl-dev libjansson-
 libmicrohttpd-dev libsystemd-dev libcmocka-dev
 clang libclang-rt-14-dev clang-format
 etcd-server etcd-client wrk openssl curl iproute2 systemd procps
-python3 python3-cryptography python3-nacl python3-pytest spin"
+python3 python3-cryptography python3-nacl python3-pytest python3-pytest-xdist spin"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
