@@ -855,6 +855,18 @@ class Checker:
         self.cursor[resource] = kvs[-1].key + b"\0" if more and kvs else None
         return kvs
 
+    def _still(self, kind, src, key, pk, kv):
+        """A verdict of "cannot read" is about the server's config when it answered, a moment
+        after the value was read: it counts only when the value was still there after the
+        answer (the stored value unchanged in etcd; the probe's server still writing with the
+        same key). Otherwise the rotation moved on in between (a re-encrypt then a prune, on a
+        loaded machine) and this sample says nothing."""
+        if kind == "stored":
+            now = self.cluster.kv.get(kv.key)
+            return now is not None and now.mod_revision == kv.mod_revision
+        st, doc = self._ask(src, "/sim/probe", {"resource": key})
+        return st is not None and doc["writeKey"] == pk
+
     def sample_once(self):
         live = [n for n in self.cluster.nodes if n.sim is not None and n.sim.alive()]
         if not live:
@@ -867,20 +879,21 @@ class Checker:
                     live.remove(node)
                     break
                 items.append({"key": doc["key"], "value": doc["value"]})
-                what.append(("probe", node, r, doc["writeKey"]))
+                what.append(("probe", node, r, doc["writeKey"], None))
         for r in self.resources:
             for kv in self._window(r):
                 if kv.key.startswith(self.ignore_keys + self.probe_keys):
                     continue
                 items.append({"key": _b64(kv.key), "value": _b64(kv.value)})
                 what.append(("stored", None, kv.key.decode("utf-8", "replace"),
-                             provider_key(kv.value)))
+                             provider_key(kv.value), kv))
         for node in live:
             st, doc = self._ask(node, "/sim/readable", {"items": items})
             if st is None:
                 continue
-            for (kind, src, key, pk), res in zip(what, doc["results"]):
-                if res["ok"]:
+            for (kind, src, key, pk, kv), res in zip(what, doc["results"]):
+                if res["ok"] or (kind == "probe" and src is node) or \
+                        not self._still(kind, src, key, pk, kv):
                     continue
                 if kind == "probe" and src is not node:
                     r = key
