@@ -218,6 +218,10 @@ def test_hostile_corpus(nobody_tree, make_agent, keys, agent_bin, tmp_path):
         if case["kind"] == "rewritten":
             # each distinct half-written state is a failure of its own (none ever valid)
             assert failures(a) >= f0 + 1, name
+        elif case["kind"] not in ("file", "vanished"):
+            # two changes: the file removed, then the odd thing made; the agent sees one state
+            # or both (a loaded machine can part the events by more than the watch's debounce)
+            assert f0 + 1 <= failures(a) <= f0 + 2, (name, failures(a), f0)
         else:
             assert failures(a) == f0 + 1, (name, failures(a), f0)
         assert a.effective.read_bytes() == eff, "case %s changed the effective file" % name
