@@ -6,23 +6,16 @@ gateway, and read back and decrypted here after the pass. Keys are generated at 
 output may contain one. Checks the exact counts, the JSON, the exit codes 0 / 1 / 2 and the
 checkpoint, with the release and the ASan+UBSan build.
 """
-import base64
 import json
 import os
 import pathlib
 import subprocess
-import urllib.request
 
-import nacl.secret
-from cryptography.hazmat.primitives import padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from wire import Gateway, aescbc_dec, aescbc_enc, b64, secretbox_dec, secretbox_enc
+from wire import stored_object as obj
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ATREST = os.environ.get("ATREST", str(ROOT / "atrest"))
-
-
-def b64(b):
-    return base64.b64encode(b).decode()
 
 
 def run(args, binary=ATREST, check=None):
@@ -30,59 +23,6 @@ def run(args, binary=ATREST, check=None):
     if check is not None:
         assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
     return p
-
-
-def aescbc_enc(name, key, pt):
-    iv = os.urandom(16)
-    p = padding.PKCS7(128).padder()
-    e = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-    return (b"k8s:enc:aescbc:v1:" + name.encode() + b":" + iv
-            + e.update(p.update(pt) + p.finalize()) + e.finalize())
-
-
-def aescbc_dec(key, ct):
-    iv, body = ct[:16], ct[16:]
-    d = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
-    u = padding.PKCS7(128).unpadder()
-    return u.update(d.update(body) + d.finalize()) + u.finalize()
-
-
-def secretbox_enc(name, key, pt):
-    nonce = os.urandom(24)
-    return (b"k8s:enc:secretbox:v1:" + name.encode() + b":" + nonce
-            + nacl.secret.SecretBox(key).encrypt(pt, nonce).ciphertext)
-
-
-def secretbox_dec(key, ct):
-    return nacl.secret.SecretBox(key).decrypt(ct[24:], ct[:24])
-
-
-def obj(key):
-    return b"k8s\x00" + key.encode() + b"-" + os.urandom(8).hex().encode()
-
-
-class Gateway:
-    def __init__(self, endpoint):
-        self.endpoint = endpoint
-
-    def post(self, path, body):
-        req = urllib.request.Request(self.endpoint + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
-
-    def put_many(self, kvs):
-        for i in range(0, len(kvs), 128):
-            ops = [{"request_put": {"key": b64(k.encode()), "value": b64(v)}}
-                   for k, v in kvs[i:i + 128]]
-            self.post("/v3/kv/txn", {"success": ops})
-
-    def get_prefix(self, prefix):
-        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-        r = self.post("/v3/kv/range", {"key": b64(prefix.encode()), "range_end": b64(end.encode())})
-        return {base64.b64decode(kv["key"]).decode(): (base64.b64decode(kv.get("value", "")),
-                                                       int(kv.get("version", "0")))
-                for kv in r.get("kvs", [])}
 
 
 def config(tmp_path, k1, k2, s2):

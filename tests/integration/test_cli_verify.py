@@ -6,25 +6,20 @@ encoded by hand), and put into etcd through its JSON gateway. Keys are generated
 no output may contain one. Checks the exact table, the exact JSON and the exit codes
 0 / 1 / 3 / 2, with the release and the ASan+UBSan build.
 """
-import base64
 import json
 import os
 import pathlib
 import pty
 import subprocess
-import urllib.request
 
-import nacl.secret
-from cryptography.hazmat.primitives import padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from wire import Gateway, b64, kmsv2
+from wire import aescbc_enc as aescbc
+from wire import aesgcm_enc as aesgcm
+from wire import secretbox_enc as secretbox
+from wire import stored_object as obj
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ATREST = os.environ.get("ATREST", str(ROOT / "atrest"))
-
-
-def b64(b):
-    return base64.b64encode(b).decode()
 
 
 def run(args, check=None, binary=ATREST):
@@ -32,62 +27,6 @@ def run(args, check=None, binary=ATREST):
     if check is not None:
         assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
     return p
-
-
-# ---- a second implementation of the stored values -----------------------------------------
-
-def aescbc(name, key, pt):
-    iv = os.urandom(16)
-    p = padding.PKCS7(128).padder()
-    e = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-    return (b"k8s:enc:aescbc:v1:" + name.encode() + b":" + iv
-            + e.update(p.update(pt) + p.finalize()) + e.finalize())
-
-
-def aesgcm(name, key, pt, aad):
-    nonce = os.urandom(12)
-    return (b"k8s:enc:aesgcm:v1:" + name.encode() + b":" + nonce
-            + AESGCM(key).encrypt(nonce, pt, aad.encode()))
-
-
-def secretbox(name, key, pt):
-    nonce = os.urandom(24)
-    return (b"k8s:enc:secretbox:v1:" + name.encode() + b":" + nonce
-            + nacl.secret.SecretBox(key).encrypt(pt, nonce).ciphertext)
-
-
-def pb_bytes(field, data):
-    assert len(data) < 128
-    return bytes([field << 3 | 2, len(data)]) + data
-
-
-def kmsv2(name, key_id):
-    """EncryptedObject{encryptedData=1, keyID=2, encryptedDEKSource=3}, type 0 (omitted)."""
-    obj = (pb_bytes(1, os.urandom(12 + 20 + 16)) + pb_bytes(2, key_id.encode())
-           + pb_bytes(3, os.urandom(32)))
-    return b"k8s:enc:kms:v2:" + name.encode() + b":" + obj
-
-
-def obj(key):
-    """A serialized object as kube-apiserver stores it (protobuf magic + bytes)."""
-    return b"k8s\x00" + key.encode() + b"-" + os.urandom(8).hex().encode()
-
-
-class Gateway:
-    def __init__(self, endpoint):
-        self.endpoint = endpoint
-
-    def post(self, path, body):
-        req = urllib.request.Request(self.endpoint + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return json.loads(r.read())
-
-    def put_many(self, kvs):
-        for i in range(0, len(kvs), 128):  # etcd's --max-txn-ops
-            ops = [{"request_put": {"key": b64(k.encode()), "value": b64(v)}}
-                   for k, v in kvs[i:i + 128]]
-            self.post("/v3/kv/txn", {"success": ops})
 
 
 def config(tmp_path, k1, k2, s1):
