@@ -20,8 +20,12 @@ def aescbc(*named):
     return keyed_config("aescbc", *named)
 
 
+# what a just-started agent reports before it has read the rotation state ("rotation": null)
+NOT_YET = {"phase": None, "id": None, "history": [], "members": {}, "waiting_for": ""}
+
+
 def rot(node):
-    return node.agent.status()["rotation"]
+    return node.agent.status()["rotation"] or dict(NOT_YET)
 
 
 def phases_seen(c, phase):

@@ -18,8 +18,12 @@ SETTLE = ["--settle-seconds", "1"]
 CANARY = ["/registry/secrets/kube-system/"]
 
 
+# what a just-started agent reports before it has read the rotation state ("rotation": null)
+NOT_YET = {"phase": None, "id": None, "history": [], "members": {}, "waiting_for": ""}
+
+
 def rot(node):
-    return node.agent.status()["rotation"]
+    return node.agent.status()["rotation"] or dict(NOT_YET)
 
 
 def live(c):
@@ -48,7 +52,7 @@ def finished(c, count=1, nodes=None):
     nodes = live(c) if nodes is None else nodes
     for n in nodes:
         r = rot(n)
-        if r["phase"] != "done" or len(r["history"]) < count:
+        if not r or r["phase"] != "done" or len(r["history"]) < count:   # None: just started
             return False
     return True
 
