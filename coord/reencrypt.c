@@ -345,6 +345,23 @@ static bool progress(struct ar_reencrypt *r)
 
 static void pump(struct ar_reencrypt *r);
 
+/* The start of every etcd callback after its pending-- : false when the callback must stop
+ * there (the pass was stopped or finished: freed when this was the last answer; or the
+ * request failed: the pass fails with what said). */
+static bool answered(struct ar_reencrypt *r, int status, const char *what,
+                     const struct ar_etcd_error *err)
+{
+    if (r->stopped || r->finished) {
+        try_free(r);
+        return false;
+    }
+    if (status < 0) {
+        fail(r, status, what, err);
+        return false;
+    }
+    return true;
+}
+
 static void on_ckpt(void *arg, int status, const struct ar_etcd_result *res,
                     const struct ar_etcd_error *err)
 {
@@ -352,14 +369,8 @@ static void on_ckpt(void *arg, int status, const struct ar_etcd_result *res,
 
     r->pending--;
     r->ckpt_inflight = false;
-    if (r->stopped || r->finished) {
-        try_free(r);
+    if (!answered(r, status, "re-encrypt checkpoint", err))
         return;
-    }
-    if (status < 0) {
-        fail(r, status, "re-encrypt checkpoint", err);
-        return;
-    }
     if (!res->succeeded) {
         struct ar_err e;
 
@@ -508,14 +519,8 @@ static void on_batch(void *arg, int status, const struct ar_etcd_result *res,
     r->inflight--;
     r->txn_ms += ar_etcd_now_ms() - b->sent_ms;
     r->txns++;
-    if (r->stopped || r->finished) {
-        try_free(r);
+    if (!answered(r, status, "re-encrypt txn", err))
         return;
-    }
-    if (status < 0) {
-        fail(r, status, "re-encrypt txn", err);
-        return;
-    }
     if (res->succeeded) {
         b->cnt.rewritten += b->n;
         r->live.rewritten += b->n;
@@ -537,14 +542,8 @@ static void on_single(void *arg, int status, const struct ar_etcd_result *res,
     r->pending--;
     r->inflight--;
     b->singles_out--;
-    if (r->stopped || r->finished) {
-        try_free(r);
+    if (!answered(r, status, "re-encrypt txn", err))
         return;
-    }
-    if (status < 0) {
-        fail(r, status, "re-encrypt txn", err);
-        return;
-    }
     if (res->succeeded) {
         b->cnt.rewritten++;
         r->live.rewritten++;
@@ -827,14 +826,8 @@ static void on_split(void *arg, int status, const struct ar_etcd_result *res,
 
     r->pending--;
     r->splitting = false;
-    if (r->stopped || r->finished) {
-        try_free(r);
+    if (!answered(r, status, "re-encrypt range", err))
         return;
-    }
-    if (status < 0) {
-        fail(r, status, "re-encrypt range", err);
-        return;
-    }
     n = res->n_kvs;
     if (!n) {
         r->sel_eof = true;
@@ -1067,14 +1060,8 @@ static void on_count(void *arg, int status, const struct ar_etcd_result *res,
     struct ar_reencrypt *r = arg;
 
     r->pending--;
-    if (r->stopped || r->finished) {
-        try_free(r);
+    if (!answered(r, status, "re-encrypt count", err))
         return;
-    }
-    if (status < 0) {
-        fail(r, status, "re-encrypt count", err);
-        return;
-    }
     r->total += (uint64_t)res->count;
     if (r->pending == 0)
         begin_run(r);
@@ -1122,14 +1109,8 @@ static void on_ckpt_read(void *arg, int status, const struct ar_etcd_result *res
     struct ar_reencrypt_ckpt ck;
 
     r->pending--;
-    if (r->stopped || r->finished) {
-        try_free(r);
+    if (!answered(r, status, "re-encrypt checkpoint read", err))
         return;
-    }
-    if (status < 0) {
-        fail(r, status, "re-encrypt checkpoint read", err);
-        return;
-    }
     if (res->n_kvs) {
         struct ar_err e;
 
