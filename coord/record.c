@@ -7,6 +7,7 @@
 
 #include <jansson.h>
 
+#include "coord/jsonrec.h"
 #include "coord/record.h"
 
 static const char *const phase_names[] = {"stage", "promote", "reencrypt", "verify", "prune"};
@@ -81,20 +82,6 @@ int ar_record_id(int64_t ms, const char *from, const char *to, char out[AR_RECOR
     return 0;
 }
 
-static bool node_ok(const char *n)
-{
-    size_t len = strnlen(n, AR_REPORT_NODE_MAX);
-
-    return len > 0 && len < AR_REPORT_NODE_MAX && !strchr(n, '/');
-}
-
-static int dump(json_t *j, char **out)
-{
-    *out = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-    json_decref(j);
-    return *out ? 0 : -ENOMEM;
-}
-
 /* --- build ----------------------------------------------------------------------------------- */
 
 static bool rotation_ok(const struct ar_rotation_rec *r)
@@ -113,7 +100,7 @@ static bool rotation_ok(const struct ar_rotation_rec *r)
             return false;
     }
     for (size_t i = 0; i < r->nmembers; i++) {
-        if (!node_ok(r->members[i]))
+        if (!ar_report_node_valid(r->members[i]))
             return false;
         for (size_t j = 0; j < i; j++)
             if (!strcmp(r->members[i], r->members[j]))
@@ -152,7 +139,7 @@ int ar_rotation_rec_build(const struct ar_rotation_rec *r, char **out)
         json_decref(j);
         return -ENOMEM;
     }
-    return dump(j, out);
+    return ar_jrec_dump(j, out);
 }
 
 int ar_ack_rec_build(const struct ar_ack_rec *r, char **out)
@@ -160,14 +147,14 @@ int ar_ack_rec_build(const struct ar_ack_rec *r, char **out)
     if (!out)
         return -EINVAL;
     *out = NULL;
-    if (!r || !node_ok(r->node) ||
+    if (!r || !ar_report_node_valid(r->node) ||
         (ar_record_phase_kind(r->phase) < 0 && strcmp(r->phase, "abort")) ||
         !ar_report_fp_valid(r->hash) || !ar_record_proof_valid(r->proof) || r->time_ms < 0)
         return -EINVAL;
-    return dump(json_pack("{s:s, s:s, s:s, s:s, s:b, s:I}", "node", r->node, "phase", r->phase,
-                          "hash", r->hash, "proof", r->proof, "ok", (int)r->ok, "time_ms",
-                          (json_int_t)r->time_ms),
-                out);
+    return ar_jrec_dump(json_pack("{s:s, s:s, s:s, s:s, s:b, s:I}", "node", r->node, "phase",
+                                  r->phase, "hash", r->hash, "proof", r->proof, "ok", (int)r->ok,
+                                  "time_ms", (json_int_t)r->time_ms),
+                        out);
 }
 
 int ar_abort_rec_build(const struct ar_abort_rec *r, char **out)
@@ -175,9 +162,9 @@ int ar_abort_rec_build(const struct ar_abort_rec *r, char **out)
     if (!out)
         return -EINVAL;
     *out = NULL;
-    if (!r || !ar_record_id_valid(r->id) || !node_ok(r->by) || r->time_ms < 0)
+    if (!r || !ar_record_id_valid(r->id) || !ar_report_node_valid(r->by) || r->time_ms < 0)
         return -EINVAL;
-    return dump(
+    return ar_jrec_dump(
         json_pack("{s:s, s:s, s:I}", "id", r->id, "by", r->by, "time_ms", (json_int_t)r->time_ms),
         out);
 }
@@ -204,86 +191,40 @@ int ar_history_rec_build(const struct ar_history_rec *r, char **out)
         json_decref(ph);
         return -ENOMEM;
     }
-    return dump(json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:o}", "id", r->id, "from", r->from, "to",
-                          r->to, "result", r->aborted ? "aborted" : "done", "started_ms",
-                          (json_int_t)r->started_ms, "finished_ms", (json_int_t)r->finished_ms,
-                          "phases", ph),
-                out);
+    return ar_jrec_dump(json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:o}", "id", r->id, "from",
+                                  r->from, "to", r->to, "result", r->aborted ? "aborted" : "done",
+                                  "started_ms", (json_int_t)r->started_ms, "finished_ms",
+                                  (json_int_t)r->finished_ms, "phases", ph),
+                        out);
 }
 
 /* --- parse ----------------------------------------------------------------------------------- */
 
-static int load(const char *json, size_t len, json_t **root)
-{
-    *root = NULL;
-    if (!json)
-        return -EINVAL;
-    if (len > AR_RECORD_MAX_BYTES)
-        return -EMSGSIZE;
-    *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, NULL);
-    if (!json_is_object(*root)) {
-        json_decref(*root);
-        *root = NULL;
-        return -EBADMSG;
-    }
-    return 0;
-}
-
-/* A string value shorter than n, without NUL. */
-static int str_val(const json_t *v, char *out, size_t n)
-{
-    size_t len;
-
-    if (!json_is_string(v))
-        return -EBADMSG;
-    len = json_string_length(v);
-    if (len >= n || memchr(json_string_value(v), '\0', len))
-        return -EBADMSG;
-    memcpy(out, json_string_value(v), len + 1);
-    return 0;
-}
-
-/* A required string member. */
-static int get_str(const json_t *o, const char *k, char *out, size_t n)
-{
-    return str_val(json_object_get(o, k), out, n);
-}
-
 static int get_fp(const json_t *o, const char *k, char *out)
 {
-    int rc = get_str(o, k, out, AR_REPORT_FP_LEN);
+    int rc = ar_jrec_get_str(o, k, AR_JREC_REQUIRED, out, AR_REPORT_FP_LEN);
 
     return rc == 0 && !ar_report_fp_valid(out) ? -EBADMSG : rc;
 }
 
 static int get_id(const json_t *o, char *out)
 {
-    int rc = get_str(o, "id", out, AR_RECORD_ID_LEN);
+    int rc = ar_jrec_get_str(o, "id", AR_JREC_REQUIRED, out, AR_RECORD_ID_LEN);
 
     return rc == 0 && !ar_record_id_valid(out) ? -EBADMSG : rc;
 }
 
 static int get_node(const json_t *o, const char *k, char *out)
 {
-    int rc = get_str(o, k, out, AR_REPORT_NODE_MAX);
+    int rc = ar_jrec_get_str(o, k, AR_JREC_REQUIRED, out, AR_REPORT_NODE_MAX);
 
-    return rc == 0 && !node_ok(out) ? -EBADMSG : rc;
-}
-
-static int get_time(const json_t *o, const char *k, int64_t *out)
-{
-    const json_t *v = json_object_get(o, k);
-
-    if (!json_is_integer(v) || json_integer_value(v) < 0)
-        return -EBADMSG;
-    *out = (int64_t)json_integer_value(v);
-    return 0;
+    return rc == 0 && !ar_report_node_valid(out) ? -EBADMSG : rc;
 }
 
 /* A phase name, each one after the one before (so at most once each). */
 static int phase_name(const json_t *v, char *out, int *last)
 {
-    int k, rc = str_val(v, out, AR_RECORD_NAME_MAX);
+    int k, rc = ar_jrec_str(v, out, AR_RECORD_NAME_MAX);
 
     if (rc < 0)
         return rc;
@@ -325,7 +266,8 @@ static int rotation_members(const json_t *a, struct ar_rotation_rec *out)
         return -EBADMSG;
     json_array_foreach(a, i, v)
     {
-        if (str_val(v, out->members[i], AR_REPORT_NODE_MAX) < 0 || !node_ok(out->members[i]))
+        if (ar_jrec_str(v, out->members[i], AR_REPORT_NODE_MAX) < 0 ||
+            !ar_report_node_valid(out->members[i]))
             return -EBADMSG;
         for (size_t j = 0; j < i; j++)
             if (!strcmp(out->members[i], out->members[j]))
@@ -345,7 +287,7 @@ int ar_rotation_rec_parse(const char *json, size_t len, struct ar_rotation_rec *
     if (!out)
         return -EINVAL;
     memset(out, 0, sizeof(*out));
-    rc = load(json, len, &root);
+    rc = ar_jrec_load(json, len, AR_RECORD_MAX_BYTES, &root);
     if (rc < 0)
         return rc;
     rc = get_id(root, out->id);
@@ -362,7 +304,7 @@ int ar_rotation_rec_parse(const char *json, size_t len, struct ar_rotation_rec *
     if (rc == 0)
         out->index = (int)json_integer_value(idx);
     if (rc == 0)
-        rc = get_str(root, "state", state, sizeof(state));
+        rc = ar_jrec_get_str(root, "state", AR_JREC_REQUIRED, state, sizeof(state));
     if (rc == 0 && !strcmp(state, "aborting"))
         out->state = AR_ROT_ABORTING;
     else if (rc == 0 && strcmp(state, "running"))
@@ -370,12 +312,12 @@ int ar_rotation_rec_parse(const char *json, size_t len, struct ar_rotation_rec *
     if (rc == 0)
         rc = rotation_members(json_object_get(root, "members"), out);
     if (rc == 0)
-        rc = get_time(root, "started_ms", &out->started_ms);
+        rc = ar_jrec_get_time(root, "started_ms", AR_JREC_REQUIRED, &out->started_ms);
     if (rc == 0)
-        rc = get_time(root, "phase_since_ms", &out->phase_since_ms);
+        rc = ar_jrec_get_time(root, "phase_since_ms", AR_JREC_REQUIRED, &out->phase_since_ms);
     refused = json_object_get(root, "abort_refused");
     if (rc == 0 && refused)
-        rc = str_val(refused, out->abort_refused, sizeof(out->abort_refused));
+        rc = ar_jrec_str(refused, out->abort_refused, sizeof(out->abort_refused));
     json_decref(root);
     if (rc < 0)
         memset(out, 0, sizeof(*out));
@@ -391,18 +333,18 @@ int ar_ack_rec_parse(const char *json, size_t len, struct ar_ack_rec *out)
     if (!out)
         return -EINVAL;
     memset(out, 0, sizeof(*out));
-    rc = load(json, len, &root);
+    rc = ar_jrec_load(json, len, AR_RECORD_MAX_BYTES, &root);
     if (rc < 0)
         return rc;
     rc = get_node(root, "node", out->node);
     if (rc == 0)
-        rc = get_str(root, "phase", out->phase, sizeof(out->phase));
+        rc = ar_jrec_get_str(root, "phase", AR_JREC_REQUIRED, out->phase, sizeof(out->phase));
     if (rc == 0 && ar_record_phase_kind(out->phase) < 0 && strcmp(out->phase, "abort"))
         rc = -EBADMSG;
     if (rc == 0)
         rc = get_fp(root, "hash", out->hash);
     if (rc == 0)
-        rc = get_str(root, "proof", out->proof, sizeof(out->proof));
+        rc = ar_jrec_get_str(root, "proof", AR_JREC_REQUIRED, out->proof, sizeof(out->proof));
     if (rc == 0 && !ar_record_proof_valid(out->proof))
         rc = -EBADMSG;
     ok = json_object_get(root, "ok");
@@ -411,7 +353,7 @@ int ar_ack_rec_parse(const char *json, size_t len, struct ar_ack_rec *out)
     if (rc == 0)
         out->ok = json_is_true(ok);
     if (rc == 0)
-        rc = get_time(root, "time_ms", &out->time_ms);
+        rc = ar_jrec_get_time(root, "time_ms", AR_JREC_REQUIRED, &out->time_ms);
     json_decref(root);
     if (rc < 0)
         memset(out, 0, sizeof(*out));
@@ -426,14 +368,14 @@ int ar_abort_rec_parse(const char *json, size_t len, struct ar_abort_rec *out)
     if (!out)
         return -EINVAL;
     memset(out, 0, sizeof(*out));
-    rc = load(json, len, &root);
+    rc = ar_jrec_load(json, len, AR_RECORD_MAX_BYTES, &root);
     if (rc < 0)
         return rc;
     rc = get_id(root, out->id);
     if (rc == 0)
         rc = get_node(root, "by", out->by);
     if (rc == 0)
-        rc = get_time(root, "time_ms", &out->time_ms);
+        rc = ar_jrec_get_time(root, "time_ms", AR_JREC_REQUIRED, &out->time_ms);
     json_decref(root);
     if (rc < 0)
         memset(out, 0, sizeof(*out));
@@ -451,7 +393,7 @@ int ar_history_rec_parse(const char *json, size_t len, struct ar_history_rec *ou
     if (!out)
         return -EINVAL;
     memset(out, 0, sizeof(*out));
-    rc = load(json, len, &root);
+    rc = ar_jrec_load(json, len, AR_RECORD_MAX_BYTES, &root);
     if (rc < 0)
         return rc;
     rc = get_id(root, out->id);
@@ -460,15 +402,15 @@ int ar_history_rec_parse(const char *json, size_t len, struct ar_history_rec *ou
     if (rc == 0)
         rc = get_fp(root, "to", out->to);
     if (rc == 0)
-        rc = get_str(root, "result", result, sizeof(result));
+        rc = ar_jrec_get_str(root, "result", AR_JREC_REQUIRED, result, sizeof(result));
     if (rc == 0 && !strcmp(result, "aborted"))
         out->aborted = true;
     else if (rc == 0 && strcmp(result, "done"))
         rc = -EBADMSG;
     if (rc == 0)
-        rc = get_time(root, "started_ms", &out->started_ms);
+        rc = ar_jrec_get_time(root, "started_ms", AR_JREC_REQUIRED, &out->started_ms);
     if (rc == 0)
-        rc = get_time(root, "finished_ms", &out->finished_ms);
+        rc = ar_jrec_get_time(root, "finished_ms", AR_JREC_REQUIRED, &out->finished_ms);
     ph = json_object_get(root, "phases");
     if (rc == 0 && (!json_is_array(ph) || json_array_size(ph) > AR_RECORD_MAX_PHASES))
         rc = -EBADMSG;

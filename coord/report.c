@@ -6,6 +6,7 @@
 
 #include <jansson.h>
 
+#include "coord/jsonrec.h"
 #include "coord/report.h"
 
 bool ar_report_fp_valid(const char *fp)
@@ -28,9 +29,9 @@ bool ar_report_effective_is(const struct ar_report *r, const char *fp)
     return r && ar_report_fp_equal(r->effective_fp, fp);
 }
 
-static bool node_ok(const char *n)
+bool ar_report_node_valid(const char *n)
 {
-    size_t len = n ? strlen(n) : 0;
+    size_t len = n ? strnlen(n, AR_REPORT_NODE_MAX) : 0;
 
     return len > 0 && len < AR_REPORT_NODE_MAX && !strchr(n, '/');
 }
@@ -41,13 +42,6 @@ static bool opt_fp_ok(const char *fp)
     return !fp[0] || ar_report_fp_valid(fp);
 }
 
-static int dump(json_t *j, char **out)
-{
-    *out = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
-    json_decref(j);
-    return *out ? 0 : -ENOMEM;
-}
-
 int ar_report_build(const struct ar_report *r, bool with_time, char **out)
 {
     json_t *j;
@@ -55,7 +49,7 @@ int ar_report_build(const struct ar_report *r, bool with_time, char **out)
     if (!out)
         return -EINVAL;
     *out = NULL;
-    if (!r || !node_ok(r->node) || strlen(r->version) >= AR_REPORT_VERSION_MAX ||
+    if (!r || !ar_report_node_valid(r->node) || strlen(r->version) >= AR_REPORT_VERSION_MAX ||
         !opt_fp_ok(r->desired_fp) || !opt_fp_ok(r->effective_fp) || !opt_fp_ok(r->effective_hash) ||
         r->time_ms < 0 || r->desired_since_ms < 0 ||
         strnlen(r->error, AR_REPORT_ERROR_MAX) >= AR_REPORT_ERROR_MAX)
@@ -80,7 +74,7 @@ int ar_report_build(const struct ar_report *r, bool with_time, char **out)
         json_decref(j);
         return -ENOMEM;
     }
-    return dump(j, out);
+    return ar_jrec_dump(j, out);
 }
 
 int ar_registration_build(const struct ar_registration *r, char **out)
@@ -88,72 +82,24 @@ int ar_registration_build(const struct ar_registration *r, char **out)
     if (!out)
         return -EINVAL;
     *out = NULL;
-    if (!r || !node_ok(r->node) || strlen(r->version) >= AR_REPORT_VERSION_MAX ||
+    if (!r || !ar_report_node_valid(r->node) || strlen(r->version) >= AR_REPORT_VERSION_MAX ||
         r->first_seen_ms < 0 || r->registered_ms < 0)
         return -EINVAL;
-    return dump(json_pack("{s:s, s:s, s:I, s:I}", "node", r->node, "version", r->version,
-                          "first_seen_ms", (json_int_t)r->first_seen_ms, "registered_ms",
-                          (json_int_t)r->registered_ms),
-                out);
+    return ar_jrec_dump(json_pack("{s:s, s:s, s:I, s:I}", "node", r->node, "version", r->version,
+                                  "first_seen_ms", (json_int_t)r->first_seen_ms, "registered_ms",
+                                  (json_int_t)r->registered_ms),
+                        out);
 }
 
 /* --- parsing --------------------------------------------------------------------------------- */
 
-static int load(const char *json, size_t len, json_t **root)
-{
-    *root = NULL;
-    if (!json)
-        return -EINVAL;
-    if (len > AR_REPORT_MAX_BYTES)
-        return -EMSGSIZE;
-    *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, NULL);
-    if (!json_is_object(*root)) {
-        json_decref(*root);
-        *root = NULL;
-        return -EBADMSG;
-    }
-    return 0;
-}
-
-/* An optional string member into out (size n): absent or null -> "", else a string shorter
- * than n without NUL. */
-static int get_str(const json_t *o, const char *k, char *out, size_t n)
-{
-    const json_t *v = json_object_get(o, k);
-    size_t len;
-
-    out[0] = '\0';
-    if (!v || json_is_null(v))
-        return 0;
-    if (!json_is_string(v))
-        return -EBADMSG;
-    len = json_string_length(v);
-    if (len >= n || memchr(json_string_value(v), '\0', len))
-        return -EBADMSG;
-    memcpy(out, json_string_value(v), len + 1);
-    return 0;
-}
-
 static int get_fp(const json_t *o, const char *k, char *out)
 {
-    int rc = get_str(o, k, out, AR_REPORT_FP_LEN);
+    int rc = ar_jrec_get_str(o, k, AR_JREC_OPTIONAL, out, AR_REPORT_FP_LEN);
 
     if (rc == 0 && !opt_fp_ok(out))
         rc = -EBADMSG;
     return rc;
-}
-
-static int get_time(const json_t *o, const char *k, int64_t *out)
-{
-    const json_t *v = json_object_get(o, k);
-
-    *out = 0;
-    if (!v)
-        return 0;
-    if (!json_is_integer(v) || json_integer_value(v) < 0)
-        return -EBADMSG;
-    *out = (int64_t)json_integer_value(v);
-    return 0;
 }
 
 /* An optional object member: absent -> NULL (0), not an object -> -EBADMSG. */
@@ -181,12 +127,12 @@ static int get_bool(const json_t *o, const char *k, bool *out)
 static int get_ident(const json_t *root, char *node, char *version)
 {
     const json_t *n = json_object_get(root, "node");
-    int rc = get_str(root, "node", node, AR_REPORT_NODE_MAX);
+    int rc = ar_jrec_get_str(root, "node", AR_JREC_OPTIONAL, node, AR_REPORT_NODE_MAX);
 
-    if (rc == 0 && n && !json_is_null(n) && !node_ok(node)) /* present: a real name */
+    if (rc == 0 && n && !json_is_null(n) && !ar_report_node_valid(node)) /* present: a real name */
         rc = -EBADMSG;
     if (rc == 0)
-        rc = get_str(root, "version", version, AR_REPORT_VERSION_MAX);
+        rc = ar_jrec_get_str(root, "version", AR_JREC_OPTIONAL, version, AR_REPORT_VERSION_MAX);
     return rc;
 }
 
@@ -199,7 +145,7 @@ int ar_report_parse(const char *json, size_t len, struct ar_report *out)
     if (!out)
         return -EINVAL;
     memset(out, 0, sizeof(*out));
-    rc = load(json, len, &root);
+    rc = ar_jrec_load(json, len, AR_REPORT_MAX_BYTES, &root);
     if (rc < 0)
         return rc;
     rc = get_ident(root, out->node, out->version);
@@ -212,15 +158,15 @@ int ar_report_parse(const char *json, size_t len, struct ar_report *out)
     if (rc == 0)
         rc = get_bool(d, "valid", &out->desired_valid);
     if (rc == 0 && d)
-        rc = get_time(d, "since_ms", &out->desired_since_ms);
+        rc = ar_jrec_get_time(d, "since_ms", AR_JREC_OPTIONAL, &out->desired_since_ms);
     if (rc == 0 && e)
         rc = get_fp(e, "fingerprint", out->effective_fp);
     if (rc == 0 && e)
         rc = get_fp(e, "file_hash", out->effective_hash);
     if (rc == 0)
-        rc = get_str(root, "error", out->error, AR_REPORT_ERROR_MAX);
+        rc = ar_jrec_get_str(root, "error", AR_JREC_OPTIONAL, out->error, AR_REPORT_ERROR_MAX);
     if (rc == 0)
-        rc = get_time(root, "time_ms", &out->time_ms);
+        rc = ar_jrec_get_time(root, "time_ms", AR_JREC_OPTIONAL, &out->time_ms);
     json_decref(root);
     if (rc < 0)
         memset(out, 0, sizeof(*out));
@@ -235,14 +181,14 @@ int ar_registration_parse(const char *json, size_t len, struct ar_registration *
     if (!out)
         return -EINVAL;
     memset(out, 0, sizeof(*out));
-    rc = load(json, len, &root);
+    rc = ar_jrec_load(json, len, AR_REPORT_MAX_BYTES, &root);
     if (rc < 0)
         return rc;
     rc = get_ident(root, out->node, out->version);
     if (rc == 0)
-        rc = get_time(root, "first_seen_ms", &out->first_seen_ms);
+        rc = ar_jrec_get_time(root, "first_seen_ms", AR_JREC_OPTIONAL, &out->first_seen_ms);
     if (rc == 0)
-        rc = get_time(root, "registered_ms", &out->registered_ms);
+        rc = ar_jrec_get_time(root, "registered_ms", AR_JREC_OPTIONAL, &out->registered_ms);
     json_decref(root);
     if (rc < 0)
         memset(out, 0, sizeof(*out));

@@ -62,6 +62,8 @@ int ar_registration_parse(const char *json, size_t len, struct ar_registration *
 
 /* "sha256:" + 64 lowercase hex digits. */
 bool ar_report_fp_valid(const char *fp);
+/* A node name: 1 to AR_REPORT_NODE_MAX - 1 bytes, no '/' (it is part of etcd keys). */
+bool ar_report_node_valid(const char *n);
 /* Both fingerprints present and equal (an absent one never matches). */
 bool ar_report_fp_equal(const char *a, const char *b);
 /* The member reports fp as its effective config (the ack of "this config is in force"). */
