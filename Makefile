@@ -19,6 +19,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_CHECK_SECONDS ?= 5
 # integration tests run this many at a time (pytest-xdist): most of their time is waiting
 TEST_JOBS ?= 3
+BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 PKGS     := libuv yaml-0.1 libcrypto libsodium libcurl jansson libmicrohttpd libsystemd
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -56,7 +57,7 @@ SAN_UNIT := $(UNIT_SRC:tests/unit/%.c=$(SAN)/tests/%)
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=$(FZ)/%)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(REL)/bench/%)
 
-.PHONY: all deps check check-inner style arrows unit-security unit unit-rel unit-asan fuzz fuzz-check fuzz-build bench \
+.PHONY: all deps check check-build check-inner style arrows unit-security unit unit-rel unit-asan fuzz fuzz-check fuzz-build bench \
         demo demo-basic integration install clean format lint-style bench-reencrypt
 .DEFAULT_GOAL := all
 .SECONDARY:
@@ -113,7 +114,11 @@ deps:
 	@sh tests/deps.sh
 
 check: deps
+	@$(MAKE) --no-print-directory -j$(BUILD_JOBS) check-build
 	@$(MAKE) --no-print-directory check-inner
+
+# everything make check runs, built first and in parallel (the tests then run in order)
+check-build: atrest $(SAN)/atrest $(REL_UNIT) $(SAN_UNIT) $(FUZZ_BIN)
 
 check-inner: style arrows atrest $(SAN)/atrest unit unit-security fuzz-check integration model
 
