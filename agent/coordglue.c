@@ -30,6 +30,7 @@
 #include "agent/effective.h"
 #include "agent/log.h"
 #include "agent/proof.h"
+#include "agent/reencrypt_api.h"
 #include "coord/election.h"
 #include "coord/err.h"
 #include "coord/etcd/etcd.h"
@@ -246,16 +247,62 @@ static struct json_t *rotation_status(void *arg)
     return st;
 }
 
+/* The rotation's re-encrypt op (coord/node.h): reencrypt.mode from the settings in force. */
+static enum ar_node_reenc_mode reenc_mode(void *agent, double *rate_limit)
+{
+    struct agent *a = agent;
+
+    *rate_limit = a->set.reencrypt_rate;
+    return a->set.reencrypt_mode == AR_REENCRYPT_API   ? AR_NODE_REENC_API
+           : a->set.reencrypt_mode == AR_REENCRYPT_SVM ? AR_NODE_REENC_SVM
+                                                       : AR_NODE_REENC_ETCD;
+}
+
+static int reenc_start(void *agent, const struct ar_node_reenc_req *req,
+                       ar_reencrypt_progress_cb progress, ar_reencrypt_done_cb done, void *arg,
+                       void **handle)
+{
+    struct agent *a = agent;
+    struct ar_reapi *p = NULL;
+    char err[256];
+    int r;
+
+    if (a->set.reencrypt_mode != AR_REENCRYPT_API)
+        return -EOPNOTSUPP;
+    r = ar_reapi_start(&a->loop, &a->set, req, NULL, progress, done, arg, &p, err, sizeof(err));
+    if (r < 0) {
+        log_err("rotation %s: re-encrypt through the API server cannot start: %s",
+                req->rotation_id, err[0] ? err : strerror(-r));
+        return r;
+    }
+    log_info("rotation %s: re-encrypting %zu resource%s through the local API server", req->rotation_id,
+             req->nselectors, req->nselectors == 1 ? "" : "s");
+    *handle = p;
+    return 0;
+}
+
+static void reenc_stop(void *agent, void *handle)
+{
+    (void)agent;
+    ar_reapi_stop(handle);
+}
+
 static void coord_rotation_start(struct coord *co)
 {
     struct agent *a = co->a;
+    struct ar_node_ops ops = *ar_agent_node_ops();
     struct ar_rotation_settings rs = {.prefix = a->set.coord_prefix,
                                       .node = a->set.node,
                                       .etcd_prefix = a->set.api_etcd_prefix,
                                       .settle_ms = a->set.settle_s * 1000u,
                                       .tick_ms = 1000};
-    int r = ar_rotation_new(co->etcd, &rs, ar_agent_node_ops(), a, on_rotation_event,
-                            on_rotation_status, &co->rotation);
+    int r;
+
+    ops.reencrypt_mode = reenc_mode;
+    ops.reencrypt = reenc_start;
+    ops.reencrypt_stop = reenc_stop;
+    r = ar_rotation_new(co->etcd, &rs, &ops, a, on_rotation_event, on_rotation_status,
+                        &co->rotation);
 
     if (r < 0) {
         log_err("rotation: cannot start: %s (nothing is rotated)", strerror(-r));
