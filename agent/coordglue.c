@@ -258,33 +258,83 @@ static enum ar_node_reenc_mode reenc_mode(void *agent, double *rate_limit)
                                                        : AR_NODE_REENC_ETCD;
 }
 
+/* One pass through the API server: logs its result, then hands it to the rotation. */
+struct reenc_ctx {
+    struct ar_reapi *pass;
+    ar_reencrypt_progress_cb progress;
+    ar_reencrypt_done_cb done;
+    void *arg;
+    char id[64];
+};
+
+static void reenc_progress(void *arg, const struct ar_reencrypt_progress *p)
+{
+    struct reenc_ctx *x = arg;
+
+    if (x->progress)
+        x->progress(x->arg, p);
+}
+
+static void reenc_done(void *arg, int status, const struct ar_reencrypt_progress *p,
+                       const struct ar_err *err)
+{
+    struct reenc_ctx *x = arg;
+    char line[512];
+
+    if (status == 0)
+        log_info("rotation %s: re-encrypt through the API server done: total %llu, rewritten "
+                 "%llu, skipped %llu, conflicts %llu, failed %llu%s%s",
+                 x->id, (unsigned long long)p->done, (unsigned long long)p->rewritten,
+                 (unsigned long long)p->skipped, (unsigned long long)p->conflicts,
+                 (unsigned long long)p->failed, p->failed ? "; first: " : "",
+                 p->failed ? p->first_failed : "");
+    else
+        log_warn("rotation %s: re-encrypt through the API server failed after %llu objects: %s",
+                 x->id, (unsigned long long)p->done, ar_err_line(err, line, sizeof(line)));
+    x->done(x->arg, status, p, err);
+    free(x);
+}
+
 static int reenc_start(void *agent, const struct ar_node_reenc_req *req,
                        ar_reencrypt_progress_cb progress, ar_reencrypt_done_cb done, void *arg,
                        void **handle)
 {
     struct agent *a = agent;
-    struct ar_reapi *p = NULL;
+    struct reenc_ctx *x;
     char err[256];
     int r;
 
     if (a->set.reencrypt_mode != AR_REENCRYPT_API)
         return -EOPNOTSUPP;
-    r = ar_reapi_start(&a->loop, &a->set, req, NULL, progress, done, arg, &p, err, sizeof(err));
+    x = calloc(1, sizeof(*x));
+    if (!x)
+        return -ENOMEM;
+    x->progress = progress;
+    x->done = done;
+    x->arg = arg;
+    snprintf(x->id, sizeof(x->id), "%s", req->rotation_id);
+    r = ar_reapi_start(&a->loop, &a->set, req, NULL, reenc_progress, reenc_done, x, &x->pass, err,
+                       sizeof(err));
     if (r < 0) {
-        log_err("rotation %s: re-encrypt through the API server cannot start: %s",
-                req->rotation_id, err[0] ? err : strerror(-r));
+        log_err("rotation %s: re-encrypt through the API server cannot start: %s", req->rotation_id,
+                err[0] ? err : strerror(-r));
+        free(x);
         return r;
     }
-    log_info("rotation %s: re-encrypting %zu resource%s through the local API server", req->rotation_id,
-             req->nselectors, req->nselectors == 1 ? "" : "s");
-    *handle = p;
+    log_info("rotation %s: re-encrypting %zu resource%s through the local API server%s",
+             req->rotation_id, req->nselectors, req->nselectors == 1 ? "" : "s",
+             req->rate_limit > 0 ? " (rate limited)" : "");
+    *handle = x;
     return 0;
 }
 
 static void reenc_stop(void *agent, void *handle)
 {
+    struct reenc_ctx *x = handle;
+
     (void)agent;
-    ar_reapi_stop(handle);
+    ar_reapi_stop(x->pass);
+    free(x);
 }
 
 static void coord_rotation_start(struct coord *co)

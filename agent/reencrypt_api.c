@@ -167,10 +167,10 @@ static void status_of(const char *body, size_t len, char *msg, size_t msglen, un
 
     snprintf(msg, msglen, "%s", m ? m : "no Status message");
     if (retry_s)
-        *retry_s = json_is_integer(ra) && json_integer_value(ra) > 0 &&
-                           json_integer_value(ra) <= 600
-                       ? (unsigned)json_integer_value(ra)
-                       : 1;
+        *retry_s =
+            json_is_integer(ra) && json_integer_value(ra) > 0 && json_integer_value(ra) <= 600
+                ? (unsigned)json_integer_value(ra)
+                : 1;
     json_decref(o);
 }
 
@@ -238,8 +238,7 @@ static void count_failed(struct ar_reapi *p, const struct put *q, const char *fm
              name ? name : "?", why);
 }
 
-static void on_put(void *arg, int status, long http, const char *body, size_t len,
-                   const char *err)
+static void on_put(void *arg, int status, long http, const char *body, size_t len, const char *err)
 {
     struct put *q = arg;
     struct ar_reapi *p = q->p;
@@ -406,8 +405,7 @@ static void begin_selector(struct ar_reapi *p, enum step counting_or_list)
     p->step = p->sels[p->si].base[0] ? counting_or_list : S_DISCOVER;
 }
 
-static void on_list(void *arg, int status, long http, const char *body, size_t len,
-                    const char *err)
+static void on_list(void *arg, int status, long http, const char *body, size_t len, const char *err)
 {
     struct ar_reapi *p = arg;
     struct sel *s = &p->sels[p->si];
@@ -428,8 +426,12 @@ static void on_list(void *arg, int status, long http, const char *body, size_t l
     }
     if (http != 200) {
         status_of(body, len, msg, sizeof(msg), NULL);
-        fail(p, http == 410 ? -ESTALE : http == 404 ? -ENOENT : -EIO, "listing %s%s%s: HTTP %ld: %s",
-             s->resource, s->group[0] ? "." : "", s->group, http, msg);
+        fail(p,
+             http == 410   ? -ESTALE
+             : http == 404 ? -ENOENT
+                           : -EIO,
+             "listing %s%s%s: HTTP %ld: %s", s->resource, s->group[0] ? "." : "", s->group, http,
+             msg);
         goto out;
     }
     o = json_loadb(body, len, 0, NULL);
@@ -456,9 +458,10 @@ static void on_list(void *arg, int status, long http, const char *body, size_t l
     }
     if (p->step == S_COUNT) {
         json_t *rem = json_object_get(md, "remainingItemCount");
-        p->prog.total += json_array_size(items) + (json_is_integer(rem) && json_integer_value(rem) > 0
-                                                       ? (uint64_t)json_integer_value(rem)
-                                                       : 0);
+        p->prog.total +=
+            json_array_size(items) + (json_is_integer(rem) && json_integer_value(rem) > 0
+                                          ? (uint64_t)json_integer_value(rem)
+                                          : 0);
         if (++p->si == p->nsels) { /* counted: the pass itself from the first selector */
             p->si = 0;
             p->step = S_LIST;
@@ -511,8 +514,8 @@ static void pump(struct ar_reapi *p)
         if (p->rate_limit > 0) {
             double allowed = p->rate_limit * (double)(now - p->t0_ms) / 1000.0 + 1.0;
             if ((double)p->started >= allowed) {
-                wait_until(p, p->t0_ms + (uint64_t)((double)p->started / p->rate_limit * 1000.0) +
-                                  1);
+                wait_until(p,
+                           p->t0_ms + (uint64_t)((double)p->started / p->rate_limit * 1000.0) + 1);
                 break;
             }
         }
@@ -563,8 +566,7 @@ static int parse_selectors(struct ar_reapi *p, const struct ar_node_reenc_req *r
 
         if (sel[0] == '*') {
             snprintf(err, errlen,
-                     "reencrypt mode api cannot list the wildcard selector %s: use mode etcd",
-                     sel);
+                     "reencrypt mode api cannot list the wildcard selector %s: use mode etcd", sel);
             return -EOPNOTSUPP;
         }
         if (!rl || rl >= sizeof(s->resource) || (dot && strlen(dot + 1) >= sizeof(s->group)) ||
@@ -581,10 +583,10 @@ static int parse_selectors(struct ar_reapi *p, const struct ar_node_reenc_req *r
     return 0;
 }
 
-int ar_reapi_start(uv_loop_t *loop, const struct ar_settings *s, const struct ar_node_reenc_req *req,
-                   const struct ar_reapi_opts *o, ar_reencrypt_progress_cb progress,
-                   ar_reencrypt_done_cb done, void *arg, struct ar_reapi **out, char *err,
-                   size_t errlen)
+int ar_reapi_start(uv_loop_t *loop, const struct ar_settings *s,
+                   const struct ar_node_reenc_req *req, const struct ar_reapi_opts *o,
+                   ar_reencrypt_progress_cb progress, ar_reencrypt_done_cb done, void *arg,
+                   struct ar_reapi **out, char *err, size_t errlen)
 {
     struct ar_reapi *p;
     int r;

@@ -53,10 +53,10 @@ struct ar_reapi;
 
 /* The API client comes from s (apiserver.url + files, or kubeconfig). 0 and *out (done will be
  * called), or -EINVAL (no selector, bad settings: err says why), -ENOMEM; then no callback. */
-int ar_reapi_start(uv_loop_t *loop, const struct ar_settings *s, const struct ar_node_reenc_req *req,
-                   const struct ar_reapi_opts *o, ar_reencrypt_progress_cb progress,
-                   ar_reencrypt_done_cb done, void *arg, struct ar_reapi **out, char *err,
-                   size_t errlen);
+int ar_reapi_start(uv_loop_t *loop, const struct ar_settings *s,
+                   const struct ar_node_reenc_req *req, const struct ar_reapi_opts *o,
+                   ar_reencrypt_progress_cb progress, ar_reencrypt_done_cb done, void *arg,
+                   struct ar_reapi **out, char *err, size_t errlen);
 /* No callback after it; nothing new is sent; memory goes on a later loop turn. Not after done. */
 void ar_reapi_stop(struct ar_reapi *p);
 

@@ -101,9 +101,8 @@ static const struct field fields[] = {
 };
 #define NFIELDS (sizeof(fields) / sizeof(fields[0]))
 
-static const char *const sections[] = {"effectiveConfig", "etcd",     "apiserver",
-                                       "proof",           "rotation", "reencrypt",
-                                       "status"};
+static const char *const sections[] = {"effectiveConfig", "etcd",      "apiserver", "proof",
+                                       "rotation",        "reencrypt", "status"};
 #define NSECTIONS (sizeof(sections) / sizeof(sections[0]))
 
 _Static_assert(NFIELDS <= 40, "field_pos_ too small");

@@ -958,8 +958,8 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
     if (kind == AR_PHASE_REENCRYPT || kind == AR_PHASE_VERIFY)
         kms_check(r);
     /* only the direct-etcd engine cannot write with KMS; the API server can */
-    if (kind == AR_PHASE_REENCRYPT && reenc_mode(r, NULL) == AR_NODE_REENC_ETCD && r->kms_why[0] && !strcmp(r->kms_for, rec->id) &&
-        (size_t)index + 1 < rec->nphases) {
+    if (kind == AR_PHASE_REENCRYPT && reenc_mode(r, NULL) == AR_NODE_REENC_ETCD && r->kms_why[0] &&
+        !strcmp(r->kms_for, rec->id) && (size_t)index + 1 < rec->nphases) {
         /* no pass through a KMS plugin: the operator rewrites through the API server and verify
          * decides whether prune may run */
         whyf(why, n, "%s", r->kms_why);
@@ -1688,7 +1688,8 @@ json_t *ar_rotation_status_json(const struct ar_rotation *r)
     for (size_t i = 0; ver_cur && first && i < r->nfirst; i++)
         json_array_append_new(first, json_string(r->verify_first[i]));
     o = json_pack(
-        "{s:s?, s:s?, s:s?, s:s, s:o, s:s, s:b, s:s?, s:o, s:{s:I, s:I, s:I, s:I, s:f, s:o}, "
+        "{s:s?, s:s?, s:s?, s:s, s:o, s:s, s:b, s:s?, s:o, "
+        "s:{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:o}, "
         "s:{s:o, s:I, s:I, s:b, s:o}, s:o}",
         "id",
         cur    ? rec->id
@@ -1705,7 +1706,8 @@ json_t *ar_rotation_status_json(const struct ar_rotation *r)
         "phase", phase, "phase_since", cur ? iso_or_null(rec->phase_since_ms) : json_null(),
         "waiting_for", r->why, "leader", leading(r), "abort_refused",
         cur && rec->abort_refused[0] ? rec->abort_refused : NULL, "members", members_json(r),
-        "reencrypt", "mode", reenc_mode_name(reenc_mode(r, NULL)), "done", (json_int_t)(reenc_cur ? r->reenc_prog.done : 0), "total",
+        "reencrypt", "mode", reenc_mode_name(reenc_mode(r, NULL)), "done",
+        (json_int_t)(reenc_cur ? r->reenc_prog.done : 0), "total",
         (json_int_t)(reenc_cur ? r->reenc_prog.total : 0), "rewritten",
         (json_int_t)(reenc_cur ? r->reenc_prog.rewritten : 0), "failed",
         (json_int_t)(reenc_cur ? r->reenc_prog.failed : 0), "skipped",

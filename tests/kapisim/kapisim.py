@@ -57,16 +57,17 @@ def apiserver_id_hash(host):
 
 
 class StatusError(Exception):
-    def __init__(self, code, reason, message, name=None, kind=None):
+    def __init__(self, code, reason, message, name=None, kind=None, retry_after=None):
         super().__init__(message)
         self.code, self.reason, self.message = code, reason, message
-        self.name, self.kind = name, kind
+        self.name, self.kind, self.retry_after = name, kind, retry_after
 
     def body(self):
         doc = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                "message": self.message, "reason": self.reason, "code": self.code}
-        if self.name is not None or self.kind is not None:
-            doc["details"] = {k: v for k, v in (("name", self.name), ("kind", self.kind))
+        if self.name is not None or self.kind is not None or self.retry_after is not None:
+            doc["details"] = {k: v for k, v in (("name", self.name), ("kind", self.kind),
+                                                ("retryAfterSeconds", self.retry_after))
                               if v is not None}
         return doc
 
@@ -89,7 +90,9 @@ class Encryption:
         self.last_ts = {}
         self.last_error = ""
         self.knobs = {"refuseReload": args.sim_refuse_reload, "reloadDelay": args.sim_reload_delay,
-                      "keepOldWriteKey": args.sim_keep_old_write_key}
+                      "keepOldWriteKey": args.sim_keep_old_write_key,
+                      "conflictUpdates": 0, "throttleUpdates": 0}
+        self.injected = {"conflicts": 0, "throttled": 0}
         if args.encryption_provider_config:
             self.cfg = transformers.load_config(args.encryption_provider_config)
             self.write_cfg = self.cfg
@@ -466,12 +469,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.server.sim.args.sim_access_log:
             log("%s %s" % (self.address_string(), fmt % a))
 
-    def send(self, code, body, ctype="application/json"):
+    def send(self, code, body, ctype="application/json", headers=()):
         if isinstance(body, (dict, list)):
             body = (json.dumps(body) + "\n").encode()
         elif isinstance(body, str):
             body = body.encode()
         self.send_response(code)
+        for k, v in headers:
+            self.send_header(k, v)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -526,7 +531,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self.admin(path)
             return self.api(path, q)
         except StatusError as e:
-            return self.send(e.code, e.body())
+            return self.send(e.code, e.body(), headers=(() if e.retry_after is None else
+                                                        (("Retry-After", str(e.retry_after)),)))
         except etcdmod.EtcdError as e:
             return self.send(500, StatusError(500, "InternalError", "Internal error occurred: %s"
                                               % e).body())
@@ -566,11 +572,38 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if name is not None and m == "GET":
             return self.send(200, objects.public(store.get(res, ns, name)))
         if name is not None and m == "PUT":
-            return self.send(200, objects.public(store.update(res, ns, name, self.body())))
+            body = self.body()
+            self.inject(store, res, ns, name, body)
+            return self.send(200, objects.public(store.update(res, ns, name, body)))
         if name is not None and m == "DELETE":
             return self.send(200, store.delete(res, ns, name))
         raise StatusError(405, "MethodNotAllowed", "the server does not allow this method on "
                           "the requested resource")
+
+    def inject(self, store, res, ns, name, body):
+        """The knobs throttleUpdates (429, Retry-After: 1, as kube-apiserver's max-in-flight
+        filter) and conflictUpdates (another writer rewrites the object first, the same content,
+        as a stale no-op update does; then this conditional update gets 409 Conflict), each for the next N updates."""
+        enc = self.server.sim.enc
+        has_rv = bool(isinstance(body, dict) and (body.get("metadata") or {}).get("resourceVersion"))
+        with enc.lock:
+            what = None
+            if enc.knobs["throttleUpdates"] > 0:
+                enc.knobs["throttleUpdates"] -= 1
+                enc.injected["throttled"] += 1
+                what = "throttle"
+            elif enc.knobs["conflictUpdates"] > 0 and has_rv:
+                enc.knobs["conflictUpdates"] -= 1
+                enc.injected["conflicts"] += 1
+                what = "conflict"
+        if what == "throttle":
+            raise StatusError(429, "TooManyRequests", "Too many requests, please try again later.",
+                              retry_after=1)
+        if what == "conflict":
+            other = json.loads(json.dumps(body))
+            other["metadata"].pop("resourceVersion", None)
+            store.update(res, ns, name, other)
+            raise conflict(res, name)
 
     def admin(self, path):
         sim = self.server.sim
@@ -581,6 +614,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                        "writeConfigSha256": enc.write_cfg.sha256 if enc.write_cfg else None,
                        "reloads": {"success": enc.success, "failure": enc.failure},
                        "lastError": enc.last_error, "knobs": dict(enc.knobs),
+                       "injected": dict(enc.injected),
                        "writes": sim.store.writes}
             doc["writeKey"] = {r: enc.write_key(r) for r in RESOURCES}
             with enc.lock:
@@ -595,7 +629,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     raise StatusError(400, "BadRequest", "knobs: %s" % sorted(enc.knobs))
                 with enc.lock:
                     for k, v in upd.items():
-                        enc.knobs[k] = float(v) if k == "reloadDelay" else bool(v)
+                        enc.knobs[k] = (float(v) if k == "reloadDelay" else
+                                        int(v) if k in ("conflictUpdates", "throttleUpdates")
+                                        else bool(v))
             with enc.lock:
                 return self.send(200, dict(enc.knobs))
         if path == "/sim/reload" and self.command == "POST":

@@ -122,9 +122,8 @@ static void test_defaults(void **state)
     ar_settings_free(&s);
 
     /* the re-encrypt settings from the file */
-    assert_int_equal(load(&s, "desiredConfig: /a\nreencrypt:\n  mode: api\n  rateLimit: 500\n",
-                          NULL, 0),
-                     0);
+    assert_int_equal(
+        load(&s, "desiredConfig: /a\nreencrypt:\n  mode: api\n  rateLimit: 500\n", NULL, 0), 0);
     assert_int_equal(s.reencrypt_mode, AR_REENCRYPT_API);
     assert_string_equal(ar_reencrypt_mode_name(s.reencrypt_mode), "api");
     assert_int_equal(s.reencrypt_rate, 500);
