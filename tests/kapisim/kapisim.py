@@ -581,14 +581,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
                           "the requested resource")
 
     def inject(self, store, res, ns, name, body):
-        """The knobs throttleUpdates (429, Retry-After: 1, as kube-apiserver's max-in-flight
-        filter) and conflictUpdates (another writer rewrites the object first, the same content,
+        """For updates that carry a resourceVersion (a re-encrypt pass's; not the writer's or
+        the canary's): the knobs throttleUpdates (429, Retry-After: 1, as kube-apiserver's
+        max-in-flight filter) and conflictUpdates (another writer rewrites the object first, the same content,
         as a stale no-op update does; then this conditional update gets 409 Conflict), each for the next N updates."""
         enc = self.server.sim.enc
         has_rv = bool(isinstance(body, dict) and (body.get("metadata") or {}).get("resourceVersion"))
         with enc.lock:
             what = None
-            if enc.knobs["throttleUpdates"] > 0:
+            if enc.knobs["throttleUpdates"] > 0 and has_rv:
                 enc.knobs["throttleUpdates"] -= 1
                 enc.injected["throttled"] += 1
                 what = "throttle"
