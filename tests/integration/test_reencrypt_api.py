@@ -129,3 +129,43 @@ def test_api_mode_counts_conflicts_and_honours_retry_after(make_cluster, keys):
     assert n["rewritten"] + n["skipped"] == total - 7, n
     # the canaries (under key2 since promote) come first in key order: skipped or conflicts
     assert n["skipped"] + n["rewritten"] >= 280 - 7 and n["skipped"] <= canaries(c), n
+
+
+def test_cli_api_mode_counts_and_refuses_wildcards(make_cluster, keys, tmp_path):
+    """`atrest reencrypt --mode api`: the same pass from the CLI through one simulator: the
+    first run rewrites every stale Secret, the second finds them all under the write key."""
+    import subprocess
+    from conftest import ATREST
+    k1, k2 = ("key1", keys.new()), ("key2", keys.new())
+    new = keyed_config("aescbc", k2, k1)
+    c = make_cluster(n=1, config=new, agents=False, reload_s=None)
+    node = c.nodes[0]
+    c.seed(120, keyed_config("aescbc", k1))
+    cfg = tmp_path / "new.yaml"
+    cfg.write_text(new)
+    settings = tmp_path / "agent.yaml"
+    settings.write_text("apiserver:\n  url: %s\n  cafile: %s\n  tokenFile: %s\n"
+                        "reencrypt:\n  mode: api\n" % (
+                            node.sim.url, node.sim.cert_dir / "ca.crt", node.token_file))
+
+    def run(*extra):
+        p = subprocess.run([ATREST, "reencrypt", "--config", str(cfg), "--settings",
+                            str(settings), "--json", "--page-size", "50"] + list(extra),
+                           capture_output=True, text=True, timeout=120)
+        return p.returncode, p.stdout, p.stderr
+
+    rc, out, err = run("--resource", "secrets")
+    assert rc == 0, err
+    first = json.loads(out)
+    assert {k: first[k] for k in ("done", "total", "rewritten", "skipped", "conflicts",
+                                  "failed")} == {"done": 120, "total": 120, "rewritten": 120,
+                                                 "skipped": 0, "conflicts": 0, "failed": 0}
+    assert dict(c.census()) == {"aescbc/key2": 120}
+    knobs(node, throttleUpdates=3)
+    rc, out, err = run("--resource", "secrets", "--max-inflight", "2", "--rate", "1000")
+    assert rc == 0, err
+    again = json.loads(out)
+    assert (again["done"], again["rewritten"], again["skipped"]) == (120, 0, 120), again
+    assert sim_status(node)["injected"]["throttled"] == 3
+    rc, out, err = run("--resource", "*.apps")
+    assert rc == 2 and "cannot list the wildcard selector *.apps: use mode etcd" in err, err
