@@ -31,6 +31,7 @@
 #include "agent/log.h"
 #include "agent/proof.h"
 #include "agent/reencrypt_api.h"
+#include "agent/reencrypt_svm.h"
 #include "coord/election.h"
 #include "coord/err.h"
 #include "coord/etcd/etcd.h"
@@ -260,7 +261,8 @@ static enum ar_node_reenc_mode reenc_mode(void *agent, double *rate_limit)
 
 /* One pass through the API server: logs its result, then hands it to the rotation. */
 struct reenc_ctx {
-    struct ar_reapi *pass;
+    struct ar_reapi *pass; /* mode api */
+    struct ar_resvm *svm;  /* mode svm */
     ar_reencrypt_progress_cb progress;
     ar_reencrypt_done_cb done;
     void *arg;
@@ -304,7 +306,7 @@ static int reenc_start(void *agent, const struct ar_node_reenc_req *req,
     char err[256];
     int r;
 
-    if (a->set.reencrypt_mode != AR_REENCRYPT_API)
+    if (a->set.reencrypt_mode == AR_REENCRYPT_ETCD)
         return -EOPNOTSUPP;
     x = calloc(1, sizeof(*x));
     if (!x)
@@ -313,17 +315,23 @@ static int reenc_start(void *agent, const struct ar_node_reenc_req *req,
     x->done = done;
     x->arg = arg;
     snprintf(x->id, sizeof(x->id), "%s", req->rotation_id);
-    r = ar_reapi_start(&a->loop, &a->set, req, NULL, reenc_progress, reenc_done, x, &x->pass, err,
-                       sizeof(err));
+    if (a->set.reencrypt_mode == AR_REENCRYPT_SVM)
+        r = ar_resvm_start(&a->loop, &a->set, req, 0, 0, reenc_progress, reenc_done, x, &x->svm,
+                           err, sizeof(err));
+    else
+        r = ar_reapi_start(&a->loop, &a->set, req, NULL, reenc_progress, reenc_done, x, &x->pass,
+                           err, sizeof(err));
     if (r < 0) {
-        log_err("rotation %s: re-encrypt through the API server cannot start: %s", req->rotation_id,
-                err[0] ? err : strerror(-r));
+        log_err("rotation %s: re-encrypt (mode %s) cannot start: %s", req->rotation_id,
+                ar_reencrypt_mode_name(a->set.reencrypt_mode), err[0] ? err : strerror(-r));
         free(x);
         return r;
     }
-    log_info("rotation %s: re-encrypting %zu resource%s through the local API server%s",
+    log_info("rotation %s: re-encrypting %zu resource%s through the local API server (mode %s)%s",
              req->rotation_id, req->nselectors, req->nselectors == 1 ? "" : "s",
-             req->rate_limit > 0 ? " (rate limited)" : "");
+             ar_reencrypt_mode_name(a->set.reencrypt_mode),
+             req->rate_limit > 0 && a->set.reencrypt_mode == AR_REENCRYPT_API ? ", rate limited"
+                                                                              : "");
     *handle = x;
     return 0;
 }
@@ -333,7 +341,10 @@ static void reenc_stop(void *agent, void *handle)
     struct reenc_ctx *x = handle;
 
     (void)agent;
-    ar_reapi_stop(x->pass);
+    if (x->svm)
+        ar_resvm_stop(x->svm);
+    else
+        ar_reapi_stop(x->pass);
     free(x);
 }
 

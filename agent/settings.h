@@ -72,8 +72,9 @@ enum ar_proof_mode { AR_PROOF_CANARY = 0, AR_PROOF_METRICS, AR_PROOF_RESTART };
 const char *ar_proof_mode_name(enum ar_proof_mode m);
 
 /* The re-encrypt pass of a rotation: straight in etcd (coord/reencrypt.h), through the local
- * API server (agent/reencrypt_api.h), or by StorageVersionMigration objects. Verify always
- * scans etcd. api and svm need apiserver.url or apiserver.kubeconfig. */
+ * API server (agent/reencrypt_api.h), or by StorageVersionMigration objects
+ * (agent/reencrypt_svm.h). Verify always scans etcd. api and svm need apiserver.url or
+ * apiserver.kubeconfig. */
 enum ar_reencrypt_mode { AR_REENCRYPT_ETCD = 0, AR_REENCRYPT_API, AR_REENCRYPT_SVM };
 const char *ar_reencrypt_mode_name(enum ar_reencrypt_mode m);
 

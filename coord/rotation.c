@@ -970,8 +970,9 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
             whyf(why, n, "re-encrypt engine not built: the rotation waits in phase reencrypt");
         else if (r->reenc_status == -EOPNOTSUPP && !strcmp(r->reenc_for, rec->id))
             whyf(why, n,
-                 "reencrypt.mode %s is not supported by this agent: the rotation waits in phase "
-                 "reencrypt (set reencrypt.mode to etcd or api on the leader)",
+                 "re-encrypt mode %s cannot do this rotation's rewrite list (the leader's log "
+                 "says why): the rotation waits in phase reencrypt (set reencrypt.mode to etcd "
+                 "on the leader)",
                  reenc_mode_name(reenc_mode(r, NULL)));
         else if (r->reenc_status < 0 && !strcmp(r->reenc_for, rec->id))
             whyf(why, n, "re-encrypt failed (%s): trying again", strerror(-r->reenc_status));

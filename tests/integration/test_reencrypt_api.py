@@ -169,3 +169,51 @@ def test_cli_api_mode_counts_and_refuses_wildcards(make_cluster, keys, tmp_path)
     assert sim_status(node)["injected"]["throttled"] == 3
     rc, out, err = run("--resource", "*.apps")
     assert rc == 2 and "cannot list the wildcard selector *.apps: use mode etcd" in err, err
+
+
+def test_full_rotation_svm_mode_with_traffic(make_cluster, keys):
+    """reencrypt.mode svm: the leader creates one StorageVersionMigration per resource on its
+    API server (the simulator's minimal controller does the no-op update of every object), a
+    Failed one is deleted and created again, and the rotation finishes with nothing under the
+    dropped key."""
+    k1, k2 = ("key1", keys.new()), ("key2", keys.new())
+    old, new = keyed_config("aescbc", k1), keyed_config("aescbc", k2)
+    c = make_cluster(n=3, config=old, reload_s=0.5,
+                     agent_extra=SETTLE + ["--reencrypt-mode", "svm"])
+    c.wait_loaded()
+    assert all(rot(n)["reencrypt"]["mode"] == "svm" for n in c.nodes)
+    c.seed(200, old)
+    c.seed(30, old, resource="configmaps", ns="cm")
+    for node in c.nodes:
+        knobs(node, svmFail=1)  # the first migration on each server fails
+    chk = c.checker(ignore_keys=CANARY).start()
+    tr = c.traffic(max_s=180, names=8).start()
+    c.wait(lambda: tr.results()["names"] == 8, 30, "the writer to create its Secrets")
+    c.push(new, gap_s=1.0)
+    h = wait_finished(c, 120)
+    assert h["result"] == "done", h
+    c.wait_loaded(new)
+    tr.stop()
+    chk.final_check(tr).assert_ok(min_samples=5)
+    for res in ("secrets", "configmaps"):
+        census = c.census(res, probes=True)
+        assert census and all(k == "aescbc/key2" for k in census), (res, census)
+
+    runs = [r for r in pass_results(c) if r[1] == h["id"]]
+    assert len(runs) == 1, runs
+    leader = c.node(runs[0][0])
+    n = runs[0][2]
+    total = 200 + 30 + 8 + canaries(c)
+    assert n == {"total": total, "rewritten": total, "skipped": 0, "conflicts": 0,
+                 "failed": 1}, n  # failed: the one Failed migration, recreated
+    st, doc = leader.sim.request(
+        "GET", "/apis/storagemigration.k8s.io/v1beta1/storageversionmigrations")
+    assert st == 200, (st, doc)
+    migs = {m["spec"]["resource"]["resource"]: [c["type"] for c in m["status"]["conditions"]
+                                                if c["status"] == "True"]
+            for m in doc["items"]}
+    assert migs == {"secrets": ["Succeeded"], "configmaps": ["Succeeded"]}, doc
+    assert knobs(leader)["svmFail"] == 0
+    for node in c.nodes:
+        if node is not leader:  # nobody else asked its server for a migration
+            assert knobs(node)["svmFail"] == 1
