@@ -115,7 +115,8 @@ struct ar_rotation {
     char verify_first[FIRST_BAD][300];
     size_t nfirst;
     struct ar_reencrypt *reenc;
-    void *reenc_op; /* a pass through ops.reencrypt (mode api/svm) */
+    void *reenc_op;          /* a pass through ops.reencrypt (mode api/svm) */
+    uint64_t reenc_retry_ms; /* a pass through the API that failed: not again before (mono) */
     char reenc_for[AR_RECORD_ID_LEN];
     bool reenc_done;
     int reenc_status;
@@ -1308,6 +1309,8 @@ static void on_reenc_done(void *arg, int status, const struct ar_reencrypt_progr
         r->reenc_prog = *p;
     r->reenc_status = status;
     r->reenc_done = status == 0;
+    /* a pass through the API server that failed (server down, list expired): once a second */
+    r->reenc_retry_ms = status < 0 ? ar_etcd_now_ms() + 1000 : 0;
     read_all(r);
 }
 
@@ -1331,8 +1334,11 @@ static void leader_reencrypt(struct ar_rotation *r)
         r->reenc_done = false;
         r->reenc_status = 0;
         memset(&r->reenc_prog, 0, sizeof(r->reenc_prog));
+        r->reenc_retry_ms = 0;
     }
     mode = reenc_mode(r, &rate);
+    if (mode != AR_NODE_REENC_ETCD && ar_etcd_now_ms() < r->reenc_retry_ms)
+        return;
     if (mode != AR_NODE_REENC_ETCD) {
         struct ar_node_reenc_req req = {.rotation_id = rec->id,
                                         .cfg = r->plan->phases[rec->index].config,
