@@ -43,6 +43,10 @@ def pass_results(c):
     return out
 
 
+def pass_starts(c, rid):
+    return sum(n.agent.log().count("rotation %s: re-encrypting " % rid) for n in c.nodes)
+
+
 def canaries(c):
     return sum(1 for k, _v, _r in c.scan("secrets") if k.startswith(CANARY_PREFIX))
 
@@ -89,9 +93,12 @@ def test_full_rotation_api_mode_with_traffic(make_cluster, keys):
     assert n["rewritten"] + n["skipped"] + n["conflicts"] == total, n
     # every seeded object was under key1 and nobody else wrote it: rewritten by the pass; the
     # writer's Secrets and the canaries were written with key2 after promote (skipped), or by
-    # the writer between the list and the update (conflict), or rewritten when still stale
-    assert 340 <= n["rewritten"] <= total, n
-    assert n["skipped"] + n["conflicts"] <= 16 + canaries(c), n
+    # the writer between the list and the update (conflict), or rewritten when still stale.
+    # (A leader change mid-pass, lease expiry on a loaded machine, restarts the pass: the first
+    # one's rewrites then count as skipped in the second.)
+    if pass_starts(c, h["id"]) == 1:
+        assert 340 <= n["rewritten"] <= total, n
+        assert n["skipped"] + n["conflicts"] <= 16 + canaries(c), n
 
 
 def test_api_mode_counts_conflicts_and_honours_retry_after(make_cluster, keys):
