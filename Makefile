@@ -166,12 +166,13 @@ integration: atrest $(SAN)/atrest
 
 bench: deps
 	@$(MAKE) --no-print-directory atrest $(BENCH_BIN)
-	@sh bench/run.sh $(BENCH_BIN)
+	@ATREST=$(CURDIR)/atrest sh bench/run.sh $(BENCH_BIN) bench/bench_reencrypt_api.py
 
 # The re-encrypt pass and the verify scan against a plain loader and a plain range read
-# (N objects, default 100000: N=1000000 make bench-reencrypt).
-bench-reencrypt: $(REL)/bench/bench_reencrypt
-	@sh bench/run.sh $(REL)/bench/bench_reencrypt
+# (N objects, default 100000: N=1000000 make bench-reencrypt), then the API-mode pass through
+# the simulator for reference (API_N objects, default 2000: bench/bench_reencrypt_api.py).
+bench-reencrypt: atrest $(REL)/bench/bench_reencrypt
+	@ATREST=$(CURDIR)/atrest sh bench/run.sh $(REL)/bench/bench_reencrypt bench/bench_reencrypt_api.py
 
 # make demo: the three-node rotation (tests/demo_rotation.py; DEMO_OBJECTS=10000 by default);
 # make demo-basic: one agent and etcd, step by step (tests/demo.sh).

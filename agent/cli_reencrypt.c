@@ -25,6 +25,7 @@
 
 #include "agent/cmd.h"
 #include "agent/effective.h"
+#include "agent/reencrypt_api.h"
 #include "agent/settings.h"
 #include "coord/reencrypt.h"
 #include "crypto/chain.h"
@@ -36,7 +37,7 @@ static const char reencrypt_help[] =
     "                        [--etcd-servers URLS] [--etcd-cafile F --etcd-certfile F\n"
     "                        --etcd-keyfile F] [--etcd-user U --etcd-password-file F]\n"
     "                        [--etcd-prefix P] [--rate N] [--page-size N] [--max-inflight N]\n"
-    "                        [--checkpoint KEY] [--timeout S] [--json]\n"
+    "                        [--checkpoint KEY] [--timeout S] [--json] [--mode etcd|api]\n"
     "\n"
     "Rewrite, straight in etcd, every stored object of the selected resources that is not\n"
     "under its write provider/key in the EncryptionConfiguration FILE (the config the API\n"
@@ -58,6 +59,13 @@ static const char reencrypt_help[] =
     "  --checkpoint KEY       keep the cursor in etcd under KEY and resume from it\n"
     "  --timeout S            give up on an etcd request after S seconds (default 30)\n"
     "  --json                 print the counts as JSON\n"
+    "  --mode api             instead of etcd, go through the API server of --settings\n"
+    "                         (apiserver.url or kubeconfig): list every object and send the\n"
+    "                         no-op update that the API server writes only when the object is\n"
+    "                         not under its write key (works with a KMS write key; a 409 counts\n"
+    "                         as a conflict, a 404 as skipped; no checkpoint). Default: the\n"
+    "                         settings' reencrypt.mode, else etcd; --page-size, --max-inflight,\n"
+    "                         --rate and --timeout apply to the API requests\n"
     "\n"
     "Exit status: 0 done, 1 some objects could not be read or written, 2 usage, invalid\n"
     "config or etcd failure.\n";
@@ -125,6 +133,70 @@ static void on_progress(void *arg, const struct ar_reencrypt_progress *p)
     pg->shown = true;
 }
 
+/* ---- API mode (agent/reencrypt_api.h) -----------------------------------------------------------
+ */
+
+struct api_run {
+    struct progress *pg;
+    int status;
+    struct ar_reencrypt_progress p;
+    struct ar_err err;
+};
+
+static void api_progress(void *arg, const struct ar_reencrypt_progress *p)
+{
+    struct api_run *x = arg;
+    on_progress(x->pg, p);
+}
+
+static void api_done(void *arg, int status, const struct ar_reencrypt_progress *p,
+                     const struct ar_err *err)
+{
+    struct api_run *x = arg;
+
+    x->status = status;
+    x->p = *p;
+    if (err)
+        x->err = *err;
+}
+
+/* The pass on a loop of its own; 0 or a negative errno, *p and *err filled. */
+static int run_api(const struct ar_settings *set, const char **sel, size_t nsel, unsigned page,
+                   unsigned inflight, unsigned timeout_s, double rate, struct progress *pg,
+                   struct ar_reencrypt_progress *p, struct ar_err *err)
+{
+    struct ar_node_reenc_req req = {
+        .rotation_id = "cli", .selectors = sel, .nselectors = nsel, .rate_limit = rate};
+    struct ar_reapi_opts o = {
+        .page_size = page, .max_inflight = inflight, .timeout_ms = timeout_s * 1000};
+    struct api_run x = {.pg = pg, .status = -EINPROGRESS};
+    struct ar_reapi *pass = NULL;
+    uv_loop_t loop;
+    char msg[256];
+    int r;
+
+    memset(p, 0, sizeof(*p));
+    ar_err_clear(err);
+    r = uv_loop_init(&loop);
+    if (r < 0) {
+        ar_err_set(err, r, NULL, "cannot start the event loop: %s", uv_strerror(r));
+        return r;
+    }
+    r = ar_reapi_start(&loop, set, &req, &o, api_progress, api_done, &x, &pass, msg, sizeof(msg));
+    if (r < 0) {
+        ar_err_set(err, r, NULL, "%s", msg[0] ? msg : strerror(-r));
+    } else {
+        uv_run(&loop, UV_RUN_DEFAULT); /* until the pass freed itself after done */
+        r = x.status;
+        *p = x.p;
+        *err = x.err;
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&loop) < 0 && r == 0)
+        r = -EBUSY;
+    return r;
+}
+
 /* ---- selectors ------------------------------------------------------------------------------- */
 
 #define MAX_SEL AR_REENCRYPT_MAX_SELECTORS
@@ -184,7 +256,8 @@ int ar_cmd_reencrypt(int argc, char **argv)
         O_CKPT,
         O_JSON,
         O_ETCD,
-        O_TIMEOUT
+        O_TIMEOUT,
+        O_MODE
     };
     static const struct option lopts[] = {
         {"config", required_argument, NULL, 'c'},
@@ -197,6 +270,7 @@ int ar_cmd_reencrypt(int argc, char **argv)
         {"checkpoint", required_argument, NULL, O_CKPT},
         {"json", no_argument, NULL, O_JSON},
         {"timeout", required_argument, NULL, O_TIMEOUT},
+        {"mode", required_argument, NULL, O_MODE},
         {"etcd-servers", required_argument, NULL, O_ETCD},
         {"etcd-cafile", required_argument, NULL, O_ETCD},
         {"etcd-certfile", required_argument, NULL, O_ETCD},
@@ -206,7 +280,7 @@ int ar_cmd_reencrypt(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const char *cfgpath = NULL, *settings = NULL, *prefix = AR_DEFAULT_ETCD_PREFIX;
+    const char *cfgpath = NULL, *settings = NULL, *prefix = AR_DEFAULT_ETCD_PREFIX, *mode = NULL;
     const char *sel[MAX_SEL];
     size_t nsel = 0;
     char *etcd_flags[MAX_ETCD_FLAGS];
@@ -276,6 +350,13 @@ int ar_cmd_reencrypt(int argc, char **argv)
         case O_CKPT:
             ro.checkpoint_key = optarg;
             break;
+        case O_MODE:
+            if (strcmp(optarg, "etcd") && strcmp(optarg, "api")) {
+                fprintf(stderr, "atrest reencrypt: --mode must be etcd or api\n");
+                goto usage_noset;
+            }
+            mode = optarg;
+            break;
         case O_JSON:
             json = true;
             break;
@@ -315,7 +396,19 @@ int ar_cmd_reencrypt(int argc, char **argv)
     if (load_settings(settings, etcd_flags, n_etcd, &set) < 0)
         goto out_noset;
     have_settings = true;
-    if (!set.n_etcd_endpoints) {
+    if (!mode)
+        mode = set.reencrypt_mode == AR_REENCRYPT_API ? "api" : "etcd";
+    if (!strcmp(mode, "api")) {
+        if (ro.checkpoint_key) {
+            fprintf(stderr, "atrest reencrypt: --checkpoint is for mode etcd only\n");
+            goto usage;
+        }
+        if (!set.api_url && !set.kubeconfig) {
+            fprintf(stderr, "atrest reencrypt: --mode api needs --settings with apiserver.url "
+                            "or apiserver.kubeconfig\n");
+            goto usage;
+        }
+    } else if (!set.n_etcd_endpoints) {
         fprintf(stderr, "atrest reencrypt: no etcd endpoints: give --etcd-servers or --settings\n");
         goto usage;
     }
@@ -381,6 +474,11 @@ int ar_cmd_reencrypt(int argc, char **argv)
         fprintf(stderr, "atrest reencrypt: cannot build the provider chain: %s\n", strerror(-r));
         goto out;
     }
+    if (!strcmp(mode, "api")) {
+        r = run_api(&set, sel, nsel, (unsigned)page, (unsigned)inflight, (unsigned)timeout_s, rate,
+                    &pg, &p, &err);
+        goto ran;
+    }
     r = ar_etcd_sync_new(&es, &sync);
     if (r < 0) {
         fprintf(stderr, "atrest reencrypt: cannot create the etcd client: %s\n", strerror(-r));
@@ -393,6 +491,7 @@ int ar_cmd_reencrypt(int argc, char **argv)
     ro.max_inflight = (unsigned)inflight;
     ro.rate_limit = rate;
     r = ar_reencrypt_run(sync, chain, &ro, on_progress, &pg, 0, &p, &err);
+ran:
     if (pg.shown)
         fputs("\r\033[K", stderr);
     if (r < 0) {

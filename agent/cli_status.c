@@ -380,8 +380,8 @@ static void print_rotation(json_t *rot)
         printf("%-10s %s\n", "", jstr(rot, "abort_refused"));
     v = jget(rot, "reencrypt");
     if (json_is_object(v) && json_integer_value(jget(v, "total")))
-        printf("%-10s re-encrypt %lld/%lld done, %lld skipped, %lld conflicts\n", "",
-               (long long)json_integer_value(jget(v, "done")),
+        printf("%-10s re-encrypt (%s) %lld/%lld done, %lld skipped, %lld conflicts\n", "",
+               dash(jstr(v, "mode")), (long long)json_integer_value(jget(v, "done")),
                (long long)json_integer_value(jget(v, "total")),
                (long long)json_integer_value(jget(v, "skipped")),
                (long long)json_integer_value(jget(v, "conflicts")));

@@ -30,6 +30,8 @@
 #include "agent/effective.h"
 #include "agent/log.h"
 #include "agent/proof.h"
+#include "agent/reencrypt_api.h"
+#include "agent/reencrypt_svm.h"
 #include "coord/election.h"
 #include "coord/err.h"
 #include "coord/etcd/etcd.h"
@@ -246,16 +248,122 @@ static struct json_t *rotation_status(void *arg)
     return st;
 }
 
+/* The rotation's re-encrypt op (coord/node.h): reencrypt.mode from the settings in force. */
+static enum ar_node_reenc_mode reenc_mode(void *agent, double *rate_limit)
+{
+    struct agent *a = agent;
+
+    *rate_limit = a->set.reencrypt_rate;
+    return a->set.reencrypt_mode == AR_REENCRYPT_API   ? AR_NODE_REENC_API
+           : a->set.reencrypt_mode == AR_REENCRYPT_SVM ? AR_NODE_REENC_SVM
+                                                       : AR_NODE_REENC_ETCD;
+}
+
+/* One pass through the API server: logs its result, then hands it to the rotation. */
+struct reenc_ctx {
+    struct ar_reapi *pass; /* mode api */
+    struct ar_resvm *svm;  /* mode svm */
+    ar_reencrypt_progress_cb progress;
+    ar_reencrypt_done_cb done;
+    void *arg;
+    char id[64];
+};
+
+static void reenc_progress(void *arg, const struct ar_reencrypt_progress *p)
+{
+    struct reenc_ctx *x = arg;
+
+    if (x->progress)
+        x->progress(x->arg, p);
+}
+
+static void reenc_done(void *arg, int status, const struct ar_reencrypt_progress *p,
+                       const struct ar_err *err)
+{
+    struct reenc_ctx *x = arg;
+    char line[512];
+
+    if (status == 0)
+        log_info("rotation %s: re-encrypt through the API server done: total %llu, rewritten "
+                 "%llu, skipped %llu, conflicts %llu, failed %llu%s%s",
+                 x->id, (unsigned long long)p->done, (unsigned long long)p->rewritten,
+                 (unsigned long long)p->skipped, (unsigned long long)p->conflicts,
+                 (unsigned long long)p->failed, p->failed ? "; first: " : "",
+                 p->failed ? p->first_failed : "");
+    else
+        log_warn("rotation %s: re-encrypt through the API server failed after %llu objects: %s",
+                 x->id, (unsigned long long)p->done, ar_err_line(err, line, sizeof(line)));
+    x->done(x->arg, status, p, err);
+    free(x);
+}
+
+static int reenc_start(void *agent, const struct ar_node_reenc_req *req,
+                       ar_reencrypt_progress_cb progress, ar_reencrypt_done_cb done, void *arg,
+                       void **handle)
+{
+    struct agent *a = agent;
+    struct reenc_ctx *x;
+    char err[256];
+    int r;
+
+    if (a->set.reencrypt_mode == AR_REENCRYPT_ETCD)
+        return -EOPNOTSUPP;
+    x = calloc(1, sizeof(*x));
+    if (!x)
+        return -ENOMEM;
+    x->progress = progress;
+    x->done = done;
+    x->arg = arg;
+    snprintf(x->id, sizeof(x->id), "%s", req->rotation_id);
+    if (a->set.reencrypt_mode == AR_REENCRYPT_SVM)
+        r = ar_resvm_start(&a->loop, &a->set, req, 0, 0, reenc_progress, reenc_done, x, &x->svm,
+                           err, sizeof(err));
+    else
+        r = ar_reapi_start(&a->loop, &a->set, req, NULL, reenc_progress, reenc_done, x, &x->pass,
+                           err, sizeof(err));
+    if (r < 0) {
+        log_err("rotation %s: re-encrypt (mode %s) cannot start: %s", req->rotation_id,
+                ar_reencrypt_mode_name(a->set.reencrypt_mode), err[0] ? err : strerror(-r));
+        free(x);
+        return r;
+    }
+    log_info("rotation %s: re-encrypting %zu resource%s through the local API server (mode %s)%s",
+             req->rotation_id, req->nselectors, req->nselectors == 1 ? "" : "s",
+             ar_reencrypt_mode_name(a->set.reencrypt_mode),
+             req->rate_limit > 0 && a->set.reencrypt_mode == AR_REENCRYPT_API ? ", rate limited"
+                                                                              : "");
+    *handle = x;
+    return 0;
+}
+
+static void reenc_stop(void *agent, void *handle)
+{
+    struct reenc_ctx *x = handle;
+
+    (void)agent;
+    if (x->svm)
+        ar_resvm_stop(x->svm);
+    else
+        ar_reapi_stop(x->pass);
+    free(x);
+}
+
 static void coord_rotation_start(struct coord *co)
 {
     struct agent *a = co->a;
+    struct ar_node_ops ops = *ar_agent_node_ops();
     struct ar_rotation_settings rs = {.prefix = a->set.coord_prefix,
                                       .node = a->set.node,
                                       .etcd_prefix = a->set.api_etcd_prefix,
                                       .settle_ms = a->set.settle_s * 1000u,
                                       .tick_ms = 1000};
-    int r = ar_rotation_new(co->etcd, &rs, ar_agent_node_ops(), a, on_rotation_event,
-                            on_rotation_status, &co->rotation);
+    int r;
+
+    ops.reencrypt_mode = reenc_mode;
+    ops.reencrypt = reenc_start;
+    ops.reencrypt_stop = reenc_stop;
+    r = ar_rotation_new(co->etcd, &rs, &ops, a, on_rotation_event, on_rotation_status,
+                        &co->rotation);
 
     if (r < 0) {
         log_err("rotation: cannot start: %s (nothing is rotated)", strerror(-r));

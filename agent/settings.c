@@ -18,7 +18,7 @@
 
 #define SETTINGS_MAX_BYTES (1u << 20)
 
-enum ftype { F_STR, F_PATH, F_UINT, F_BOOL, F_LIST, F_PROOF, F_LOGLEVEL };
+enum ftype { F_STR, F_PATH, F_UINT, F_BOOL, F_LIST, F_PROOF, F_LOGLEVEL, F_REMODE };
 
 struct field {
     const char *section; /* NULL: top level */
@@ -82,6 +82,11 @@ static const struct field fields[] = {
     {"rotation", "settleSeconds", "settle-seconds", F_UINT, O(settle_s), 0, 86400,
      "a rotation starts once the desired config is unchanged this long everywhere (s, default "
      "30)"},
+    {"reencrypt", "mode", "reencrypt-mode", F_REMODE, O(reencrypt_mode), 0, 0,
+     "how the rotation's leader re-encrypts: etcd (direct) | api (through the local API server) | "
+     "svm (StorageVersionMigration)"},
+    {"reencrypt", "rateLimit", "reencrypt-rate-limit", F_UINT, O(reencrypt_rate), 0, 10000000,
+     "objects/s the re-encrypt pass may handle (0: no limit)"},
     {"status", "listen", "status-listen", F_STR, O(status_listen), 0, 0,
      "status server TCP address host:port (loopback; \"\" disables)"},
     {"status", "socket", "status-socket", F_PATH, O(status_socket), 0, 0,
@@ -96,11 +101,24 @@ static const struct field fields[] = {
 };
 #define NFIELDS (sizeof(fields) / sizeof(fields[0]))
 
-static const char *const sections[] = {"effectiveConfig", "etcd",     "apiserver",
-                                       "proof",           "rotation", "status"};
+static const char *const sections[] = {"effectiveConfig", "etcd",      "apiserver", "proof",
+                                       "rotation",        "reencrypt", "status"};
 #define NSECTIONS (sizeof(sections) / sizeof(sections[0]))
 
 _Static_assert(NFIELDS <= 40, "field_pos_ too small");
+
+const char *ar_reencrypt_mode_name(enum ar_reencrypt_mode m)
+{
+    switch (m) {
+    case AR_REENCRYPT_ETCD:
+        return "etcd";
+    case AR_REENCRYPT_API:
+        return "api";
+    case AR_REENCRYPT_SVM:
+        return "svm";
+    }
+    return "etcd";
+}
 
 const char *ar_proof_mode_name(enum ar_proof_mode m)
 {
@@ -318,6 +336,17 @@ static int set_value(struct ar_settings *s, const struct field *f, const char *v
         else
             return diag(d, file, pos, path,
                         "invalid value \"%s\": must be one of canary, metrics, restart", v);
+        return 0;
+    case F_REMODE:
+        if (!strcmp(v, "etcd"))
+            s->reencrypt_mode = AR_REENCRYPT_ETCD;
+        else if (!strcmp(v, "api"))
+            s->reencrypt_mode = AR_REENCRYPT_API;
+        else if (!strcmp(v, "svm"))
+            s->reencrypt_mode = AR_REENCRYPT_SVM;
+        else
+            return diag(d, file, pos, path, "invalid value \"%s\": must be one of etcd, api, svm",
+                        v);
         return 0;
     case F_LOGLEVEL:
         if (ar_log_level_parse(v, &s->log_level) < 0 || !strcmp(v, "err"))
@@ -1004,6 +1033,13 @@ int ar_settings_check(struct ar_settings *s, struct ar_diags *d, unsigned flags)
                    "proof mode %s needs apiserver.url (or apiserver.kubeconfig); "
                    "without it rotations cannot prove a load",
                    ar_proof_mode_name(s->proof));
+
+    /* re-encrypt pass */
+    if (s->reencrypt_mode != AR_REENCRYPT_ETCD && !s->api_url && !s->kubeconfig)
+        CHECK_ERR(O(reencrypt_mode),
+                  "reencrypt mode %s goes through the local API server: it needs apiserver.url "
+                  "(or apiserver.kubeconfig)",
+                  ar_reencrypt_mode_name(s->reencrypt_mode));
 
     /* status */
     s->status_host[0] = '\0';

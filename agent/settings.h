@@ -42,6 +42,9 @@
  *     warnAfterSeconds: 180
  *   rotation:
  *     settleSeconds: 30               # desired unchanged everywhere this long first
+ *   reencrypt:
+ *     mode: etcd                      # etcd | api | svm: how the leader's pass rewrites
+ *     rateLimit: 0                    # objects/s (0: no limit)
  *   status:
  *     listen: 127.0.0.1:9798          # "" disables TCP
  *     socket: /run/atrest/status.sock # optional
@@ -67,6 +70,13 @@
 
 enum ar_proof_mode { AR_PROOF_CANARY = 0, AR_PROOF_METRICS, AR_PROOF_RESTART };
 const char *ar_proof_mode_name(enum ar_proof_mode m);
+
+/* The re-encrypt pass of a rotation: straight in etcd (coord/reencrypt.h), through the local
+ * API server (agent/reencrypt_api.h), or by StorageVersionMigration objects
+ * (agent/reencrypt_svm.h). Verify always scans etcd. api and svm need apiserver.url or
+ * apiserver.kubeconfig. */
+enum ar_reencrypt_mode { AR_REENCRYPT_ETCD = 0, AR_REENCRYPT_API, AR_REENCRYPT_SVM };
+const char *ar_reencrypt_mode_name(enum ar_reencrypt_mode m);
 
 struct ar_settings {
     char *file; /* the settings file read, or NULL */
@@ -103,6 +113,9 @@ struct ar_settings {
     unsigned warn_after_s;  /* a proof waiting longer "looks stuck" (default 180) */
 
     unsigned settle_s; /* rotation.settleSeconds */
+
+    enum ar_reencrypt_mode reencrypt_mode; /* reencrypt.mode (default etcd) */
+    unsigned reencrypt_rate;               /* reencrypt.rateLimit, objects/s (0: none) */
 
     char *status_listen; /* "host:port", "[v6]:port"; NULL or "": no TCP */
     char *status_socket; /* unix socket path or NULL */

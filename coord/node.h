@@ -22,6 +22,17 @@
  *   out the node's current desired (desired true) or effective config, borrowed, NULL when
  *   there is none.
  * - report: the driver's state for /status and the log, after every step (never blocks).
+ * - reencrypt_mode/reencrypt/reencrypt_stop (optional, the rotation's leader only; all three
+ *   NULL: the leader always runs coord/reencrypt.h straight in etcd): reencrypt_mode says how
+ *   this node wants the re-encrypt pass done (AR_NODE_REENC_ETCD: the leader runs the engine
+ *   itself) and the rate limit (objects/s, 0: none) for either. For any other mode the leader
+ *   calls reencrypt instead of the engine: 0 and *handle (done is then called EXACTLY ONCE,
+ *   never before reencrypt returned, unless reencrypt_stop ran first: then never), or a
+ *   negative errno and no callback (-EOPNOTSUPP: this node cannot do that mode). Progress and
+ *   done have the engine's types and meaning (coord/reencrypt.h: done/total/rewritten/skipped/
+ *   conflicts/failed, rate, eta_s; first_failed without values). req and its strings are valid
+ *   only during the call (the op copies what it keeps; it references req->cfg). A KMS write
+ *   provider does not block these modes (the API server encrypts). Verify always scans etcd.
  *
  * The driver (used without etcd; with etcd the rotation of coord/rotation.h decides): a first
  * install (config(agent, false) is NULL, or config is NULL) writes the desired config directly
@@ -41,6 +52,7 @@
 #include <stdint.h>
 
 #include "coord/err.h"
+#include "coord/reencrypt.h"
 #include "crypto/config.h"
 
 enum ar_node_proof {
@@ -97,6 +109,20 @@ struct ar_node_report {
     const char *waiting_for;    /* one line: why the driver stopped before prune; else NULL */
 };
 
+enum ar_node_reenc_mode {
+    AR_NODE_REENC_ETCD = 0, /* coord/reencrypt.h, by the leader itself */
+    AR_NODE_REENC_API,      /* list + no-op update through the local API server */
+    AR_NODE_REENC_SVM,      /* StorageVersionMigration objects */
+};
+
+struct ar_node_reenc_req {
+    const char *rotation_id;
+    struct ar_config *cfg;        /* the reencrypt phase's config (the API servers run it) */
+    const char *const *selectors; /* the plan's rewrite[] (canonical selectors) */
+    size_t nselectors;
+    double rate_limit; /* objects/s, 0: none */
+};
+
 struct ar_node_ops {
     void (*apply)(void *agent, struct ar_config *cfg, ar_node_apply_done done, void *done_arg);
     void (*prove)(void *agent, const struct ar_prove_req *req, ar_node_prove_done done,
@@ -107,6 +133,12 @@ struct ar_node_ops {
     int (*load)(void *agent, const char *id, struct ar_config **from, struct ar_config **to);
     void (*forget)(void *agent, const char *keep_id);
     struct ar_config *(*config)(void *agent, bool desired);
+    /* the rotation's leader, optional (see above) */
+    enum ar_node_reenc_mode (*reencrypt_mode)(void *agent, double *rate_limit);
+    int (*reencrypt)(void *agent, const struct ar_node_reenc_req *req,
+                     ar_reencrypt_progress_cb progress, ar_reencrypt_done_cb done, void *arg,
+                     void **handle);
+    void (*reencrypt_stop)(void *agent, void *handle);
 };
 
 struct ar_node;

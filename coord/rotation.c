@@ -115,6 +115,8 @@ struct ar_rotation {
     char verify_first[FIRST_BAD][300];
     size_t nfirst;
     struct ar_reencrypt *reenc;
+    void *reenc_op;          /* a pass through ops.reencrypt (mode api/svm) */
+    uint64_t reenc_retry_ms; /* a pass through the API that failed: not again before (mono) */
     char reenc_for[AR_RECORD_ID_LEN];
     bool reenc_done;
     int reenc_status;
@@ -840,6 +842,24 @@ static bool registered(const struct snap *s, const char *node)
     return v && v->registered;
 }
 
+static const char *reenc_mode_name(enum ar_node_reenc_mode m)
+{
+    return m == AR_NODE_REENC_API ? "api" : m == AR_NODE_REENC_SVM ? "svm" : "etcd";
+}
+
+/* How this node wants the re-encrypt pass done (ops.reencrypt_mode; etcd without it). */
+static enum ar_node_reenc_mode reenc_mode(const struct ar_rotation *r, double *rate_limit)
+{
+    double rate = 0;
+    enum ar_node_reenc_mode m = AR_NODE_REENC_ETCD;
+
+    if (r->ops.reencrypt_mode && r->ops.reencrypt && r->ops.reencrypt_stop)
+        m = r->ops.reencrypt_mode(r->agent, &rate);
+    if (rate_limit)
+        *rate_limit = rate > 0 ? rate : 0;
+    return m;
+}
+
 /* Whether the re-encrypt pass of the member's plan would write through a KMS provider (the
  * write provider of its config for some selector of rewrite[]): atrest cannot re-encrypt
  * through a KMS plugin, so the leader does not start the pass and verify decides (computed once
@@ -938,8 +958,9 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
     kind = (enum ar_phase_kind)ar_record_phase_kind(rec->phases[index].name);
     if (kind == AR_PHASE_REENCRYPT || kind == AR_PHASE_VERIFY)
         kms_check(r);
-    if (kind == AR_PHASE_REENCRYPT && r->kms_why[0] && !strcmp(r->kms_for, rec->id) &&
-        (size_t)index + 1 < rec->nphases) {
+    /* only the direct-etcd engine cannot write with KMS; the API server can */
+    if (kind == AR_PHASE_REENCRYPT && reenc_mode(r, NULL) == AR_NODE_REENC_ETCD && r->kms_why[0] &&
+        !strcmp(r->kms_for, rec->id) && (size_t)index + 1 < rec->nphases) {
         /* no pass through a KMS plugin: the operator rewrites through the API server and verify
          * decides whether prune may run */
         whyf(why, n, "%s", r->kms_why);
@@ -948,6 +969,12 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
     if (kind == AR_PHASE_REENCRYPT && !(r->reenc_done && !strcmp(r->reenc_for, rec->id))) {
         if (r->reenc_status == -ENOSYS && !strcmp(r->reenc_for, rec->id))
             whyf(why, n, "re-encrypt engine not built: the rotation waits in phase reencrypt");
+        else if (r->reenc_status == -EOPNOTSUPP && !strcmp(r->reenc_for, rec->id))
+            whyf(why, n,
+                 "re-encrypt mode %s cannot do this rotation's rewrite list (the leader's log "
+                 "says why): the rotation waits in phase reencrypt (set reencrypt.mode to etcd "
+                 "on the leader)",
+                 reenc_mode_name(reenc_mode(r, NULL)));
         else if (r->reenc_status < 0 && !strcmp(r->reenc_for, rec->id))
             whyf(why, n, "re-encrypt failed (%s): trying again", strerror(-r->reenc_status));
         else
@@ -964,7 +991,8 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
             for (size_t i = 0; i < r->nfirst; i++)
                 appendf(why, n, "%s%s", i ? ", " : " (first: ", r->verify_first[i]);
             appendf(why, n, "%s; scanning again", r->nfirst ? ")" : "");
-            if (r->kms_why[0] && !strcmp(r->kms_for, rec->id))
+            if (r->kms_why[0] && !strcmp(r->kms_for, rec->id) &&
+                reenc_mode(r, NULL) == AR_NODE_REENC_ETCD)
                 appendf(why, n, " (%s)", r->kms_why);
         } else
             whyf(why, n, "verifying that nothing is stored under the keys prune drops");
@@ -1272,6 +1300,7 @@ static void on_reenc_done(void *arg, int status, const struct ar_reencrypt_progr
 
     r->pending--;
     r->reenc = NULL;
+    r->reenc_op = NULL;
     if (r->dead) {
         maybe_free(r);
         return;
@@ -1280,10 +1309,13 @@ static void on_reenc_done(void *arg, int status, const struct ar_reencrypt_progr
         r->reenc_prog = *p;
     r->reenc_status = status;
     r->reenc_done = status == 0;
+    /* a pass through the API server that failed (server down, list expired): once a second */
+    r->reenc_retry_ms = status < 0 ? ar_etcd_now_ms() + 1000 : 0;
     read_all(r);
 }
 
-/* The re-encrypt pass (coord/reencrypt.h); kept to this one call site. */
+/* The re-encrypt pass (coord/reencrypt.h, or ops.reencrypt when this node's mode is not etcd);
+ * kept to this one call site. */
 static void leader_reencrypt(struct ar_rotation *r)
 {
     const struct ar_rotation_rec *rec = &r->snap->rot;
@@ -1291,18 +1323,39 @@ static void leader_reencrypt(struct ar_rotation *r)
     struct ar_etcd_compare guard;
     struct ar_chain *chain = NULL;
     char ckey[KEY_MAX];
+    enum ar_node_reenc_mode mode;
+    double rate;
     int rc;
 
-    if (r->reenc || !r->plan_ok || strcmp(r->id, rec->id))
+    if (r->reenc || r->reenc_op || !r->plan_ok || strcmp(r->id, rec->id))
         return;
     if (strcmp(r->reenc_for, rec->id)) {
         snprintf(r->reenc_for, sizeof(r->reenc_for), "%s", rec->id);
         r->reenc_done = false;
         r->reenc_status = 0;
         memset(&r->reenc_prog, 0, sizeof(r->reenc_prog));
+        r->reenc_retry_ms = 0;
+    }
+    mode = reenc_mode(r, &rate);
+    if (mode != AR_NODE_REENC_ETCD && ar_etcd_now_ms() < r->reenc_retry_ms)
+        return;
+    if (mode != AR_NODE_REENC_ETCD) {
+        struct ar_node_reenc_req req = {.rotation_id = rec->id,
+                                        .cfg = r->plan->phases[rec->index].config,
+                                        .selectors = (const char *const *)r->plan->rewrite,
+                                        .nselectors = r->plan->nrewrite,
+                                        .rate_limit = rate};
+
+        rc = r->ops.reencrypt(r->agent, &req, on_reenc_progress, on_reenc_done, r, &r->reenc_op);
+        if (rc == 0)
+            r->pending++;
+        else
+            r->reenc_status = rc;
+        return;
     }
     if (ar_election_guard(r->election, &guard) < 0 || key_of(r, ckey, "reencrypt/%s", rec->id) < 0)
         return;
+    o.rate_limit = rate;
     o.selectors = (const char *const *)r->plan->rewrite;
     o.nselectors = r->plan->nrewrite;
     o.checkpoint_key = ckey;
@@ -1381,6 +1434,11 @@ static void evaluate(struct ar_rotation *r)
     if (r->dead)
         return;
     act = decide(r, r->why, sizeof(r->why));
+    if (!leading(r) && r->reenc_op) { /* a pass through the API has no guard of its own */
+        r->ops.reencrypt_stop(r->agent, r->reenc_op);
+        r->reenc_op = NULL;
+        r->pending--;
+    }
     if (leading(r))
         leader_act(r, act);
     else if (act == A_REENCRYPT || act == A_VERIFY)
@@ -1531,6 +1589,11 @@ void ar_rotation_free(struct ar_rotation *r)
         r->reenc = NULL;
         r->pending--;
     }
+    if (r->reenc_op) {
+        r->ops.reencrypt_stop(r->agent, r->reenc_op);
+        r->reenc_op = NULL;
+        r->pending--;
+    }
     uv_close((uv_handle_t *)&r->tick, on_timer_closed);
 }
 
@@ -1632,7 +1695,8 @@ json_t *ar_rotation_status_json(const struct ar_rotation *r)
     for (size_t i = 0; ver_cur && first && i < r->nfirst; i++)
         json_array_append_new(first, json_string(r->verify_first[i]));
     o = json_pack(
-        "{s:s?, s:s?, s:s?, s:s, s:o, s:s, s:b, s:s?, s:o, s:{s:I, s:I, s:I, s:I, s:f, s:o}, "
+        "{s:s?, s:s?, s:s?, s:s, s:o, s:s, s:b, s:s?, s:o, "
+        "s:{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:o}, "
         "s:{s:o, s:I, s:I, s:b, s:o}, s:o}",
         "id",
         cur    ? rec->id
@@ -1649,8 +1713,11 @@ json_t *ar_rotation_status_json(const struct ar_rotation *r)
         "phase", phase, "phase_since", cur ? iso_or_null(rec->phase_since_ms) : json_null(),
         "waiting_for", r->why, "leader", leading(r), "abort_refused",
         cur && rec->abort_refused[0] ? rec->abort_refused : NULL, "members", members_json(r),
-        "reencrypt", "done", (json_int_t)(reenc_cur ? r->reenc_prog.done : 0), "total",
-        (json_int_t)(reenc_cur ? r->reenc_prog.total : 0), "skipped",
+        "reencrypt", "mode", reenc_mode_name(reenc_mode(r, NULL)), "done",
+        (json_int_t)(reenc_cur ? r->reenc_prog.done : 0), "total",
+        (json_int_t)(reenc_cur ? r->reenc_prog.total : 0), "rewritten",
+        (json_int_t)(reenc_cur ? r->reenc_prog.rewritten : 0), "failed",
+        (json_int_t)(reenc_cur ? r->reenc_prog.failed : 0), "skipped",
         (json_int_t)(reenc_cur ? r->reenc_prog.skipped : 0), "conflicts",
         (json_int_t)(reenc_cur ? r->reenc_prog.conflicts : 0), "rate",
         reenc_cur ? r->reenc_prog.rate : 0.0, "eta_seconds",

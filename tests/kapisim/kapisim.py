@@ -57,16 +57,17 @@ def apiserver_id_hash(host):
 
 
 class StatusError(Exception):
-    def __init__(self, code, reason, message, name=None, kind=None):
+    def __init__(self, code, reason, message, name=None, kind=None, retry_after=None):
         super().__init__(message)
         self.code, self.reason, self.message = code, reason, message
-        self.name, self.kind = name, kind
+        self.name, self.kind, self.retry_after = name, kind, retry_after
 
     def body(self):
         doc = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                "message": self.message, "reason": self.reason, "code": self.code}
-        if self.name is not None or self.kind is not None:
-            doc["details"] = {k: v for k, v in (("name", self.name), ("kind", self.kind))
+        if self.name is not None or self.kind is not None or self.retry_after is not None:
+            doc["details"] = {k: v for k, v in (("name", self.name), ("kind", self.kind),
+                                                ("retryAfterSeconds", self.retry_after))
                               if v is not None}
         return doc
 
@@ -89,7 +90,9 @@ class Encryption:
         self.last_ts = {}
         self.last_error = ""
         self.knobs = {"refuseReload": args.sim_refuse_reload, "reloadDelay": args.sim_reload_delay,
-                      "keepOldWriteKey": args.sim_keep_old_write_key}
+                      "keepOldWriteKey": args.sim_keep_old_write_key,
+                      "conflictUpdates": 0, "throttleUpdates": 0, "svmFail": 0}
+        self.injected = {"conflicts": 0, "throttled": 0}
         if args.encryption_provider_config:
             self.cfg = transformers.load_config(args.encryption_provider_config)
             self.write_cfg = self.cfg
@@ -365,6 +368,115 @@ class Store:
         raise conflict(res, name)
 
 
+SVM_GROUP = "storagemigration.k8s.io"
+SVM_VERSIONS = ("v1beta1", "v1alpha1")
+
+
+class Migrations:
+    """StorageVersionMigration objects and their controller (see Handler.svm)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.objs = {}
+        self.gen = 0
+
+    def _now(self):
+        return objects.now_rfc3339()
+
+    def create(self, sim, version, body):
+        md = (body or {}).get("metadata") or {}
+        name = md.get("name")
+        spec = (body or {}).get("spec") or {}
+        res = (spec.get("resource") or {})
+        if not name or not isinstance(res, dict) or not res.get("resource"):
+            raise StatusError(422, "Invalid", "StorageVersionMigration: metadata.name and "
+                              "spec.resource.resource are required")
+        with self.lock:
+            if name in self.objs:
+                raise StatusError(409, "AlreadyExists", 'storageversionmigrations.%s "%s" '
+                                  'already exists' % (SVM_GROUP, name), name,
+                                  "storageversionmigrations")
+            self.gen += 1
+            obj = {"kind": "StorageVersionMigration",
+                   "metadata": {"name": name, "uid": str(uuid.uuid4()),
+                                "resourceVersion": str(self.gen),
+                                "creationTimestamp": self._now()},
+                   "spec": {"resource": dict(res)}, "status": {"conditions": []}}
+            self.objs[name] = obj
+            with sim.enc.lock:
+                fail = sim.enc.knobs["svmFail"] > 0
+                if fail:
+                    sim.enc.knobs["svmFail"] -= 1
+        threading.Thread(target=self._run, args=(sim, name, obj["metadata"]["uid"], fail),
+                         daemon=True).start()
+        return dict(obj, apiVersion=SVM_GROUP + "/" + version)
+
+    def get(self, name, version):
+        with self.lock:
+            obj = self.objs.get(name)
+            if obj is None:
+                raise StatusError(404, "NotFound", 'storageversionmigrations.%s "%s" not found'
+                                  % (SVM_GROUP, name), name, "storageversionmigrations")
+            return json.loads(json.dumps(dict(obj, apiVersion=SVM_GROUP + "/" + version)))
+
+    def delete(self, name):
+        with self.lock:
+            if self.objs.pop(name, None) is None:
+                raise StatusError(404, "NotFound", 'storageversionmigrations.%s "%s" not found'
+                                  % (SVM_GROUP, name), name, "storageversionmigrations")
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": name, "kind": "storageversionmigrations"}}
+
+    def _set(self, name, uid, ctype, reason, message=""):
+        with self.lock:
+            obj = self.objs.get(name)
+            if obj is None or obj["metadata"]["uid"] != uid:
+                return False       # deleted meanwhile: the controller drops it
+            conds = [c for c in obj["status"]["conditions"] if c["type"] != ctype]
+            if ctype in ("Succeeded", "Failed"):
+                conds = [dict(c, status="False") if c["type"] == "Running" else c for c in conds]
+            conds.append({"type": ctype, "status": "True", "lastUpdateTime": self._now(),
+                          "reason": reason, "message": message})
+            obj["status"]["conditions"] = conds
+            self.gen += 1
+            obj["metadata"]["resourceVersion"] = str(self.gen)
+            return True
+
+    def _run(self, sim, name, uid, fail):
+        with self.lock:
+            obj = self.objs.get(name)
+            res = dict(obj["spec"]["resource"]) if obj else {}
+        if not self._set(name, uid, "Running", "StorageVersionMigrationInProgress"):
+            return
+        if fail:
+            self._set(name, uid, "Failed", "StorageVersionMigrationFailed",
+                      "kapisim: failed on purpose (knob svmFail)")
+            return
+        r = res.get("resource")
+        if res.get("group") or r not in RESOURCES:
+            self._set(name, uid, "Failed", "StorageVersionMigrationFailed",
+                      "kapisim: no such resource %s" % r)
+            return
+        store, cont = sim.store, ""
+        try:
+            for _ in range(1000000):
+                page = store.list(r, None, 500, cont)
+                for item in page["items"]:
+                    md = item["metadata"]
+                    try:
+                        store.update(r, md.get("namespace"), md["name"], item)
+                    except StatusError as e:
+                        if e.code not in (404, 409):
+                            raise
+                cont = page["metadata"].get("continue", "")
+                if not cont:
+                    break
+        except (StatusError, etcdmod.EtcdError) as e:
+            self._set(name, uid, "Failed", "StorageVersionMigrationFailed", str(e))
+            return
+        self._set(name, uid, "Succeeded", "StorageVersionMigrationSucceeded")
+
+
 def conflict(res, name):
     return StatusError(409, "Conflict", 'Operation cannot be fulfilled on %s "%s": the object '
                        'has been modified; please apply your changes to the latest version and '
@@ -466,12 +578,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.server.sim.args.sim_access_log:
             log("%s %s" % (self.address_string(), fmt % a))
 
-    def send(self, code, body, ctype="application/json"):
+    def send(self, code, body, ctype="application/json", headers=()):
         if isinstance(body, (dict, list)):
             body = (json.dumps(body) + "\n").encode()
         elif isinstance(body, str):
             body = body.encode()
         self.send_response(code)
+        for k, v in headers:
+            self.send_header(k, v)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -526,7 +640,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self.admin(path)
             return self.api(path, q)
         except StatusError as e:
-            return self.send(e.code, e.body())
+            return self.send(e.code, e.body(), headers=(() if e.retry_after is None else
+                                                        (("Retry-After", str(e.retry_after)),)))
         except etcdmod.EtcdError as e:
             return self.send(500, StatusError(500, "InternalError", "Internal error occurred: %s"
                                               % e).body())
@@ -540,6 +655,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def api(self, path, q):
         store = self.server.sim.store
         parts = path.split("/")[1:]
+        if parts[:2] == ["apis", SVM_GROUP]:
+            return self.svm(parts[2:])
         if parts[:2] != ["api", "v1"]:
             raise StatusError(404, "NotFound", "the server could not find the requested resource")
         rest = parts[2:]
@@ -566,11 +683,70 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if name is not None and m == "GET":
             return self.send(200, objects.public(store.get(res, ns, name)))
         if name is not None and m == "PUT":
-            return self.send(200, objects.public(store.update(res, ns, name, self.body())))
+            body = self.body()
+            self.inject(store, res, ns, name, body)
+            return self.send(200, objects.public(store.update(res, ns, name, body)))
         if name is not None and m == "DELETE":
             return self.send(200, store.delete(res, ns, name))
         raise StatusError(405, "MethodNotAllowed", "the server does not allow this method on "
                           "the requested resource")
+
+    def inject(self, store, res, ns, name, body):
+        """For updates that carry a resourceVersion (a re-encrypt pass's; not the writer's or
+        the canary's): the knobs throttleUpdates (429, Retry-After: 1, as kube-apiserver's
+        max-in-flight filter) and conflictUpdates (another writer rewrites the object first, the same content,
+        as a stale no-op update does; then this conditional update gets 409 Conflict), each for the next N updates."""
+        enc = self.server.sim.enc
+        has_rv = bool(isinstance(body, dict) and (body.get("metadata") or {}).get("resourceVersion"))
+        with enc.lock:
+            what = None
+            if enc.knobs["throttleUpdates"] > 0 and has_rv:
+                enc.knobs["throttleUpdates"] -= 1
+                enc.injected["throttled"] += 1
+                what = "throttle"
+            elif enc.knobs["conflictUpdates"] > 0 and has_rv:
+                enc.knobs["conflictUpdates"] -= 1
+                enc.injected["conflicts"] += 1
+                what = "conflict"
+        if what == "throttle":
+            raise StatusError(429, "TooManyRequests", "Too many requests, please try again later.",
+                              retry_after=1)
+        if what == "conflict":
+            other = json.loads(json.dumps(body))
+            other["metadata"].pop("resourceVersion", None)
+            store.update(res, ns, name, other)
+            raise conflict(res, name)
+
+    def svm(self, rest):
+        """storagemigration.k8s.io (v1alpha1, v1beta1): StorageVersionMigration objects (kept in
+        memory) and a minimal controller: one thread per migration, the no-op update of every
+        object of spec.resource (a 409 or 404 meanwhile is fine: someone wrote or deleted it),
+        conditions Running then Succeeded (or Failed: knob svmFail, an unknown resource)."""
+        mig = self.server.sim.svm
+        m = self.command
+        if not rest:
+            if m != "GET":
+                raise StatusError(405, "MethodNotAllowed", "method not allowed")
+            vs = [{"groupVersion": SVM_GROUP + "/" + v, "version": v} for v in SVM_VERSIONS]
+            return self.send(200, {"kind": "APIGroup", "apiVersion": "v1", "name": SVM_GROUP,
+                                   "versions": vs, "preferredVersion": vs[0]})
+        if rest[0] not in SVM_VERSIONS or len(rest) < 2 or rest[1] != "storageversionmigrations" \
+                or len(rest) > 3:
+            raise StatusError(404, "NotFound", "the server could not find the requested resource")
+        version, name = rest[0], rest[2] if len(rest) == 3 else None
+        if name is None and m == "GET":
+            with mig.lock:
+                items = [dict(o, apiVersion=SVM_GROUP + "/" + version) for o in mig.objs.values()]
+            return self.send(200, {"kind": "StorageVersionMigrationList",
+                                   "apiVersion": SVM_GROUP + "/" + version, "metadata": {},
+                                   "items": items})
+        if name is None and m == "POST":
+            return self.send(201, mig.create(self.server.sim, version, self.body()))
+        if name is not None and m == "GET":
+            return self.send(200, mig.get(name, version))
+        if name is not None and m == "DELETE":
+            return self.send(200, mig.delete(name))
+        raise StatusError(405, "MethodNotAllowed", "method not allowed")
 
     def admin(self, path):
         sim = self.server.sim
@@ -581,6 +757,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                        "writeConfigSha256": enc.write_cfg.sha256 if enc.write_cfg else None,
                        "reloads": {"success": enc.success, "failure": enc.failure},
                        "lastError": enc.last_error, "knobs": dict(enc.knobs),
+                       "injected": dict(enc.injected),
                        "writes": sim.store.writes}
             doc["writeKey"] = {r: enc.write_key(r) for r in RESOURCES}
             with enc.lock:
@@ -595,7 +772,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     raise StatusError(400, "BadRequest", "knobs: %s" % sorted(enc.knobs))
                 with enc.lock:
                     for k, v in upd.items():
-                        enc.knobs[k] = float(v) if k == "reloadDelay" else bool(v)
+                        enc.knobs[k] = (float(v) if k == "reloadDelay" else
+                                        int(v) if k in ("conflictUpdates", "throttleUpdates", "svmFail")
+                                        else bool(v))
             with enc.lock:
                 return self.send(200, dict(enc.knobs))
         if path == "/sim/reload" and self.command == "POST":
@@ -834,6 +1013,7 @@ def main(argv=None):
         sim.enc = Encryption(args)
         sim.tokens = load_tokens(args.token_auth_file)
         sim.store = Store(args, sim.enc)
+        sim.svm = Migrations()
     except (transformers.ConfigError, ValueError, OSError) as e:
         log("error: %s" % e)
         return 1

@@ -257,13 +257,64 @@ static void f_event(void *agent, const struct ar_rotation_event *ev)
         f->acks++;
 }
 
+/* The optional re-encrypt ops (coord/node.h): mode etcd unless g_api_mode; the API-mode pass
+ * is faked: it deletes g_api_rewrites (as the API server's rewrite moves it off the old key)
+ * and completes with one rewritten object. */
+static int g_api_mode, g_api_runs;
+static const char *g_api_rewrites;
+static char g_api_sel[64];
+static uv_timer_t g_api_timer;
+static ar_reencrypt_done_cb g_api_done;
+static void *g_api_arg;
+
+static void del_key(const char *key);
+
+static enum ar_node_reenc_mode f_reenc_mode(void *agent, double *rate)
+{
+    *rate = 0;
+    return g_api_mode ? AR_NODE_REENC_API : AR_NODE_REENC_ETCD;
+}
+
+static void api_fire(uv_timer_t *t)
+{
+    struct ar_reencrypt_progress p = {.done = 1, .total = 1, .rewritten = 1, .eta_s = 0};
+
+    if (g_api_rewrites)
+        del_key(g_api_rewrites);
+    g_api_done(g_api_arg, 0, &p, NULL);
+}
+
+static int f_reencrypt(void *agent, const struct ar_node_reenc_req *req,
+                       ar_reencrypt_progress_cb progress, ar_reencrypt_done_cb done, void *arg,
+                       void **handle)
+{
+    assert_true(g_api_mode);
+    assert_non_null(req->cfg);
+    assert_true(req->nselectors >= 1);
+    snprintf(g_api_sel, sizeof(g_api_sel), "%s", req->selectors[0]);
+    g_api_runs++;
+    g_api_done = done;
+    g_api_arg = arg;
+    uv_timer_start(&g_api_timer, api_fire, 10, 0);
+    *handle = &g_api_timer;
+    return 0;
+}
+
+static void f_reencrypt_stop(void *agent, void *handle)
+{
+    uv_timer_stop(&g_api_timer);
+}
+
 static const struct ar_node_ops OPS = {.apply = f_apply,
                                        .prove = f_prove,
                                        .report = f_report,
                                        .save = f_save,
                                        .load = f_load,
                                        .forget = f_forget,
-                                       .config = f_config};
+                                       .config = f_config,
+                                       .reencrypt_mode = f_reenc_mode,
+                                       .reencrypt = f_reencrypt,
+                                       .reencrypt_stop = f_reencrypt_stop};
 
 static void put_kv(const char *key, const char *val)
 {
@@ -702,6 +753,46 @@ static void test_reencrypt_kms_goes_to_verify(void **state)
     ar_config_unref(to);
 }
 
+/* reencrypt.mode api: a KMS write key no longer blocks the pass: the leader runs the node's
+ * reencrypt op (not the etcd engine), the status says mode api, and the rotation finishes. */
+static void test_reencrypt_api_mode_with_kms(void **state)
+{
+    struct keys k;
+    struct ar_config *from, *to;
+    json_t *st;
+    bool saw_api = false;
+
+    gen_keys(&k);
+    from = cfg(&k, "k1");
+    to = cfg_kms();
+    g_reenc_mode = 1;
+    g_reenc_runs = 0;
+    g_api_mode = 1;
+    g_api_runs = 0;
+    g_api_rewrites = "/reg13/secrets/default/s1";
+    g_regprefix = "/reg13";
+    seed_secret("/reg13/secrets/default/s1", from);
+    setup_agents("/t13/", from, to, now_ms() - 5000);
+    for (int i = 0; i < 300 && !no_record("/t13/", NULL); i++) {
+        etcd_harness_run_for(&LOOP, 50);
+        st = ar_rotation_status_json(A[0].rot);
+        saw_api |= !strcmp(
+            json_string_value(json_object_get(json_object_get(st, "reencrypt"), "mode")), "api");
+        assert_null(strstr(json_string_value(json_object_get(st, "waiting_for")), "KMS"));
+        json_decref(st);
+    }
+    assert_true(no_record("/t13/", NULL));
+    assert_true(saw_api);
+    assert_int_equal(g_api_runs, 1);   /* the node's pass, once */
+    assert_int_equal(g_reenc_runs, 0); /* never the etcd engine */
+    assert_string_equal(g_api_sel, "secrets");
+    g_api_mode = 0;
+    g_api_rewrites = NULL;
+    teardown_agents();
+    ar_config_unref(from);
+    ar_config_unref(to);
+}
+
 /* Disagreeing desired configs never start a rotation, and the status names who has what. */
 static void test_disagreement(void **state)
 {
@@ -1041,12 +1132,14 @@ static int group_setup(void **state)
     etcd_harness_settings(&H, &st);
     uv_loop_init(&LOOP);
     uv_timer_init(&LOOP, &g_reenc_timer);
+    uv_timer_init(&LOOP, &g_api_timer);
     return ar_etcd_sync_new(&st, &S) == 0 ? 0 : -1;
 }
 
 static int group_teardown(void **state)
 {
     uv_close((uv_handle_t *)&g_reenc_timer, NULL);
+    uv_close((uv_handle_t *)&g_api_timer, NULL);
     uv_run(&LOOP, UV_RUN_DEFAULT);
     uv_loop_close(&LOOP);
     ar_etcd_sync_free(S);
@@ -1061,6 +1154,7 @@ int main(void)
         cmocka_unit_test(test_full_rotation),
         cmocka_unit_test(test_reencrypt_missing_and_abort_refused),
         cmocka_unit_test(test_reencrypt_kms_goes_to_verify),
+        cmocka_unit_test(test_reencrypt_api_mode_with_kms),
         cmocka_unit_test(test_disagreement),
         cmocka_unit_test(test_settle),
         cmocka_unit_test(test_member_down_and_remove),

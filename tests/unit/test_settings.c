@@ -117,6 +117,19 @@ static void test_defaults(void **state)
     assert_string_equal(s.canary_namespace, "kube-system");
     assert_string_equal(s.canary_name, "atrest-canary");
     assert_int_equal(s.warn_after_s, 180);
+    assert_int_equal(s.reencrypt_mode, AR_REENCRYPT_ETCD);
+    assert_int_equal(s.reencrypt_rate, 0);
+    ar_settings_free(&s);
+
+    /* the re-encrypt settings from the file */
+    assert_int_equal(
+        load(&s, "desiredConfig: /a\nreencrypt:\n  mode: api\n  rateLimit: 500\n", NULL, 0), 0);
+    assert_int_equal(s.reencrypt_mode, AR_REENCRYPT_API);
+    assert_string_equal(ar_reencrypt_mode_name(s.reencrypt_mode), "api");
+    assert_int_equal(s.reencrypt_rate, 500);
+    ar_settings_free(&s);
+    assert_int_equal(load(&s, "desiredConfig: /a\nreencrypt:\n  mode: svm\n", NULL, 0), 0);
+    assert_int_equal(s.reencrypt_mode, AR_REENCRYPT_SVM);
     ar_settings_free(&s);
 
     /* the proof settings from the file */
@@ -159,6 +172,21 @@ static void test_errors_with_positions(void **state)
     assert_int_equal(load(&s, "proof:\n  mode: psychic\n", line, sizeof(line)), 1);
     assert_string_equal(line, "agent.yaml:2:9: proof.mode: invalid value \"psychic\": must be one "
                               "of canary, metrics, restart");
+    ar_settings_free(&s);
+
+    assert_int_equal(load(&s, "reencrypt:\n  mode: kubectl\n", line, sizeof(line)), 1);
+    assert_string_equal(line, "agent.yaml:2:9: reencrypt.mode: invalid value \"kubectl\": must be "
+                              "one of etcd, api, svm");
+    ar_settings_free(&s);
+
+    assert_int_equal(load(&s, "reencrypt:\n  rateLimit: -1\n", line, sizeof(line)), 1);
+    assert_string_equal(line, "agent.yaml:2:14: reencrypt.rateLimit: invalid value \"-1\": must be "
+                              "a whole number from 0 to 10000000");
+    ar_settings_free(&s);
+
+    assert_int_equal(load(&s, "reencrypt:\n  speed: 1\n", line, sizeof(line)), 1);
+    assert_string_equal(line, "agent.yaml:2:3: reencrypt.speed: unknown field \"speed\" (known "
+                              "here: mode, rateLimit)");
     ar_settings_free(&s);
 
     assert_int_equal(load(&s, "etcd: https://x:2379\n", line, sizeof(line)), 1);
@@ -333,6 +361,19 @@ static void test_check(void **state)
     assert_non_null(strstr(out, "agent.yaml:9:20: proof.canaryNamespace: must be a namespace "
                                 "name"));
     assert_non_null(strstr(out, "agent.yaml:10:15: proof.canaryName: must be a Secret name"));
+
+    /* reencrypt mode api needs the API server */
+    snprintf(y, sizeof(y),
+             "desiredConfig: %s/desired.yaml\neffectiveConfig:\n  path: %s/enc/config.yaml\n"
+             "stateDir: %s/state\nproof:\n  mode: restart\n  reloadCommand: /bin/true\n"
+             "reencrypt:\n  mode: api\nstatus:\n  listen: 127.0.0.1:0\n",
+             dir, dir, dir);
+    assert_int_equal(check_yaml(y, out, sizeof(out)), 1);
+    snprintf(want, sizeof(want),
+             "%s/agent.yaml:9:9: reencrypt.mode: reencrypt mode api goes through the local API "
+             "server: it needs apiserver.url (or apiserver.kubeconfig)\n",
+             dir);
+    assert_string_equal(out, want);
 
     /* missing required fields, unpaired TLS files, unreadable files */
     snprintf(y, sizeof(y),
