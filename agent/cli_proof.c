@@ -22,6 +22,7 @@
 #include <sodium.h>
 #include <uv.h>
 
+#include "agent/cli_common.h"
 #include "agent/cmd.h"
 #include "agent/effective.h"
 #include "agent/proof.h"
@@ -124,16 +125,15 @@ int ar_cmd_proof(int argc, char **argv)
 {
     const char *settings = NULL, *cfgpath = NULL, *goal = NULL, *type = NULL, *key = NULL;
     const char *phase = "manual", *rotation = "manual";
-    char *flags[MAX_FLAGS + 1], hash[80], line[1024], err[512], *password = NULL;
+    char *flags[MAX_FLAGS + 1], hash[80], err[512], *password = NULL;
     int nflags = 1, rc = 2, r;
     unsigned retry_ms = 1000;
     struct ar_settings set;
     bool have_set = false;
-    struct ar_diags d;
     struct ar_config *cfg = NULL;
     struct ar_load_opts lo = {.kmsv1_allowed = true};
     struct ar_prove_req req;
-    struct ar_etcd_settings es = {0};
+    struct ar_etcd_settings es;
     struct ar_etcd *etcd = NULL;
     struct run run = {.timeout_s = 600};
     uv_loop_t loop;
@@ -141,7 +141,6 @@ int ar_cmd_proof(int argc, char **argv)
     struct stat st;
     uint64_t t0;
 
-    ar_diags_init(&d);
     flags[0] = (char *)"proof";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -221,35 +220,14 @@ int ar_cmd_proof(int argc, char **argv)
     }
 
     /* settings */
-    if ((r = ar_settings_init(&set)) < 0) {
-        fprintf(stderr, "atrest proof: %s\n", strerror(-r));
+    if (ar_cli_settings("proof", settings, nflags, flags, &set) < 0)
         goto out;
-    }
     have_set = true;
-    r = settings ? ar_settings_load_file(&set, settings, &d) : 0;
-    if (r == 0)
-        r = ar_settings_apply_flags(&set, nflags, flags, &d);
-    if (r < 0 || d.nerrors) {
-        for (size_t i = 0; i < d.n; i++) {
-            ar_diag_format(&d.v[i], line, sizeof(line));
-            fprintf(stderr, "atrest proof: %s\n", line);
-        }
-        goto out;
-    }
     ar_log_set_level(set.log_level);
 
     /* the config, its hash and when it was written */
-    r = ar_config_load_file(cfgpath, &lo, &cfg, &d);
-    if (r < 0 || d.nerrors) {
-        line[0] = 0;
-        for (size_t i = 0; i < d.n && !line[0]; i++) {
-            if (d.v[i].severity == AR_SEV_ERROR)
-                ar_diag_format(&d.v[i], line, sizeof(line));
-        }
-        fprintf(stderr, "atrest proof: invalid config: %s\n",
-                line[0] ? line : strerror(r < 0 ? -r : EINVAL));
+    if (ar_cli_config("proof", cfgpath, &lo, &cfg) < 0)
         goto out;
-    }
     if ((r = ar_file_sha256(cfgpath, 0, sha)) < 0 || stat(cfgpath, &st) < 0) {
         fprintf(stderr, "atrest proof: %s: %s\n", cfgpath, strerror(r < 0 ? -r : errno));
         goto out;
@@ -269,24 +247,8 @@ int ar_cmd_proof(int argc, char **argv)
     }
     run.loop = &loop;
     if (set.n_etcd_endpoints) {
-        for (size_t i = 0; i < set.n_etcd_endpoints && i < AR_ETCD_MAX_ENDPOINTS; i++)
-            es.endpoints[es.n_endpoints++] = set.etcd_endpoints[i];
-        es.cacert = set.etcd_cafile;
-        es.cert = set.etcd_certfile;
-        es.key = set.etcd_keyfile;
-        if (set.etcd_user && set.etcd_password_file) {
-            size_t n;
-
-            if ((r = ar_file_read_locked(set.etcd_password_file, 4096, &password, &n)) < 0) {
-                fprintf(stderr, "atrest proof: cannot read the password file %s: %s\n",
-                        set.etcd_password_file, strerror(-r));
-                goto out_loop;
-            }
-            while (n && (password[n - 1] == '\n' || password[n - 1] == '\r'))
-                password[--n] = 0;
-            es.username = set.etcd_user;
-            es.password = password;
-        }
+        if (ar_cli_etcd("proof", &set, 5, &es, &password) < 0)
+            goto out_loop;
         if ((r = ar_etcd_new(&loop, &es, &etcd)) < 0) {
             fprintf(stderr, "atrest proof: cannot create the etcd client: %s\n", strerror(-r));
             goto out_loop;
@@ -341,6 +303,5 @@ out:
     ar_config_unref(cfg);
     if (have_set)
         ar_settings_free(&set);
-    ar_diags_free(&d);
     return rc;
 }

@@ -17,6 +17,7 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "agent/cli_common.h"
 #include "agent/cmd.h"
 #include "agent/effective.h"
 #include "agent/settings.h"
@@ -78,10 +79,9 @@ static int cli_open(struct cli *c, int argc, char **argv, bool *help)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    char *flags[MAX_FLAGS + 1], line[1024];
+    char *flags[MAX_FLAGS + 1];
     const char *file = NULL;
-    struct ar_etcd_settings es = {.request_timeout_ms = 10000};
-    struct ar_diags d;
+    struct ar_etcd_settings es;
     int n = 1, ch, li = 0, r, rc = 2;
 
     *help = false;
@@ -109,46 +109,11 @@ static int cli_open(struct cli *c, int argc, char **argv, bool *help)
     }
     c->rest = argv + optind;
     c->nrest = argc - optind;
-    if (ar_settings_init(&c->set) < 0)
+    if (ar_cli_settings(c->name, file, n, flags, &c->set) < 0)
         goto out;
     c->have_set = true;
-    ar_diags_init(&d);
-    r = file ? ar_settings_load_file(&c->set, file, &d) : 0;
-    if (r == 0)
-        r = ar_settings_apply_flags(&c->set, n, flags, &d);
-    for (size_t i = 0; i < d.n; i++)
-        if (d.v[i].severity == AR_SEV_ERROR) {
-            ar_diag_format(&d.v[i], line, sizeof(line));
-            fprintf(stderr, "atrest %s: %s\n", c->name, line);
-        }
-    if (r == 0 && d.nerrors)
-        r = -EINVAL;
-    ar_diags_free(&d);
-    if (r < 0)
+    if (ar_cli_etcd(c->name, &c->set, 10, &es, &c->password) < 0)
         goto out;
-    if (!c->set.n_etcd_endpoints) {
-        fprintf(stderr, "atrest %s: no etcd endpoints: give --etcd-servers or --settings\n",
-                c->name);
-        goto out;
-    }
-    for (size_t i = 0; i < c->set.n_etcd_endpoints && i < AR_ETCD_MAX_ENDPOINTS; i++)
-        es.endpoints[es.n_endpoints++] = c->set.etcd_endpoints[i];
-    es.cacert = c->set.etcd_cafile;
-    es.cert = c->set.etcd_certfile;
-    es.key = c->set.etcd_keyfile;
-    if (c->set.etcd_user) {
-        size_t len;
-        if (!c->set.etcd_password_file ||
-            ar_file_read_locked(c->set.etcd_password_file, 4096, &c->password, &len) < 0) {
-            fprintf(stderr, "atrest %s: --etcd-user needs a readable --etcd-password-file\n",
-                    c->name);
-            goto out;
-        }
-        while (len && (c->password[len - 1] == '\n' || c->password[len - 1] == '\r'))
-            c->password[--len] = '\0';
-        es.username = c->set.etcd_user;
-        es.password = c->password;
-    }
     r = ar_etcd_sync_new(&es, &c->sync);
     if (r < 0) {
         fprintf(stderr, "atrest %s: cannot create the etcd client: %s\n", c->name, strerror(-r));

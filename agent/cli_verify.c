@@ -21,6 +21,7 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "agent/cli_common.h"
 #include "agent/cmd.h"
 #include "agent/effective.h"
 #include "agent/settings.h"
@@ -65,41 +66,6 @@ static const char verify_help[] =
 
 /* The agent's etcd flags, as "--flag=value" strings for ar_settings_apply_flags. */
 #define MAX_ETCD_FLAGS 16
-
-static int load_settings(const char *file, char **flags, int nflags, struct ar_settings *s)
-{
-    struct ar_diags d;
-    char line[1024];
-    char *argv[MAX_ETCD_FLAGS + 1];
-    int r;
-
-    r = ar_settings_init(s);
-    if (r < 0) {
-        fprintf(stderr, "atrest verify: %s\n", strerror(-r));
-        return r;
-    }
-    ar_diags_init(&d);
-    if (file)
-        r = ar_settings_load_file(s, file, &d);
-    if (r == 0) {
-        argv[0] = "verify";
-        for (int i = 0; i < nflags; i++)
-            argv[i + 1] = flags[i];
-        r = ar_settings_apply_flags(s, nflags + 1, argv, &d);
-    }
-    if (r < 0 || d.nerrors) {
-        for (size_t i = 0; i < d.n; i++) {
-            ar_diag_format(&d.v[i], line, sizeof(line));
-            fprintf(stderr, "atrest verify: %s\n", line);
-        }
-        if (!d.n)
-            fprintf(stderr, "atrest verify: %s: %s\n", file ? file : "settings", strerror(-r));
-        r = r < 0 ? r : -EINVAL;
-        ar_settings_free(s);
-    }
-    ar_diags_free(&d);
-    return r;
-}
 
 /* ---- output ------------------------------------------------------------------------------------
  */
@@ -286,13 +252,12 @@ int ar_cmd_verify(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     const char *cfgpath = NULL, *settings = NULL, *resarg = NULL, *prefix = AR_DEFAULT_ETCD_PREFIX;
-    char *etcd_flags[MAX_ETCD_FLAGS];
-    int n_etcd = 0, c, li = 0, rc = 2, r;
+    char *etcd_flags[MAX_ETCD_FLAGS + 1] = {(char *)"verify"}; /* [0]: argv[0] of the flags */
+    int n_etcd = 1, c, li = 0, rc = 2, r;
     bool json = false, require = false, have_settings = false;
     unsigned long page = 0, timeout_s = 10;
     char group[256], resource[256], *end, *password = NULL;
     struct ar_load_opts lo = {.kmsv1_allowed = true};
-    struct ar_diags diags;
     struct ar_config *cfg = NULL;
     struct ar_chain *chain = NULL;
     struct ar_settings set;
@@ -303,7 +268,6 @@ int ar_cmd_verify(int argc, char **argv)
     struct ar_etcd_error err;
     struct progress pg = {.tty = isatty(STDERR_FILENO) == 1};
 
-    ar_diags_init(&diags);
     while ((c = getopt_long(argc, argv, "c:h", lopts, &li)) != -1) {
         switch (c) {
         case 'c':
@@ -344,7 +308,7 @@ int ar_cmd_verify(int argc, char **argv)
             size_t n = strlen(lopts[li].name) + strlen(optarg) + 4;
             char *f;
 
-            if (n_etcd == MAX_ETCD_FLAGS || !(f = malloc(n))) {
+            if (n_etcd == MAX_ETCD_FLAGS + 1 || !(f = malloc(n))) {
                 fprintf(stderr, "atrest verify: too many etcd flags\n");
                 goto usage;
             }
@@ -375,64 +339,17 @@ int ar_cmd_verify(int argc, char **argv)
         vo.resource = resource;
     }
 
-    if (load_settings(settings, etcd_flags, n_etcd, &set) < 0)
+    if (ar_cli_settings("verify", settings, n_etcd, etcd_flags, &set) < 0)
         goto out_noset;
     have_settings = true;
-    if (!set.n_etcd_endpoints) {
-        fprintf(stderr, "atrest verify: no etcd endpoints: give --etcd-servers or --settings\n");
+    r = ar_cli_etcd("verify", &set, (unsigned)timeout_s, &es, &password);
+    if (r == -ENOENT || r == -EINVAL)
         goto usage;
-    }
-    for (size_t i = 0; i < set.n_etcd_endpoints && i < AR_ETCD_MAX_ENDPOINTS; i++) {
-        const char *ep = set.etcd_endpoints[i];
-
-        if (strncmp(ep, "http://", 7) && strncmp(ep, "https://", 8)) {
-            fprintf(stderr,
-                    "atrest verify: etcd endpoint \"%s\": must start with http:// or "
-                    "https://\n",
-                    ep);
-            goto usage;
-        }
-        es.endpoints[es.n_endpoints++] = ep;
-    }
-    es.cacert = set.etcd_cafile;
-    es.cert = set.etcd_certfile;
-    es.key = set.etcd_keyfile;
-    if (set.etcd_user) {
-        size_t n;
-
-        if (!set.etcd_password_file) {
-            fprintf(stderr, "atrest verify: --etcd-user needs --etcd-password-file\n");
-            goto usage;
-        }
-        r = ar_file_read_locked(set.etcd_password_file, 4096, &password, &n);
-        if (r < 0) {
-            fprintf(stderr, "atrest verify: cannot read the password file %s: %s\n",
-                    set.etcd_password_file, strerror(-r));
-            goto out;
-        }
-        while (n && (password[n - 1] == '\n' || password[n - 1] == '\r'))
-            password[--n] = '\0';
-        es.username = set.etcd_user;
-        es.password = password;
-    }
-    es.request_timeout_ms = (unsigned)timeout_s * 1000;
-
-    r = ar_config_load_file(cfgpath, &lo, &cfg, &diags);
-    if (r < 0 || diags.nerrors > 0) {
-        char line[4096] = "";
-
-        for (size_t i = 0; i < diags.n; i++) {
-            if (diags.v[i].severity == AR_SEV_ERROR) {
-                ar_diag_format(&diags.v[i], line, sizeof(line));
-                break;
-            }
-        }
-        if (!line[0])
-            snprintf(line, sizeof(line), "%s: %s", cfgpath, strerror(r < 0 ? -r : EINVAL));
-        fprintf(stderr, "atrest verify: invalid config: %s%s\n", line,
-                diags.nerrors > 1 ? " (and more: run atrest lint)" : "");
+    if (r < 0)
         goto out;
-    }
+
+    if (ar_cli_config("verify", cfgpath, &lo, &cfg) < 0)
+        goto out;
     r = ar_chain_new(cfg, &chain);
     if (r < 0) {
         fprintf(stderr, "atrest verify: cannot build the provider chain: %s\n", strerror(-r));
@@ -503,8 +420,7 @@ out_noset:
     sodium_free(password); /* wipes; NULL is fine */
     ar_chain_unref(chain);
     ar_config_unref(cfg);
-    ar_diags_free(&diags);
-    for (int i = 0; i < n_etcd; i++)
+    for (int i = 1; i < n_etcd; i++)
         free(etcd_flags[i]);
     return rc;
 }
