@@ -30,13 +30,14 @@ wrote last, and S1 must have held throughout (Checker). The last line printed is
 
     CHAOS result=ok faults=<N> rotations=<N> objects=<N> lost=0 unreadable=0 seconds=<S>
 
-(result=fail and exit status 1 otherwise, with the findings printed above it). Every process,
+(result=fail and exit status 1 otherwise, with the findings printed above it).
+CHAOS_SABOTAGE=1 is the run's self-test: one effective file replaced behind the agents' back
+with a key the other servers lack; the run must end with result=fail. Every process,
 the tmpfs and the namespace are removed at the end, on failure and on Ctrl-C too.
 """
 import atexit
 import collections
 import ctypes
-import json
 import os
 import pathlib
 import random
@@ -579,6 +580,17 @@ class Chaos:
             out[n.name] = "phase %s%s" % (r.get("phase"), (": " + "; ".join(why)) if why else "")
         return out
 
+    def sabotage(self):
+        """CHAOS_SABOTAGE=1, the run's self-test: a third into the run, cp-1's EFFECTIVE file
+        is replaced behind the agents' back with a key no other server has (the naive push
+        atrest exists to prevent). The run must then end with result=fail."""
+        self.sleep(self.seconds / 3)
+        if self.over():
+            return
+        say("SABOTAGE: cp-1's effective file replaced with a rogue key, bypassing the agents")
+        atomic_write(self.c.nodes[0].effective,
+                     keyed_config("aescbc", ("rogue", self.keys.new(32))))
+
     # -- the end --
     def finish(self):
         label, config = self.target
@@ -634,6 +646,12 @@ class Chaos:
         by = collections.Counter(e["status"] for e in expected_noise)
         if expected_noise:
             say("fault-time errors by HTTP status: %s" % dict(by))
+            texts = collections.Counter("%s %s: %s" % (e["role"], e["status"], e["error"][:160])
+                                        for e in expected_noise if e["status"] is not None)
+            for t, k in texts.most_common(5):
+                say("  %dx %s" % (k, t))
+        if res.sampler_errors:
+            say("sampler errors (a simulator restarting): first %s" % res.sampler_errors[0])
         for e in (decrypt + never_written)[:20]:
             say("FINDING: %s %s %s/%s at +%.1fs: %s %s" % (e["role"], e["op"], e["node"],
                                                           e["name"], e["t"], e["status"],
@@ -711,6 +729,9 @@ class Chaos:
             threads = [threading.Thread(target=self.fault_loop, name="faults", daemon=True),
                        threading.Thread(target=self.rotation_loop, name="rotations",
                                         daemon=True)]
+            if os.environ.get("CHAOS_SABOTAGE") == "1":
+                threads.append(threading.Thread(target=self.sabotage, name="sabotage",
+                                                daemon=True))
             for t in threads:
                 t.start()
             self.halt.wait(self.seconds)
