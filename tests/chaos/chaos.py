@@ -271,6 +271,7 @@ class Chaos:
         self.rotations = []           # (label, result, seconds)
         self.done_ids = set()
         self.target = None            # (label, config) pushed last
+        self.target_t = 0.0           # when its push began
         self.pushing = threading.Lock()
         self.torn_down = False
 
@@ -550,16 +551,18 @@ class Chaos:
             if self.over():
                 return
             label, config = self.configs.next()
-            t = time.monotonic()
+            t = self.target_t = time.monotonic()
             self.push(label, config, t)
+            done = False
             for _ in range(ROTATION_TIMEOUT * 4):
                 if self.over():
                     return            # the final phase waits for it
-                if self.finished(config):
+                done = self.finished(config)
+                if done:
                     break
                 self.sleep(0.25)
             dt = time.monotonic() - t
-            if self.finished(config):
+            if done:
                 self.rotations.append((label, "done", dt))
                 say("rotation #%d %s done in %.1fs" % (len(self.rotations), label, dt))
             else:
@@ -608,7 +611,7 @@ class Chaos:
         last = self.rotations[-1] if self.rotations else None
         if ok and (last is None or last[0] != label or last[1] != "done"):
             dt = time.monotonic() - t
-            self.rotations.append((label, "done", dt))
+            self.rotations.append((label, "done", time.monotonic() - self.target_t))
             say("rotation #%d %s done (%.1fs after the faults stopped)" % (
                 len(self.rotations), label, dt))
         elif not ok:
