@@ -639,8 +639,7 @@ class Chaos:
             else:
                 expected_noise.append(e)
         lost = counts["lost-update"] + counts["content"] + counts["missing"] + len(never_written)
-        unreadable = counts["S2-unreadable"] + counts["down"] + \
-            sum(1 for e in decrypt if e["role"] == "reader")
+        unreadable = counts["S2-unreadable"] + counts["down"] + len(decrypt)
         s1 = counts["S1-write"] + counts["S1-stored"]
         say("traffic: %d writes, %d reads, %d errors (%d while a server or etcd was down, "
             "%d decrypt errors, %d unknown contents)" % (
@@ -661,9 +660,11 @@ class Chaos:
                                                           e["error"][:300]))
         say("S1/S2 checker: %d samples, %d sampler errors; rules: %s" % (
             res.samples, len(res.sampler_errors), dict(counts) or "none"))
-        for v in res.violations:
-            if v.rule not in ("read-error", "write-error"):
-                say("FINDING: %s" % v)
+        found = [v for v in res.violations if v.rule not in ("read-error", "write-error")]
+        for v in found[:30]:
+            say("FINDING: %s" % v)
+        if len(found) > 30:
+            say("... %d more findings" % (len(found) - 30))
         for note in res.notes:
             say("  " + note)
         kinds = collections.Counter(k for _t, k, _n in self.faults)
