@@ -528,7 +528,7 @@ class Chaos:
         self.done_ids |= ids
         return True
 
-    def push(self, label, config, t_rot):
+    def push(self, label, config):
         order = list(range(3))
         self.push_rng.shuffle(order)
         partial = self.push_rng.random() < 0.3
@@ -552,7 +552,7 @@ class Chaos:
                 return
             label, config = self.configs.next()
             t = self.target_t = time.monotonic()
-            self.push(label, config, t)
+            self.push(label, config)
             done = False
             for _ in range(ROTATION_TIMEOUT * 4):
                 if self.over():
