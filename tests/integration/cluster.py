@@ -42,13 +42,15 @@ import json
 import os
 import pathlib
 import random
+import subprocess
 import sys
 import threading
 import time
 import urllib.parse
 import uuid
 
-from conftest import ATREST, ROOT, Agent, Etcd, KapiSim, enc_config, wait_for
+from conftest import ATREST, ROOT, Agent, Etcd, KapiSim, enc_config, free_port, kill_group, \
+    wait_for
 
 sys.path.insert(0, str(ROOT / "tests" / "kapisim"))
 import etcd as simetcd  # noqa: E402
@@ -194,6 +196,97 @@ class Session:
         return self.request("GET", KapiSim.path(res, ns) + ("?" + "&".join(q) if q else ""))
 
 
+# ---- a multi-member etcd ------------------------------------------------------------------------
+
+class EtcdCluster:
+    """n etcd members (Debian's /usr/bin/etcd) on free loopback ports, one process group and
+    data dir each under tmp; the same face as conftest's Etcd for a Cluster (endpoint: every
+    client URL, comma-separated, which the simulators, the agents and the checker try in
+    order). kill(i)/start_member(i): SIGKILL one member and start it again on the same data
+    dir (it rejoins with its own log). extra_hosts: more addresses every member also listens
+    on (same port), e.g. the host side of a veth pair a test created."""
+
+    def __init__(self, tmp, n=3, extra_hosts=()):
+        self.dir = pathlib.Path(tmp)
+        self.names = ["m%d" % (i + 1) for i in range(n)]
+        self.client_ports = [free_port() for _ in range(n)]
+        self.peer_ports = [free_port() for _ in range(n)]
+        self.extra_hosts = list(extra_hosts)
+        self.endpoints = ["http://127.0.0.1:%d" % p for p in self.client_ports]
+        self.endpoint = ",".join(self.endpoints)
+        self.client_port = self.client_ports[0]
+        self.procs = [None] * n
+        self.pgids = set()
+        self.proc = None          # Cluster.close() checks a single member's group; see stop()
+
+    def _args(self, i):
+        peer = "http://127.0.0.1:%d" % self.peer_ports[i]
+        listen = [self.endpoints[i]] + ["http://%s:%d" % (h, self.client_ports[i])
+                                        for h in self.extra_hosts]
+        initial = ",".join("%s=http://127.0.0.1:%d" % (nm, pp)
+                           for nm, pp in zip(self.names, self.peer_ports))
+        return ["etcd", "--name", self.names[i], "--data-dir", str(self.dir / self.names[i]),
+                "--listen-client-urls", ",".join(listen),
+                "--advertise-client-urls", self.endpoints[i],
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", initial, "--initial-cluster-state", "new",
+                "--initial-cluster-token", "atrest-test-%d" % os.getpid(),
+                "--log-level", "error"]
+
+    def _spawn(self, i):
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ("%s.log" % self.names[i]), "ab") as log:
+            p = subprocess.Popen(self._args(i), stdin=subprocess.DEVNULL, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[i] = p
+        self.pgids.add(p.pid)
+
+    def healthy(self, i):
+        assert self.procs[i].poll() is None, "etcd %s exited: %s" % (
+            self.names[i], (self.dir / ("%s.log" % self.names[i])).read_text()[-2000:])
+        c = http.client.HTTPConnection("127.0.0.1", self.client_ports[i], timeout=2)
+        try:
+            c.request("GET", "/health")
+            r = c.getresponse()
+            return r.status == 200 and b'"true"' in r.read()
+        except OSError:
+            return False
+        finally:
+            c.close()
+
+    def start(self, timeout=30):
+        for i in range(len(self.names)):       # together: none is healthy without a quorum
+            self._spawn(i)
+        for i in range(len(self.names)):
+            wait_for(lambda i=i: self.healthy(i), timeout, "etcd %s /health" % self.names[i])
+        return self
+
+    def alive(self, i):
+        return self.procs[i] is not None and self.procs[i].poll() is None
+
+    def kill(self, i):
+        kill_group(self.procs[i])
+
+    def start_member(self, i, timeout=30):
+        self._spawn(i)
+        wait_for(lambda: self.healthy(i), timeout, "etcd %s /health after restart" % self.names[i])
+
+    def stop(self):
+        for p in self.procs:
+            kill_group(p)
+
+    def leftovers(self):
+        """A message per member process group that still has processes (after stop())."""
+        out = []
+        for pgid in sorted(self.pgids):
+            try:
+                os.killpg(pgid, 0)
+                out.append("etcd process group %d still has processes" % pgid)
+            except ProcessLookupError:
+                pass
+        return out
+
+
 # ---- the cluster -------------------------------------------------------------------------------
 
 class Node:
@@ -221,11 +314,14 @@ class Cluster:
     reload_s      the simulators' poll period (kube-apiserver: 60); None: restart-only
     sim_extra     extra kapisim flags, a list or a callable(node) -> list (knobs)
     agent_extra   extra agent flags, a list or a callable(node) -> list
+    etcd_members  members of the etcd the cluster starts itself (1: conftest's Etcd; more: an
+                  EtcdCluster, every endpoint in each simulator's and agent's settings)
+    agent_class   the Agent class (or a callable with its arguments) the cluster starts
     """
 
     def __init__(self, tmp, keys, n=3, config=None, etcd=None, agents=True, binary=ATREST,
                  reload_s=0.3, sim_extra=(), agent_extra=(), coord_prefix="/atrest/",
-                 lease_ttl=3):
+                 lease_ttl=3, etcd_members=1, agent_class=Agent):
         self.tmp = pathlib.Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.keys = keys
@@ -239,6 +335,8 @@ class Cluster:
         self.agent_extra = agent_extra
         self.coord_prefix = coord_prefix
         self.lease_ttl = lease_ttl
+        self.etcd_members = etcd_members
+        self.agent_class = agent_class
         self.nodes = [Node(self, i) for i in range(n)]
         self.seeded = {}          # (resource, ns, name) -> data dict as the API returns it
         self.threads = []         # Traffic and Checker objects to stop at close()
@@ -247,7 +345,8 @@ class Cluster:
     # -- lifecycle --
     def start(self):
         if self.etcd is None:
-            self.etcd = Etcd(self.tmp / "etcd").start()
+            self.etcd = (EtcdCluster(self.tmp / "etcd", self.etcd_members)
+                         if self.etcd_members > 1 else Etcd(self.tmp / "etcd")).start()
         self.kv = simetcd.Etcd(self.etcd.endpoint, timeout=10)
         for node in self.nodes:
             for d in ("desired", "enc", "state", "run"):
@@ -261,7 +360,7 @@ class Cluster:
         self._parallel([n.sim.start for n in self.nodes])
         if self.with_agents:
             for node in self.nodes:
-                node.agent = Agent(node.dir, self.binary, self.keys, node=node.name,
+                node.agent = self.agent_class(node.dir, self.binary, self.keys, node=node.name,
                                    extra=self._agent_args(node))
                 node.agent.start(wait_ready=False)
             for node in self.nodes:
@@ -337,6 +436,8 @@ class Cluster:
         if self.own_etcd and self.etcd is not None:
             pid = self.etcd.proc.pid if self.etcd.proc else None
             self.etcd.stop()
+            if isinstance(self.etcd, EtcdCluster):
+                errors += self.etcd.leftovers()
             if pid:
                 try:
                     os.killpg(pid, 0)
