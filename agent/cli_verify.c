@@ -34,8 +34,8 @@ static const char verify_help[] =
     "usage: atrest verify --config FILE [--settings agent.yaml] [--etcd-servers URLS]\n"
     "                     [--etcd-cafile F --etcd-certfile F --etcd-keyfile F]\n"
     "                     [--etcd-user U --etcd-password-file F] [--etcd-prefix P]\n"
-    "                     [--resource R] [--page-size N] [--timeout S] [--require-write-key]\n"
-    "                     [--json]\n"
+    "                     [--resource R] [--page-size N] [--parallel N] [--timeout S]\n"
+    "                     [--require-write-key] [--json]\n"
     "\n"
     "Scan the objects kube-apiserver stores in etcd and count, per resource, how many are\n"
     "under each provider:key of the EncryptionConfiguration FILE (identity = plaintext;\n"
@@ -53,6 +53,7 @@ static const char verify_help[] =
     "  --etcd-prefix P        kube-apiserver's --etcd-prefix (default /registry)\n"
     "  --resource R           only this resource (secrets, deployments.apps, foos.example.com)\n"
     "  --page-size N          keys per etcd range request (default 500)\n"
+    "  --parallel N           pieces of the range read at once, 1..16 (default 4)\n"
     "  --timeout S            give up on an etcd request after S seconds, all endpoints\n"
     "                         tried (default 10)\n"
     "  --require-write-key    exit 3 when an object is not under its resource's write key\n"
@@ -232,13 +233,24 @@ static void on_progress(void *arg, const struct ar_verify_progress *p)
 
 int ar_cmd_verify(int argc, char **argv)
 {
-    enum { O_SETTINGS = 256, O_PREFIX, O_RESOURCE, O_PAGE, O_REQUIRE, O_JSON, O_ETCD, O_TIMEOUT };
+    enum {
+        O_SETTINGS = 256,
+        O_PREFIX,
+        O_RESOURCE,
+        O_PAGE,
+        O_PARALLEL,
+        O_REQUIRE,
+        O_JSON,
+        O_ETCD,
+        O_TIMEOUT
+    };
     static const struct option lopts[] = {
         {"config", required_argument, NULL, 'c'},
         {"settings", required_argument, NULL, O_SETTINGS},
         {"etcd-prefix", required_argument, NULL, O_PREFIX},
         {"resource", required_argument, NULL, O_RESOURCE},
         {"page-size", required_argument, NULL, O_PAGE},
+        {"parallel", required_argument, NULL, O_PARALLEL},
         {"require-write-key", no_argument, NULL, O_REQUIRE},
         {"json", no_argument, NULL, O_JSON},
         {"timeout", required_argument, NULL, O_TIMEOUT},
@@ -255,7 +267,7 @@ int ar_cmd_verify(int argc, char **argv)
     char *etcd_flags[MAX_ETCD_FLAGS + 1] = {(char *)"verify"}; /* [0]: argv[0] of the flags */
     int n_etcd = 1, c, li = 0, rc = 2, r;
     bool json = false, require = false, have_settings = false;
-    unsigned long page = 0, timeout_s = 10;
+    unsigned long page = 0, parallel = 4, timeout_s = 10;
     char group[256], resource[256], *end, *password = NULL;
     struct ar_load_opts lo = {.kmsv1_allowed = true};
     struct ar_config *cfg = NULL;
@@ -287,6 +299,15 @@ int ar_cmd_verify(int argc, char **argv)
             page = strtoul(optarg, &end, 10);
             if (errno || *end || end == optarg || page < 1 || page > 10000) {
                 fprintf(stderr, "atrest verify: --page-size must be 1..10000\n");
+                goto usage;
+            }
+            break;
+        case O_PARALLEL:
+            errno = 0;
+            parallel = strtoul(optarg, &end, 10);
+            if (errno || *end || end == optarg || parallel < 1 ||
+                parallel > AR_VERIFY_MAX_PARALLEL) {
+                fprintf(stderr, "atrest verify: --parallel must be 1..16\n");
                 goto usage;
             }
             break;
@@ -362,6 +383,7 @@ int ar_cmd_verify(int argc, char **argv)
     }
     vo.etcd_prefix = prefix;
     vo.page_size = (unsigned)page;
+    vo.parallel = (unsigned)parallel;
     memset(&err, 0, sizeof(err));
     r = ar_verify_run(sync, chain, &vo, on_progress, &pg, &rep, &err);
     if (pg.shown)

@@ -276,7 +276,10 @@ static double run_range(struct ar_etcd_sync *s, unsigned long n)
 
 static double run_verify(struct ar_etcd_sync *s, struct ar_chain *promote, unsigned long n)
 {
-    struct ar_verify_opts o = {.group = "", .resource = "secrets", .page_size = 500};
+    struct ar_verify_opts o = {.group = "",
+                               .resource = "secrets",
+                               .page_size = 500,
+                               .parallel = env_unsigned("VERIFY_PARALLEL", 4)};
     struct ar_verify_report *rep = NULL;
     struct ar_etcd_error err;
     uint64_t t0, t1;

@@ -23,6 +23,7 @@
 #define FIRST_BAD      3
 #define RETRY_MIN_MS   1000
 #define RETRY_MAX_MS   16000
+#define VERIFY_PIECES  4 /* pieces of the range the verify scan reads at once */
 
 struct node_view {
     char node[AR_REPORT_NODE_MAX];
@@ -1269,7 +1270,7 @@ static void on_verify(void *arg, int status, struct ar_verify_report *rep,
 static void leader_verify(struct ar_rotation *r)
 {
     struct ar_chain *chain = NULL;
-    struct ar_verify_opts o = {.etcd_prefix = r->etcd_prefix};
+    struct ar_verify_opts o = {.etcd_prefix = r->etcd_prefix, .parallel = VERIFY_PIECES};
     const struct ar_rotation_rec *rec = &r->snap->rot;
     int rc;
 

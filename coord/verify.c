@@ -23,6 +23,16 @@ struct ar_verify_tally {
     size_t last_row; /* keys come sorted: the row of the previous key is the likely one */
 };
 
+struct ar_verify;
+
+/* Parallel mode: a piece of the round, [cursor, end), read page by page. */
+struct piece {
+    struct ar_verify *v;
+    uint8_t *cursor, *end;
+    size_t cursor_len, end_len;
+    unsigned page;
+};
+
 struct ar_verify {
     struct ar_etcd *c;
     struct ar_verify_tally *t;
@@ -34,6 +44,15 @@ struct ar_verify {
     ar_verify_progress_cb progress_cb;
     ar_verify_done_cb done_cb;
     void *arg;
+    /* parallel mode (parallel > 1) */
+    unsigned parallel;
+    struct piece pieces[AR_VERIFY_MAX_PARALLEL];
+    unsigned pieces_left; /* of this round, still reading */
+    unsigned requests;    /* in flight */
+    bool round_more;      /* keys after this round's */
+    bool failed;
+    int status;
+    struct ar_etcd_error err;
 };
 
 /* snprintf that truncates on purpose (names are bounded; a cut name is still a name). */
@@ -564,7 +583,16 @@ static void scan_free(struct ar_verify *v)
     ar_verify_tally_free(v->t);
     free(v->cursor);
     free(v->end);
+    for (unsigned i = 0; i < AR_VERIFY_MAX_PARALLEL; i++) {
+        free(v->pieces[i].cursor);
+        free(v->pieces[i].end);
+    }
     free(v);
+}
+
+static int cmp_bad(const void *a, const void *b)
+{
+    return strcmp(((const struct ar_verify_bad *)a)->key, ((const struct ar_verify_bad *)b)->key);
 }
 
 static void finish(struct ar_verify *v, int status, const struct ar_etcd_error *err)
@@ -576,12 +604,47 @@ static void finish(struct ar_verify *v, int status, const struct ar_etcd_error *
         scan_free(v);
         return;
     }
+    if (v->parallel > 1) /* met in no particular order: listed in key order */
+        qsort(rep->bad, rep->n_bad, sizeof(rep->bad[0]), cmp_bad);
     v->done_cb(v->arg, status, rep, err);
     scan_free(v);
 }
 
 static void on_page(void *arg, int status, const struct ar_etcd_result *res,
                     const struct ar_etcd_error *err);
+
+/* Count a page's values. */
+static int tally_page(struct ar_verify *v, const struct ar_etcd_result *res)
+{
+    struct ar_verify_report *rep = v->t->rep;
+    int r;
+
+    rep->pages++;
+    if (res->n_kvs > rep->peak_page_kvs)
+        rep->peak_page_kvs = res->n_kvs;
+    for (size_t i = 0; i < res->n_kvs; i++) {
+        const struct ar_etcd_kv *kv = &res->kvs[i];
+
+        if ((r = ar_verify_tally_add(v->t, kv->key, kv->key_len, kv->value, kv->value_len)) < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* dst = a copy of k[0..n) followed by "\0" when after (the first key after k). */
+static int set_key(uint8_t **dst, size_t *dst_len, const uint8_t *k, size_t n, bool after)
+{
+    uint8_t *nk = malloc(n + 1);
+
+    if (!nk)
+        return -ENOMEM;
+    memcpy(nk, k, n);
+    nk[n] = 0;
+    free(*dst);
+    *dst = nk;
+    *dst_len = n + after;
+    return 0;
+}
 
 static int next_page(struct ar_verify *v)
 {
@@ -644,16 +707,9 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
         v->rev = res->revision;
         rep->revision = res->revision;
     }
-    rep->pages++;
-    if (res->n_kvs > rep->peak_page_kvs)
-        rep->peak_page_kvs = res->n_kvs;
-    for (size_t i = 0; i < res->n_kvs; i++) {
-        const struct ar_etcd_kv *kv = &res->kvs[i];
-
-        if ((r = ar_verify_tally_add(v->t, kv->key, kv->key_len, kv->value, kv->value_len)) < 0) {
-            fail_now(v, r, "counting");
-            return;
-        }
+    if ((r = tally_page(v, res)) < 0) {
+        fail_now(v, r, "counting");
+        return;
     }
     if (!res->more || !res->n_kvs) {
         finish(v, 0, NULL);
@@ -686,6 +742,225 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
     }
     if ((r = next_page(v)) < 0)
         fail_now(v, r, "range");
+}
+
+/* ---- parallel mode ----------------------------------------------------------------------------
+ * Rounds: a keys-only range takes the next parallel * page keys at the scan's revision and cuts
+ * them into pieces of page keys; the pieces are read at once (each page by page: a compaction
+ * or a newer revision can add keys to a piece) and the next round starts when all are read.
+ * Held: one keys-only page and one page per piece. */
+
+static void on_keys(void *arg, int status, const struct ar_etcd_result *res,
+                    const struct ar_etcd_error *err);
+static void on_piece(void *arg, int status, const struct ar_etcd_result *res,
+                     const struct ar_etcd_error *err);
+
+static int par_round(struct ar_verify *v)
+{
+    struct ar_etcd_op op = {
+        .type = AR_ETCD_RANGE,
+        .key = v->cursor,
+        .key_len = v->cursor_len,
+        .range_end = v->end,
+        .range_end_len = v->end_len,
+        .limit = (int64_t)v->parallel * v->page,
+        .revision = v->rev,
+        .keys_only = true,
+    };
+    int r = ar_etcd_range(v->c, &op, on_keys, v);
+
+    v->requests += r == 0;
+    return r;
+}
+
+static int piece_next(struct piece *p)
+{
+    struct ar_verify *v = p->v;
+    struct ar_etcd_op op = {
+        .type = AR_ETCD_RANGE,
+        .key = p->cursor,
+        .key_len = p->cursor_len,
+        .range_end = p->end,
+        .range_end_len = p->end_len,
+        .limit = p->page,
+        .revision = v->rev,
+    };
+    int r = ar_etcd_range(v->c, &op, on_piece, p);
+
+    v->requests += r == 0;
+    return r;
+}
+
+/* A request came back: false when the callback must stop (stopped: freed with the last one). */
+static bool par_back(struct ar_verify *v)
+{
+    v->requests--;
+    if (!v->stopped)
+        return true;
+    if (!v->requests && !v->in_cb)
+        scan_free(v);
+    return false;
+}
+
+/* The first failure ends the scan once the requests in flight are back. */
+static void par_fail(struct ar_verify *v, int rc, const struct ar_etcd_error *err, const char *what)
+{
+    if (!v->failed) {
+        v->failed = true;
+        v->status = rc;
+        if (err)
+            v->err = *err;
+        else
+            ar_etcd_set_error(&v->err, rc, "", "verify: %s: %s", what, strerror(-rc));
+    }
+    if (!v->requests)
+        finish(v, v->status, &v->err);
+}
+
+static void on_keys(void *arg, int status, const struct ar_etcd_result *res,
+                    const struct ar_etcd_error *err)
+{
+    struct ar_verify *v = arg;
+    struct ar_verify_report *rep;
+    size_t n, np;
+    int r = 0;
+
+    if (!par_back(v))
+        return;
+    rep = v->t->rep;
+    if (status == -ERANGE && v->rev) { /* compacted under us: go on at the newest revision */
+        v->rev = 0;
+        rep->revision_restarts++;
+        if ((r = par_round(v)) < 0)
+            par_fail(v, r, NULL, "range");
+        return;
+    }
+    if (status == -EMSGSIZE && v->page > 1) {
+        v->page /= 2;
+        if ((r = par_round(v)) < 0)
+            par_fail(v, r, NULL, "range");
+        return;
+    }
+    if (status < 0) {
+        par_fail(v, status, err, "range");
+        return;
+    }
+    if (!v->rev) {
+        v->rev = res->revision;
+        rep->revision = res->revision;
+    }
+    n = res->n_kvs;
+    if (!n) {
+        finish(v, 0, NULL);
+        return;
+    }
+    np = (n + v->page - 1) / v->page;
+    for (size_t j = 0; j < np && r == 0; j++) {
+        struct piece *p = &v->pieces[j];
+        const struct ar_etcd_kv *a = &res->kvs[j * v->page];
+
+        p->v = v;
+        p->page = v->page;
+        r = set_key(&p->cursor, &p->cursor_len, a->key, a->key_len, false);
+        if (r == 0 && (j + 1) * v->page < n) {
+            const struct ar_etcd_kv *b = &res->kvs[(j + 1) * v->page];
+
+            r = set_key(&p->end, &p->end_len, b->key, b->key_len, false);
+        } else if (r == 0 && res->more) {
+            const struct ar_etcd_kv *b = &res->kvs[n - 1];
+
+            r = set_key(&p->end, &p->end_len, b->key, b->key_len, true);
+        } else if (r == 0) {
+            r = set_key(&p->end, &p->end_len, v->end, v->end_len, false);
+        }
+    }
+    if (r == 0 && res->more)
+        r = set_key(&v->cursor, &v->cursor_len, res->kvs[n - 1].key, res->kvs[n - 1].key_len, true);
+    if (r < 0) {
+        par_fail(v, r, NULL, "cursor");
+        return;
+    }
+    v->round_more = res->more;
+    v->pieces_left = (unsigned)np;
+    for (size_t j = 0; j < np; j++)
+        if ((r = piece_next(&v->pieces[j])) < 0) {
+            v->pieces_left -= (unsigned)(np - j); /* never started */
+            par_fail(v, r, NULL, "range");
+            return;
+        }
+}
+
+static void on_piece(void *arg, int status, const struct ar_etcd_result *res,
+                     const struct ar_etcd_error *err)
+{
+    struct piece *p = arg;
+    struct ar_verify *v = p->v;
+    struct ar_verify_progress pr;
+    int r;
+
+    if (!par_back(v))
+        return;
+    if (v->failed) {
+        par_fail(v, v->status, NULL, NULL);
+        return;
+    }
+    if (status == -ERANGE) { /* compacted: this piece's rest (and every later read) newest */
+        if (v->rev) {
+            v->rev = 0;
+            v->t->rep->revision_restarts++;
+        }
+        if ((r = piece_next(p)) < 0)
+            par_fail(v, r, NULL, "range");
+        return;
+    }
+    if (status == -EMSGSIZE && p->page > 1) {
+        p->page /= 2;
+        if ((r = piece_next(p)) < 0)
+            par_fail(v, r, NULL, "range");
+        return;
+    }
+    if (status < 0) {
+        par_fail(v, status, err, "range");
+        return;
+    }
+    if ((r = tally_page(v, res)) < 0) {
+        par_fail(v, r, NULL, "counting");
+        return;
+    }
+    if (res->more && res->n_kvs) {
+        const struct ar_etcd_kv *last = &res->kvs[res->n_kvs - 1];
+
+        if ((r = set_key(&p->cursor, &p->cursor_len, last->key, last->key_len, true)) < 0 ||
+            (r = piece_next(p)) < 0) {
+            par_fail(v, r, NULL, "range");
+            return;
+        }
+    } else {
+        v->pieces_left--;
+    }
+    if (v->progress_cb && res->n_kvs) {
+        pr.objects = v->t->rep->objects;
+        pr.undecryptable = v->t->rep->undecryptable;
+        pr.pages = v->t->rep->pages;
+        pr.last_key = res->kvs[res->n_kvs - 1].key;
+        pr.last_key_len = res->kvs[res->n_kvs - 1].key_len;
+        v->in_cb = true;
+        v->progress_cb(v->arg, &pr);
+        v->in_cb = false;
+        if (v->stopped) {
+            if (!v->requests)
+                scan_free(v);
+            return;
+        }
+    }
+    if (v->pieces_left)
+        return;
+    if (!v->round_more) {
+        finish(v, 0, NULL);
+        return;
+    }
+    if ((r = par_round(v)) < 0)
+        par_fail(v, r, NULL, "range");
 }
 
 static int dup_bytes(const uint8_t *p, size_t n, uint8_t **out)
@@ -745,7 +1020,8 @@ int ar_verify_start(struct ar_etcd *c, struct ar_chain *chain, const struct ar_v
     }
     if (r < 0)
         goto fail;
-    if ((r = next_page(v)) < 0)
+    v->parallel = o->parallel > AR_VERIFY_MAX_PARALLEL ? AR_VERIFY_MAX_PARALLEL : o->parallel;
+    if ((r = v->parallel > 1 ? par_round(v) : next_page(v)) < 0)
         goto fail;
     *out = v;
     return 0;
@@ -759,7 +1035,7 @@ void ar_verify_stop(struct ar_verify *v)
     if (!v)
         return;
     v->stopped = true;
-    if (!v->inflight && !v->in_cb)
+    if (!v->inflight && !v->requests && !v->in_cb)
         scan_free(v);
 }
 

@@ -54,6 +54,7 @@
 #include "crypto/chain.h"
 
 #define AR_VERIFY_MAX_BAD         100
+#define AR_VERIFY_MAX_PARALLEL    16
 #define AR_VERIFY_MAX_RESOURCES   1024
 #define AR_VERIFY_MAX_ENTRIES     256
 #define AR_VERIFY_MAX_ALL_ENTRIES 4096 /* entries in all rows ("(other)" rows aside) */
@@ -70,6 +71,12 @@ struct ar_verify_opts {
     const uint8_t *end;
     size_t end_len;
     unsigned page_size; /* 0: 500 */
+    /* Pieces of the range read at once (at most AR_VERIFY_MAX_PARALLEL; 0 or 1: page after
+     * page): rounds of a keys-only range of parallel * page_size keys cut into pieces of
+     * page_size keys, each read page by page, all at the scan's revision. Counts are the same
+     * as a sequential scan's; the undecryptable keys kept are the first met (listed in key
+     * order); held in memory: one keys-only page and one page per piece. */
+    unsigned parallel;
 };
 
 struct ar_verify_entry {

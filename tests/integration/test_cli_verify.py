@@ -181,7 +181,7 @@ def test_verify(tmp_path, make_etcd, keys, agent_bin):
     master, slave = pty.openpty()
     try:
         p = subprocess.run([agent_bin, "verify", "--config", cfg, "--page-size", "4",
-                            "--resource", "secrets"] + etcd_flags,
+                            "--parallel", "1", "--resource", "secrets"] + etcd_flags,
                            stdout=subprocess.PIPE, stderr=slave, timeout=30)
         os.close(slave)
         slave = None
@@ -203,6 +203,22 @@ def test_verify(tmp_path, make_etcd, keys, agent_bin):
                    b"\ratrest verify: 8 objects, 2 undecryptable ..."  # lacking, moved
                    b"\r\033[K"), tty
     assert p.stdout.decode().startswith("RESOURCE  PROVIDER:KEY     OBJECTS\nsecrets   ")
+
+    # pieces read at once (the default, 4; and 16 pieces of 1 key): the same table and JSON
+    # as page after page
+    for fmt in ([], ["--json"]):
+        seq = run(["--config", cfg, "--parallel", "1"] + fmt + etcd_flags, check=1).stdout
+        for extra in ([], ["--parallel", "16", "--page-size", "1"]):
+            par = run(["--config", cfg] + extra + fmt + etcd_flags, check=1).stdout
+            if fmt:     # the scan's revision and page count differ; the counts do not
+                a, b = json.loads(seq), json.loads(par)
+                for d in (a, b):
+                    d.pop("revision", None)
+                    d.pop("pages", None)
+                assert a == b, (a, b)
+            else:
+                assert par == seq, (par, seq)
+    run(["--config", cfg, "--parallel", "17"] + etcd_flags, check=2)
 
     # the etcd settings from the agent's settings file
     settings = tmp_path / "agent.yaml"

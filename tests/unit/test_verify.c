@@ -538,24 +538,112 @@ static void test_stop_and_compaction(void **state)
     etcd_harness_run_for(&loop, 300);
     assert_false(a.done);
 
-    /* a compaction between two pages: the scan goes on at the newest revision */
+    /* a compaction between two pages: the scan goes on at the newest revision (page after
+     * page, then in two pieces at once) */
+    for (unsigned par = 1; par <= 2; par++) {
+        struct ar_etcd_op del = {.key = (const uint8_t *)"/cmp/secrets/ns/zz", .key_len = 18};
+        struct ar_etcd_result *dr;
+
+        memset(&a, 0, sizeof(a));
+        a.compact_in_progress = true;
+        assert_int_equal(
+            ar_verify_start(
+                c, ch,
+                &(struct ar_verify_opts){.etcd_prefix = "/cmp", .page_size = 4, .parallel = par},
+                a_progress, a_done, &a, &a.v),
+            0);
+        assert_true(etcd_harness_run_until(&loop, &a.done, 10000));
+        assert_int_equal(a.status, 0);
+        assert_int_equal(a.rep->revision_restarts, 1);
+        assert_int_equal(a.rep->objects, 11); /* the 10 and zz, written after the first page */
+        assert_int_equal(ar_verify_count(ar_verify_find_row(a.rep, "", "secrets"), "identity"), 11);
+        ar_verify_report_free(a.rep);
+        assert_int_equal(ar_etcd_sync_delete(S, &del, &dr, NULL), 0); /* the next one puts it */
+        ar_etcd_result_free(dr);
+    }
+
+    /* parallel: stop from the progress callback, and with requests in flight */
     memset(&a, 0, sizeof(a));
-    a.compact_in_progress = true;
+    a.stop_in_progress = true;
     assert_int_equal(
-        ar_verify_start(c, ch, &(struct ar_verify_opts){.etcd_prefix = "/cmp", .page_size = 4},
-                        a_progress, a_done, &a, &a.v),
+        ar_verify_start(
+            c, ch, &(struct ar_verify_opts){.etcd_prefix = "/cmp", .page_size = 2, .parallel = 3},
+            a_progress, a_done, &a, &a.v),
         0);
-    assert_true(etcd_harness_run_until(&loop, &a.done, 10000));
-    assert_int_equal(a.status, 0);
-    assert_int_equal(a.rep->revision_restarts, 1);
-    assert_int_equal(a.rep->objects, 11); /* the 10 and zz, written after the first page */
-    assert_int_equal(ar_verify_count(ar_verify_find_row(a.rep, "", "secrets"), "identity"), 11);
-    ar_verify_report_free(a.rep);
+    etcd_harness_run_for(&loop, 300);
+    assert_int_equal(a.progress, 1);
+    assert_false(a.done);
+    memset(&a, 0, sizeof(a));
+    assert_int_equal(
+        ar_verify_start(
+            c, ch, &(struct ar_verify_opts){.etcd_prefix = "/cmp", .page_size = 2, .parallel = 3},
+            a_progress, a_done, &a, &a.v),
+        0);
+    ar_verify_stop(a.v);
+    etcd_harness_run_for(&loop, 300);
+    assert_false(a.done);
 
     ar_etcd_close(c);
     uv_run(&loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&loop), 0);
     ar_chain_unref(ch);
+}
+
+/* Two reports count the same: objects, rows, entries, the undecryptable keys and reasons. */
+static void same_report(const struct ar_verify_report *x0, const struct ar_verify_report *one)
+{
+    assert_int_equal(x0->objects, one->objects);
+    assert_int_equal(x0->stale, one->stale);
+    assert_int_equal(x0->undecryptable, one->undecryptable);
+    assert_int_equal(x0->n_bad, one->n_bad);
+    for (size_t i = 0; i < one->n_bad; i++) {
+        assert_string_equal(x0->bad[i].key, one->bad[i].key);
+        assert_string_equal(x0->bad[i].reason, one->bad[i].reason);
+    }
+    assert_int_equal(x0->n_rows, one->n_rows);
+    for (size_t i = 0; i < one->n_rows; i++) {
+        const struct ar_verify_row *x = &x0->rows[i], *y = &one->rows[i];
+
+        assert_string_equal(x->group, y->group);
+        assert_string_equal(x->resource, y->resource);
+        assert_string_equal(x->write, y->write);
+        assert_int_equal(x->total, y->total);
+        assert_int_equal(x->stale, y->stale);
+        assert_int_equal(x->n, y->n);
+        for (size_t j = 0; j < y->n; j++) {
+            assert_string_equal(x->v[j].name, y->v[j].name);
+            assert_int_equal(x->v[j].n, y->v[j].n);
+        }
+    }
+}
+
+/* Pieces read at once (parallel 4, pages of 3: rounds of 12 keys): the sequential scan's
+ * report, page for page, with one page per piece held at a time. */
+static void test_parallel_pieces(void **state)
+{
+    struct ar_verify_report *one, *par;
+
+    seed_mixed();
+    one = scan(&(struct ar_verify_opts){.page_size = 3}, 0);
+    ar_etcd_kvs_peak_reset(ar_etcd_sync_client(S));
+    par = scan(&(struct ar_verify_opts){.page_size = 3, .parallel = 4}, 0);
+    same_report(par, one);
+    check_secrets_row(par);
+    assert_int_equal(par->pages, 14); /* 41 keys: rounds of 12, 12, 12, 5 in pieces of 3 */
+    assert_int_equal(par->peak_page_kvs, 3);
+    /* the client held at most one keys-only page (12 keys) at a time */
+    assert_true(ar_etcd_kvs_peak(ar_etcd_sync_client(S)) <= 12);
+    ar_verify_report_free(par);
+    /* more pieces than keys, and a parallel count over the cap */
+    par = scan(&(struct ar_verify_opts){.page_size = 1000, .parallel = 99}, 0);
+    same_report(par, one);
+    assert_int_equal(par->pages, 1);
+    ar_verify_report_free(par);
+    par = scan(&(struct ar_verify_opts){.page_size = 1, .parallel = 16}, 0);
+    same_report(par, one);
+    assert_int_equal(par->pages, 41);
+    ar_verify_report_free(par);
+    ar_verify_report_free(one);
 }
 
 /* Two scans of disjoint ranges at once on one client, merged: the same report as one scan. */
@@ -599,27 +687,7 @@ static void test_parallel_merge(void **state)
     assert_int_equal(a.rep->objects, 5 + 3 + 2); /* configmaps, events, widgets */
     assert_int_equal(b.rep->objects, 3 + 28);    /* masterleases, secrets */
     assert_int_equal(ar_verify_report_merge(a.rep, b.rep), 0);
-    assert_int_equal(a.rep->objects, one->objects);
-    assert_int_equal(a.rep->stale, one->stale);
-    assert_int_equal(a.rep->undecryptable, one->undecryptable);
-    assert_int_equal(a.rep->n_bad, one->n_bad);
-    for (size_t i = 0; i < one->n_bad; i++)
-        assert_string_equal(a.rep->bad[i].key, one->bad[i].key);
-    assert_int_equal(a.rep->n_rows, one->n_rows);
-    for (size_t i = 0; i < one->n_rows; i++) {
-        const struct ar_verify_row *x = &a.rep->rows[i], *y = &one->rows[i];
-
-        assert_string_equal(x->group, y->group);
-        assert_string_equal(x->resource, y->resource);
-        assert_string_equal(x->write, y->write);
-        assert_int_equal(x->total, y->total);
-        assert_int_equal(x->stale, y->stale);
-        assert_int_equal(x->n, y->n);
-        for (size_t j = 0; j < y->n; j++) {
-            assert_string_equal(x->v[j].name, y->v[j].name);
-            assert_int_equal(x->v[j].n, y->v[j].n);
-        }
-    }
+    same_report(a.rep, one);
     check_secrets_row(a.rep);
     ar_verify_report_free(a.rep);
     ar_verify_report_free(b.rep);
@@ -933,6 +1001,7 @@ int main(void)
         cmocka_unit_test(test_small_pages_and_resource),
         cmocka_unit_test(test_stop_and_compaction),
         cmocka_unit_test(test_parallel_merge),
+        cmocka_unit_test(test_parallel_pieces),
         cmocka_unit_test(test_unreachable),
         cmocka_unit_test(test_tally_bounds),
         cmocka_unit_test(test_plaintext_not_on_heap),
