@@ -541,12 +541,19 @@ out:
 }
 
 /* data.probe of a Secret in JSON equals ours. */
-static bool probe_matches(struct ar_proof *p, const char *body, size_t len)
+/* 1: the body is a JSON object whose data.probe is ours; 0: another object; -1: not a JSON
+ * object at all (what went wrong in why). */
+static int probe_matches(struct ar_proof *p, const char *body, size_t len, char *why, size_t n)
 {
-    json_t *o = json_loadb(body, len, 0, NULL);
+    json_error_t je;
+    json_t *o = json_loadb(body, len, 0, &je);
     const char *v = json_string_value(json_object_get(json_object_get(o, "data"), "probe"));
-    bool ok = v && p->probe_b64 && !strcmp(v, p->probe_b64);
+    int ok = v && p->probe_b64 && !strcmp(v, p->probe_b64);
 
+    if (!json_is_object(o)) {
+        snprintf(why, n, "%s", o ? "a JSON value that is not an object" : je.text);
+        ok = -1;
+    }
     json_decref(o);
     return ok;
 }
@@ -559,9 +566,9 @@ static const char *status_message(const char *body, size_t len, char *dst, size_
 
     snprintf(dst, n, "%.*s", m ? (int)strlen(m) : (int)(len < 200 ? len : 200), m ? m : body);
     json_decref(o);
-    for (char *c = dst; *c; c++) {
-        if (*c == '\n' || *c == '\r')
-            *c = ' ';
+    for (char *c = dst; *c; c++) { /* a peer's bytes: printable ASCII only (status is JSON) */
+        if (*c < 0x20 || *c > 0x7e)
+            *c = *c == '\n' || *c == '\r' ? ' ' : '?';
     }
     return dst;
 }
@@ -677,6 +684,7 @@ static void on_read_get(void *arg, int status, long http, const char *body, size
 {
     struct ar_proof *p = arg;
     char msg[200];
+    int m = 0;
 
     p->req_api = NULL;
     if (status == -EACCES) {
@@ -687,7 +695,7 @@ static void on_read_get(void *arg, int status, long http, const char *body, size
         retry(p, S_READ_GET, "GET the canary: %s", err);
         return;
     }
-    if (http == 200 && probe_matches(p, body, len)) {
+    if (http == 200 && (m = probe_matches(p, body, len, msg, sizeof(msg))) == 1) {
         char want[160];
 
         if (p->weaker)
@@ -700,7 +708,9 @@ static void on_read_get(void *arg, int status, long http, const char *body, size
                    want_key(p, want, sizeof(want)));
         return;
     }
-    if (http == 200)
+    if (http == 200 && m < 0)
+        retry(p, S_READ_GET, "GET the canary: HTTP 200 but the body is not a Secret (%s)", msg);
+    else if (http == 200)
         retry(p, S_READ_GET, "the canary reads but its data differ (rewritten meanwhile?)");
     else if (http == 401 || http == 403)
         finish(p, -EACCES, AR_NODE_PROOF_NONE, "GET the canary: HTTP %ld (credentials)", http);

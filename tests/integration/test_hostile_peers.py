@@ -44,6 +44,7 @@ class Hostile:
       html       200, text/html, an HTML page
       redirect   307 (or 301) to another loopback host:port (`target`)
       text       200, text/plain body (metrics-looking nonsense / a non-JSON Secret)
+      binary500  500, a body of control bytes and invalid UTF-8
     Every loop is bounded (by the client going away, `stop`, or a count)."""
 
     def __init__(self, mode="garbage", target=None):
@@ -139,6 +140,9 @@ class Hostile:
             self._send(conn, "200 OK", "text/plain",
                        b"this is not json\napiserver_encryption_config_controller_automatic_"
                        b"reload_success_total{ garbage\n\x00\xff")
+        elif mode == "binary500":
+            self._send(conn, "500 Internal Server Error", "application/octet-stream",
+                       b"\xff\xfe\x01\x02 not \x1b[31mutf-8\xc3\x28 at all\r\n\x7f" * 8)
         elif mode == "truncated":
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 4096\r\n\r\n" + b'{"header":{"cluster_id":"1"' +
@@ -433,4 +437,100 @@ def test_hostile_acks(make_agent, make_etcd, keys, agent_bin):
         kv.delete(key)
     kv.put(ACKS + "0/node-a", ack())
     wait_for(lambda: kv.get(PREFIX + "rotation") != rec, 20, "the leader to act on a good ack")
+    assert a.stop() == 0
+
+
+# ---- (b) an API server that answers nonsense (the proofs' peer) ---------------------------------
+
+# mode -> text the proof's error must hold (the API server's URL is checked separately)
+API_CASES = {
+    "canary": [
+        ("garbage", "GET the canary: HTTP 200 but the body is not a Secret ("),
+        ("text", "GET the canary: HTTP 200 but the body is not a Secret ("),
+        ("html", "GET the canary: HTTP 200 but the body is not a Secret ("),
+        ("wrongjson", "the canary reads but its data differ"),
+        ("binary500", "GET the canary: HTTP 500: ???? not ?[31mutf-8?( at all"),
+        ("redirect", "GET the canary: HTTP 307: moved"),
+        ("redirect301", "GET the canary: HTTP 301: moved"),
+        ("truncated", "GET the canary: transfer closed with"),
+        ("silent", "GET the canary: Operation timed out"),
+        ("endless", "GET the canary: Operation timed out"),
+        ("huge", "GET the canary: response larger than"),
+    ],
+    "metrics": [
+        ("garbage", "no encryption-config reload metrics in /metrics"),
+        ("text", "no encryption-config reload metrics in /metrics"),
+        ("html", "no encryption-config reload metrics in /metrics"),
+        ("binary500", "GET /metrics: HTTP 500"),
+        ("redirect", "GET /metrics: HTTP 307"),
+        ("redirect301", "GET /metrics: HTTP 301"),
+        ("truncated", "GET /metrics: transfer closed with"),
+        ("silent", "GET /metrics: Operation timed out"),
+        ("endless", "GET /metrics: Operation timed out"),
+        ("huge", "GET /metrics: response larger than"),
+    ],
+}
+
+
+def proof_err(a):
+    r = rot(a)
+    return (r.get("proof") or {}).get("last_error") or ""
+
+
+@pytest.mark.parametrize("proof", ["canary", "metrics"])
+def test_hostile_apiserver(make_agent, make_etcd, keys, agent_bin, hostile, proof):
+    """One agent, a real etcd, and in place of its kube-apiserver a hostile server. A rotation
+    starts (a new write key): the agent stages (writes the stage config: legitimate), then its
+    proof of load meets each kind of nonsense in turn. It never acks, never leaves stage, never
+    writes the effective file again, and follows no redirect."""
+    which = "asan" if "asan" in agent_bin else "rel"
+    e = make_etcd().start()
+    kv = KV(e)
+    elsewhere = hostile("garbage")            # where the redirects point: must see nothing
+    h = hostile("garbage", target=elsewhere.url)
+    a = make_agent(binary=agent_bin)
+    tok = a.tmp / "token"
+    tok.write_text("hostile-test-token\n")
+    settings = a.tmp / "agent.yaml"
+    settings.write_text("\n".join([
+        "etcd:", "  endpoints: [%s]" % e.endpoint, "  prefix: %s" % PREFIX,
+        "  leaseTTLSeconds: 3", "apiserver:", "  url: %s" % h.url, "  tokenFile: %s" % tok,
+        "proof:", "  mode: %s" % proof, ""]))
+    a.extra += ["--config", str(settings), "--settle-seconds", "1"]
+    k1, k2 = keys.new(32), keys.new(32)
+    a.desired.write_text(enc_config([(["secrets"], [("aescbc", [("k1", k1)]), ("identity",)])]))
+    a.start()
+    wait_for(lambda: a.status()["etcd"]["state"] == "connected", 15, "etcd connected")
+    eff0 = a.effective.read_bytes()
+    a.desired.write_text(enc_config([(["secrets"], [("aescbc", [("k2", k2), ("k1", k1)]),
+                                                    ("identity",)])]))
+    wait_for(lambda: rot(a)["phase"] == "stage" and proof_err(a), 40,
+             "stage and a failed proof")
+    rec = kv.get(PREFIX + "rotation")
+    stage = a.effective.read_bytes()
+    assert stage != eff0                      # the stage config (k2 as a read key) is written
+    rid = rot(a)["id"]
+    for mode, want in API_CASES[proof]:
+        h.mode = mode
+        n0 = len(h.requests)
+        # the proof asks one request at a time and sets its error before it asks again: once a
+        # second request of this mode arrived, the error is the first one's answer's
+        wait_for(lambda: len([r for r in h.requests[n0:] if r[0] == mode]) >= 2, 60,
+                 "two proof requests in mode %s" % mode, interval=0.1)
+        err = proof_err(a)
+        print("HOSTILE-API %s %-11s %s" % (proof, mode, err))
+        assert want in err, (mode, err)
+        r = rot(a)
+        assert r["phase"] == "stage" and r["id"] == rid and not r.get("history"), (mode, r)
+        assert not r["members"]["node-a"]["acked"], (mode, r["members"])
+        assert a.alive() and a.get("/healthz")[0] == 200, mode
+        assert a.effective.read_bytes() == stage, "effective file written on " + mode
+        assert kv.get(PREFIX + "rotation") == rec, "record changed on " + mode
+        acks = [k for k, _ in e.dump() if k.startswith(("%sacks/" % PREFIX).encode())]
+        assert not acks, (mode, acks)
+        if mode == "huge":
+            m = vm_kib(a.proc.pid)
+            print("HOSTILE-API huge VmRSS=%d KiB VmHWM=%d KiB" % (m["VmRSS"], m["VmHWM"]))
+            assert m["VmHWM"] < RSS_BOUND_KIB[which], m
+    assert not elsewhere.requests, "a redirect was followed: %r" % elsewhere.requests[:3]
     assert a.stop() == 0
