@@ -96,8 +96,8 @@ static char *make_page(struct ar_chain *ch)
 
         snprintf(key, sizeof(key), "/registry/secrets/bench/s-%06d", i);
         randombytes_buf(pt, sizeof(pt));
-        if (ar_chain_write(ch, "", "secrets", (const uint8_t *)key, strlen(key), pt, sizeof(pt),
-                           &v, &res) < 0)
+        if (ar_chain_write(ch, "", "secrets", (const uint8_t *)key, strlen(key), pt, sizeof(pt), &v,
+                           &res) < 0)
             return NULL;
         bk = b64((const uint8_t *)key, strlen(key));
         bv = b64(v.p, v.len);
@@ -148,8 +148,8 @@ static int one_page(struct ar_chain *ch, const char *page, size_t len)
             ar_chain_write(ch, "", "secrets", key, kl, pt.p, pt.len, &ct, &res)) {
             rc = -1;
         } else if ((nv = b64(ct.p, ct.len))) {
-            json_array_append_new(ops, json_pack("{s:{s:s,s:s}}", "request_put", "key", bk,
-                                                 "value", nv));
+            json_array_append_new(
+                ops, json_pack("{s:{s:s,s:s}}", "request_put", "key", bk, "value", nv));
             free(nv);
         }
         free(val);

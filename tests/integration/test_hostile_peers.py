@@ -44,6 +44,7 @@ class Hostile:
       html       200, text/html, an HTML page
       redirect   307 (or 301) to another loopback host:port (`target`)
       text       200, text/plain body (metrics-looking nonsense / a non-JSON Secret)
+      binary     200, application/json, control bytes and invalid UTF-8 first
       binary500  500, a body of control bytes and invalid UTF-8
     Every loop is bounded (by the client going away, `stop`, or a count)."""
 
@@ -140,6 +141,9 @@ class Hostile:
             self._send(conn, "200 OK", "text/plain",
                        b"this is not json\napiserver_encryption_config_controller_automatic_"
                        b"reload_success_total{ garbage\n\x00\xff")
+        elif mode == "binary":
+            self._send(conn, "200 OK", "application/json",
+                       b"\xff\xfe\x1b[31m\xc3\x28{\"header\":{}}")
         elif mode == "binary500":
             self._send(conn, "500 Internal Server Error", "application/octet-stream",
                        b"\xff\xfe\x01\x02 not \x1b[31mutf-8\xc3\x28 at all\r\n\x7f" * 8)
@@ -215,6 +219,7 @@ ETCD_CASES = [
     ("garbage", "malformed response"),
     ("wrongjson", "malformed response"),
     ("html", "malformed response"),
+    ("binary", "malformed response"),
     ("truncated", "transfer closed with 3996 bytes remaining"),
     ("silent", "timed out"),
     ("huge", "response larger than 67108864 bytes"),

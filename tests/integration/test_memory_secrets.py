@@ -118,7 +118,7 @@ def test_no_old_key_nor_secret_plaintext_in_memory(make_cluster, keys):
     needles += [("api token", "raw", TOKEN.encode())]
     secrets = [base64.b64decode(d["v"]) for (r, _, _), d in c.seeded.items() if r == "secrets"]
     assert len(secrets) == SEEDED
-    for i, raw in enumerate(secrets):
+    for raw in secrets:
         needles += [("secret", f, b) for f, b in secret_forms(raw)]
     found = scan(mem, needles)
     print("MEMSCAN agent pid %d: %d mappings, %d MiB read, %d needles" % (
