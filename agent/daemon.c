@@ -861,9 +861,9 @@ static int agent_start(struct agent *a)
 }
 
 /* glibc overwrites every chunk freed outside its per-thread cache (M_PERTURB) with this byte:
- * what libraries free without wiping (libcurl's request buffer holding the bearer token,
- * libyaml's and OpenSSL's buffers) does not stay readable in freed heap. Measured by
- * bench/bench_perturb.c; what stays out of reach: docs/DESIGN.md 6.1. */
+ * what libraries free without wiping (OpenSSL's TLS record buffers, libyaml's; libcurl's have
+ * their own wiping allocator, agent/main.c) does not stay readable in freed heap. Cost:
+ * bench/bench_perturb.c; what stays out of reach: docs/DESIGN.md 6. */
 #define FREE_PERTURB_BYTE 0xa5
 
 int ar_cmd_agent(int argc, char **argv)
