@@ -7,9 +7,10 @@ Reported (MEMSCAN lines): what is found and where ([heap], [stack], anonymous ma
 file-backed data, and whether the mapping is mlocked, as sodium_malloc's are). Asserted: the
 old, pruned key and the Secrets' plaintext are nowhere; the key in use (key2) and the API
 server's bearer token live only in locked memory (sodium_malloc'd, crypto/buf.h). The token
-check is the regression test of the agent's M_PERTURB (agent/daemon.c): without it two
-copies of the token stayed in freed heap (libcurl's request buffers). The scan itself is
-checked: it must find key2 (the agent needs it).
+check is the regression test of libcurl's wiping allocator (agent/main.c) and M_PERTURB
+(agent/daemon.c): with neither, two copies of the token stayed in freed heap (libcurl's
+header list and request buffers); with M_PERTURB alone, one copy in one run of two. The scan
+itself is checked: it must find key2 (the agent needs it).
 """
 import base64
 import collections
@@ -113,8 +114,8 @@ def test_no_old_key_nor_secret_plaintext_in_memory(make_cluster, keys):
     total = sum(len(d) for _, _, d in mem)
     needles = [("old key1", f, b) for f, b in key_forms(k1)]
     needles += [("current key2", f, b) for f, b in key_forms(k2)]
-    # the API server's bearer token: libcurl copies it into request buffers it frees unwiped;
-    # the agent sets glibc's M_PERTURB, which overwrites them when freed (agent/daemon.c)
+    # the API server's bearer token: libcurl copies it into header lists and request buffers
+    # it frees unwiped; the agent's libcurl allocator wipes them (agent/main.c)
     needles += [("api token", "raw", TOKEN.encode())]
     secrets = [base64.b64decode(d["v"]) for (r, _, _), d in c.seeded.items() if r == "secrets"]
     assert len(secrets) == SEEDED
