@@ -10,6 +10,7 @@
  * ar_chain_slot).
  */
 #include <errno.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -859,6 +860,12 @@ static int agent_start(struct agent *a)
     return ar_coord_start(a);
 }
 
+/* glibc overwrites every chunk freed outside its per-thread cache (M_PERTURB) with this byte:
+ * what libraries free without wiping (OpenSSL's TLS record buffers, libyaml's; libcurl's have
+ * their own wiping allocator, agent/main.c) does not stay readable in freed heap. Cost:
+ * bench/bench_perturb.c; what stays out of reach: docs/DESIGN.md 6. */
+#define FREE_PERTURB_BYTE 0xa5
+
 int ar_cmd_agent(int argc, char **argv)
 {
     struct agent *a;
@@ -866,6 +873,7 @@ int ar_cmd_agent(int argc, char **argv)
     bool check = false, help = false;
     int r, rc = 1;
 
+    mallopt(M_PERTURB, FREE_PERTURB_BYTE); /* 0 under ASan (its allocator): no effect there */
     a = calloc(1, sizeof(*a));
     if (!a)
         return 1;

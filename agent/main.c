@@ -1,9 +1,12 @@
 /* agent/main.c: the atrest binary, a table of subcommands. */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <curl/curl.h>
+#include <sodium.h>
 
 #include "agent/cmd.h"
 #include "crypto/config.h"
@@ -41,6 +44,33 @@ static void usage(FILE *f)
     fprintf(f, "\n'atrest COMMAND --help' explains each command.\n");
 }
 
+/* libcurl's allocator (curl_global_init_mem): every block is wiped before it is freed or moved,
+ * so what libcurl frees unwiped (the header list and request buffers holding the bearer token,
+ * a small POSTFIELDS copy holding the etcd password) does not stay in freed heap, not even in
+ * glibc's per-thread cache, which M_PERTURB does not reach (docs/DESIGN.md 6). */
+static void wiping_free(void *p)
+{
+    if (p) {
+        sodium_memzero(p, malloc_usable_size(p));
+        free(p);
+    }
+}
+
+static void *wiping_realloc(void *p, size_t n)
+{
+    size_t old;
+    void *q;
+
+    if (!p)
+        return malloc(n);
+    old = malloc_usable_size(p);
+    if (!(q = malloc(n ? n : 1)))
+        return NULL;
+    memcpy(q, p, old < n ? old : n);
+    wiping_free(p);
+    return q;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -64,7 +94,8 @@ int main(int argc, char **argv)
                 return 1;
             }
             /* Once, before any thread exists (curl's threaded resolver starts some). */
-            if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+            if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, malloc, wiping_free, wiping_realloc,
+                                     strdup, calloc) != CURLE_OK) {
                 fprintf(stderr, "atrest: cannot initialise libcurl\n");
                 return 1;
             }

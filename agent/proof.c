@@ -544,28 +544,41 @@ out:
 }
 
 /* data.probe of a Secret in JSON equals ours. */
-static bool probe_matches(struct ar_proof *p, const char *body, size_t len)
+/* A peer's bytes in a status (JSON) or log line: printable ASCII only, one line. */
+static void printable(char *s)
 {
-    json_t *o = json_loadb(body, len, 0, NULL);
-    const char *v = json_string_value(json_object_get(json_object_get(o, "data"), "probe"));
-    bool ok = v && p->probe_b64 && !strcmp(v, p->probe_b64);
+    for (; *s; s++) {
+        if (*s < 0x20 || *s > 0x7e)
+            *s = *s == '\n' || *s == '\r' || *s == '\t' ? ' ' : '?';
+    }
+}
 
+int ar_proof_canary_matches(const char *probe_b64, const char *body, size_t len, char *why,
+                            size_t n)
+{
+    json_error_t je;
+    json_t *o = json_loadb(body, len, 0, &je);
+    const char *v = json_string_value(json_object_get(json_object_get(o, "data"), "probe"));
+    int ok = v && probe_b64 && !strcmp(v, probe_b64);
+
+    why[0] = '\0';
+    if (!json_is_object(o)) {
+        snprintf(why, n, "%s", o ? "a JSON value that is not an object" : je.text);
+        printable(why); /* jansson's text quotes the token it stopped at */
+        ok = -1;
+    }
     json_decref(o);
     return ok;
 }
 
-/* The message of a Kubernetes Status body, else the start of the body (one line). */
-static const char *status_message(const char *body, size_t len, char *dst, size_t n)
+const char *ar_proof_peer_message(const char *body, size_t len, char *dst, size_t n)
 {
     json_t *o = json_loadb(body, len, 0, NULL);
     const char *m = json_string_value(json_object_get(o, "message"));
 
     snprintf(dst, n, "%.*s", m ? (int)strlen(m) : (int)(len < 200 ? len : 200), m ? m : body);
     json_decref(o);
-    for (char *c = dst; *c; c++) {
-        if (*c == '\n' || *c == '\r')
-            *c = ' ';
-    }
+    printable(dst);
     return dst;
 }
 
@@ -680,6 +693,7 @@ static void on_read_get(void *arg, int status, long http, const char *body, size
 {
     struct ar_proof *p = arg;
     char msg[200];
+    int m = 0;
 
     p->req_api = NULL;
     if (status == -EACCES) {
@@ -690,7 +704,8 @@ static void on_read_get(void *arg, int status, long http, const char *body, size
         retry(p, S_READ_GET, "GET the canary: %s", err);
         return;
     }
-    if (http == 200 && probe_matches(p, body, len)) {
+    if (http == 200 &&
+        (m = ar_proof_canary_matches(p->probe_b64, body, len, msg, sizeof(msg))) == 1) {
         char want[160];
 
         if (p->weaker)
@@ -703,13 +718,15 @@ static void on_read_get(void *arg, int status, long http, const char *body, size
                    want_key(p, want, sizeof(want)));
         return;
     }
-    if (http == 200)
+    if (http == 200 && m < 0)
+        retry(p, S_READ_GET, "GET the canary: HTTP 200 but the body is not a Secret (%s)", msg);
+    else if (http == 200)
         retry(p, S_READ_GET, "the canary reads but its data differ (rewritten meanwhile?)");
     else if (http == 401 || http == 403)
         finish(p, -EACCES, AR_NODE_PROOF_NONE, "GET the canary: HTTP %ld (credentials)", http);
     else
         retry(p, S_READ_GET, "GET the canary: HTTP %ld: %s", http,
-              status_message(body, len, msg, sizeof(msg)));
+              ar_proof_peer_message(body, len, msg, sizeof(msg)));
 }
 
 static void on_read_put(void *arg, int status, const struct ar_etcd_result *res,
@@ -904,7 +921,7 @@ static void on_write_put(void *arg, int status, long http, const char *body, siz
     }
     if (http != 200 && http != 201) {
         retry(p, S_WRITE_PUT, "writing the canary: HTTP %ld: %s", http,
-              status_message(body, len, msg, sizeof(msg)));
+              ar_proof_peer_message(body, len, msg, sizeof(msg)));
         return;
     }
     p->write_rv = 0;

@@ -113,4 +113,15 @@ struct ar_metrics_verdict {
 int ar_metrics_eval(const char *text, size_t len, const char *file_hash, uint64_t written_ms,
                     double success_before, struct ar_metrics_verdict *out);
 
+/* --- the API server's answers to the canary (untrusted bytes) ------------------------------- */
+
+/* A GET of the canary answered 200 with body: 1 when it is a JSON object whose data.probe is
+ * probe_b64 (NULL: never), 0 another JSON object, -1 not a JSON object (why: one line saying
+ * so). why (n > 0) is always NUL-terminated printable ASCII. */
+int ar_proof_canary_matches(const char *probe_b64, const char *body, size_t len, char *why,
+                            size_t n);
+/* The message of a Kubernetes Status body, else the body's first 200 bytes, as one line of
+ * printable ASCII (n > 0) for a status or log line. Returns dst. */
+const char *ar_proof_peer_message(const char *body, size_t len, char *dst, size_t n);
+
 #endif

@@ -276,6 +276,9 @@ static void snap_ack(struct snap *s, const char *rest, size_t len, const struct 
     if (ar_ack_rec_parse((const char *)kv->value, kv->value_len, &a->ack) < 0 ||
         strcmp(a->ack.node, end + 1))
         return; /* refused, or filed under another node's name */
+    if (idx >= 0 ? (size_t)idx >= s->rot.nphases || strcmp(a->ack.phase, s->rot.phases[idx].name)
+                 : strcmp(a->ack.phase, "abort"))
+        return; /* names another phase than the one its key files it under */
     a->index = (int)idx;
     s->nacks++;
 }

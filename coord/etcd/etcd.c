@@ -840,12 +840,14 @@ static int submit(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type
  * transfers point libcurl at) and the result's token copy are sodium_malloc'd: locked, wiped by
  * sodium_free. The answer's body buffer (x->resp) is wiped when the request is released, and
  * jansson's string holding the token is wiped before the tree is freed.
- * Out of reach (tests/unit/test_etcd_secrets.c checks the first on the heap):
+ * Out of reach here (tests/unit/test_etcd_secrets.c checks the first on the heap):
  *   - libcurl copies a small POSTFIELDS body into its request buffer (after the headers) and
  *     frees it unwiped: the escaped password stays in freed heap until the memory is reused;
  *   - libcurl copies the Authorization header into every request buffer, likewise;
  *   - with TLS, OpenSSL's record buffers hold both on the way out and in.
- * Wiping those would need curl_global_init_mem, which atrest does not install. jansson's copies
+ * The atrest binary covers the first two with a wiping libcurl allocator (curl_global_init_mem
+ * in agent/main.c) and the third, when freed, with glibc's M_PERTURB (agent/daemon.c); a
+ * program linking this module alone does not (docs/DESIGN.md 6). jansson's copies
  * (the lexer's buffer, every string of a parsed answer: tokens, base64 values) are wiped by the
  * allocator hook below.
  */
