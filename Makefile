@@ -57,7 +57,7 @@ SAN_UNIT := $(UNIT_SRC:tests/unit/%.c=$(SAN)/tests/%)
 FUZZ_BIN := $(FUZZ_SRC:fuzz/%.c=$(FZ)/%)
 BENCH_BIN := $(BENCH_SRC:bench/%.c=$(REL)/bench/%)
 
-.PHONY: all deps check check-build check-inner style arrows unit-security unit unit-rel unit-asan fuzz fuzz-check fuzz-build bench \
+.PHONY: all deps check check-build check-inner check-long style arrows unit-security unit unit-rel unit-asan fuzz fuzz-check fuzz-build bench \
         demo demo-basic integration install clean format lint-style bench-reencrypt chaos chaos-short
 .DEFAULT_GOAL := all
 .SECONDARY:
@@ -174,6 +174,12 @@ chaos: atrest
 
 chaos-short: atrest
 	@ATREST=$(CURDIR)/atrest CHAOS_SECONDS=120 $(PYTHON) tests/chaos/chaos.py
+
+# The long runs: every integration test with both builds (ATREST_LONG=1 adds the ASan
+# build of the hostile-peer tests) and the 10-minute chaos run.
+check-long: deps
+	@$(MAKE) --no-print-directory -j$(BUILD_JOBS) check-build
+	@ATREST_LONG=1 $(MAKE) --no-print-directory integration chaos
 
 bench: deps
 	@$(MAKE) --no-print-directory atrest $(BENCH_BIN)

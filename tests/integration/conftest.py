@@ -703,3 +703,44 @@ def nobody_tree():
     os.chmod(base, 0o755)
     yield base
     shutil.rmtree(base, ignore_errors=True)
+
+
+# ---- spreading the slow tests over pytest-xdist's workers -----------------------------------
+
+# Tests that take a minute or more, most of it waiting (a 60 s poll, reconnect backoffs, request
+# timeouts), slowest first. pytest-xdist (make integration: TEST_JOBS) hands out the collection
+# in chunks of consecutive tests, so several of these in a row would run one after another on
+# one worker; spread evenly through the collection, each worker gets its share.
+SLOW = ("test_rotation_full.py::test_default_60s_poll",
+        "test_hostile_peers.py::test_hostile_etcd",
+        "test_hostile_peers.py::test_hostile_apiserver",
+        "test_hostile_peers.py::test_etcd_behind_corrupting_proxy",
+        "test_hostile_desired.py::test_hostile_corpus",
+        "test_systemd.py::test_notify_protocol",
+        "test_yaml_anchors.py::test_alias_bound",
+        "test_hostile_peers.py::test_hostile_acks",
+        "test_demo.py::")
+
+
+def _slow_rank(item):
+    for i, s in enumerate(SLOW):
+        if s in item.nodeid:
+            return i
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    if not getattr(config.option, "numprocesses", None):
+        return                                  # one process: pytest's own order
+    slow = sorted((it for it in items if _slow_rank(it) is not None), key=_slow_rank)
+    if not slow:
+        return
+    rest = [it for it in items if _slow_rank(it) is None]
+    gap = max(0, len(rest) // len(slow))
+    out = []
+    for i, it in enumerate(slow):
+        out.append(it)
+        out.extend(rest[i * gap:(i + 1) * gap])
+    out.extend(rest[len(slow) * gap:])
+    assert len(out) == len(items)
+    items[:] = out

@@ -10,6 +10,7 @@ the record in etcd are checked unchanged).
 import base64
 import http.client
 import json
+import os
 import re
 import socket
 import threading
@@ -17,7 +18,21 @@ import time
 
 import pytest
 
-from conftest import enc_config, free_port, wait_for
+from conftest import ATREST, ATREST_ASAN, enc_config, free_port, wait_for
+
+# Each case here waits out the agent's reconnect backoffs and request timeouts (minutes per
+# test): make check runs them against the release build only, `make check-long` (ATREST_LONG=1)
+# against the ASan build too. The parsers these answers reach are fuzzed under ASan in make
+# check (fuzz/: fuzz_etcd_json, fuzz_record, fuzz_report, fuzz_proof_answer, fuzz_promtext).
+LONG = os.environ.get("ATREST_LONG") == "1"
+
+
+@pytest.fixture(params=[pytest.param(ATREST, id="rel"),
+                        pytest.param(ATREST_ASAN, id="asan", marks=pytest.mark.skipif(
+                            not LONG or not os.path.exists(ATREST_ASAN),
+                            reason="the ASan build runs these in make check-long"))])
+def agent_bin(request):
+    return request.param
 
 # Memory after the hostile bodies (VmRSS/VmHWM from /proc/<pid>/status). The etcd client caps
 # a response at 64 MiB (AR_ETCD_MAX_BODY) and the API client at 8 MiB (AR_API_MAX_BODY). Seen
