@@ -18,7 +18,7 @@ VERSION  := $(shell cat VERSION 2>/dev/null || echo 0.0.0)
 FUZZ_SECONDS ?= 60
 FUZZ_CHECK_SECONDS ?= 5
 # integration tests run this many at a time (pytest-xdist): most of their time is waiting
-TEST_JOBS ?= 3
+TEST_JOBS ?= 4
 BUILD_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
 PKGS     := libuv yaml-0.1 libcrypto libsodium libcurl jansson libmicrohttpd libsystemd
