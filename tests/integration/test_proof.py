@@ -312,8 +312,10 @@ def test_wrong_token_is_refused(env):
 
 def test_canary_loaded_without_reload_metrics_falls_back_to_reading_the_write_key(env):
     # 1.31 style shows no reload series before the first reload: the proof reads a canary
-    # written with the config's write key instead (weaker, said in the log line)
-    e = env(["--encryption-provider-config-automatic-reload", "--sim-reload-interval", "4",
+    # written with the config's write key instead (weaker, said in the log line). The poll is
+    # 10 s so that the proof looks at the metrics before the first reload even on a loaded
+    # machine (with 4 s the reload came first once and the metrics proved it: also right)
+    e = env(["--encryption-provider-config-automatic-reload", "--sim-reload-interval", "10",
              "--sim-metrics-version", "1.31"])
     st = e.settings(mode="canary")
     promote(e)
