@@ -115,10 +115,7 @@ static void report(struct ar_reapi *p)
     double el = (double)(now_ms(p) - p->t0_ms) / 1000.0;
 
     g->done = g->rewritten + g->skipped + g->conflicts + g->failed;
-    if (g->total < g->done)
-        g->total = g->done;
-    g->rate = el > 0 ? (double)g->done / el : 0;
-    g->eta_s = g->rate > 0 ? (double)(g->total - g->done) / g->rate : -1;
+    ar_reencrypt_progress_rate(g, g->done, el);
     g->selector = p->si;
     if (p->progress && !p->stopped)
         p->progress(p->arg, g);

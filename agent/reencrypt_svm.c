@@ -83,10 +83,7 @@ static void report(struct ar_resvm *p)
     struct ar_reencrypt_progress *g = &p->prog;
     double el = (double)(now_ms() - p->t0_ms) / 1000.0;
 
-    if (g->total < g->done)
-        g->total = g->done;
-    g->rate = el > 0 ? (double)g->done / el : 0;
-    g->eta_s = g->rate > 0 ? (double)(g->total - g->done) / g->rate : -1;
+    ar_reencrypt_progress_rate(g, g->done, el);
     g->selector = p->si;
     if (p->progress && !p->stopped)
         p->progress(p->arg, g);

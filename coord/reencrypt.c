@@ -254,6 +254,14 @@ static void engine_free(struct ar_reencrypt *r)
     free(r);
 }
 
+void ar_reencrypt_progress_rate(struct ar_reencrypt_progress *p, uint64_t counted, double elapsed_s)
+{
+    if (p->total < p->done)
+        p->total = p->done;
+    p->rate = elapsed_s > 0 ? (double)counted / elapsed_s : 0;
+    p->eta_s = p->rate > 0 ? (double)(p->total - p->done) / p->rate : -1;
+}
+
 static void try_free(struct ar_reencrypt *r)
 {
     if ((r->stopped || r->finished) && !r->pending && !r->in_cb && (r->tick_closed || !r->tick))
@@ -286,13 +294,12 @@ static void fill_progress(const struct ar_reencrypt *r, struct ar_reencrypt_prog
 
     memset(p, 0, sizeof(*p));
     p->done = r->live_done;
-    p->total = r->total > r->live_done ? r->total : r->live_done;
+    p->total = r->total;
     p->rewritten = r->live.rewritten;
     p->skipped = r->live.skipped;
     p->conflicts = r->live.conflicts;
     p->failed = r->live.failed;
-    p->rate = el > 0 ? (double)(r->live_done - r->resumed) / el : 0;
-    p->eta_s = p->rate > 0 ? (double)(p->total - p->done) / p->rate : -1;
+    ar_reencrypt_progress_rate(p, r->live_done - r->resumed, el);
     p->selector = r->cur_sel;
     p->resumed = r->resumed;
     p->peak_window = r->peak_window;

@@ -93,6 +93,11 @@ struct ar_reencrypt_progress {
     char first_failed[600]; /* "<key>: <reason>" of the first failed object, "" */
 };
 
+/* total raised to done when the estimate was low; rate = counted (objects of this run) /
+ * elapsed_s; eta_s from that rate (-1: unknown). For every pass that reports this progress. */
+void ar_reencrypt_progress_rate(struct ar_reencrypt_progress *p, uint64_t counted,
+                                double elapsed_s);
+
 struct ar_reencrypt;
 typedef void (*ar_reencrypt_progress_cb)(void *arg, const struct ar_reencrypt_progress *p);
 typedef void (*ar_reencrypt_done_cb)(void *arg, int status, const struct ar_reencrypt_progress *p,
