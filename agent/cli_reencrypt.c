@@ -55,7 +55,7 @@ static const char reencrypt_help[] =
     "                         as the agent's flags of the same names\n"
     "  --etcd-prefix P        kube-apiserver's --etcd-prefix (default /registry)\n"
     "  --rate N               at most N objects per second (default: no limit)\n"
-    "  --page-size N          keys per etcd range request (default 1000)\n"
+    "  --page-size N          keys per etcd range request (default 500; API mode: 1000)\n"
     "  --max-inflight N       transactions in flight (default 8)\n"
     "  --checkpoint KEY       keep the cursor in etcd under KEY and resume from it\n"
     "  --timeout S            give up on an etcd request after S seconds (default 30)\n"

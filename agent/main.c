@@ -1,5 +1,4 @@
 /* agent/main.c: the atrest binary, a table of subcommands. */
-#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +8,7 @@
 #include <sodium.h>
 
 #include "agent/cmd.h"
+#include "coord/etcd/etcd.h"
 #include "crypto/config.h"
 
 struct subcmd {
@@ -44,33 +44,6 @@ static void usage(FILE *f)
     fprintf(f, "\n'atrest COMMAND --help' explains each command.\n");
 }
 
-/* libcurl's allocator (curl_global_init_mem): every block is wiped before it is freed or moved,
- * so what libcurl frees unwiped (the header list and request buffers holding the bearer token,
- * a small POSTFIELDS copy holding the etcd password) does not stay in freed heap, not even in
- * glibc's per-thread cache, which M_PERTURB does not reach (docs/DESIGN.md 6). */
-static void wiping_free(void *p)
-{
-    if (p) {
-        sodium_memzero(p, malloc_usable_size(p));
-        free(p);
-    }
-}
-
-static void *wiping_realloc(void *p, size_t n)
-{
-    size_t old;
-    void *q;
-
-    if (!p)
-        return malloc(n);
-    old = malloc_usable_size(p);
-    if (!(q = malloc(n ? n : 1)))
-        return NULL;
-    memcpy(q, p, old < n ? old : n);
-    wiping_free(p);
-    return q;
-}
-
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -94,8 +67,7 @@ int main(int argc, char **argv)
                 return 1;
             }
             /* Once, before any thread exists (curl's threaded resolver starts some). */
-            if (curl_global_init_mem(CURL_GLOBAL_DEFAULT, malloc, wiping_free, wiping_realloc,
-                                     strdup, calloc) != CURLE_OK) {
+            if (ar_etcd_global_init() < 0) {
                 fprintf(stderr, "atrest: cannot initialise libcurl\n");
                 return 1;
             }

@@ -4,12 +4,16 @@
  * Starts a single-member etcd (tests/support/etcd_harness). The loader (the baseline) writes N
  * (env N, default 100,000) Secrets of 1 KiB plaintext, encrypted with an old aescbc key, in
  * txns of BATCH puts with INFLIGHT txns in flight. Then, in a child process (so its peak RSS is
- * its own), the re-encrypt pass (coord/reencrypt.h, page 1000, same batch size and concurrency)
- * rewrites them with the new key. Then the verify scan (coord/verify.h, page 500) against a
- * plain paged range read of the same keys at the same page size. Output:
+ * its own), the re-encrypt pass (coord/reencrypt.h with its defaults, same batch size and
+ * concurrency) rewrites them with the new key. Then the verify scan (coord/verify.h, page 500)
+ * against a plain paged range read of the same keys at the same page size. Last, the pass again
+ * with the KV calls through the JSON gateway (kv_json), rewriting back to the old key. The
+ * loader, the pass and the scans use gRPC (coord/etcd/etcd.h). Env: N, INFLIGHT (loader and
+ * pass), PAGE, READERS, VERIFY_PARALLEL. Output:
  *   BENCH name=reencrypt-rate value=<objects/s> unit=objects/s baseline=<loader> ratio=<r>
  *   BENCH name=reencrypt-peak-rss value=<MiB> unit=MiB baseline=<idle child MiB> ratio=<r>
  *   BENCH name=verify-rate value=<objects/s> unit=objects/s baseline=<range read> ratio=<r>
+ *   BENCH name=reencrypt-gateway-rate value=<objects/s> unit=objects/s baseline=<gRPC pass> ...
  */
 #include <errno.h>
 #include <stdio.h>
@@ -32,7 +36,8 @@
 #include "tests/support/etcd_harness.h"
 
 #define BATCH     128
-#define INFLIGHT  8
+#define INFLIGHT  8  /* default txns in flight, loader and pass alike (env INFLIGHT) */
+#define MAX_INFLIGHT 64
 #define VALUE_LEN 1024
 #define PREFIX    "/registry/secrets/"
 
@@ -72,7 +77,8 @@ struct loader {
     unsigned long next, n, ok;
     int inflight;
     int failed;
-    struct txbuf tb[INFLIGHT];
+    struct txbuf tb[MAX_INFLIGHT];
+    unsigned ntb;
     uint8_t plain[VALUE_LEN];
 };
 
@@ -138,6 +144,8 @@ static void load_issue(struct loader *l, struct txbuf *t)
     l->inflight++;
 }
 
+static unsigned env_unsigned(const char *name, unsigned dflt);
+
 static double run_loader(struct ar_etcd_sync *s, struct ar_chain *old, unsigned long n)
 {
     struct loader *l = calloc(1, sizeof(*l));
@@ -148,15 +156,18 @@ static double run_loader(struct ar_etcd_sync *s, struct ar_chain *old, unsigned 
     l->old = old;
     l->n = n;
     randombytes_buf(l->plain, sizeof(l->plain));
+    l->ntb = env_unsigned("INFLIGHT", INFLIGHT);
+    if (l->ntb > MAX_INFLIGHT)
+        l->ntb = MAX_INFLIGHT;
     L = l;
     t0 = ar_etcd_now_ms();
-    for (int i = 0; i < INFLIGHT; i++)
+    for (unsigned i = 0; i < l->ntb; i++)
         load_issue(l, &l->tb[i]);
     while (l->inflight) /* bounded: every txn ends within the client's timeout */
         uv_run(ar_etcd_loop(l->c), UV_RUN_ONCE);
     t1 = ar_etcd_now_ms();
     rate = l->failed || l->ok != n ? -1 : (double)n * 1000.0 / (double)(t1 - t0 ? t1 - t0 : 1);
-    for (int i = 0; i < INFLIGHT; i++)
+    for (unsigned i = 0; i < l->ntb; i++)
         ar_buf_free(&l->tb[i].mem);
     free(l);
     return rate;
@@ -194,10 +205,11 @@ static int run_pass_child(const struct ar_etcd_settings *st, struct ar_chain *pr
         const char *sel[] = {"secrets"};
         struct ar_reencrypt_opts o = {.selectors = sel,
                                       .nselectors = 1,
-                                      .checkpoint_key = "/atrest/reencrypt/bench",
-                                      .page_size = env_unsigned("PAGE", 1000),
+                                      .checkpoint_key = st->kv_json ? "/atrest/reencrypt/bench-gw"
+                                                                    : "/atrest/reencrypt/bench",
+                                      .page_size = env_unsigned("PAGE", 0),
                                       .max_inflight = env_unsigned("INFLIGHT", INFLIGHT),
-                                      .readers = env_unsigned("READERS", 2)};
+                                      .readers = env_unsigned("READERS", 0)};
         struct ar_reencrypt_progress p;
         struct ar_err err;
         struct child_out out = {0};
@@ -306,8 +318,8 @@ int main(void)
     struct etcd_harness_opts ho = {.members = 1, .extra = "--quota-backend-bytes=8589934592"};
     struct ar_etcd_settings st;
     struct ar_etcd_sync *s = NULL;
-    struct ar_chain *old, *promote;
-    struct child_out co, idle;
+    struct ar_chain *old, *promote, *back;
+    struct child_out co, idle, gw;
     const char *ns = getenv("N");
     unsigned long n = ns && strtoul(ns, NULL, 10) > 0 ? strtoul(ns, NULL, 10) : 100000;
     char k1[64], k2[64], y[2048];
@@ -327,6 +339,11 @@ int main(void)
                  "'%s'}, {name: old, secret: '%s'}]}]\n",
              k2, k1);
     promote = chain_of(y);
+    snprintf(y, sizeof(y),
+             HDR "- resources: [secrets]\n  providers: [aescbc: {keys: [{name: old, secret: "
+                 "'%s'}, {name: new, secret: '%s'}]}]\n",
+             k1, k2);
+    back = chain_of(y);
     if (etcd_harness_start(&h, &ho) < 0) {
         fprintf(stderr, "bench_reencrypt: cannot start etcd\n");
         return 1;
@@ -362,6 +379,15 @@ int main(void)
         goto out;
     printf("BENCH name=verify-rate value=%.0f unit=objects/s baseline=%.0f ratio=%.2f\n", ver, rng,
            ver / rng);
+    fflush(stdout);
+    /* the same pass with the KV calls through the JSON gateway (kv_json), rewriting every
+     * object back to the old key: what gRPC gains, measured in the same run */
+    st.kv_json = true;
+    if (run_pass_child(&st, back, n, false, &gw, &rss) < 0)
+        goto out;
+    printf("BENCH name=reencrypt-gateway-rate value=%.0f unit=objects/s baseline=%.0f "
+           "ratio=%.2f\n",
+           gw.rate, co.rate, gw.rate / co.rate);
     rc = 0;
 out:
     if (rc)
@@ -369,6 +395,7 @@ out:
     ar_etcd_sync_free(s);
     ar_chain_unref(old);
     ar_chain_unref(promote);
+    ar_chain_unref(back);
     etcd_harness_destroy(&h);
     curl_global_cleanup();
     return rc;

@@ -26,7 +26,7 @@
  *   has been sent, so at most readers * page_size + max_inflight * 128 objects are held
  *   (peak_window reports the largest number held). New values live in wiped buffers
  *   (crypto/buf.h); plaintext is wiped after every value; the etcd client wipes the request
- *   bodies (base64 of the new values) and the answers. Not wiped: libcurl's copy of a request
+ *   bodies (the new values, protobuf) and the answers. Not wiped: libcurl's copy of a request
  *   body under 64 KiB (coord/etcd/etcd.c says why); the new values are ciphertext unless the
  *   write provider is identity (a rotation that turns encryption off).
  * - Checkpoint (checkpoint_key != NULL): the record
@@ -64,9 +64,11 @@ struct ar_reencrypt_opts {
     const char *const *selectors; /* canonical selectors (ar_plan rewrite[]) */
     size_t nselectors;
     const char *checkpoint_key; /* "<prefix>reencrypt/<id>", NULL: none */
-    unsigned page_size;         /* 0: 1000 */
+    unsigned page_size;         /* 0: 500 */
     unsigned max_inflight;      /* txns in flight; 0: 8 */
-    unsigned readers;           /* range requests in flight, on pieces of the range; 0: 2 */
+    unsigned readers;           /* range requests in flight, on pieces of the range; 0: 8
+                                   (the most); each is a connection of its own, and one gRPC
+                                   connection carries about 30 MB/s (coord/etcd/etcd.h) */
     unsigned checkpoint_every;  /* objects; 0: 10000 */
     unsigned checkpoint_ms;     /* 0: 5000 */
     double rate_limit;          /* objects/s, 0: none */

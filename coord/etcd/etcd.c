@@ -3,6 +3,7 @@
  * timeouts, failover and auth, and the KV / lease operations. See coord/etcd/etcd.h.
  */
 #include <errno.h>
+#include <ctype.h>
 #include <inttypes.h>
 #include <malloc.h>
 #include <pthread.h>
@@ -376,11 +377,15 @@ static void token_put(struct ar_token *t)
         sodium_free(t); /* wipes */
 }
 
+#define GRPC_TOKEN_HDR     "token: "
+#define GRPC_TOKEN_HDR_LEN (sizeof(GRPC_TOKEN_HDR) - 1)
+
 static struct ar_token *token_new(const char *s)
 {
     size_t n = strlen(s);
     /* sodium_malloc ends the block at a page end: a size in 16s keeps the struct aligned */
-    size_t size = (sizeof(struct ar_token) + AR_TOKEN_HDR_LEN + n + 1 + 15) & ~(size_t)15;
+    size_t size = (sizeof(struct ar_token) + AR_TOKEN_HDR_LEN + GRPC_TOKEN_HDR_LEN + 2 * (n + 1) +
+                   15) & ~(size_t)15;
     struct ar_token *t = sodium_malloc(size);
 
     if (!t)
@@ -389,6 +394,9 @@ static struct ar_token *token_new(const char *s)
     t->len = AR_TOKEN_HDR_LEN + n;
     memcpy(t->line, AR_TOKEN_HDR, AR_TOKEN_HDR_LEN);
     memcpy(t->line + AR_TOKEN_HDR_LEN, s, n + 1);
+    t->grpc_line = t->line + t->len + 1;
+    memcpy(t->grpc_line, GRPC_TOKEN_HDR, GRPC_TOKEN_HDR_LEN);
+    memcpy(t->grpc_line + GRPC_TOKEN_HDR_LEN, s, n + 1);
     return t;
 }
 
@@ -434,12 +442,23 @@ int ar_xfer_start(struct ar_etcd *c, struct ar_xfer *x, const char *path, bool h
      * memory; the transfer keeps its token referenced while libcurl may read it */
     token_put(x->tok);
     x->tok = token_get(c->token);
-    hn[nh++].data = (char *)"Content-Type: application/json";
-    hn[nh++].data = (char *)"Expect:";
-    if (has_leader)
-        hn[nh++].data = (char *)"Grpc-Metadata-Hasleader: true";
-    if (x->tok)
-        hn[nh++].data = x->tok->line;
+    x->grpc_status = -1;
+    x->grpc_msg[0] = 0;
+    if (x->grpc) {
+        hn[nh++].data = (char *)"Content-Type: application/grpc";
+        hn[nh++].data = (char *)"TE: trailers";
+        if (has_leader)
+            hn[nh++].data = (char *)"hasleader: true";
+        if (x->tok)
+            hn[nh++].data = x->tok->grpc_line;
+    } else {
+        hn[nh++].data = (char *)"Content-Type: application/json";
+        hn[nh++].data = (char *)"Expect:";
+        if (has_leader)
+            hn[nh++].data = (char *)"Grpc-Metadata-Hasleader: true";
+        if (x->tok)
+            hn[nh++].data = x->tok->line;
+    }
     for (size_t i = 0; i < nh; i++)
         hn[i].next = i + 1 < nh ? &hn[i + 1] : NULL;
     curl_easy_setopt(h, CURLOPT_URL, url);
@@ -460,6 +479,21 @@ int ar_xfer_start(struct ar_etcd *c, struct ar_xfer *x, const char *path, bool h
         curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, timeout_ms);
     if (x->stream) {
         curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    } else if (x->grpc) {
+        /* h2c with prior knowledge on http:// (etcd's port tells gRPC from the gateway by the
+         * HTTP/2 content type), ALPN on https://. libcurl 7.88 (Debian 12) cannot send a
+         * second request on a prior-knowledge connection (curl #10634, fixed in 8.0): on
+         * http:// each call has a connection of its own (about 0.1 ms on loopback) */
+        if (strncmp(url, "https:", 6)) {
+            curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);
+            curl_easy_setopt(h, CURLOPT_FORBID_REUSE, 1L);
+            curl_easy_setopt(h, CURLOPT_FRESH_CONNECT, 1L);
+        } else {
+            curl_easy_setopt(h, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+        }
+        curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, ar_xfer_grpc_header);
+        curl_easy_setopt(h, CURLOPT_HEADERDATA, x);
+        curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)AR_ETCD_MAX_BODY);
     } else {
         curl_easy_setopt(h, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)AR_ETCD_MAX_BODY);
     }
@@ -531,7 +565,7 @@ struct req {
     struct ar_etcd *c;
     const char *path;
     enum ar_etcd_op_type type;
-    bool idempotent, has_leader, is_auth, auth_retried, grant;
+    bool idempotent, has_leader, is_auth, auth_retried, grant, txn;
     ar_etcd_cb cb;
     void *arg;
     uint64_t deadline;
@@ -638,10 +672,17 @@ static void req_done(struct ar_xfer *x, CURLcode rc, long http)
     struct req *r = AR_CONTAINER(x, struct req, x);
     struct ar_etcd *c = r->c;
     struct ar_etcd_error err;
-    struct ar_etcd_result *res;
+    struct ar_etcd_result *res = NULL;
     int st;
 
     st = ar_etcd_xfer_error(x, rc, http, &err);
+    if (st == 0 && x->grpc) {
+        st = ar_etcd_decode_grpc(x, r->type, r->txn, &res, &err);
+        if (st < 0 && !err.grpc_code) { /* malformed, or no memory */
+            req_fail(r, st, &err);
+            return;
+        }
+    }
     if (st < 0) {
         if (err.grpc_code == 16 && c->username && !r->is_auth && !r->auth_retried) {
             r->auth_retried = true;
@@ -653,7 +694,8 @@ static void req_done(struct ar_xfer *x, CURLcode rc, long http)
         return;
     }
     c->cur_ep = x->ep;
-    st = ar_etcd_decode_result(x, r->type, &res, &err);
+    if (!x->grpc)
+        st = ar_etcd_decode_result(x, r->type, &res, &err);
     if (st < 0) {
         req_fail(r, st, &err);
         return;
@@ -698,6 +740,99 @@ int ar_etcd_decode_result(const struct ar_xfer *x, enum ar_etcd_op_type type,
     if (st < 0) {
         ar_etcd_result_free(&box->pub);
         ar_etcd_set_error(err, st, c->endpoints[x->ep], "malformed response (%s)", strerror(-st));
+        return st;
+    }
+    *out = &box->pub;
+    return 0;
+}
+
+void ar_grpc_msg_decode(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < n && o + 1 < cap; i++) {
+        unsigned v;
+
+        if (s[i] == '%' && i + 2 < n && sscanf(s + i + 1, "%2x", &v) == 1 &&
+            isxdigit((unsigned char)s[i + 1]) && isxdigit((unsigned char)s[i + 2])) {
+            out[o++] = v >= 0x20 && v != 0x7f ? (char)v : '?';
+            i += 2;
+        } else {
+            out[o++] = (unsigned char)s[i] >= 0x20 && s[i] != 0x7f ? s[i] : '?';
+        }
+    }
+    if (cap)
+        out[o] = 0;
+}
+
+/* Header lines and trailers alike: "grpc-status: 0", "grpc-message: ..." (any case). */
+size_t ar_xfer_grpc_header(char *p, size_t size, size_t n, void *ud)
+{
+    struct ar_xfer *x = ud;
+    size_t len = size * n;
+    static const char st[] = "grpc-status:", msg[] = "grpc-message:";
+
+    while (len && (p[len - 1] == '\n' || p[len - 1] == '\r'))
+        len--;
+    if (len > sizeof(st) - 1 && !strncasecmp(p, st, sizeof(st) - 1)) {
+        const char *v = p + sizeof(st) - 1;
+        const char *e = p + len;
+        int code = 0;
+
+        while (v < e && *v == ' ')
+            v++;
+        if (v == e || e - v > 2)
+            code = 1000; /* not a status: malformed */
+        for (; v < e && code < 1000; v++)
+            code = *v >= '0' && *v <= '9' ? code * 10 + (*v - '0') : 1000;
+        x->grpc_status = code;
+    } else if (len >= sizeof(msg) - 1 && !strncasecmp(p, msg, sizeof(msg) - 1)) {
+        const char *v = p + sizeof(msg) - 1;
+
+        while (v < p + len && *v == ' ')
+            v++;
+        ar_grpc_msg_decode(v, (size_t)(p + len - v), x->grpc_msg, sizeof(x->grpc_msg));
+    }
+    return size * n;
+}
+
+int ar_etcd_decode_grpc(const struct ar_xfer *x, enum ar_etcd_op_type type, bool txn,
+                        struct ar_etcd_result **out, struct ar_etcd_error *err)
+{
+    struct ar_etcd *c = x->c;
+    const char *ep = c->endpoints[x->ep];
+    struct ar_result_box *box;
+    const uint8_t *msg = NULL;
+    size_t len = 0;
+    int st;
+
+    *out = NULL;
+    if (x->grpc_status < 0 || x->grpc_status > 16) {
+        ar_etcd_set_error(err, -EPROTO, ep, "malformed response: %s",
+                          x->grpc_status < 0 ? "no grpc-status" : "bad grpc-status");
+        return err->code;
+    }
+    if (x->grpc_status) {
+        ar_etcd_set_error(err, ar_etcd_grpc_errno(x->grpc_status, x->grpc_msg), ep, "%s",
+                          x->grpc_msg[0] ? x->grpc_msg : "gRPC error");
+        err->grpc_code = x->grpc_status;
+        err->http_status = 200;
+        return err->code;
+    }
+    if (ar_pb_unframe((const uint8_t *)(x->resp ? x->resp : ""), x->resp_len, &msg, &len) < 0) {
+        ar_etcd_set_error(err, -EPROTO, ep, "malformed response: not one gRPC message");
+        return err->code;
+    }
+    box = calloc(1, sizeof(*box));
+    if (!box) {
+        ar_etcd_set_error(err, -ENOMEM, ep, "no memory");
+        return err->code;
+    }
+    box->owner = c;
+    st = ar_pb_parse_result(c, msg, len, type, txn, &box->pub);
+    if (st < 0) {
+        ar_etcd_result_free(&box->pub);
+        ar_etcd_set_error(err, st, ep, "malformed response (%s)", strerror(-st));
         return st;
     }
     *out = &box->pub;
@@ -805,12 +940,36 @@ static void req_submit(struct req *r)
 #define IDEMPOTENT 1u /* may be sent again after a timeout or a broken connection */
 #define HAS_LEADER 2u /* Grpc-Metadata-Hasleader: fail at once on a member without quorum */
 #define GRANT      4u /* a lease grant: the answer must carry an ID and a TTL > 0 */
+#define GRPC       8u /* body is a gRPC message for path (etcdserverpb.KV) */
+#define TXN        16u /* the answer is a TxnResponse */
+
+/* A request with its body (malloc'd, NUL-terminated, taken in every case). */
+static int submit_body(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type, char *body,
+                       size_t len, unsigned flags, ar_etcd_cb cb, void *arg)
+{
+    struct req *r;
+
+    if (c->closing) {
+        sodium_memzero(body, len);
+        free(body);
+        return -ESHUTDOWN;
+    }
+    r = req_new(c, path, type, body, len, false, cb, arg);
+    if (!r)
+        return -ENOMEM;
+    r->idempotent = flags & IDEMPOTENT;
+    r->has_leader = flags & HAS_LEADER;
+    r->grant = flags & GRANT;
+    r->txn = flags & TXN;
+    r->x.grpc = flags & GRPC;
+    req_submit(r);
+    return 0;
+}
 
 /* The body in b is consumed in every case. */
 static int submit(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type, struct ar_jbuf *b,
                   unsigned flags, ar_etcd_cb cb, void *arg)
 {
-    struct req *r;
     char *body;
     size_t len;
     int rc;
@@ -822,14 +981,7 @@ static int submit(struct ar_etcd *c, const char *path, enum ar_etcd_op_type type
     }
     if (!(body = ar_jbuf_take(b, &len, &rc)))
         return rc;
-    r = req_new(c, path, type, body, len, false, cb, arg);
-    if (!r)
-        return -ENOMEM;
-    r->idempotent = flags & IDEMPOTENT;
-    r->has_leader = flags & HAS_LEADER;
-    r->grant = flags & GRANT;
-    req_submit(r);
-    return 0;
+    return submit_body(c, path, type, body, len, flags, cb, arg);
 }
 
 /* --- auth --------------------------------------------------------------------------------- */
@@ -860,6 +1012,29 @@ static void wiping_free(void *p)
         sodium_memzero(p, malloc_usable_size(p));
         free(p);
     }
+}
+
+static void *wiping_realloc(void *p, size_t n)
+{
+    size_t old;
+    void *q;
+
+    if (!p)
+        return malloc(n);
+    old = malloc_usable_size(p);
+    if (!(q = malloc(n ? n : 1)))
+        return NULL;
+    memcpy(q, p, old < n ? old : n);
+    wiping_free(p);
+    return q;
+}
+
+int ar_etcd_global_init(void)
+{
+    return curl_global_init_mem(CURL_GLOBAL_DEFAULT, malloc, wiping_free, wiping_realloc, strdup,
+                                calloc) == CURLE_OK
+               ? 0
+               : -ENOMEM;
 }
 
 static pthread_once_t json_alloc_once = PTHREAD_ONCE_INIT;
@@ -1073,6 +1248,7 @@ int ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s, struct ar_etc
     c->req_timeout_ms = s->request_timeout_ms ? s->request_timeout_ms : 5000;
     c->dial_timeout_ms = s->dial_timeout_ms ? s->dial_timeout_ms : 2000;
     c->watch_idle_ms = s->watch_idle_ms ? s->watch_idle_ms : 30000;
+    c->kv_grpc = !s->kv_json;
     c->multi = curl_multi_init();
     if (bad || !c->multi)
         goto fail;
@@ -1081,6 +1257,10 @@ int ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s, struct ar_etc
     curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
     curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
     curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, 256L);
+    /* no HTTP/2 multiplexing: each gRPC call in flight has a connection of its own (libcurl
+     * 7.88 (Debian 12) fails requests put on an open HTTP/2 connection: "Error in the HTTP2
+     * framing layer", curl #10634) */
+    curl_multi_setopt(c->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_NOTHING);
     uv_timer_init(loop, &c->timer);
     c->timer.data = c;
     *out = c;
@@ -1165,15 +1345,24 @@ static int kv_submit(struct ar_etcd *c, const struct ar_etcd_op *op, enum ar_etc
                      ar_etcd_cb cb, void *arg)
 {
     static const char *const paths[] = {"/v3/kv/range", "/v3/kv/put", "/v3/kv/deleterange"};
+    static const char *const gpaths[] = {"/etcdserverpb.KV/Range", "/etcdserverpb.KV/Put",
+                                         "/etcdserverpb.KV/DeleteRange"};
     struct ar_etcd_op o = *op;
     unsigned flags = HAS_LEADER;
     struct ar_jbuf b;
 
     o.type = type;
-    ar_jbuf_init(&b, op_hint(&o));
-    ar_jbuf_op(&b, &o);
     if (type == AR_ETCD_RANGE) /* reads are idempotent; a serializable one needs no leader */
         flags = IDEMPOTENT | (o.serializable ? 0 : HAS_LEADER);
+    if (c->kv_grpc) {
+        size_t len = 0;
+        int rc;
+        char *body = ar_pb_op(&o, &len, &rc);
+
+        return body ? submit_body(c, gpaths[type], type, body, len, flags | GRPC, cb, arg) : rc;
+    }
+    ar_jbuf_init(&b, op_hint(&o));
+    ar_jbuf_op(&b, &o);
     return submit(c, paths[type], type, &b, flags, cb, arg);
 }
 
@@ -1223,6 +1412,16 @@ int ar_etcd_txn(struct ar_etcd *c, const struct ar_etcd_txn *t, ar_etcd_cb cb, v
 {
     struct ar_jbuf b;
     size_t hint = 64;
+
+    if (c->kv_grpc) {
+        size_t len = 0;
+        int rc;
+        char *body = ar_pb_txn(t, &len, &rc);
+
+        return body ? submit_body(c, "/etcdserverpb.KV/Txn", AR_ETCD_RANGE, body, len,
+                                  HAS_LEADER | GRPC | TXN, cb, arg)
+                    : rc;
+    }
 
     for (size_t i = 0; i < t->n_compare; i++)
         hint += 96 + (t->compare[i].key_len + t->compare[i].value_len) / 3 * 4;

@@ -1,6 +1,12 @@
 /*
- * coord/etcd/etcd.h: asynchronous etcd v3 client over the JSON gateway (POST /v3/...), driven by a
- * libuv loop through libcurl's multi interface. Nothing here ever blocks the loop.
+ * coord/etcd/etcd.h: asynchronous etcd v3 client, driven by a libuv loop through libcurl's multi
+ * interface. Nothing here ever blocks the loop. The KV calls (range, put, delete, txn) speak
+ * etcd's own gRPC (protobuf over HTTP/2, h2c prior knowledge on http://, ALPN on https://, many
+ * calls multiplexed on one connection per endpoint); everything else (watch, leases, auth,
+ * compaction) goes through the JSON gateway (POST /v3/...) on the same port. Why: the gateway
+ * turns every answer into JSON with base64 values; a page of 1,000 Secrets costs etcd about six
+ * times the CPU of the same page over gRPC (bench_reencrypt prints both). kv_json = true sends
+ * the KV calls through the gateway too (an endpoint behind an HTTP/1.1-only proxy).
  *
  * Contract
  * - One struct ar_etcd per loop; every call happens on the loop's thread.
@@ -30,15 +36,18 @@
  *   freed: the response body, the decoded values, and jansson's: the first ar_etcd_new installs,
  *   once per process, jansson allocator functions (json_set_alloc_funcs) whose free wipes the
  *   whole block (malloc_usable_size) before free(). Every jansson user of the process gets them
- *   (a cost on each free, about a memset of the block). libcurl's own buffers are not wiped.
+ *   (a cost on each free, about a memset of the block). libcurl's own buffers are not wiped, nor
+ *   are nghttp2's frame buffers (gRPC request bodies pass through them).
  * - Failover: endpoints are tried in order, starting with the last one that worked. A request
  *   moves to the next endpoint when the connection fails or etcd says it has no leader; reads
  *   also move on a timeout of their attempt (see request_timeout_ms), so a member that hangs
  *   does not fail them. A write that timed out is never resent (its outcome is unknown).
  * - Auth: with a username the client authenticates first, sends the token as
- *   "Authorization: <token>", and re-authenticates once on "invalid auth token" (gRPC 16).
+ *   "Authorization: <token>" (gateway) or "token: <token>" (gRPC metadata), and re-authenticates
+ *   once on "invalid auth token" (gRPC 16).
  * - Streams (watch, keepalive) send "Grpc-Metadata-Hasleader: true" so a member without quorum
- *   fails them at once instead of going silent.
+ *   fails them at once instead of going silent; linearizable KV calls send it too ("hasleader:
+ *   true" over gRPC).
  * - Time: deadlines are CLOCK_MONOTONIC milliseconds (ar_etcd_now_ms()).
  */
 #ifndef ATREST_COORD_ETCD_H
@@ -71,6 +80,7 @@ struct ar_etcd_settings {
                                     max(1000, timeout / endpoints) of it */
     unsigned dial_timeout_ms;    /* TCP+TLS connect; 0: 2000 */
     unsigned watch_idle_ms;      /* a watch stream silent this long is replaced; 0: 30000 */
+    bool kv_json;                /* KV calls through the JSON gateway instead of gRPC */
 };
 
 struct ar_etcd_error {
@@ -174,6 +184,14 @@ void ar_etcd_set_error(struct ar_etcd_error *e, int code, const char *endpoint, 
                        ...) __attribute__((format(printf, 4, 5)));
 
 /* --- client ------------------------------------------------------------------------------ */
+
+/* Once per process, before any thread exists and before any other libcurl use: libcurl with an
+ * allocator that wipes every block before it is freed or moved (malloc_usable_size), so what
+ * libcurl frees unwiped (request buffers with the bearer token or the etcd password, receive
+ * buffers with gRPC answers: values in the clear under identity) does not stay in freed heap,
+ * not even in glibc's per-thread cache, which M_PERTURB does not reach (docs/DESIGN.md 6).
+ * Pair it with curl_global_cleanup(). 0 or -ENOMEM. */
+int ar_etcd_global_init(void);
 
 /* Copies the settings. 0 and *out set, or -EINVAL (bad settings), -ENOMEM, -EIO (libsodium would
  * not initialise) with *out NULL. */

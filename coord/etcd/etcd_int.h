@@ -41,8 +41,9 @@ typedef void (*ar_xfer_process_fn)(struct ar_xfer *x);
  */
 struct ar_token {
     unsigned refs;
-    size_t len;  /* strlen(line) */
-    char line[]; /* the token itself starts at line + AR_TOKEN_HDR_LEN */
+    size_t len;        /* strlen(line) */
+    char *grpc_line;   /* "token: <token>" (gRPC metadata), in the same block after line */
+    char line[];       /* the token itself starts at line + AR_TOKEN_HDR_LEN */
 };
 #define AR_TOKEN_HDR     "Authorization: "
 #define AR_TOKEN_HDR_LEN (sizeof(AR_TOKEN_HDR) - 1)
@@ -70,6 +71,10 @@ struct ar_xfer {
     ar_xfer_process_fn on_process;
     struct ar_link dirty; /* in c->dirty while it has unprocessed data */
     char errbuf[CURL_ERROR_SIZE];
+    /* gRPC (KV calls): HTTP/2, application/grpc; the status comes in the trailers */
+    bool grpc;
+    int grpc_status; /* -1: none seen */
+    char grpc_msg[256];
 };
 
 /* Something that waits for an auth token before it can start. */
@@ -105,6 +110,7 @@ struct ar_etcd {
     size_t n_pool;
     bool closing;
     size_t kvs_live, kvs_peak;
+    bool kv_grpc; /* range/put/delete/txn over gRPC (default), else the JSON gateway */
 };
 
 /* Transfers. ar_xfer_start sets up the easy handle for POST <endpoint><path>. */
@@ -124,6 +130,12 @@ int ar_etcd_xfer_error(struct ar_xfer *x, CURLcode rc, long http, struct ar_etcd
  * or a negative errno with e filled ("malformed response ..."). */
 int ar_etcd_decode_result(const struct ar_xfer *x, enum ar_etcd_op_type type,
                           struct ar_etcd_result **out, struct ar_etcd_error *e);
+/* The same for a gRPC answer (x->grpc): the status from the trailers (an error fills e with
+ * etcd's code and message, http_status 200), then the one message (txn: a TxnResponse). */
+int ar_etcd_decode_grpc(const struct ar_xfer *x, enum ar_etcd_op_type type, bool txn,
+                        struct ar_etcd_result **out, struct ar_etcd_error *e);
+/* The libcurl header callback of gRPC transfers (grpc-status, grpc-message); exposed for fuzzing. */
+size_t ar_xfer_grpc_header(char *p, size_t size, size_t n, void *ud);
 /* Parse {"error":"..","message":"..","code":N} or {"error":{"grpc_code":..,"message":..}}. */
 bool ar_etcd_parse_error_json(json_t *root, struct ar_etcd_error *e, long http);
 
@@ -181,6 +193,21 @@ void ar_jbuf_op(struct ar_jbuf *b, const struct ar_etcd_op *op);
 /* The NUL-terminated body (*len without the NUL) or NULL with the error in *rc; b is emptied. */
 char *ar_jbuf_take(struct ar_jbuf *b, size_t *len, int *rc);
 void ar_jbuf_free(struct ar_jbuf *b);
+
+/*
+ * gRPC (coord/etcd/etcd_pb.c): the KV calls in protobuf. ar_pb_op / ar_pb_txn return the framed
+ * request body (5-byte gRPC prefix, then the message; NUL after it, not counted) or NULL with *rc
+ * (-EINVAL as the JSON path, -ENOMEM). ar_pb_unframe finds the one message of a unary answer;
+ * ar_pb_parse_result reads it into res (txn: a TxnResponse, else the answer of type), counting
+ * kvs on c (NULL: none); on failure res holds what was read so far (ar_result_clear).
+ */
+char *ar_pb_op(const struct ar_etcd_op *op, size_t *len, int *rc);
+char *ar_pb_txn(const struct ar_etcd_txn *t, size_t *len, int *rc);
+int ar_pb_unframe(const uint8_t *p, size_t n, const uint8_t **msg, size_t *len);
+int ar_pb_parse_result(struct ar_etcd *c, const uint8_t *p, size_t n, enum ar_etcd_op_type type,
+                       bool txn, struct ar_etcd_result *res);
+/* grpc-message is percent-encoded (gRPC over HTTP/2): decoded into out (at most cap - 1). */
+void ar_grpc_msg_decode(const char *s, size_t n, char *out, size_t cap);
 
 /*
  * JSON string escaping for text that must not pass through jansson (the password): writes the

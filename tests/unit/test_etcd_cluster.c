@@ -182,6 +182,17 @@ static void test_tls(void **state)
     assert_int_equal(put_s(s, "tls/k", "secret-ish", &err), 0);
     assert_int_equal(get_s(s, "tls/k", false, v, sizeof(v), &err), 0);
     assert_string_equal(v, "secret-ish");
+    /* gRPC over TLS (ALPN h2) keeps its connection: many calls in a row, and every kind */
+    for (int i = 0; i < 50; i++) {
+        char k[32], want[16];
+
+        snprintf(k, sizeof(k), "tls/n%d", i);
+        snprintf(want, sizeof(want), "v%d", i);
+        assert_int_equal(put_s(s, k, want, &err), 0);
+        assert_int_equal(get_s(s, k, i % 2, v, sizeof(v), &err), 0);
+        assert_string_equal(v, want);
+    }
+    assert_int_equal(all_ops(s, "tls/all", &err), 0);
     ar_etcd_sync_free(s);
 
     /* a CA that did not sign the server: clear error, no retry storm */
@@ -243,6 +254,12 @@ static void test_auth(void **state)
 
     /* no credentials at all */
     st.username = st.password = NULL;
+    assert_int_equal(ar_etcd_sync_new(&st, &s), 0);
+    assert_int_equal(put_s(s, "/atrest/x", "2", &err), -EACCES); /* gRPC: PermissionDenied */
+    assert_string_equal(err.msg, "etcdserver: permission denied");
+    ar_etcd_sync_free(s);
+    /* the JSON gateway says it otherwise (InvalidArgument) */
+    st.kv_json = true;
     assert_int_equal(ar_etcd_sync_new(&st, &s), 0);
     assert_int_equal(put_s(s, "/atrest/x", "2", &err), -EINVAL);
     assert_string_equal(err.msg, "etcdserver: user name is empty");

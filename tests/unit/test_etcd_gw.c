@@ -2,7 +2,8 @@
  * tests/unit/test_etcd_gw.c: the coord layer against a scripted gateway on loopback
  * (tests/support/etcd_harness.h: fake_gw), for answers a real etcd cannot be made to give on
  * demand: a lease grant without TTL, a put refused with "requested lease not found", a watch
- * stream that goes silent, a member that accepts connections and never answers.
+ * stream that goes silent, a member that accepts connections and never answers. Its KV calls
+ * use the JSON gateway (kv_json): the scripted server does not speak HTTP/2.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -96,8 +97,9 @@ struct fx {
 static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof(*f));
+    /* the scripted gateway speaks HTTP/1.1 JSON only: the KV calls go there too */
     struct ar_etcd_settings st = {
-        .n_endpoints = 1, .request_timeout_ms = 1000, .watch_idle_ms = 150};
+        .n_endpoints = 1, .request_timeout_ms = 1000, .watch_idle_ms = 150, .kv_json = true};
 
     if (!f || uv_loop_init(&f->loop) < 0)
         return -1;

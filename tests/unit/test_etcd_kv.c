@@ -363,36 +363,51 @@ static void test_txn(void **state)
     ar_etcd_result_free(r);
 }
 
-static void test_errors(void **state)
+/* The same errors over gRPC (S) and through the JSON gateway (kv_json): same codes and
+ * messages; the gateway answers HTTP 400, gRPC HTTP 200 with the status in the trailers. */
+static void errors_on(struct ar_etcd_sync *s, long http)
 {
     struct ar_etcd_op op = {.key = K("kv/a"), .revision = INT64_C(1) << 40};
     struct ar_etcd_error err;
     struct ar_etcd_result *r = (void *)1;
 
     /* etcd's message, code and the endpoint */
-    assert_int_equal(ar_etcd_sync_range(S, &op, &r, &err), -ERANGE);
+    assert_int_equal(ar_etcd_sync_range(s, &op, &r, &err), -ERANGE);
     assert_null(r);
     assert_int_equal(err.code, -ERANGE);
     assert_int_equal(err.grpc_code, 11);
-    assert_int_equal(err.http_status, 400);
+    assert_int_equal(err.http_status, http);
     assert_string_equal(err.msg, "etcdserver: mvcc: required revision is a future revision");
     assert_string_equal(err.endpoint, H.endpoint[0]);
 
     /* lease not found */
     struct ar_etcd_op p = {.key = K("kv/l"), .value = K("v"), .lease = 12345};
-    assert_int_equal(ar_etcd_sync_put(S, &p, NULL, &err), -ENOENT);
+    assert_int_equal(ar_etcd_sync_put(s, &p, NULL, &err), -ENOENT);
     assert_string_equal(err.msg, "etcdserver: requested lease not found");
 
     /* duplicate key in a txn */
     struct ar_etcd_op two[2] = {{.type = AR_ETCD_PUT, .key = K("d"), .value = K("1")},
                                 {.type = AR_ETCD_PUT, .key = K("d"), .value = K("2")}};
     struct ar_etcd_txn t = {.success = two, .n_success = 2};
-    assert_int_equal(ar_etcd_sync_txn(S, &t, NULL, &err), -EINVAL);
+    assert_int_equal(ar_etcd_sync_txn(s, &t, NULL, &err), -EINVAL);
     assert_string_equal(err.msg, "etcdserver: duplicate key given in txn request");
 
     /* empty key refused before sending */
     struct ar_etcd_op e = {0};
-    assert_int_equal(ar_etcd_sync_put(S, &e, NULL, &err), -EINVAL);
+    assert_int_equal(ar_etcd_sync_put(s, &e, NULL, &err), -EINVAL);
+}
+
+static void test_errors(void **state)
+{
+    struct ar_etcd_settings st;
+    struct ar_etcd_sync *js = NULL;
+
+    errors_on(S, 200);
+    etcd_harness_settings(&H, &st);
+    st.kv_json = true;
+    assert_int_equal(ar_etcd_sync_new(&st, &js), 0);
+    errors_on(js, 400);
+    ar_etcd_sync_free(js);
 }
 
 static void test_connection_refused(void **state)

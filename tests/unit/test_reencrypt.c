@@ -572,6 +572,11 @@ static void test_guard(void **state)
     batch_flush(&b);
     o.checkpoint_key = "/atrest/reencrypt/r5";
     o.checkpoint_every = 100;
+    /* one page of 100 and one txn at a time: the guard's failure (the answer to the first
+     * checkpoint) comes back long before the last object is done */
+    o.page_size = 100;
+    o.max_inflight = 1;
+    o.readers = 1;
     o.guard = &g;
     assert_int_equal(ar_reencrypt_run(S, P, &o, NULL, NULL, 0, &p, &err), -EPERM);
     assert_int_equal(err.code, -EPERM);

@@ -1008,5 +1008,8 @@ int main(void)
         cmocka_unit_test(test_big),
     };
 
+    /* as the atrest binary does: libcurl's buffers (gRPC answers) are wiped when freed */
+    if (ar_etcd_global_init() < 0)
+        return 1;
     return cmocka_run_group_tests_name("verify", tests, group_setup, group_teardown);
 }
