@@ -35,11 +35,11 @@
 #include "crypto/config.h"
 #include "tests/support/etcd_harness.h"
 
-#define BATCH     128
-#define INFLIGHT  8  /* default txns in flight, loader and pass alike (env INFLIGHT) */
+#define BATCH        128
+#define INFLIGHT     8 /* default txns in flight, loader and pass alike (env INFLIGHT) */
 #define MAX_INFLIGHT 64
-#define VALUE_LEN 1024
-#define PREFIX    "/registry/secrets/"
+#define VALUE_LEN    1024
+#define PREFIX       "/registry/secrets/"
 
 #define HDR "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n"
 

@@ -1215,7 +1215,8 @@ int ar_reencrypt_start(struct ar_etcd *c, struct ar_chain *chain, const struct a
     r->pt.max = r->enc.max = AR_ETCD_MAX_BODY;
     r->page = o->page_size ? o->page_size : DEFAULT_PAGE;
     r->inflight_max = o->max_inflight ? o->max_inflight : DEFAULT_INFLIGHT;
-    r->nreaders = o->readers ? (o->readers < MAX_READERS ? o->readers : MAX_READERS) : DEFAULT_READERS;
+    r->nreaders =
+        o->readers ? (o->readers < MAX_READERS ? o->readers : MAX_READERS) : DEFAULT_READERS;
     r->ck_every = o->checkpoint_every ? o->checkpoint_every : DEFAULT_CK_EVERY;
     r->ck_ms = o->checkpoint_ms ? o->checkpoint_ms : DEFAULT_CK_MS;
     r->rate_limit = o->rate_limit;

@@ -63,15 +63,15 @@ struct ar_reencrypt_opts {
     const char *etcd_prefix;      /* "/registry" (NULL: the same) */
     const char *const *selectors; /* canonical selectors (ar_plan rewrite[]) */
     size_t nselectors;
-    const char *checkpoint_key; /* "<prefix>reencrypt/<id>", NULL: none */
-    unsigned page_size;         /* 0: 500 */
-    unsigned max_inflight;      /* txns in flight; 0: 8 */
-    unsigned readers;           /* range requests in flight, on pieces of the range; 0: 8
-                                   (the most); each is a connection of its own, and one gRPC
-                                   connection carries about 30 MB/s (coord/etcd/etcd.h) */
-    unsigned checkpoint_every;  /* objects; 0: 10000 */
-    unsigned checkpoint_ms;     /* 0: 5000 */
-    double rate_limit;          /* objects/s, 0: none */
+    const char *checkpoint_key;          /* "<prefix>reencrypt/<id>", NULL: none */
+    unsigned page_size;                  /* 0: 500 */
+    unsigned max_inflight;               /* txns in flight; 0: 8 */
+    unsigned readers;                    /* range requests in flight, on pieces of the range; 0: 8
+                                            (the most); each is a connection of its own, and one gRPC
+                                            connection carries about 30 MB/s (coord/etcd/etcd.h) */
+    unsigned checkpoint_every;           /* objects; 0: 10000 */
+    unsigned checkpoint_ms;              /* 0: 5000 */
+    double rate_limit;                   /* objects/s, 0: none */
     const struct ar_etcd_compare *guard; /* S7 guard added to every checkpoint txn; NULL: none */
     size_t n_guard;                      /* compares at guard; 0 with guard set: 1 */
 };

@@ -384,8 +384,9 @@ static struct ar_token *token_new(const char *s)
 {
     size_t n = strlen(s);
     /* sodium_malloc ends the block at a page end: a size in 16s keeps the struct aligned */
-    size_t size = (sizeof(struct ar_token) + AR_TOKEN_HDR_LEN + GRPC_TOKEN_HDR_LEN + 2 * (n + 1) +
-                   15) & ~(size_t)15;
+    size_t size =
+        (sizeof(struct ar_token) + AR_TOKEN_HDR_LEN + GRPC_TOKEN_HDR_LEN + 2 * (n + 1) + 15) &
+        ~(size_t)15;
     struct ar_token *t = sodium_malloc(size);
 
     if (!t)
@@ -937,10 +938,10 @@ static void req_submit(struct req *r)
         ar_etcd_auth_wait(c, &r->aw);
 }
 
-#define IDEMPOTENT 1u /* may be sent again after a timeout or a broken connection */
-#define HAS_LEADER 2u /* Grpc-Metadata-Hasleader: fail at once on a member without quorum */
-#define GRANT      4u /* a lease grant: the answer must carry an ID and a TTL > 0 */
-#define GRPC       8u /* body is a gRPC message for path (etcdserverpb.KV) */
+#define IDEMPOTENT 1u  /* may be sent again after a timeout or a broken connection */
+#define HAS_LEADER 2u  /* Grpc-Metadata-Hasleader: fail at once on a member without quorum */
+#define GRANT      4u  /* a lease grant: the answer must carry an ID and a TTL > 0 */
+#define GRPC       8u  /* body is a gRPC message for path (etcdserverpb.KV) */
 #define TXN        16u /* the answer is a TxnResponse */
 
 /* A request with its body (malloc'd, NUL-terminated, taken in every case). */

@@ -41,9 +41,9 @@ typedef void (*ar_xfer_process_fn)(struct ar_xfer *x);
  */
 struct ar_token {
     unsigned refs;
-    size_t len;        /* strlen(line) */
-    char *grpc_line;   /* "token: <token>" (gRPC metadata), in the same block after line */
-    char line[];       /* the token itself starts at line + AR_TOKEN_HDR_LEN */
+    size_t len;      /* strlen(line) */
+    char *grpc_line; /* "token: <token>" (gRPC metadata), in the same block after line */
+    char line[];     /* the token itself starts at line + AR_TOKEN_HDR_LEN */
 };
 #define AR_TOKEN_HDR     "Authorization: "
 #define AR_TOKEN_HDR_LEN (sizeof(AR_TOKEN_HDR) - 1)
@@ -134,7 +134,8 @@ int ar_etcd_decode_result(const struct ar_xfer *x, enum ar_etcd_op_type type,
  * etcd's code and message, http_status 200), then the one message (txn: a TxnResponse). */
 int ar_etcd_decode_grpc(const struct ar_xfer *x, enum ar_etcd_op_type type, bool txn,
                         struct ar_etcd_result **out, struct ar_etcd_error *e);
-/* The libcurl header callback of gRPC transfers (grpc-status, grpc-message); exposed for fuzzing. */
+/* The libcurl header callback of gRPC transfers (grpc-status, grpc-message); exposed for fuzzing.
+ */
 size_t ar_xfer_grpc_header(char *p, size_t size, size_t n, void *ud);
 /* Parse {"error":"..","message":"..","code":N} or {"error":{"grpc_code":..,"message":..}}. */
 bool ar_etcd_parse_error_json(json_t *root, struct ar_etcd_error *e, long http);

@@ -189,7 +189,7 @@ static char *frame(pb_body_fn fn, const void *m, size_t *len, int *rc)
 char *ar_pb_op(const struct ar_etcd_op *op, size_t *len, int *rc)
 {
     if (!op_ok(op)) {
-                *rc = -EINVAL;
+        *rc = -EINVAL;
         return NULL;
     }
     return frame(op_body, op, len, rc);
@@ -455,7 +455,7 @@ static int parse_responses(struct ar_etcd *c, const uint8_t *p, size_t n, int de
         return -ENOMEM;
     r.p = p;
     while ((rc = next_field(&r, &f)) == 0) {
-        struct pbr or;
+        struct pbr or ;
         struct field of;
         bool seen = false;
 
@@ -464,15 +464,15 @@ static int parse_responses(struct ar_etcd *c, const uint8_t *p, size_t n, int de
         if (want(&f, WT_LEN) < 0)
             return -EPROTO;
         or = (struct pbr){f.data, f.data + f.len};
-        while ((rc = next_field(&or, &of)) == 0) {
+        while ((rc = next_field(& or, &of)) == 0) {
             if (of.num < 1 || of.num > 4)
                 continue;
             /* a nested txn is not part of this API; a oneof set twice is not an answer */
             if (of.num == 4 || seen || want(&of, WT_LEN) < 0)
                 return -EPROTO;
             seen = true;
-            rc = parse_msg(c, of.data, of.len, (enum ar_etcd_op_type)(of.num - 1), false,
-                           depth + 1, &res->ops[res->n_ops]);
+            rc = parse_msg(c, of.data, of.len, (enum ar_etcd_op_type)(of.num - 1), false, depth + 1,
+                           &res->ops[res->n_ops]);
             res->n_ops++;
             if (rc < 0)
                 return rc;

@@ -41,29 +41,58 @@ static void test_requests(void **state)
     (void)state;
     /* RangeRequest: key 1, range_end 2, limit 3, revision 4, serializable 7, keys_only 8,
      * count_only 9 */
-    struct ar_etcd_op r = {.type = AR_ETCD_RANGE, K("a"), .range_end = K("b"), .limit = 300,
-                           .revision = 5, .serializable = true, .keys_only = true,
+    struct ar_etcd_op r = {.type = AR_ETCD_RANGE,
+                           K("a"),
+                           .range_end = K("b"),
+                           .limit = 300,
+                           .revision = 5,
+                           .serializable = true,
+                           .keys_only = true,
                            .count_only = true};
     b = ar_pb_op(&r, &len, &rc);
     assert_int_equal(rc, 0);
-    expect_body(b, len, "\x0a\x01" "a" "\x12\x01" "b" "\x18\xac\x02" "\x20\x05" "\x38\x01"
-                        "\x40\x01" "\x48\x01", 17);
+    expect_body(b, len,
+                "\x0a\x01"
+                "a"
+                "\x12\x01"
+                "b"
+                "\x18\xac\x02"
+                "\x20\x05"
+                "\x38\x01"
+                "\x40\x01"
+                "\x48\x01",
+                17);
     free(b);
     /* PutRequest: key 1, value 2, lease 3, prev_kv 4; an empty value is left out */
-    struct ar_etcd_op p = {.type = AR_ETCD_PUT, K("k"), .value = K("v\0w"), .lease = -1,
-                           .prev_kv = true};
+    struct ar_etcd_op p = {
+        .type = AR_ETCD_PUT, K("k"), .value = K("v\0w"), .lease = -1, .prev_kv = true};
     b = ar_pb_op(&p, &len, &rc);
-    expect_body(b, len, "\x0a\x01" "k" "\x12\x03" "v\0w"
-                        "\x18\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01" "\x20\x01", 21);
+    expect_body(b, len,
+                "\x0a\x01"
+                "k"
+                "\x12\x03"
+                "v\0w"
+                "\x18\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"
+                "\x20\x01",
+                21);
     free(b);
     struct ar_etcd_op p0 = {.type = AR_ETCD_PUT, K("k")};
     b = ar_pb_op(&p0, &len, &rc);
-    expect_body(b, len, "\x0a\x01" "k", 3);
+    expect_body(b, len,
+                "\x0a\x01"
+                "k",
+                3);
     free(b);
     /* DeleteRangeRequest: key 1, range_end 2, prev_kv 3 */
     struct ar_etcd_op d = {.type = AR_ETCD_DELETE, K("k"), .range_end = K("\0"), .prev_kv = true};
     b = ar_pb_op(&d, &len, &rc);
-    expect_body(b, len, "\x0a\x01" "k" "\x12\x01" "\0" "\x18\x01", 8);
+    expect_body(b, len,
+                "\x0a\x01"
+                "k"
+                "\x12\x01"
+                "\0"
+                "\x18\x01",
+                8);
     free(b);
     /* the same refusals as the JSON path */
     struct ar_etcd_op bad = {.type = AR_ETCD_PUT};
@@ -87,12 +116,34 @@ static void test_txn_request(void **state)
     struct ar_etcd_op succ = {.type = AR_ETCD_PUT, K("a"), .value = K("1")};
     struct ar_etcd_op fail = {.type = AR_ETCD_RANGE, K("a")};
     struct ar_etcd_txn t = {cmp, 3, &succ, 1, &fail, 1};
-    static const char want[] =
-        "\x0a\x07" "\x10\x01" "\x1a\x01" "a" "\x28\x00"                  /* CREATE, EQUAL */
-        "\x0a\x09" "\x08\x02" "\x10\x02" "\x1a\x01" "b" "\x30\x07"       /* LESS, MOD */
-        "\x0a\x0a" "\x08\x03" "\x10\x03" "\x1a\x01" "c" "\x3a\x01" "x"   /* NOT_EQUAL, VALUE */
-        "\x12\x08" "\x12\x06" "\x0a\x01" "a" "\x12\x01" "1"              /* success: put */
-        "\x1a\x05" "\x0a\x03" "\x0a\x01" "a";                            /* failure: range */
+    static const char want[] = "\x0a\x07"
+                               "\x10\x01"
+                               "\x1a\x01"
+                               "a"
+                               "\x28\x00" /* CREATE, EQUAL */
+                               "\x0a\x09"
+                               "\x08\x02"
+                               "\x10\x02"
+                               "\x1a\x01"
+                               "b"
+                               "\x30\x07" /* LESS, MOD */
+                               "\x0a\x0a"
+                               "\x08\x03"
+                               "\x10\x03"
+                               "\x1a\x01"
+                               "c"
+                               "\x3a\x01"
+                               "x" /* NOT_EQUAL, VALUE */
+                               "\x12\x08"
+                               "\x12\x06"
+                               "\x0a\x01"
+                               "a"
+                               "\x12\x01"
+                               "1" /* success: put */
+                               "\x1a\x05"
+                               "\x0a\x03"
+                               "\x0a\x01"
+                               "a"; /* failure: range */
 
     b = ar_pb_txn(&t, &len, &rc);
     assert_int_equal(rc, 0);
@@ -122,12 +173,26 @@ static void test_answers(void **state)
     (void)state;
     /* RangeResponse: header{revision 9}, two kvs (the second with a binary value and unknown
      * fields 99 (varint) and 100 (bytes), skipped), more, count */
-    static const char range[] =
-        "\x0a\x02" "\x18\x09"
-        "\x12\x0c" "\x0a\x02" "k1" "\x10\x02" "\x18\x03" "\x20\x01" "\x2a\x00"
-        "\x12\x13" "\x0a\x02" "k2" "\x18\x08" "\x2a\x03" "\0\xff\x01" "\x30\x05"
-        "\x98\x06\x07" "\xa2\x06\x00"
-        "\x18\x01" "\x20\x02";
+    static const char range[] = "\x0a\x02"
+                                "\x18\x09"
+                                "\x12\x0c"
+                                "\x0a\x02"
+                                "k1"
+                                "\x10\x02"
+                                "\x18\x03"
+                                "\x20\x01"
+                                "\x2a\x00"
+                                "\x12\x13"
+                                "\x0a\x02"
+                                "k2"
+                                "\x18\x08"
+                                "\x2a\x03"
+                                "\0\xff\x01"
+                                "\x30\x05"
+                                "\x98\x06\x07"
+                                "\xa2\x06\x00"
+                                "\x18\x01"
+                                "\x20\x02";
     assert_int_equal(parse(range, sizeof(range) - 1, AR_ETCD_RANGE, false, &r), 0);
     assert_int_equal(r.revision, 9);
     assert_int_equal(r.n_kvs, 2);
@@ -147,10 +212,24 @@ static void test_answers(void **state)
     ar_result_clear(NULL, &r);
 
     /* TxnResponse: succeeded, responses: put (prev_kv), delete (deleted 1, prev_kvs) */
-    static const char txn[] =
-        "\x0a\x02" "\x18\x0c" "\x10\x01"
-        "\x1a\x0a" "\x12\x08" "\x12\x06" "\x0a\x01" "a" "\x2a\x01" "0"
-        "\x1a\x0c" "\x1a\x0a" "\x10\x01" "\x1a\x06" "\x0a\x01" "b" "\x2a\x01" "1";
+    static const char txn[] = "\x0a\x02"
+                              "\x18\x0c"
+                              "\x10\x01"
+                              "\x1a\x0a"
+                              "\x12\x08"
+                              "\x12\x06"
+                              "\x0a\x01"
+                              "a"
+                              "\x2a\x01"
+                              "0"
+                              "\x1a\x0c"
+                              "\x1a\x0a"
+                              "\x10\x01"
+                              "\x1a\x06"
+                              "\x0a\x01"
+                              "b"
+                              "\x2a\x01"
+                              "1";
     assert_int_equal(parse(txn, sizeof(txn) - 1, AR_ETCD_RANGE, true, &r), 0);
     assert_int_equal(r.revision, 12);
     assert_true(r.succeeded);
@@ -173,16 +252,29 @@ static void test_answers(void **state)
         enum ar_etcd_op_type type;
     } bad[] = {
         {"\x10\x01", 2, false, AR_ETCD_RANGE}, /* kvs as a varint */
-        {"\x12\x05" "\x0a\x01", 4, false, AR_ETCD_RANGE},
+        {"\x12\x05"
+         "\x0a\x01",
+         4, false, AR_ETCD_RANGE},
         {"\x18\x80", 2, false, AR_ETCD_RANGE},
         {"\x1b", 1, false, AR_ETCD_RANGE},
         {"\x20\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 12, false, AR_ETCD_RANGE},
-        {"\x1a\x02" "\x22\x00", 4, true, AR_ETCD_RANGE},
+        {"\x1a\x02"
+         "\x22\x00",
+         4, true, AR_ETCD_RANGE},
         {"\x1a\x00", 2, true, AR_ETCD_RANGE},
-        {"\x1a\x04" "\x0a\x00" "\x12\x00", 6, true, AR_ETCD_RANGE},
-        {"\x0a\x0b" "\x18\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", 13, false, AR_ETCD_RANGE},
-        {"\x12\x00" "\x12\x00", 4, false, AR_ETCD_PUT},
-        {"\x12\x03" "\x0a\x01", 4, false, AR_ETCD_RANGE}, /* kv with a short key */
+        {"\x1a\x04"
+         "\x0a\x00"
+         "\x12\x00",
+         6, true, AR_ETCD_RANGE},
+        {"\x0a\x0b"
+         "\x18\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
+         13, false, AR_ETCD_RANGE},
+        {"\x12\x00"
+         "\x12\x00",
+         4, false, AR_ETCD_PUT},
+        {"\x12\x03"
+         "\x0a\x01",
+         4, false, AR_ETCD_RANGE}, /* kv with a short key */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         memset(&r, 0, sizeof(r));
@@ -193,10 +285,19 @@ static void test_answers(void **state)
     /* the frame: exactly one uncompressed message */
     const uint8_t *m;
     size_t ml;
-    assert_int_equal(ar_pb_unframe((const uint8_t *)"\0\0\0\0\x02" "ab", 7, &m, &ml), 0);
+    assert_int_equal(ar_pb_unframe((const uint8_t *)"\0\0\0\0\x02"
+                                                    "ab",
+                                   7, &m, &ml),
+                     0);
     assert_int_equal(ml, 2);
-    assert_int_equal(ar_pb_unframe((const uint8_t *)"\1\0\0\0\x02" "ab", 7, &m, &ml), -EPROTO);
-    assert_int_equal(ar_pb_unframe((const uint8_t *)"\0\0\0\0\x03" "ab", 7, &m, &ml), -EPROTO);
+    assert_int_equal(ar_pb_unframe((const uint8_t *)"\1\0\0\0\x02"
+                                                    "ab",
+                                   7, &m, &ml),
+                     -EPROTO);
+    assert_int_equal(ar_pb_unframe((const uint8_t *)"\0\0\0\0\x03"
+                                                    "ab",
+                                   7, &m, &ml),
+                     -EPROTO);
     assert_int_equal(ar_pb_unframe((const uint8_t *)"\0\0\0\0", 4, &m, &ml), -EPROTO);
 }
 
@@ -271,8 +372,12 @@ static void test_grpc_equals_gateway(void **state)
         val[i] = (uint8_t)i;
     assert_int_equal(ar_etcd_sync_lease_grant(g, 60, &lease, NULL), 0);
     /* writes through gRPC, with every field etcd keeps: binary key and value, a lease */
-    struct ar_etcd_op p1 = {.type = AR_ETCD_PUT, key, sizeof(key) - 1, .value = val,
-                            .value_len = sizeof(val), .lease = lease->lease_id};
+    struct ar_etcd_op p1 = {.type = AR_ETCD_PUT,
+                            key,
+                            sizeof(key) - 1,
+                            .value = val,
+                            .value_len = sizeof(val),
+                            .lease = lease->lease_id};
     struct ar_etcd_op p2 = {.type = AR_ETCD_PUT, K("/pb/empty")};
     struct ar_etcd_op p3 = {.type = AR_ETCD_PUT, K("/pb/text"), .value = K("hello")};
     assert_int_equal(ar_etcd_sync_put(g, &p1, NULL, NULL), 0);
@@ -322,8 +427,8 @@ static void test_grpc_equals_gateway(void **state)
 
         /* a put with prev_kv: each client writes, then both answers are compared on the
          * fields that do not depend on which write came first */
-        struct ar_etcd_op up = {.type = AR_ETCD_PUT, K("/pb/text"), .value = K("hello"),
-                                .prev_kv = true};
+        struct ar_etcd_op up = {
+            .type = AR_ETCD_PUT, K("/pb/text"), .value = K("hello"), .prev_kv = true};
         c.value = (const uint8_t *)"hello";
         c.value_len = 5;
         t = (struct ar_etcd_txn){&c, 1, &up, 1, NULL, 0};
@@ -371,8 +476,10 @@ static int group_teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_requests),     cmocka_unit_test(test_txn_request),
-        cmocka_unit_test(test_answers),      cmocka_unit_test(test_status_lines),
+        cmocka_unit_test(test_requests),
+        cmocka_unit_test(test_txn_request),
+        cmocka_unit_test(test_answers),
+        cmocka_unit_test(test_status_lines),
         cmocka_unit_test(test_grpc_equals_gateway),
     };
 
