@@ -65,6 +65,7 @@ int ar_cli_etcd(const char *cmd, const struct ar_settings *s, unsigned timeout_s
         es->endpoints[es->n_endpoints++] = ep;
     }
     es->cacert = s->etcd_cafile;
+    es->kv_json = s->etcd_json_gateway;
     es->cert = s->etcd_certfile;
     es->key = s->etcd_keyfile;
     es->request_timeout_ms = timeout_s * 1000u;

@@ -710,6 +710,7 @@ int ar_coord_start(struct agent *a)
     for (size_t i = 0; i < a->set.n_etcd_endpoints && i < AR_ETCD_MAX_ENDPOINTS; i++)
         es.endpoints[es.n_endpoints++] = a->set.etcd_endpoints[i];
     es.cacert = a->set.etcd_cafile;
+    es.kv_json = a->set.etcd_json_gateway;
     es.cert = a->set.etcd_certfile;
     es.key = a->set.etcd_keyfile;
     if (a->set.etcd_user) {

@@ -30,6 +30,7 @@
  *     user: atrest                    # optional
  *     passwordFile: /etc/atrest/etcd-password
  *     prefix: /atrest/                # coordination prefix
+ *     jsonGateway: false              # KV calls through the JSON gateway instead of gRPC
  *   apiserver:
  *     url: https://127.0.0.1:6443
  *     cafile: ...  certfile: ...  keyfile: ...  tokenFile: ...  kubeconfig: ...
@@ -95,6 +96,7 @@ struct ar_settings {
     char *etcd_keyfile;
     char *etcd_user;
     char *etcd_password_file;
+    bool etcd_json_gateway; /* etcd.jsonGateway: KV calls through the gateway, not gRPC */
     char *coord_prefix;
     unsigned lease_ttl_s; /* liveness and leader leases */
 

@@ -130,6 +130,10 @@ static void test_defaults(void **state)
     ar_settings_free(&s);
     assert_int_equal(load(&s, "desiredConfig: /a\nreencrypt:\n  mode: svm\n", NULL, 0), 0);
     assert_int_equal(s.reencrypt_mode, AR_REENCRYPT_SVM);
+    assert_false(s.etcd_json_gateway); /* gRPC by default */
+    ar_settings_free(&s);
+    assert_int_equal(load(&s, "desiredConfig: /a\netcd:\n  jsonGateway: true\n", NULL, 0), 0);
+    assert_true(s.etcd_json_gateway);
     ar_settings_free(&s);
 
     /* the proof settings from the file */
