@@ -341,6 +341,19 @@ static size_t write_cb(char *p, size_t size, size_t nmemb, void *ud)
         size_t cap = x->resp_cap ? x->resp_cap : 1024;
         char *np;
 
+        if (x->grpc && x->resp_len < 5 && x->resp_len + n >= 5) {
+            /* a gRPC answer says its length first: one buffer of the right size, not a
+             * doubling series of copies (each wiped) */
+            uint8_t h[5];
+            size_t want;
+
+            if (x->resp_len)
+                memcpy(h, x->resp, x->resp_len);
+            memcpy(h + x->resp_len, p, 5 - x->resp_len);
+            want = 5 + ((size_t)h[1] << 24 | (size_t)h[2] << 16 | (size_t)h[3] << 8 | h[4]) + 1;
+            if (want > cap && want <= (size_t)AR_ETCD_MAX_BODY + 1)
+                cap = want;
+        }
         while (cap < x->resp_len + n + 1)
             cap *= 2;
         if (cap > (size_t)AR_ETCD_MAX_BODY + 1) {
