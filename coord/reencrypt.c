@@ -28,7 +28,8 @@
  * the reader has read (and queued) everything before it. */
 enum bstate { B_READING, B_QUEUED, B_SENT, B_RETRY, B_DONE };
 
-#define MAX_READERS 8
+#define MAX_READERS  8
+#define SPLIT_ROUNDS 4 /* a split cuts this many rounds of nreaders pages */
 
 struct counts {
     uint64_t rewritten, skipped, conflicts, failed;
@@ -111,6 +112,11 @@ struct ar_reencrypt {
     bool splitting, sel_eof;
     struct reader rd[MAX_READERS];
     unsigned nreaders;
+    /* pieces cut by the last split and not given to a reader yet: [bound[i], bound[i + 1])
+     * for next_piece <= i < nbounds - 1 (bounds in one wiped-on-free block; keys only) */
+    uint8_t *bound;
+    size_t *bound_len;
+    size_t nbounds, next_piece;
 
     /* committed (what the checkpoint says) */
     size_t com_sel;
@@ -241,6 +247,8 @@ static void engine_free(struct ar_reencrypt *r)
     }
     ar_buf_free(&r->pt);
     ar_buf_free(&r->enc);
+    free(r->bound);
+    free(r->bound_len);
     ar_chain_unref(r->chain);
     free(r->sel);
     free(r->ckpt_key);
@@ -798,7 +806,7 @@ static int reader_start(struct ar_reencrypt *r, const uint8_t *start, size_t sta
 {
     struct reader *rd = NULL;
 
-    for (unsigned i = 0; i < MAX_READERS && !rd; i++)
+    for (unsigned i = 0; i < r->nreaders && !rd; i++)
         if (!r->rd[i].active)
             rd = &r->rd[i];
     if (!rd || start_len > KEY_MAX || end_len > KEY_MAX)
@@ -824,12 +832,17 @@ static int reader_start(struct ar_reencrypt *r, const uint8_t *start, size_t sta
     return 0;
 }
 
-/* The split: keys only, nreaders pages of them; one reader per page of keys. */
+/* The split: keys only, SPLIT_ROUNDS * nreaders pages of them, cut into pieces of a page;
+ * readers take the pieces in key order as they become free (start_pieces). etcd 3.4 visits
+ * every key to the range's end for each range with a limit, so a split over the rest of the
+ * selector costs etcd time in proportion to what is left: fewer, bigger splits. */
 static void on_split(void *arg, int status, const struct ar_etcd_result *res,
                      const struct ar_etcd_error *err)
 {
     struct ar_reencrypt *r = arg;
-    size_t n, per = r->page;
+    size_t n, per = r->page, m, keep, k;
+    uint8_t *nb;
+    size_t *nl;
     int rc = 0;
 
     r->pending--;
@@ -842,26 +855,46 @@ static void on_split(void *arg, int status, const struct ar_etcd_result *res,
         pump(r);
         return;
     }
-    for (size_t i = 0; i < n && rc == 0; i += per) {
-        /* piece i: from its first key (the first piece: from rpos) to the next piece's first
-         * key, the last one to just after the last key */
-        const uint8_t *start = i ? res->kvs[i].key : r->rpos;
-        size_t start_len = i ? res->kvs[i].key_len : r->rpos_len;
-        uint8_t end[KEY_MAX + 1];
-        size_t end_len = 0;
-
-        if (i + per < n) {
-            end_len = res->kvs[i + per].key_len;
-            if (end_len > KEY_MAX)
-                rc = -ENAMETOOLONG;
-            else
-                memcpy(end, res->kvs[i + per].key, end_len);
-        } else {
-            rc = set_after(end, &end_len, res->kvs[n - 1].key, res->kvs[n - 1].key_len);
-        }
-        if (rc == 0)
-            rc = reader_start(r, start, start_len, end, end_len);
+    m = (n + per - 1) / per; /* pieces */
+    /* the pieces not given out yet stay in front: the split began at rpos, their last bound */
+    keep = r->nbounds ? r->nbounds - r->next_piece : 0;
+    nb = malloc(((keep ? keep : 1) + m) * (KEY_MAX + 1));
+    nl = calloc((keep ? keep : 1) + m, sizeof(*nl));
+    if (!nb || !nl) {
+        free(nb);
+        free(nl);
+        fail(r, -ENOMEM, "re-encrypt", NULL);
+        return;
     }
+    if (keep) {
+        memcpy(nb, r->bound + r->next_piece * (KEY_MAX + 1), keep * (KEY_MAX + 1));
+        memcpy(nl, r->bound_len + r->next_piece, keep * sizeof(*nl));
+        k = keep;
+    } else {
+        memcpy(nb, r->rpos, r->rpos_len);
+        nl[0] = r->rpos_len;
+        k = 1;
+    }
+    free(r->bound);
+    free(r->bound_len);
+    r->bound = nb;
+    r->bound_len = nl;
+    r->next_piece = 0;
+    /* piece i: from its first key to the next piece's first key, the last one to just after
+     * the last key */
+    for (size_t i = 1; i < m && rc == 0; i++, k++) {
+        const struct ar_etcd_kv *kv = &res->kvs[i * per];
+
+        if (kv->key_len > KEY_MAX)
+            rc = -ENAMETOOLONG;
+        else
+            memcpy(nb + k * (KEY_MAX + 1), kv->key, kv->key_len);
+        nl[k] = kv->key_len;
+    }
+    if (rc == 0)
+        rc =
+            set_after(nb + k * (KEY_MAX + 1), &nl[k], res->kvs[n - 1].key, res->kvs[n - 1].key_len);
+    r->nbounds = k + 1;
     if (rc == 0)
         rc = set_after(r->rpos, &r->rpos_len, res->kvs[n - 1].key, res->kvs[n - 1].key_len);
     if (rc < 0) {
@@ -869,6 +902,31 @@ static void on_split(void *arg, int status, const struct ar_etcd_result *res,
         return;
     }
     pump(r);
+}
+
+static size_t pieces_left(const struct ar_reencrypt *r)
+{
+    return r->next_piece + 1 < r->nbounds ? r->nbounds - 1 - r->next_piece : 0;
+}
+
+/* Give the split's pieces to free readers, in key order. */
+static int start_pieces(struct ar_reencrypt *r)
+{
+    int rc = 0;
+
+    while (rc == 0 && pieces_left(r)) {
+        bool free_slot = false;
+
+        for (unsigned i = 0; i < r->nreaders && !free_slot; i++)
+            free_slot = !r->rd[i].active;
+        if (!free_slot)
+            break;
+        rc = reader_start(r, r->bound + r->next_piece * (KEY_MAX + 1), r->bound_len[r->next_piece],
+                          r->bound + (r->next_piece + 1) * (KEY_MAX + 1),
+                          r->bound_len[r->next_piece + 1]);
+        r->next_piece++;
+    }
+    return rc;
 }
 
 static bool queued(const struct ar_reencrypt *r)
@@ -896,6 +954,7 @@ static void sel_begin(struct ar_reencrypt *r)
     memcpy(r->rpos, s->start, s->start_len);
     r->rpos_len = s->start_len;
     r->sel_eof = false;
+    r->nbounds = r->next_piece = 0;
 }
 
 static bool readers_active(const struct ar_reencrypt *r)
@@ -950,7 +1009,7 @@ static void split(struct ar_reencrypt *r)
         r->sel_eof = true;
         return;
     }
-    op.limit = (int64_t)r->page * r->nreaders;
+    op.limit = (int64_t)r->page * r->nreaders * SPLIT_ROUNDS;
     if ((rc = ar_etcd_range(r->c, &op, on_split, r)) < 0) {
         fail(r, rc, "re-encrypt range", NULL);
         return;
@@ -994,7 +1053,14 @@ static void pump(struct ar_reencrypt *r)
     advance_head(r);
     if (r->cur_sel < r->nsel && !queued(r) &&
         r->nbatches < 4 * (size_t)r->inflight_max + 8 + 2 * MAX_READERS && rate_ok(r)) {
-        if (!readers_active(r) && !r->splitting && !r->sel_eof)
+        if (pieces_left(r) && (rc = start_pieces(r)) < 0) {
+            fail(r, rc, "re-encrypt", NULL);
+            return;
+        }
+        /* the next split is asked for while the readers still have a round of pieces, so
+         * its answer (slow on a big range with etcd 3.4) comes while they read */
+        if (!r->splitting && !r->sel_eof && pieces_left(r) <= r->nreaders &&
+            (!readers_active(r) || (r->nreaders > 1 && r->rate_limit <= 0)))
             split(r);
         for (unsigned i = 0; i < MAX_READERS && !r->finished; i++)
             if (r->rd[i].active && !r->rd[i].inflight)
@@ -1002,7 +1068,8 @@ static void pump(struct ar_reencrypt *r)
     }
     if (r->finished)
         return;
-    if (r->cur_sel < r->nsel && r->sel_eof && !r->head && !readers_active(r) && !r->splitting) {
+    if (r->cur_sel < r->nsel && r->sel_eof && !r->head && !readers_active(r) && !r->splitting &&
+        !pieces_left(r)) {
         /* the selector is done: the next one starts from its range's beginning */
         r->cur_sel++;
         r->com_sel = r->cur_sel;
