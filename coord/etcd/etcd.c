@@ -165,6 +165,9 @@ static bool not_applied(CURLcode rc, const struct ar_etcd_error *e)
     return e->grpc_code == 14 && !strcmp(e->msg, "etcdserver: no leader");
 }
 
+/* A gRPC call answered in HTTP/1.1, or not at all: say what may be wrong. */
+#define GRPC_HINT " (a gRPC call: behind an HTTP/1.1-only proxy set etcd.jsonGateway)"
+
 int ar_etcd_xfer_error(struct ar_xfer *x, CURLcode rc, long http, struct ar_etcd_error *e)
 {
     const char *ep = x->c->endpoints[x->ep];
@@ -176,8 +179,11 @@ int ar_etcd_xfer_error(struct ar_xfer *x, CURLcode rc, long http, struct ar_etcd
         return e->code;
     }
     if (rc != CURLE_OK) {
-        ar_etcd_set_error(e, curl_errno(rc), ep, "%s",
-                          x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc));
+        ar_etcd_set_error(
+            e, curl_errno(rc), ep, "%s%s", x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc),
+            x->grpc && (rc == CURLE_GOT_NOTHING || rc == CURLE_HTTP2 || rc == CURLE_HTTP2_STREAM)
+                ? GRPC_HINT
+                : "");
         return e->code;
     }
     if (http == 200) {

@@ -305,6 +305,7 @@ def test_hostile_etcd(make_agent, keys, agent_bin, hostile):
     g.start()
     st = wait_for(lambda: etcd_st(g).get("error") and etcd_st(g), 20, "the gRPC agent's error")
     assert st.get("state") != "connected" and h.url[len("http://"):] in st["error"], st
+    assert "etcd.jsonGateway" in st["error"], st     # the hint
     assert g.alive() and g.get("/healthz")[0] == 200
     print("HOSTILE-ETCD grpc      %s" % st["error"])
     assert g.stop() == 0

@@ -494,7 +494,10 @@ static void test_resume(void **state)
     /* first run: stopped after 1,000 objects (a leader that dies) */
     assert_int_equal(ar_reencrypt_run(S, P, &o, NULL, NULL, 1000, &p1, &err), -EINTR);
     assert_true(p1.done >= 1000 && p1.done < N);
-    assert_true(p1.checkpoints >= 3);
+    /* configmaps' end, then at least one within secrets (the record below says selector 1);
+     * how many more depends on how fast txns come back against the checkpoint's own round
+     * trip (one in flight at a time): 3 failed once under ASan on a loaded machine */
+    assert_true(p1.checkpoints >= 2);
     assert_int_equal(ar_etcd_sync_range(S, &op, &ckr, &ee), 0);
     assert_int_equal(ckr->n_kvs, 1);
     assert_int_equal(ar_reencrypt_ckpt_parse(ckr->kvs[0].value, ckr->kvs[0].value_len, &ck), 0);
