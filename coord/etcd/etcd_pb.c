@@ -388,24 +388,35 @@ static void count_kv(struct ar_etcd *c)
         c->kvs_peak = c->kvs_live;
 }
 
+/* How many length-delimited fields number num the message at p has (a repeated message);
+ * a malformed message is -EPROTO. */
+static int count_msgs(const uint8_t *p, size_t n, unsigned num, size_t *count)
+{
+    struct pbr r = {p, p + n};
+    struct field f;
+    int rc;
+
+    *count = 0;
+    while ((rc = next_field(&r, &f)) == 0)
+        if (f.num == num && f.wt == WT_LEN)
+            (*count)++;
+    return rc < 0 ? rc : 0;
+}
+
 /* Every field number kv_field of the message at p (repeated KeyValue) -> res->kvs. */
 static int parse_kvs(struct ar_etcd *c, const uint8_t *p, size_t n, unsigned kv_field,
                      struct ar_etcd_result *res)
 {
     struct pbr r = {p, p + n};
     struct field f;
-    size_t count = 0;
+    size_t count;
     int rc;
 
-    while ((rc = next_field(&r, &f)) == 0)
-        if (f.num == kv_field && f.wt == WT_LEN)
-            count++;
-    if (rc < 0 || !count)
-        return rc < 0 ? rc : 0;
+    if ((rc = count_msgs(p, n, kv_field, &count)) < 0 || !count)
+        return rc;
     res->kvs = calloc(count, sizeof(*res->kvs));
     if (!res->kvs)
         return -ENOMEM;
-    r.p = p;
     while ((rc = next_field(&r, &f)) == 0) {
         if (f.num != kv_field || f.wt != WT_LEN)
             continue;
@@ -442,18 +453,14 @@ static int parse_responses(struct ar_etcd *c, const uint8_t *p, size_t n, int de
 {
     struct pbr r = {p, p + n};
     struct field f;
-    size_t count = 0;
+    size_t count;
     int rc;
 
-    while ((rc = next_field(&r, &f)) == 0)
-        if (f.num == 3)
-            count++;
-    if (rc < 0 || !count)
-        return rc < 0 ? rc : 0;
+    if ((rc = count_msgs(p, n, 3, &count)) < 0 || !count)
+        return rc;
     res->ops = calloc(count, sizeof(*res->ops));
     if (!res->ops)
         return -ENOMEM;
-    r.p = p;
     while ((rc = next_field(&r, &f)) == 0) {
         struct pbr or ;
         struct field of;
