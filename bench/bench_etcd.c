@@ -3,7 +3,8 @@
  *
  * Starts a single-member etcd (tests/support/etcd_harness), then for put and txn (1 KiB values,
  * fresh keys) runs the client with 32 requests in flight for BENCH_SECONDS (default 5), and wrk
- * -t2 -c32 with bench/etcd_{put,txn}.lua sending the same JSON bodies.
+ * -t2 -c32 with bench/etcd_{put,txn}.lua sending the same JSON bodies (the client's KV calls go
+ * through the JSON gateway here, kv_json, as wrk's do; bench_reencrypt compares the transports).
  * Output: BENCH name=etcd-put value=<req/s> unit=req/s baseline=<wrk req/s> ratio=<atrest/wrk>
  * Run from the source tree (make bench), or set ATREST_BENCH_DIR to the bench/ directory.
  */
@@ -112,6 +113,7 @@ static double run_atrest(struct etcd_harness *h, bool txn, unsigned secs, unsign
     uv_loop_init(&loop);
     etcd_harness_settings(h, &st);
     st.request_timeout_ms = 10000;
+    st.kv_json = true; /* the same JSON requests as wrk: the client's own cost is measured */
     if (ar_etcd_new(&loop, &st, &r->c) < 0) {
         fprintf(stderr, "bench_etcd: cannot create the client\n");
         exit(1);
