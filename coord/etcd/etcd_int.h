@@ -154,6 +154,8 @@ int ar_etcd_b64_decode(const char *s, size_t slen, uint8_t **out, size_t *outlen
 int64_t ar_json_get_i64(const json_t *obj, const char *name);
 int ar_parse_kv(struct ar_etcd *c, const json_t *o, struct ar_etcd_kv *kv);
 void ar_kv_clear(struct ar_etcd_kv *kv);
+/* Count n kvs handed out (add) or freed on c's kvs_live / kvs_peak; c NULL: none. */
+void ar_kvs_account(struct ar_etcd *c, size_t n, bool add);
 int ar_parse_result(struct ar_etcd *c, const json_t *root, enum ar_etcd_op_type type,
                     struct ar_etcd_result *res);
 /* Free what res holds (not res); owner: the client its kvs were counted on (NULL: none). */

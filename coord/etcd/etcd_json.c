@@ -125,7 +125,7 @@ fail:
     return rc;
 }
 
-static void kvs_account(struct ar_etcd *c, size_t n, bool add)
+void ar_kvs_account(struct ar_etcd *c, size_t n, bool add)
 {
     if (!c)
         return;
@@ -155,7 +155,7 @@ static int parse_kv_array(struct ar_etcd *c, const json_t *arr, struct ar_etcd_r
         if (rc < 0)
             return rc;
         res->n_kvs++;
-        kvs_account(c, 1, true);
+        ar_kvs_account(c, 1, true);
     }
     return 0;
 }
@@ -164,7 +164,7 @@ void ar_result_clear(struct ar_etcd *owner, struct ar_etcd_result *res)
 {
     for (size_t i = 0; i < res->n_kvs; i++)
         ar_kv_clear(&res->kvs[i]);
-    kvs_account(owner, res->n_kvs, false);
+    ar_kvs_account(owner, res->n_kvs, false);
     free(res->kvs);
     for (size_t i = 0; i < res->n_ops; i++)
         ar_result_clear(owner, &res->ops[i]);

@@ -382,12 +382,6 @@ fail:
     return rc;
 }
 
-static void count_kv(struct ar_etcd *c)
-{
-    if (c && ++c->kvs_live > c->kvs_peak)
-        c->kvs_peak = c->kvs_live;
-}
-
 /* How many length-delimited fields number num the message at p has (a repeated message);
  * a malformed message is -EPROTO. */
 static int count_msgs(const uint8_t *p, size_t n, unsigned num, size_t *count)
@@ -423,7 +417,7 @@ static int parse_kvs(struct ar_etcd *c, const uint8_t *p, size_t n, unsigned kv_
         if ((rc = parse_kv(f.data, f.len, &res->kvs[res->n_kvs])) < 0)
             return rc;
         res->n_kvs++;
-        count_kv(c);
+        ar_kvs_account(c, 1, true);
     }
     return rc < 0 ? rc : 0;
 }
