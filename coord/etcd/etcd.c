@@ -17,6 +17,10 @@
 #include "coord/etcd/etcd_int.h"
 
 #define MAX_ATTEMPTS 64
+/* A retry is not started with less than this left of its budget (capped at a tenth of the
+ * budget): a 7 ms attempt can only time out, and its "timed out after 7 milliseconds" would
+ * hide the error that made the request retry. The request fails with that error instead. */
+#define MIN_RETRY_MS 250u
 
 /* --- lists ------------------------------------------------------------------------------- */
 
@@ -640,6 +644,11 @@ static void on_backoff(uv_timer_t *t)
     req_attempt(t->data);
 }
 
+static uint64_t min_retry_ms(const struct ar_etcd *c)
+{
+    return c->req_timeout_ms / 10 < MIN_RETRY_MS ? c->req_timeout_ms / 10 : MIN_RETRY_MS;
+}
+
 static void req_retry_or_fail(struct req *r, CURLcode rc, const struct ar_etcd_error *err)
 {
     struct ar_etcd *c = r->c;
@@ -660,12 +669,13 @@ static void req_retry_or_fail(struct req *r, CURLcode rc, const struct ar_etcd_e
     if (rc == CURLE_PEER_FAILED_VERIFICATION || rc == CURLE_SSL_CERTPROBLEM ||
         rc == CURLE_SSL_CACERT_BADFILE)
         retry = false; /* configuration error: report it now, not a timeout later */
-    if (!retry || c->closing || now >= r->deadline || r->attempts >= MAX_ATTEMPTS) {
+    if (!retry || c->closing || r->attempts >= MAX_ATTEMPTS ||
+        now + min_retry_ms(c) >= r->deadline) {
         req_fail(r, r->have_etcd_err ? r->etcd_err.code : err->code,
                  r->have_etcd_err ? &r->etcd_err : err);
         return;
     }
-    /* next endpoint; back off once every endpoint was tried */
+    /* next endpoint; back off once every endpoint was tried, and leave the retry its minimum */
     if (c->n_ep > 1) {
         r->x.ep = (r->x.ep + 1) % c->n_ep;
         c->cur_ep = r->x.ep;
@@ -673,8 +683,8 @@ static void req_retry_or_fail(struct req *r, CURLcode rc, const struct ar_etcd_e
     delay = (c->n_ep > 1 && r->attempts % c->n_ep)
                 ? 0
                 : 50u << (r->attempts / c->n_ep > 3 ? 3 : r->attempts / c->n_ep);
-    if (delay > r->deadline - now)
-        delay = r->deadline - now;
+    if (delay > r->deadline - now - min_retry_ms(c))
+        delay = r->deadline - now - min_retry_ms(c);
     if (!r->backoff) {
         r->backoff = malloc(sizeof(*r->backoff));
         if (!r->backoff) {
