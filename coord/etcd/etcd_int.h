@@ -70,6 +70,7 @@ struct ar_xfer {
     ar_xfer_done_fn on_done;
     ar_xfer_process_fn on_process;
     struct ar_link dirty; /* in c->dirty while it has unprocessed data */
+    struct ar_link kick;  /* in c->kick: gRPC data came in this run; run it again (etcd.c) */
     char errbuf[CURL_ERROR_SIZE];
     /* gRPC (KV calls): HTTP/2, application/grpc; the status comes in the trailers */
     bool grpc;
@@ -106,6 +107,7 @@ struct ar_etcd {
     struct ar_link reqs;    /* unary requests in flight or waiting */
     struct ar_link streams; /* watches and keepers (owned by their users) */
     struct ar_link dirty;
+    struct ar_link kick;
     CURL *pool[64];
     size_t n_pool;
     bool closing;
