@@ -70,8 +70,7 @@ struct ar_reencrypt_opts {
     unsigned page_size;                  /* 0: 500 */
     unsigned max_inflight;               /* txns in flight; 0: 8 */
     unsigned readers;                    /* range requests in flight, on pieces of the range; 0: 8
-                                            (the most); each is a connection of its own, and one gRPC
-                                            connection carries about 30 MB/s (coord/etcd/etcd.h) */
+                                            (the most: 4 and 2 were slower in bench_reencrypt) */
     unsigned checkpoint_every;           /* objects; 0: 10000 */
     unsigned checkpoint_ms;              /* 0: 5000 */
     double rate_limit;                   /* objects/s, 0: none */
