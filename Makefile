@@ -186,7 +186,7 @@ bench: deps
 	@ATREST=$(CURDIR)/atrest sh bench/run.sh $(BENCH_BIN) bench/bench_reencrypt_api.py
 
 # The re-encrypt pass and the verify scan against a plain loader and a plain range read
-# (N objects, default 100000: N=1000000 make bench-reencrypt), then the API-mode pass through
+# (N objects, default 100000: N=1000000 ROUNDS=1 make bench-reencrypt), then the API-mode pass through
 # the simulator for reference (API_N objects, default 2000: bench/bench_reencrypt_api.py).
 bench-reencrypt: atrest $(REL)/bench/bench_reencrypt
 	@ATREST=$(CURDIR)/atrest sh bench/run.sh $(REL)/bench/bench_reencrypt bench/bench_reencrypt_api.py
