@@ -729,13 +729,77 @@ static void test_big(void **state)
     assert_true(p.peak_window >= 500 && p.peak_window <= 2 * 500 + 8 * 128);
 }
 
+/* ---- the cut's guessed end (next_cut_end): layouts that make it wrong ---------------------- */
+
+/* Pages of 10 and 2 readers: every cut asks for 80 keys, so a few hundred objects make many cuts
+ * whose guessed end is too near, or in a gap with no keys at all (the next cut must go on to the
+ * selector's end); keys of very different lengths; a guess whose sum carries through 0xff
+ * bytes. Every object must be rewritten exactly once. */
+static void test_cut_guess(void **state)
+{
+    static const char *const layouts[] = {"gap", "lengths", "carry"};
+    const char *sel[] = {"secrets"};
+    struct ar_buf pt = AR_BUF_INIT;
+    char k[400], name[64], want[512];
+
+    for (size_t l = 0; l < sizeof(layouts) / sizeof(layouts[0]); l++) {
+        char prefix[32];
+        struct ar_reencrypt_opts o;
+        struct ar_reencrypt_progress p;
+        struct ar_etcd_result *res;
+        struct batch b = {.n = 0};
+        struct ar_err err;
+        int n = 0;
+
+        snprintf(prefix, sizeof(prefix), "/cut%zu", l);
+        o = opts(prefix, sel, 1);
+        o.page_size = 10;
+        o.readers = 2;
+        for (int i = 0; i < 300; i++, n++) {
+            if (l == 0) /* 80 close together (one cut), a gap past the guess, then 220 */
+                snprintf(k, sizeof(k), "%s/secrets/%s-%06d", prefix, i < 80 ? "a" : "z", i);
+            else if (l == 1) /* short and long keys in turn */
+                snprintf(k, sizeof(k), "%s/secrets/n%03d%.*s", prefix, i, i % 3 ? 1 : 300,
+                         "................................................................"
+                         "................................................................"
+                         "................................................................"
+                         "................................................................"
+                         "............................................................");
+            else /* the guess after the first cut carries twice: fe ff ee + 2 * 00 00 ed */
+                snprintf(k, sizeof(k), "%s/secrets/%s%c", prefix, i < 85 ? "\xfe\xff" : "\xff\x01",
+                         (char)(i < 85 ? 3 * i + 1 : i - 84));
+            put_obj(&b, W1, "secrets", k);
+        }
+        batch_flush(&b);
+        assert_int_equal(ar_reencrypt_run(S, P, &o, NULL, NULL, 0, &p, &err), 0);
+        assert_int_equal(p.rewritten, n);
+        assert_int_equal(p.done, n);
+        assert_int_equal(p.skipped + p.conflicts + p.failed, 0);
+        snprintf(k, sizeof(k), "%s/", prefix);
+        res = get_prefix(k);
+        assert_int_equal(res->n_kvs, n);
+        for (size_t i = 0; i < res->n_kvs; i++) {
+            size_t wl;
+
+            assert_int_equal(read_obj(&res->kvs[i], "", "secrets", name, sizeof(name), &pt), 0);
+            assert_string_equal(name, "aescbc:k2");
+            wl = plain_of((const char *)res->kvs[i].key, 0, want, sizeof(want));
+            assert_int_equal(pt.len, wl);
+            assert_memory_equal(pt.p, want, wl);
+            assert_int_equal(res->kvs[i].version, 2);
+        }
+        ar_etcd_result_free(res);
+    }
+    ar_buf_free(&pt);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ckpt_record), cmocka_unit_test(test_exact_counts),
         cmocka_unit_test(test_wildcard),    cmocka_unit_test(test_resume),
         cmocka_unit_test(test_guard),       cmocka_unit_test(test_concurrent_writer),
-        cmocka_unit_test(test_big),
+        cmocka_unit_test(test_big),         cmocka_unit_test(test_cut_guess),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
