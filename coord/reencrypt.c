@@ -841,57 +841,20 @@ static int reader_start(struct ar_reencrypt *r, const uint8_t *start, size_t sta
  * readers take the pieces in key order as they become free (start_pieces). etcd 3.4 visits
  * every key to the range's end for each range with a limit, so a split over the rest of the
  * selector costs etcd time in proportion to what is left: fewer, bigger splits. */
-/* a < b for keys; an end of "\0" is the end of the key space */
-static bool key_before_end(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
-{
-    int c;
-
-    if (bl == 1 && !b[0])
-        return true;
-    c = memcmp(a, b, al < bl ? al : bl);
-    return c < 0 || (c == 0 && al < bl);
-}
-
-/*
- * etcd 3.4 walks its key index from a range's start to the range's end for every range with a
- * limit, however few keys it returns: a cut over the rest of a big selector costs etcd time in
- * proportion to all of it (a count over 100,000 keys: about 80 ms). So the next cut's range ends
- * at a guess: as far past this cut's last key as twice the distance from its first key, reading
- * keys as big-endian numbers. Only a guess: a cut that finds fewer keys than it asked for just
- * cuts fewer pieces, one that finds none leaves the next cut to go to the selector's end, and a
- * guess past that end is the end. Pieces and the scan position come from the keys found, never
- * from the guess, so no key is skipped whatever it is.
- */
+/* etcd 3.4 walks its index to the end of every limited range (ar_etcd_guess_end): the next
+ * cut's range ends at a guess. A cut that finds fewer keys than it asked for just cuts fewer
+ * pieces, one that finds none leaves the next cut to go to the selector's end (on_split).
+ * Pieces and the scan position come from the keys found, never from the guess, so no key is
+ * skipped whatever it is. A cut that reached the end of its range makes no guess. */
 static void next_cut_end(struct ar_reencrypt *r, const struct ar_etcd_result *res)
 {
     const struct sel *s = &r->sel[r->cur_sel];
     const struct ar_etcd_kv *f = &res->kvs[0], *l = &res->kvs[res->n_kvs - 1];
-    size_t w = f->key_len > l->key_len ? f->key_len : l->key_len;
-    uint8_t d[KEY_MAX];
-    unsigned borrow = 0, carry = 0;
-    bool grew = false;
 
     r->cut_end_len = 0;
-    if (res->n_kvs < (size_t)r->page * r->nreaders * SPLIT_ROUNDS || w > KEY_MAX)
-        return; /* the cut reached the end of its range: the next one goes to the end */
-    for (size_t i = w; i-- > 0;) { /* d = l - f */
-        unsigned lb = i < l->key_len ? l->key[i] : 0, fb = i < f->key_len ? f->key[i] : 0;
-        unsigned v = lb + 256u - fb - borrow;
-
-        d[i] = (uint8_t)v;
-        borrow = v < 256u;
-    }
-    for (size_t i = w; i-- > 0;) { /* cut_end = l + 2d */
-        unsigned lb = i < l->key_len ? l->key[i] : 0;
-        unsigned v = lb + 2u * d[i] + carry;
-
-        r->cut_end[i] = (uint8_t)v;
-        carry = v >> 8;
-        grew |= d[i] != 0;
-    }
-    if (borrow || carry || !grew || !key_before_end(r->cut_end, w, s->end, s->end_len))
-        return; /* no distance, or past the selector's end: the end */
-    r->cut_end_len = w;
+    if (res->more && res->n_kvs == (size_t)r->page * r->nreaders * SPLIT_ROUNDS)
+        r->cut_end_len = ar_etcd_guess_end(f->key, f->key_len, l->key, l->key_len, s->end,
+                                           s->end_len, r->cut_end, sizeof(r->cut_end));
 }
 
 static void on_split(void *arg, int status, const struct ar_etcd_result *res,

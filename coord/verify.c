@@ -50,6 +50,11 @@ struct ar_verify {
     unsigned pieces_left; /* of this round, still reading */
     unsigned requests;    /* in flight */
     bool round_more;      /* keys after this round's */
+    /* where the next round's keys-only range ends (ar_etcd_guess_end), NULL/0: the scan's end;
+     * bounded: the round in flight used it */
+    uint8_t *guess;
+    size_t guess_len;
+    bool bounded;
     bool failed;
     int status;
     struct ar_etcd_error err;
@@ -583,6 +588,7 @@ static void scan_free(struct ar_verify *v)
     ar_verify_tally_free(v->t);
     free(v->cursor);
     free(v->end);
+    free(v->guess);
     for (unsigned i = 0; i < AR_VERIFY_MAX_PARALLEL; i++) {
         free(v->pieces[i].cursor);
         free(v->pieces[i].end);
@@ -767,7 +773,14 @@ static int par_round(struct ar_verify *v)
         .revision = v->rev,
         .keys_only = true,
     };
-    int r = ar_etcd_range(v->c, &op, on_keys, v);
+    int r;
+
+    v->bounded = v->guess_len > 0;
+    if (v->bounded) {
+        op.range_end = v->guess;
+        op.range_end_len = v->guess_len;
+    }
+    r = ar_etcd_range(v->c, &op, on_keys, v);
 
     v->requests += r == 0;
     return r;
@@ -817,6 +830,29 @@ static void par_fail(struct ar_verify *v, int rc, const struct ar_etcd_error *er
         finish(v, v->status, &v->err);
 }
 
+/* The next round's range ends at a guess when this one was full (ar_etcd_guess_end: etcd 3.4
+ * walks its index to the end of every limited range). A round that reads everything up to its
+ * guess ends its last piece there and the scan goes on from it; one that finds nothing goes on
+ * to the scan's end (on_keys). 0 or -ENOMEM. */
+static int next_guess(struct ar_verify *v, const struct ar_etcd_result *res)
+{
+    const struct ar_etcd_kv *f = &res->kvs[0], *l = &res->kvs[res->n_kvs - 1];
+    size_t w = f->key_len > l->key_len ? f->key_len : l->key_len;
+    uint8_t *g;
+
+    if (!res->more || res->n_kvs < (size_t)v->parallel * v->page) {
+        v->guess_len = 0;
+        return 0;
+    }
+    if (!(g = malloc(w ? w : 1)))
+        return -ENOMEM;
+    free(v->guess);
+    v->guess = g;
+    v->guess_len =
+        ar_etcd_guess_end(f->key, f->key_len, l->key, l->key_len, v->end, v->end_len, g, w);
+    return 0;
+}
+
 static void on_keys(void *arg, int status, const struct ar_etcd_result *res,
                     const struct ar_etcd_error *err)
 {
@@ -850,6 +886,12 @@ static void on_keys(void *arg, int status, const struct ar_etcd_result *res,
         rep->revision = res->revision;
     }
     n = res->n_kvs;
+    if (!n && v->bounded) { /* nothing before the guess: on to the scan's end */
+        v->guess_len = 0;
+        if ((r = par_round(v)) < 0)
+            par_fail(v, r, NULL, "range");
+        return;
+    }
     if (!n) {
         finish(v, 0, NULL);
         return;
@@ -870,17 +912,23 @@ static void on_keys(void *arg, int status, const struct ar_etcd_result *res,
             const struct ar_etcd_kv *b = &res->kvs[n - 1];
 
             r = set_key(&p->end, &p->end_len, b->key, b->key_len, true);
+        } else if (r == 0 && v->bounded) { /* the round read everything up to the guess */
+            r = set_key(&p->end, &p->end_len, v->guess, v->guess_len, false);
         } else if (r == 0) {
             r = set_key(&p->end, &p->end_len, v->end, v->end_len, false);
         }
     }
     if (r == 0 && res->more)
         r = set_key(&v->cursor, &v->cursor_len, res->kvs[n - 1].key, res->kvs[n - 1].key_len, true);
+    else if (r == 0 && v->bounded)
+        r = set_key(&v->cursor, &v->cursor_len, v->guess, v->guess_len, false);
+    if (r == 0)
+        r = next_guess(v, res);
     if (r < 0) {
         par_fail(v, r, NULL, "cursor");
         return;
     }
-    v->round_more = res->more;
+    v->round_more = res->more || v->bounded;
     v->pieces_left = (unsigned)np;
     for (size_t j = 0; j < np; j++)
         if ((r = piece_next(&v->pieces[j])) < 0) {

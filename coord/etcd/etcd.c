@@ -71,6 +71,47 @@ size_t ar_etcd_prefix_end(const uint8_t *prefix, size_t prefix_len, uint8_t *out
     return 1;
 }
 
+/* a < b for keys; an end of "\0" is the end of the key space */
+static bool before_end(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
+{
+    int c;
+
+    if (bl == 1 && !b[0])
+        return true;
+    c = memcmp(a, b, al < bl ? al : bl);
+    return c < 0 || (c == 0 && al < bl);
+}
+
+size_t ar_etcd_guess_end(const uint8_t *first, size_t first_len, const uint8_t *last,
+                         size_t last_len, const uint8_t *end, size_t end_len, uint8_t *out,
+                         size_t cap)
+{
+    size_t w = first_len > last_len ? first_len : last_len;
+    unsigned borrow = 0, carry = 0;
+    bool grew = false;
+
+    if (w > cap)
+        return 0;
+    for (size_t i = w; i-- > 0;) { /* out = last - first */
+        unsigned lb = i < last_len ? last[i] : 0, fb = i < first_len ? first[i] : 0;
+        unsigned v = lb + 256u - fb - borrow;
+
+        out[i] = (uint8_t)v;
+        borrow = v < 256u;
+        grew |= out[i] != 0;
+    }
+    for (size_t i = w; i-- > 0;) { /* out = last + 2 * out */
+        unsigned lb = i < last_len ? last[i] : 0;
+        unsigned v = lb + 2u * out[i] + carry;
+
+        out[i] = (uint8_t)v;
+        carry = v >> 8;
+    }
+    if (borrow || carry || !grew || !before_end(out, w, end, end_len))
+        return 0;
+    return w;
+}
+
 uv_loop_t *ar_etcd_loop(struct ar_etcd *c)
 {
     return c->loop;

@@ -208,6 +208,21 @@ uint64_t ar_etcd_now_ms(void);
  * prefix_len bytes) and returns its length; "\0" (length 1) when every byte is 0xff. */
 size_t ar_etcd_prefix_end(const uint8_t *prefix, size_t prefix_len, uint8_t *out);
 
+/*
+ * etcd 3.4 walks its key index from a range's start to the range's end for every range with a
+ * limit, however few keys it returns (a count over 100,000 keys: about 80 ms). A scan that reads
+ * a big range a page at a time can end each page's range at a guess instead of the range's
+ * end: this writes last + 2 * (last - first) into out (first <= last: the first and last keys
+ * of the page just read, read as big-endian numbers of the longer one's length) and returns
+ * its length, or 0 when there is no guess to make: no distance between them, a carry out of the
+ * first byte, a guess at or past end (an end of "\0" is the end of the key space), or more than
+ * cap bytes. Only a guess: the caller must treat a short answer as "range read up to the guess"
+ * and an empty one as "go on to the real end", never as the end of its scan.
+ */
+size_t ar_etcd_guess_end(const uint8_t *first, size_t first_len, const uint8_t *last,
+                         size_t last_len, const uint8_t *end, size_t end_len, uint8_t *out,
+                         size_t cap);
+
 /* --- KV ----------------------------------------------------------------------------------- */
 
 int ar_etcd_range(struct ar_etcd *c, const struct ar_etcd_op *op, ar_etcd_cb cb, void *arg);

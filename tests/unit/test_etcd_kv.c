@@ -85,6 +85,32 @@ static void test_prefix_end(void **state)
     assert_int_equal(out[0], 0);
 }
 
+static void test_guess_end(void **state)
+{
+    uint8_t out[8];
+    const uint8_t *end0 = (const uint8_t *)"\0";
+
+    /* last + 2 * (last - first): "k05" + 2 * 4 (in the last byte) */
+    assert_int_equal(ar_etcd_guess_end(K("k01"), K("k05"), K("l"), out, sizeof(out)), 3);
+    assert_memory_equal(out, "k0=", 3);
+    /* the shorter key is read with zero bytes after it: "a" is a\0, 2 * 00 01 from a\1 */
+    assert_int_equal(ar_etcd_guess_end(K("a"), (const uint8_t *)"a\x01", 2, K("b"), out, 8), 2);
+    assert_memory_equal(out, "a\x03", 2);
+    /* carries through 0xff bytes: fe ff ee + 2 * 00 00 ed = ff 01 c8 */
+    assert_int_equal(ar_etcd_guess_end((const uint8_t *)"\xfe\xff\x01", 3,
+                                       (const uint8_t *)"\xfe\xff\xee", 3, end0, 1, out, 8),
+                     3);
+    assert_memory_equal(out, "\xff\x01\xc8", 3);
+    /* no guess: a carry out of the first byte, no distance, at or past the end, too long */
+    assert_int_equal(
+        ar_etcd_guess_end((const uint8_t *)"\x80", 1, (const uint8_t *)"\xf0", 1, end0, 1, out, 8),
+        0);
+    assert_int_equal(ar_etcd_guess_end(K("k05"), K("k05"), K("l"), out, 8), 0);
+    assert_int_equal(ar_etcd_guess_end(K("k01"), K("k05"), K("k0="), out, 8), 0);
+    assert_int_equal(ar_etcd_guess_end(K("k01"), K("k05"), K("k0>"), out, 8), 3);
+    assert_int_equal(ar_etcd_guess_end(K("k01"), K("k05"), K("l"), out, 2), 0);
+}
+
 static void test_bad_settings(void **state)
 {
     uv_loop_t loop;
@@ -855,6 +881,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_prefix_end),
+        cmocka_unit_test(test_guess_end),
         cmocka_unit_test(test_bad_settings),
         cmocka_unit_test(test_put_range_shapes),
         cmocka_unit_test(test_big_value),

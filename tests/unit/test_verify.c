@@ -646,6 +646,39 @@ static void test_parallel_pieces(void **state)
     ar_verify_report_free(one);
 }
 
+/* Rounds whose next range ends at a guess (ar_etcd_guess_end): pages of 2, 3 pieces (rounds of
+ * 6 keys). A run of 6 keys then a gap past the guess (the round finds nothing: on to the end),
+ * rounds that read everything up to their guess, a guess that carries through 0xff bytes: the
+ * pieces' report is the page-after-page scan's, every key counted once. */
+static void test_parallel_guess(void **state)
+{
+    struct batch b = {.n = 0};
+    char k[64];
+
+    for (int i = 0; i < 40; i++) {
+        if (i < 6)
+            snprintf(k, sizeof(k), "/guess/secrets/a-%03d", i);
+        else if (i < 20)
+            snprintf(k, sizeof(k), "/guess/secrets/z-%03d", i);
+        else /* fe ff 01, 04, ... then ff 01 xx */
+            snprintf(k, sizeof(k), "/guess/secrets/%s%c", i < 30 ? "\xfe\xff" : "\xff\x01",
+                     (char)(i < 30 ? 3 * (i - 20) + 0xd0 : i - 29));
+        put_plain(&b, k);
+    }
+    batch_flush(&b);
+    for (unsigned page = 1; page <= 3; page++) {
+        struct ar_verify_report *one, *par;
+
+        one = scan(&(struct ar_verify_opts){.etcd_prefix = "/guess", .page_size = page}, 0);
+        par = scan(
+            &(struct ar_verify_opts){.etcd_prefix = "/guess", .page_size = page, .parallel = 3}, 0);
+        assert_int_equal(one->objects, 40);
+        same_report(par, one);
+        ar_verify_report_free(one);
+        ar_verify_report_free(par);
+    }
+}
+
 /* Two scans of disjoint ranges at once on one client, merged: the same report as one scan. */
 static void test_parallel_merge(void **state)
 {
@@ -1006,6 +1039,7 @@ int main(void)
         cmocka_unit_test(test_tally_bounds),
         cmocka_unit_test(test_plaintext_not_on_heap),
         cmocka_unit_test(test_big),
+        cmocka_unit_test(test_parallel_guess),
     };
 
     /* as the atrest binary does: libcurl's buffers (gRPC answers) are wiped when freed */
