@@ -110,11 +110,10 @@ struct ar_reencrypt {
     uint8_t rpos[KEY_MAX + 1];
     size_t rpos_len;
     bool splitting, sel_eof;
-    /* where the next cut's range ends (a guess from the last cut, see next_cut_end); 0: the
-     * selector's end. cut_bounded: the cut in flight used it */
+    /* where the next cut's range (and the one in flight) ends: a guess from the last cut, see
+     * next_cut_end; 0: the selector's end. Only on_split changes it while a cut is out. */
     uint8_t cut_end[KEY_MAX];
     size_t cut_end_len;
-    bool cut_bounded;
     struct reader rd[MAX_READERS];
     unsigned nreaders;
     /* pieces cut by the last split and not given to a reader yet: [bound[i], bound[i + 1])
@@ -837,10 +836,6 @@ static int reader_start(struct ar_reencrypt *r, const uint8_t *start, size_t sta
     return 0;
 }
 
-/* The split: keys only, SPLIT_ROUNDS * nreaders pages of them, cut into pieces of a page;
- * readers take the pieces in key order as they become free (start_pieces). etcd 3.4 visits
- * every key to the range's end for each range with a limit, so a split over the rest of the
- * selector costs etcd time in proportion to what is left: fewer, bigger splits. */
 /* etcd 3.4 walks its index to the end of every limited range (ar_etcd_guess_end): the next
  * cut's range ends at a guess. A cut that finds fewer keys than it asked for just cuts fewer
  * pieces, one that finds none leaves the next cut to go to the selector's end (on_split).
@@ -857,6 +852,11 @@ static void next_cut_end(struct ar_reencrypt *r, const struct ar_etcd_result *re
                                            s->end_len, r->cut_end, sizeof(r->cut_end));
 }
 
+/* The split: keys only, SPLIT_ROUNDS * nreaders pages of them, cut into pieces of a page;
+ * readers take the pieces in key order as they become free (start_pieces). etcd 3.4 visits
+ * every key to the range's end for each range with a limit, so a split over the rest of the
+ * selector costs etcd time in proportion to what is left: fewer, bigger splits, each ending
+ * at a guess (next_cut_end). */
 static void on_split(void *arg, int status, const struct ar_etcd_result *res,
                      const struct ar_etcd_error *err)
 {
@@ -872,7 +872,7 @@ static void on_split(void *arg, int status, const struct ar_etcd_result *res,
         return;
     n = res->n_kvs;
     if (!n) {
-        if (r->cut_bounded)
+        if (r->cut_end_len)
             r->cut_end_len = 0; /* nothing before the guess: the next cut goes to the end */
         else
             r->sel_eof = true;
@@ -1037,8 +1037,7 @@ static void split(struct ar_reencrypt *r)
         return;
     }
     op.limit = (int64_t)r->page * r->nreaders * SPLIT_ROUNDS;
-    r->cut_bounded = r->cut_end_len > 0;
-    if (r->cut_bounded) {
+    if (r->cut_end_len) {
         op.range_end = r->cut_end;
         op.range_end_len = r->cut_end_len;
     }

@@ -23,8 +23,8 @@
  *   limit) a keys-only range cuts the next 4 * readers * page_size keys into pieces of a page,
  *   which the readers take in key order, one page request per reader in flight; the queue of
  *   batches stays in key order. The next cut is asked for while a round of pieces is left.
- *   (Few big cuts, early: etcd 3.4 walks its index to the end of the range for every range
- *   with a limit, so a cut costs it time in proportion to what is left.)
+ *   (Few big cuts, early, each ending at a guessed key, ar_etcd_guess_end: etcd 3.4 walks its
+ *   index to the end of the range for every range with a limit.)
  *   At most max_inflight txns are in flight; pages are read only when every batch read before
  *   has been sent, so at most readers * page_size + max_inflight * 128 objects are held
  *   (peak_window reports the largest number held). New values live in wiped buffers

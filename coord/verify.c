@@ -50,11 +50,10 @@ struct ar_verify {
     unsigned pieces_left; /* of this round, still reading */
     unsigned requests;    /* in flight */
     bool round_more;      /* keys after this round's */
-    /* where the next round's keys-only range ends (ar_etcd_guess_end), NULL/0: the scan's end;
-     * bounded: the round in flight used it */
+    /* where the next round's keys-only range (and the one in flight) ends: ar_etcd_guess_end;
+     * NULL/0: the scan's end. Only on_keys changes it while a round is out. */
     uint8_t *guess;
     size_t guess_len;
-    bool bounded;
     bool failed;
     int status;
     struct ar_etcd_error err;
@@ -775,8 +774,7 @@ static int par_round(struct ar_verify *v)
     };
     int r;
 
-    v->bounded = v->guess_len > 0;
-    if (v->bounded) {
+    if (v->guess_len) {
         op.range_end = v->guess;
         op.range_end_len = v->guess_len;
     }
@@ -859,6 +857,7 @@ static void on_keys(void *arg, int status, const struct ar_etcd_result *res,
     struct ar_verify *v = arg;
     struct ar_verify_report *rep;
     size_t n, np;
+    bool bounded;
     int r = 0;
 
     if (!par_back(v))
@@ -886,7 +885,8 @@ static void on_keys(void *arg, int status, const struct ar_etcd_result *res,
         rep->revision = res->revision;
     }
     n = res->n_kvs;
-    if (!n && v->bounded) { /* nothing before the guess: on to the scan's end */
+    bounded = v->guess_len > 0; /* next_guess replaces it below */
+    if (!n && bounded) {        /* nothing before the guess: on to the scan's end */
         v->guess_len = 0;
         if ((r = par_round(v)) < 0)
             par_fail(v, r, NULL, "range");
@@ -912,7 +912,7 @@ static void on_keys(void *arg, int status, const struct ar_etcd_result *res,
             const struct ar_etcd_kv *b = &res->kvs[n - 1];
 
             r = set_key(&p->end, &p->end_len, b->key, b->key_len, true);
-        } else if (r == 0 && v->bounded) { /* the round read everything up to the guess */
+        } else if (r == 0 && bounded) { /* the round read everything up to the guess */
             r = set_key(&p->end, &p->end_len, v->guess, v->guess_len, false);
         } else if (r == 0) {
             r = set_key(&p->end, &p->end_len, v->end, v->end_len, false);
@@ -920,7 +920,7 @@ static void on_keys(void *arg, int status, const struct ar_etcd_result *res,
     }
     if (r == 0 && res->more)
         r = set_key(&v->cursor, &v->cursor_len, res->kvs[n - 1].key, res->kvs[n - 1].key_len, true);
-    else if (r == 0 && v->bounded)
+    else if (r == 0 && bounded)
         r = set_key(&v->cursor, &v->cursor_len, v->guess, v->guess_len, false);
     if (r == 0)
         r = next_guess(v, res);
@@ -928,7 +928,7 @@ static void on_keys(void *arg, int status, const struct ar_etcd_result *res,
         par_fail(v, r, NULL, "cursor");
         return;
     }
-    v->round_more = res->more || v->bounded;
+    v->round_more = res->more || bounded;
     v->pieces_left = (unsigned)np;
     for (size_t j = 0; j < np; j++)
         if ((r = piece_next(&v->pieces[j])) < 0) {
