@@ -1049,6 +1049,18 @@ static void split(struct ar_reencrypt *r)
     r->splitting = true;
 }
 
+/* The reader of the first piece in key order that is still being read (NULL: none): everything
+ * after its placeholder waits for it. */
+static const struct reader *first_reader(const struct ar_reencrypt *r)
+{
+    for (const struct batch *b = r->head; b; b = b->next)
+        if (b->st == B_READING)
+            for (unsigned i = 0; i < MAX_READERS; i++)
+                if (r->rd[i].active && r->rd[i].ph == b)
+                    return &r->rd[i];
+    return NULL;
+}
+
 /* Send what may be sent, move the cursor, read on, checkpoint, finish. */
 static void pump(struct ar_reencrypt *r)
 {
@@ -1082,19 +1094,24 @@ static void pump(struct ar_reencrypt *r)
         }
     }
     advance_head(r);
-    if (r->cur_sel < r->nsel && !queued(r) &&
-        r->nbatches < 4 * (size_t)r->inflight_max + 8 + 2 * MAX_READERS && rate_ok(r)) {
-        if (pieces_left(r) && (rc = start_pieces(r)) < 0) {
+    if (r->cur_sel < r->nsel && !queued(r) && rate_ok(r)) {
+        /* the queue holds at most about this many batches, the finished ones behind the first
+         * unread piece included; that piece's reader reads on even when it is full, or the
+         * queue could never drain (a piece that grew after the cut: test_grown_piece) */
+        bool room = r->nbatches < 4 * (size_t)r->inflight_max + 8 + 2 * MAX_READERS;
+        const struct reader *first = first_reader(r);
+
+        if (room && pieces_left(r) && (rc = start_pieces(r)) < 0) {
             fail(r, rc, "re-encrypt", NULL);
             return;
         }
         /* the next split is asked for while the readers still have a round of pieces, so
          * its answer (slow on a big range with etcd 3.4) comes while they read */
-        if (!r->splitting && !r->sel_eof && pieces_left(r) <= r->nreaders &&
+        if (room && !r->splitting && !r->sel_eof && pieces_left(r) <= r->nreaders &&
             (!readers_active(r) || (r->nreaders > 1 && r->rate_limit <= 0)))
             split(r);
         for (unsigned i = 0; i < MAX_READERS && !r->finished; i++)
-            if (r->rd[i].active && !r->rd[i].inflight)
+            if (r->rd[i].active && !r->rd[i].inflight && (room || &r->rd[i] == first))
                 read_page(&r->rd[i]);
     }
     if (r->finished)

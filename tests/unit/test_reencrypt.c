@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <curl/curl.h>
@@ -167,6 +169,8 @@ static int read_obj(const struct ar_etcd_kv *kv, const char *group, const char *
         snprintf(name, nlen, "%s:%s", ar_ptype_name(r.type), r.key_name ? r.key_name : "");
     return rc;
 }
+
+#define GROW_N 200
 
 static struct ar_reencrypt_opts opts(const char *prefix, const char *const *sel, size_t n)
 {
@@ -793,6 +797,83 @@ static void test_cut_guess(void **state)
     ar_buf_free(&pt);
 }
 
+/* ---- a piece that grew after the cut -------------------------------------------------------- */
+
+static void grow_piece(void *arg, const struct ar_reencrypt_progress *p)
+{
+    bool *done = arg;
+    struct batch b = {.n = 0, .s = S2};
+    char k[64];
+
+    if (*done || !p->done)
+        return;
+    *done = true;
+    /* after the first page: GROW_N keys created inside the third piece (k-0080 .. k-0090),
+     * which no reader has read yet */
+    for (int i = 0; i < GROW_N; i++) {
+        snprintf(k, sizeof(k), "/grow/secrets/ns/k-0080-%03d", i);
+        put_obj(&b, W1, "secrets", k);
+    }
+    batch_flush(&b);
+}
+
+static void on_alarm(int sig)
+{
+    static const char m[] = "test_grown_piece: the pass stalled (no end within 60 s)\n";
+
+    (void)sig;
+    if (write(2, m, sizeof(m) - 1) < 0)
+        _exit(2);
+    _exit(1);
+}
+
+/* Pages of 4 keys, 2 readers, one txn in flight: the cut gives pieces of 4 keys, then GROW_N keys
+ * are created in an unread piece, whose reader then needs GROW_N / 4 more pages. The other
+ * reader runs ahead through the pieces after it, whose finished batches stay queued behind the
+ * grown piece (the committed cursor cannot pass it) until the queue is full: the grown piece's
+ * reader must still be let to read, or the pass waits for ever. Every object, old and new, is
+ * rewritten exactly once. */
+static void test_grown_piece(void **state)
+{
+    const char *sel[] = {"secrets"};
+    struct ar_reencrypt_opts o = opts("/grow", sel, 1);
+    struct ar_reencrypt_progress p;
+    struct ar_etcd_result *res;
+    struct batch b = {.n = 0};
+    struct ar_err err;
+    struct sigaction sa = {.sa_handler = on_alarm}, old;
+    bool done = false;
+    char k[64], name[64];
+    struct ar_buf pt = AR_BUF_INIT;
+
+    for (int i = 0; i < 400; i++) {
+        snprintf(k, sizeof(k), "/grow/secrets/ns/k-%04d", i * 10);
+        put_obj(&b, W1, "secrets", k);
+    }
+    batch_flush(&b);
+    o.page_size = 4;
+    o.readers = 2;
+    o.max_inflight = 1;
+    assert_int_equal(sigaction(SIGALRM, &sa, &old), 0);
+    alarm(60);
+    assert_int_equal(ar_reencrypt_run(S, P, &o, grow_piece, &done, 0, &p, &err), 0);
+    alarm(0);
+    sigaction(SIGALRM, &old, NULL);
+    assert_true(done);
+    assert_int_equal(p.rewritten, 400 + GROW_N);
+    assert_int_equal(p.done, 400 + GROW_N);
+    assert_int_equal(p.skipped + p.conflicts + p.failed, 0);
+    res = get_prefix("/grow/");
+    assert_int_equal(res->n_kvs, 400 + GROW_N);
+    for (size_t i = 0; i < res->n_kvs; i++) {
+        assert_int_equal(read_obj(&res->kvs[i], "", "secrets", name, sizeof(name), &pt), 0);
+        assert_string_equal(name, "aescbc:k2");
+        assert_int_equal(res->kvs[i].version, 2);
+    }
+    ar_etcd_result_free(res);
+    ar_buf_free(&pt);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -800,6 +881,7 @@ int main(void)
         cmocka_unit_test(test_wildcard),    cmocka_unit_test(test_resume),
         cmocka_unit_test(test_guard),       cmocka_unit_test(test_concurrent_writer),
         cmocka_unit_test(test_big),         cmocka_unit_test(test_cut_guess),
+        cmocka_unit_test(test_grown_piece),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
