@@ -152,6 +152,27 @@ static void load_issue(struct loader *l, struct txbuf *t)
 
 static unsigned env_unsigned(const char *name, unsigned dflt);
 
+/* CPU time (ms, user + system) of a process, from /proc/<pid>/stat; 0 when unknown */
+static uint64_t proc_cpu_ms(pid_t pid)
+{
+    char path[64], buf[1024], *p;
+    unsigned long long ut = 0, st = 0;
+    FILE *f;
+    size_t n;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    f = fopen(path, "r");
+    if (!f)
+        return 0;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    p = strrchr(buf, ')'); /* the command name may hold spaces */
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return 0;
+    return (ut + st) * 1000 / (uint64_t)sysconf(_SC_CLK_TCK);
+}
+
 static double run_loader(struct ar_etcd_sync *s, struct ar_chain *old, unsigned long n)
 {
     struct loader *l = calloc(1, sizeof(*l));
@@ -208,8 +229,23 @@ static unsigned median_round(const double *load, const double *pass, unsigned n)
 
 struct child_out {
     double rate;
-    uint64_t rewritten, peak_window, ms, range_ms, handle_ms, txn_ms, txns;
+    uint64_t rewritten, peak_window, ms, range_ms, handle_ms, txn_ms, txns, cpu_ms;
 };
+
+static uint64_t tv_ms(const struct timeval *tv)
+{
+    return (uint64_t)tv->tv_sec * 1000 + (uint64_t)tv->tv_usec / 1000;
+}
+
+/* CPU time (ms) of this process so far */
+static uint64_t self_cpu_ms(void)
+{
+    struct rusage ru;
+
+    if (getrusage(RUSAGE_SELF, &ru) < 0)
+        return 0;
+    return tv_ms(&ru.ru_utime) + tv_ms(&ru.ru_stime);
+}
 
 static int run_pass_child(const struct ar_etcd_settings *st, struct ar_chain *promote,
                           const char *ckpt_key, unsigned long n, bool idle, struct child_out *co,
@@ -273,6 +309,7 @@ static int run_pass_child(const struct ar_etcd_settings *st, struct ar_chain *pr
     if (wait4(pid, &ws, 0, &ru) != pid || !WIFEXITED(ws) || WEXITSTATUS(ws))
         return -EIO;
     *rss_mib = (double)ru.ru_maxrss / 1024.0; /* KiB on Linux */
+    co->cpu_ms = tv_ms(&ru.ru_utime) + tv_ms(&ru.ru_stime);
     return 0;
 }
 
@@ -349,6 +386,7 @@ int main(void)
     char k1[64], k2[64], y[2048];
     double load, pass, loads[MAX_ROUNDS], passes[MAX_ROUNDS], rss = 0, idle_rss = 0, ver, rng;
     unsigned rounds = env_unsigned("ROUNDS", 5), m;
+    uint64_t c0, c1, e0, e1;
     bool started = false;
     int rc = 1;
 
@@ -396,23 +434,32 @@ int main(void)
         if (i == 0 && run_pass_child(&st, promote, "/atrest/reencrypt/bench-idle", n, true, &idle,
                                      &idle_rss) < 0)
             goto out;
+        e0 = proc_cpu_ms(h.pid[0]);
+        c0 = self_cpu_ms();
         loads[i] = run_loader(s, old, n);
-        fprintf(stderr, "bench_reencrypt: round %u: loader %lu objects at %.0f/s\n", i + 1, n,
-                loads[i]);
+        c1 = self_cpu_ms();
+        e1 = proc_cpu_ms(h.pid[0]);
+        fprintf(stderr,
+                "bench_reencrypt: round %u: loader %lu objects at %.0f/s; CPU: loader %llu ms, "
+                "etcd %llu ms\n",
+                i + 1, n, loads[i], (unsigned long long)(c1 - c0), (unsigned long long)(e1 - e0));
         if (loads[i] <= 0 ||
             run_pass_child(&st, promote, "/atrest/reencrypt/bench", n, false, &co, &r) < 0)
             goto out;
+        e0 = proc_cpu_ms(h.pid[0]);
         passes[i] = co.rate;
         if (r > rss)
             rss = r;
         fprintf(stderr,
                 "bench_reencrypt: round %u: pass %llu rewritten at %.0f/s in %llu ms (ratio "
                 "%.2f), peak window %llu objects, peak RSS %.1f MiB; range requests in flight "
-                "%llu ms, values handled on the loop %llu ms, %llu txns of %.1f ms on average\n",
+                "%llu ms, values handled on the loop %llu ms, %llu txns of %.1f ms on average; "
+                "CPU: pass %llu ms, etcd %llu ms\n",
                 i + 1, (unsigned long long)co.rewritten, co.rate, (unsigned long long)co.ms,
                 co.rate / loads[i], (unsigned long long)co.peak_window, r,
                 (unsigned long long)co.range_ms, (unsigned long long)co.handle_ms,
-                (unsigned long long)co.txns, co.txns ? (double)co.txn_ms / (double)co.txns : 0.0);
+                (unsigned long long)co.txns, co.txns ? (double)co.txn_ms / (double)co.txns : 0.0,
+                (unsigned long long)co.cpu_ms, (unsigned long long)(e0 - e1));
     }
     m = median_round(loads, passes, rounds);
     load = loads[m];
