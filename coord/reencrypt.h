@@ -27,9 +27,11 @@
  *   index to the end of the range for every range with a limit.)
  *   At most max_inflight txns are in flight; pages are read only when every batch read before
  *   has been sent, so at most readers * page_size + max_inflight * 128 objects are held
- *   (peak_window reports the largest number held). New values live in wiped buffers
- *   (crypto/buf.h); plaintext is wiped after every value; the etcd client wipes the request
- *   bodies (the new values, protobuf) and the answers. Not wiped: libcurl's copy of a request
+ *   (peak_window reports the largest number held). The queue (finished batches behind the
+ *   first piece still being read included) has a bound; when it is full only that piece's
+ *   reader reads on (a piece that grew after its cut needs more than a page). New values live in
+ * wiped buffers (crypto/buf.h); plaintext is wiped after every value; the etcd client wipes the
+ * request bodies (the new values, protobuf) and the answers. Not wiped: libcurl's copy of a request
  *   body under 64 KiB (coord/etcd/etcd.c says why); the new values are ciphertext unless the
  *   write provider is identity (a rotation that turns encryption off).
  * - Checkpoint (checkpoint_key != NULL): the record
