@@ -22,14 +22,17 @@
 #define DEFAULT_CK_MS    5000u
 #define TICK_MS          20u
 #define CKPT_MAX_BYTES   4096u
-#define KEY_MAX          1400u
+#define KEY_MAX          AR_REENCRYPT_KEY_MAX
+#define KEY_CUT          (KEY_MAX - 1) /* a longer key's stand-in: its first KEY_CUT bytes */
+_Static_assert(KEY_CUT == 1399, "the errors say 1399");
 
 /* B_READING: a reader's placeholder, the end of its key range; it holds the cursor back until
  * the reader has read (and queued) everything before it. */
 enum bstate { B_READING, B_QUEUED, B_SENT, B_RETRY, B_DONE };
 
 #define MAX_READERS  8
-#define SPLIT_ROUNDS 4 /* a split cuts this many rounds of nreaders pages */
+#define SPLIT_ROUNDS 4      /* a split cuts this many rounds of nreaders pages */
+#define SPLIT_MAX    65536u /* keys in one split at most (halved while the answer is too big) */
 
 struct counts {
     uint64_t rewritten, skipped, conflicts, failed;
@@ -78,6 +81,8 @@ struct reader {
     uint8_t pos[KEY_MAX + 1], end[KEY_MAX + 1];
     size_t pos_len, end_len;
     unsigned limit;
+    uint8_t *skip; /* pos is this long key's stand-in: skip keys up to it (NULL: none) */
+    size_t skip_len;
     struct batch *prev, *ph;
     bool active, inflight;
     uint64_t sent_ms;
@@ -110,6 +115,7 @@ struct ar_reencrypt {
     uint8_t rpos[KEY_MAX + 1];
     size_t rpos_len;
     bool splitting, sel_eof;
+    size_t split_limit; /* keys a split asks for */
     /* where the next cut's range (and the one in flight) ends: a guess from the last cut, see
      * next_cut_end; 0: the selector's end. Only on_split changes it while a cut is out. */
     uint8_t cut_end[KEY_MAX];
@@ -253,6 +259,8 @@ static void engine_free(struct ar_reencrypt *r)
     ar_buf_free(&r->enc);
     free(r->bound);
     free(r->bound_len);
+    for (unsigned i = 0; i < MAX_READERS; i++)
+        free(r->rd[i].skip);
     ar_chain_unref(r->chain);
     free(r->sel);
     free(r->ckpt_key);
@@ -434,6 +442,8 @@ static int write_ckpt(struct ar_reencrypt *r)
     }
     clock_gettime(CLOCK_REALTIME, &ts);
     ck.time_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    if (r->com_cursor_len > sizeof(ck.cursor))
+        return -ENAMETOOLONG; /* not reached: advance_head cuts it */
     memcpy(ck.cursor, r->com_cursor, r->com_cursor_len);
     s = ar_reencrypt_ckpt_build(&ck, &len);
     if (!s)
@@ -512,8 +522,9 @@ static void advance_head(struct ar_reencrypt *r)
         r->com_done += b->handled;
         r->since_ckpt += b->handled;
         if (b->end_key) {
-            memcpy(r->com_cursor, b->end_key, b->end_len);
-            r->com_cursor_len = b->end_len;
+            /* a longer key: its first KEY_CUT bytes, all of which is handled too */
+            r->com_cursor_len = b->end_len < KEY_CUT ? b->end_len : KEY_CUT;
+            memcpy(r->com_cursor, b->end_key, r->com_cursor_len);
             r->com_sel = b->selector;
         }
         r->head = b->next;
@@ -730,14 +741,27 @@ static int handle_kv(struct ar_reencrypt *r, struct batch **bp, const struct ar_
     return 0;
 }
 
-static int set_after(uint8_t *dst, size_t *dlen, const uint8_t *key, size_t len)
+/* dst = the first key after key (key, then a 0 byte): true. For a key of KEY_MAX bytes or more,
+ * its first KEY_CUT bytes instead, which sort before it: false. dst holds KEY_MAX bytes. */
+static bool set_after(uint8_t *dst, size_t *dlen, const uint8_t *key, size_t len)
 {
-    if (len >= KEY_MAX)
-        return -ENAMETOOLONG;
+    if (len >= KEY_MAX) {
+        memcpy(dst, key, KEY_CUT);
+        *dlen = KEY_CUT;
+        return false;
+    }
     memcpy(dst, key, len);
-    dst[len] = 0; /* the first key after key */
+    dst[len] = 0;
     *dlen = len + 1;
-    return 0;
+    return true;
+}
+
+/* a < b, as etcd orders keys */
+static bool key_before(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
+{
+    int c = memcmp(a, b, al < bl ? al : bl);
+
+    return c < 0 || (c == 0 && al < bl);
 }
 
 static void reader_done(struct reader *rd)
@@ -753,7 +777,7 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
     struct ar_reencrypt *r = rd->r;
     struct batch *b;
     const uint8_t *prev = NULL;
-    size_t prev_len = 0;
+    size_t prev_len = 0, i0 = 0;
     uint64_t t0;
     int rc;
 
@@ -780,7 +804,18 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
         return;
     }
     t0 = uv_hrtime();
-    for (size_t i = 0; i < res->n_kvs; i++) {
+    if (rd->skip) { /* the page began at a long key's stand-in: up to that key is done */
+        while (i0 < res->n_kvs &&
+               !key_before(rd->skip, rd->skip_len, res->kvs[i0].key, res->kvs[i0].key_len))
+            i0++;
+        free(rd->skip);
+        rd->skip = NULL;
+        if (i0 == res->n_kvs && res->more) {
+            fail(r, -ENAMETOOLONG, "re-encrypt: a page of keys share their first 1399 bytes", NULL);
+            return;
+        }
+    }
+    for (size_t i = i0; i < res->n_kvs; i++) {
         if ((rc = handle_kv(r, &b, &res->kvs[i], prev, prev_len)) < 0) {
             fail(r, rc, "re-encrypt", NULL);
             return;
@@ -796,9 +831,14 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
     }
     if (!res->more || !res->n_kvs) {
         reader_done(rd);
-    } else if ((rc = set_after(rd->pos, &rd->pos_len, prev, prev_len)) < 0) {
-        fail(r, rc, "re-encrypt: key too long", NULL);
-        return;
+    } else if (!set_after(rd->pos, &rd->pos_len, prev, prev_len)) {
+        /* a long key: the next page begins at its stand-in and skips up to it */
+        if (!(rd->skip = malloc(prev_len))) {
+            fail(r, -ENOMEM, "re-encrypt", NULL);
+            return;
+        }
+        memcpy(rd->skip, prev, prev_len);
+        rd->skip_len = prev_len;
     }
     if (!progress(r))
         pump(r);
@@ -815,6 +855,7 @@ static int reader_start(struct ar_reencrypt *r, const uint8_t *start, size_t sta
             rd = &r->rd[i];
     if (!rd || start_len > KEY_MAX || end_len > KEY_MAX)
         return -EINVAL;
+    free(rd->skip);
     memset(rd, 0, sizeof(*rd));
     rd->r = r;
     memcpy(rd->pos, start, start_len);
@@ -847,7 +888,7 @@ static void next_cut_end(struct ar_reencrypt *r, const struct ar_etcd_result *re
     const struct ar_etcd_kv *f = &res->kvs[0], *l = &res->kvs[res->n_kvs - 1];
 
     r->cut_end_len = 0;
-    if (res->more && res->n_kvs == (size_t)r->page * r->nreaders * SPLIT_ROUNDS)
+    if (res->more && res->n_kvs == r->split_limit)
         r->cut_end_len = ar_etcd_guess_end(f->key, f->key_len, l->key, l->key_len, s->end,
                                            s->end_len, r->cut_end, sizeof(r->cut_end));
 }
@@ -861,13 +902,17 @@ static void on_split(void *arg, int status, const struct ar_etcd_result *res,
                      const struct ar_etcd_error *err)
 {
     struct ar_reencrypt *r = arg;
-    size_t n, per = r->page, m, keep, k;
+    size_t n, per = r->page, m, keep, k, first;
     uint8_t *nb;
     size_t *nl;
-    int rc = 0;
 
     r->pending--;
     r->splitting = false;
+    if (status == -EMSGSIZE && !r->stopped && !r->finished && r->split_limit > r->page) {
+        r->split_limit = r->split_limit / 2 > r->page ? r->split_limit / 2 : r->page;
+        pump(r); /* the same split, fewer keys */
+        return;
+    }
     if (!answered(r, status, "re-encrypt range", err))
         return;
     n = res->n_kvs;
@@ -905,28 +950,30 @@ static void on_split(void *arg, int status, const struct ar_etcd_result *res,
     r->bound_len = nl;
     r->next_piece = 0;
     /* piece i: from its first key to the next piece's first key, the last one to just after
-     * the last key */
-    for (size_t i = 1; i < m && rc == 0; i++, k++) {
+     * the last key; a long key's stand-in (set_after) when it is past the bound before, else
+     * no bound there: the pieces stay in key order and cover the range */
+    first = k - 1;
+    for (size_t i = 1; i < m; i++) {
         const struct ar_etcd_kv *kv = &res->kvs[i * per];
+        size_t l = kv->key_len < KEY_MAX ? kv->key_len : KEY_CUT;
 
-        if (kv->key_len > KEY_MAX)
-            rc = -ENAMETOOLONG;
-        else
-            memcpy(nb + k * (KEY_MAX + 1), kv->key, kv->key_len);
-        nl[k] = kv->key_len;
+        if (key_before(nb + (k - 1) * (KEY_MAX + 1), nl[k - 1], kv->key, l)) {
+            memcpy(nb + k * (KEY_MAX + 1), kv->key, l);
+            nl[k++] = l;
+        }
     }
-    if (rc == 0)
-        rc =
-            set_after(nb + k * (KEY_MAX + 1), &nl[k], res->kvs[n - 1].key, res->kvs[n - 1].key_len);
+    set_after(nb + k * (KEY_MAX + 1), &nl[k], res->kvs[n - 1].key, res->kvs[n - 1].key_len);
+    if (!key_before(nb + (k - 1) * (KEY_MAX + 1), nl[k - 1], nb + k * (KEY_MAX + 1), nl[k])) {
+        if (k - 1 == first) {
+            fail(r, -ENAMETOOLONG, "re-encrypt: a cut of keys share their first 1399 bytes", NULL);
+            return;
+        }
+        k--; /* the last piece (long keys) goes to the next cut */
+    }
     r->nbounds = k + 1;
-    if (rc == 0)
-        rc = set_after(r->rpos, &r->rpos_len, res->kvs[n - 1].key, res->kvs[n - 1].key_len);
-    if (rc == 0)
-        next_cut_end(r, res);
-    if (rc < 0) {
-        fail(r, rc, "re-encrypt", NULL);
-        return;
-    }
+    memcpy(r->rpos, nb + k * (KEY_MAX + 1), nl[k]);
+    r->rpos_len = nl[k];
+    next_cut_end(r, res);
     pump(r);
 }
 
@@ -1036,7 +1083,7 @@ static void split(struct ar_reencrypt *r)
         r->sel_eof = true;
         return;
     }
-    op.limit = (int64_t)r->page * r->nreaders * SPLIT_ROUNDS;
+    op.limit = (int64_t)r->split_limit;
     if (r->cut_end_len) {
         op.range_end = r->cut_end;
         op.range_end_len = r->cut_end_len;
@@ -1238,7 +1285,7 @@ static void on_ckpt_read(void *arg, int status, const struct ar_etcd_result *res
         struct ar_err e;
 
         if (ar_reencrypt_ckpt_parse(res->kvs[0].value, res->kvs[0].value_len, &ck) < 0 ||
-            ck.selector > r->nsel || ck.cursor_len >= KEY_MAX) {
+            ck.selector > r->nsel || ck.cursor_len > KEY_CUT) {
             ar_err_set(&e, -EBADMSG, r->ckpt_key, "re-encrypt: the checkpoint is not valid");
             finish(r, -EBADMSG, &e);
             return;
@@ -1332,6 +1379,9 @@ int ar_reencrypt_start(struct ar_etcd *c, struct ar_chain *chain, const struct a
     r->inflight_max = o->max_inflight ? o->max_inflight : DEFAULT_INFLIGHT;
     r->nreaders =
         o->readers ? (o->readers < MAX_READERS ? o->readers : MAX_READERS) : DEFAULT_READERS;
+    r->split_limit = (size_t)r->page * r->nreaders * SPLIT_ROUNDS;
+    if (r->split_limit > SPLIT_MAX)
+        r->split_limit = SPLIT_MAX;
     r->ck_every = o->checkpoint_every ? o->checkpoint_every : DEFAULT_CK_EVERY;
     r->ck_ms = o->checkpoint_ms ? o->checkpoint_ms : DEFAULT_CK_MS;
     r->rate_limit = o->rate_limit;

@@ -20,9 +20,12 @@
  *   write provider: -ENOPKG) is counted in failed and left as it is; the first one's reason is
  *   kept in first_failed (key and reason, never a value).
  * - Pages are read at the newest revision, page_size keys each. With readers > 1 (and no rate
- *   limit) a keys-only range cuts the next 4 * readers * page_size keys into pieces of a page,
+ *   limit) a keys-only range cuts the next 4 * readers * page_size keys (at most 65,536, halved
+ *   while etcd's answer is too big) into pieces of a page,
  *   which the readers take in key order, one page request per reader in flight; the queue of
  *   batches stays in key order. The next cut is asked for while a round of pieces is left.
+ *   Keys of any length: one longer than AR_REENCRYPT_KEY_MAX stands in as its first 1,399
+ *   bytes where a cursor or bound keeps it (below).
  *   (Few big cuts, early, each ending at a guessed key, ar_etcd_guess_end: etcd 3.4 walks its
  *   index to the end of the range for every range with a limit.)
  *   At most max_inflight txns are in flight; pages are read only when every batch read before
@@ -63,6 +66,11 @@
 #define AR_REENCRYPT_MAX_OPS       128
 #define AR_REENCRYPT_MAX_BODY      (1u << 20) /* request body budget of one txn */
 #define AR_REENCRYPT_MAX_SELECTORS 64
+/* Keys are kept exactly up to this length as cursors and bounds. A longer key (Kubernetes does
+ * not limit the length of every name: RBAC names are path segments) is cut to its first
+ * AR_REENCRYPT_KEY_MAX - 1 bytes there, which sorts before it: a cursor that says a little
+ * less than was done (a resumed pass reads that key again), a bound a little earlier. */
+#define AR_REENCRYPT_KEY_MAX 1400
 
 struct ar_reencrypt_opts {
     const char *etcd_prefix;      /* "/registry" (NULL: the same) */
@@ -129,7 +137,7 @@ int ar_reencrypt_run(struct ar_etcd_sync *s, struct ar_chain *chain,
 /* The checkpoint record (untrusted bytes: fuzz/fuzz_reencrypt.c). */
 struct ar_reencrypt_ckpt {
     size_t selector;
-    uint8_t cursor[1024];
+    uint8_t cursor[AR_REENCRYPT_KEY_MAX - 1];
     size_t cursor_len;
     uint64_t done, rewritten, skipped, conflicts, failed, total, time_ms;
 };

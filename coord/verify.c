@@ -611,6 +611,7 @@ static void finish(struct ar_verify *v, int status, const struct ar_etcd_error *
     }
     if (v->parallel > 1) /* met in no particular order: listed in key order */
         qsort(rep->bad, rep->n_bad, sizeof(rep->bad[0]), cmp_bad);
+    v->in_cb = true; /* a stop from done (not allowed) frees nothing twice: freed here */
     v->done_cb(v->arg, status, rep, err);
     scan_free(v);
 }
