@@ -121,6 +121,10 @@ struct ar_rotation {
     char reenc_for[AR_RECORD_ID_LEN];
     bool reenc_done;
     int reenc_status;
+    unsigned reenc_fails; /* failed passes in a row: the next waits 1 s << fails, up to 30 s */
+    char reenc_err[256];  /* the last failure's message */
+    int verify_status;    /* the last scan's, 0: none failed */
+    char verify_err[256];
     struct ar_reencrypt_progress reenc_prog;
     /* a new write key that is a KMS provider: no direct re-encrypt (why; "" none) */
     char kms_for[AR_RECORD_ID_LEN];
@@ -980,7 +984,8 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
                  "on the leader)",
                  reenc_mode_name(reenc_mode(r, NULL)));
         else if (r->reenc_status < 0 && !strcmp(r->reenc_for, rec->id))
-            whyf(why, n, "re-encrypt failed (%s): trying again", strerror(-r->reenc_status));
+            whyf(why, n, "re-encrypt failed (%s): trying again",
+                 r->reenc_err[0] ? r->reenc_err : strerror(-r->reenc_status));
         else
             whyf(why, n, "re-encrypting: %llu of %llu done", (unsigned long long)r->reenc_prog.done,
                  (unsigned long long)r->reenc_prog.total);
@@ -998,7 +1003,9 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
             if (r->kms_why[0] && !strcmp(r->kms_for, rec->id) &&
                 reenc_mode(r, NULL) == AR_NODE_REENC_ETCD)
                 appendf(why, n, " (%s)", r->kms_why);
-        } else
+        } else if (r->verify_status < 0 && !strcmp(r->verify_for, rec->id))
+            whyf(why, n, "verify failed (%s): scanning again", r->verify_err);
+        else
             whyf(why, n, "verifying that nothing is stored under the keys prune drops");
         return A_VERIFY;
     }
@@ -1198,6 +1205,8 @@ static void verify_clear(struct ar_rotation *r, const char *id)
     snprintf(r->verify_for, sizeof(r->verify_for), "%s", id);
     r->verify_passed = r->verify_ran = false;
     r->verify_under_drops = r->verify_undecryptable = 0;
+    r->verify_status = 0;
+    r->verify_err[0] = '\0';
     r->nfirst = 0;
     json_decref(r->verify_counts);
     r->verify_counts = NULL;
@@ -1217,6 +1226,7 @@ static void on_verify(void *arg, int status, struct ar_verify_report *rep,
 {
     struct ar_rotation *r = arg;
     char name[AR_VERIFY_NAME_MAX];
+    struct ar_chain *to = NULL;
 
     r->pending--;
     r->verify = NULL;
@@ -1226,10 +1236,18 @@ static void on_verify(void *arg, int status, struct ar_verify_report *rep,
         return;
     }
     r->verify_next_mono = ar_etcd_now_ms() + r->verify_retry_ms;
+    if (status < 0) { /* said in the status; again after verify_retry_ms like any scan */
+        r->verify_status = status;
+        snprintf(r->verify_err, sizeof(r->verify_err), "%s",
+                 err && err->msg[0] ? err->msg : strerror(-status));
+    }
     if (status < 0 || !r->plan || strcmp(r->verify_for, r->id)) {
         ar_verify_report_free(rep);
         return;
     }
+    r->verify_status = 0;
+    if (ar_chain_new(r->plan->to, &to) < 0)
+        to = NULL; /* every known object counts: verify does not pass */
     r->verify_ran = true;
     r->verify_under_drops = 0;
     r->verify_undecryptable = rep->undecryptable;
@@ -1247,9 +1265,19 @@ static void on_verify(void *arg, int status, struct ar_verify_report *rep,
             json_object_set_new(r->verify_counts, res, o);
         else
             json_decref(o);
-        if (!row->known)
+        if (row->known) {
+            /* S2 once `to` is the config: what its providers for this resource cannot read
+             * (a key dropped for one resource may stay for another) */
+            r->verify_under_drops += to ? ar_verify_unreadable(row, to) : row->total;
             continue;
+        }
+        /* a resource atrest cannot name (the re-encrypt pass does not rewrite it either):
+         * anything under a key `to` drops anywhere, or in an "(other)" entry, counts; plaintext
+         * does not (which rule kube-apiserver gives it is not known here) */
+        r->verify_under_drops += ar_verify_count(row, "(other)");
         for (size_t k = 0; k < r->plan->ndrops; k++) {
+            if (r->plan->drops[k].type == AR_P_IDENTITY)
+                continue;
             drop_entry(&r->plan->drops[k], name, sizeof(name));
             if (r->plan->drops[k].type == AR_P_KMS) {
                 size_t l = strlen(name); /* v2 entries carry ":<keyID>" */
@@ -1267,6 +1295,7 @@ static void on_verify(void *arg, int status, struct ar_verify_report *rep,
                  rep->bad[i].key, rep->bad[i].reason);
     r->verify_passed = !r->verify_under_drops && !r->verify_undecryptable;
     ar_verify_report_free(rep);
+    ar_chain_unref(to);
     read_all(r);
 }
 
@@ -1281,14 +1310,19 @@ static void leader_verify(struct ar_rotation *r)
         return;
     if (strcmp(r->verify_for, rec->id))
         verify_clear(r, rec->id);
-    if (r->verify_ran && ar_etcd_now_ms() < r->verify_next_mono)
+    if ((r->verify_ran || r->verify_status < 0) && ar_etcd_now_ms() < r->verify_next_mono)
         return;
     rc = ar_chain_new(r->plan->phases[rec->index].config, &chain);
     if (rc == 0)
         rc = ar_verify_start(r->etcd, chain, &o, NULL, on_verify, r, &r->verify);
     ar_chain_unref(chain);
-    if (rc == 0)
+    if (rc == 0) {
         r->pending++;
+    } else { /* said in the status, tried again after verify_retry_ms */
+        r->verify_status = rc;
+        snprintf(r->verify_err, sizeof(r->verify_err), "%s", strerror(-rc));
+        r->verify_next_mono = ar_etcd_now_ms() + r->verify_retry_ms;
+    }
 }
 
 static void on_reenc_progress(void *arg, const struct ar_reencrypt_progress *p)
@@ -1313,8 +1347,20 @@ static void on_reenc_done(void *arg, int status, const struct ar_reencrypt_progr
         r->reenc_prog = *p;
     r->reenc_status = status;
     r->reenc_done = status == 0;
-    /* a pass through the API server that failed (server down, list expired): once a second */
-    r->reenc_retry_ms = status < 0 ? ar_etcd_now_ms() + 1000 : 0;
+    /* a pass that failed (etcd or the API server down, a checkpoint that is not valid, no
+     * permission): again after 1, 2, 4 .. 30 s, never in a loop */
+    if (status < 0) {
+        unsigned f = r->reenc_fails < 5 ? r->reenc_fails : 5;
+
+        r->reenc_fails++;
+        r->reenc_retry_ms = ar_etcd_now_ms() + ((1000u << f) < 30000u ? (1000u << f) : 30000u);
+        snprintf(r->reenc_err, sizeof(r->reenc_err), "%s",
+                 err && err->msg[0] ? err->msg : strerror(-status));
+    } else {
+        r->reenc_fails = 0;
+        r->reenc_retry_ms = 0;
+        r->reenc_err[0] = '\0';
+    }
     read_all(r);
 }
 
@@ -1339,9 +1385,11 @@ static void leader_reencrypt(struct ar_rotation *r)
         r->reenc_status = 0;
         memset(&r->reenc_prog, 0, sizeof(r->reenc_prog));
         r->reenc_retry_ms = 0;
+        r->reenc_fails = 0;
+        r->reenc_err[0] = '\0';
     }
     mode = reenc_mode(r, &rate);
-    if (mode != AR_NODE_REENC_ETCD && ar_etcd_now_ms() < r->reenc_retry_ms)
+    if (ar_etcd_now_ms() < r->reenc_retry_ms)
         return;
     if (mode != AR_NODE_REENC_ETCD) {
         struct ar_node_reenc_req req = {.rotation_id = rec->id,

@@ -297,6 +297,49 @@ static void provider_name(char *dst, size_t dlen, enum ar_ptype t, const char *n
     fmt(dst, dlen, "%s:%s", ar_ptype_name(t), esc);
 }
 
+/* Does a provider of pl read what entry names? */
+static bool entry_readable(const struct ar_plist *pl, const char *entry)
+{
+    char name[AR_VERIFY_NAME_MAX];
+
+    if (!pl->n) /* no rule: kube-apiserver stores and reads such a resource as it is */
+        return !strcmp(entry, "identity");
+    for (size_t i = 0; i < pl->n; i++) {
+        const struct ar_provider *p = pl->v[i];
+
+        if (p->type == AR_P_IDENTITY) {
+            if (!strcmp(entry, "identity"))
+                return true;
+        } else if (p->type == AR_P_KMS) {
+            size_t l;
+
+            provider_name(name, sizeof(name), p->type, p->kms.name);
+            l = strlen(name); /* v2 entries carry ":<keyID>": the plugin's business */
+            if (!strncmp(entry, name, l) && (entry[l] == '\0' || entry[l] == ':'))
+                return true;
+        } else {
+            for (size_t k = 0; k < p->nkeys; k++) {
+                provider_name(name, sizeof(name), p->type, p->keys[k].name);
+                if (!strcmp(entry, name))
+                    return true;
+            }
+        }
+    }
+    return false;
+}
+
+uint64_t ar_verify_unreadable(const struct ar_verify_row *row, const struct ar_chain *to)
+{
+    struct ar_plist pl;
+    uint64_t n = 0;
+
+    ar_chain_lookup(to, row->group, row->resource, &pl);
+    for (size_t e = 0; e < row->n; e++)
+        if (!entry_readable(&pl, row->v[e].name))
+            n += row->v[e].n;
+    return n;
+}
+
 static void kmsv2_name(char *dst, size_t dlen, const char *provider, const struct ar_kmsv2_span *id)
 {
     char p[AR_VERIFY_NAME_MAX / 2], k[AR_VERIFY_NAME_MAX / 2];

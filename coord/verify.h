@@ -173,5 +173,10 @@ const struct ar_verify_row *ar_verify_find_row(const struct ar_verify_report *r,
 uint64_t ar_verify_count(const struct ar_verify_row *row, const char *name);
 /* Objects of a known row not under its write entry (what prune needs to be 0). */
 uint64_t ar_verify_not_write(const struct ar_verify_row *row);
+/* Objects of a known row that chain `to` cannot read (S2 once `to` is the config): those of
+ * the entries whose provider/key is not in to's provider list for the row's resource ("identity"
+ * needs identity there; "kms:<name>[:<keyID>]" the KMS provider <name>; an "(other)" entry
+ * always counts, its names are not known). */
+uint64_t ar_verify_unreadable(const struct ar_verify_row *row, const struct ar_chain *to);
 
 #endif

@@ -48,7 +48,7 @@ static uv_loop_t LOOP;
 
 /* ---- the re-encrypt engine, faked here (the linker takes these before the library's) ------ */
 
-static int g_reenc_mode; /* 0: not built (-ENOSYS), 1: completes at once with 7 objects */
+static int g_reenc_mode; /* 0: not built (-ENOSYS), 1: completes at once with 7 objects, 2: fails */
 static int g_reenc_runs;
 static uv_timer_t g_reenc_timer;
 static ar_reencrypt_done_cb g_reenc_done;
@@ -57,6 +57,13 @@ static void *g_reenc_arg;
 static void reenc_fire(uv_timer_t *t)
 {
     struct ar_reencrypt_progress p = {.done = 7, .total = 7, .eta_s = 0};
+    struct ar_err e;
+
+    if (g_reenc_mode == 2) { /* fails every time, as a pass without etcd permissions would */
+        ar_err_set(&e, -EACCES, "/reg", "etcdserver: permission denied");
+        g_reenc_done(g_reenc_arg, -EACCES, &p, &e);
+        return;
+    }
     g_reenc_done(g_reenc_arg, 0, &p, NULL);
 }
 
@@ -100,8 +107,16 @@ static void gen_keys(struct keys *k)
     sodium_memzero(b, sizeof(b));
 }
 
-/* names: "k1", "k2", "k2,k1", "k1,k2" */
+static struct ar_config *cfg_id(const struct keys *k, const char *names, bool identity);
+
+/* names: "k1", "k2", "k2,k1", "k1,k2"; identity last */
 static struct ar_config *cfg(const struct keys *k, const char *names)
+{
+    return cfg_id(k, names, true);
+}
+
+/* the same, with identity last or not */
+static struct ar_config *cfg_id(const struct keys *k, const char *names, bool identity)
 {
     struct ar_load_opts lo = {.reload = true};
     struct ar_config *c = NULL;
@@ -130,9 +145,9 @@ static struct ar_config *cfg(const struct keys *k, const char *names)
                  "      - aescbc:\n"
                  "          keys:\n"
                  "%s"
-                 "      - identity: {}\n",
-                 list);
-    snprintf(tmp, sizeof(tmp), "%s.yaml", names);
+                 "%s",
+                 list, identity ? "      - identity: {}\n" : "");
+    snprintf(tmp, sizeof(tmp), "%s%s.yaml", names, identity ? "" : "-noid");
     ar_diags_init(&d);
     assert_int_equal(ar_config_load_mem(tmp, y, (size_t)n, &lo, &c, &d), 0);
     ar_diags_free(&d);
@@ -571,6 +586,18 @@ static void seed_secret(const char *key, struct ar_config *c)
     ar_chain_unref(ch);
 }
 
+static void seed_plain(const char *key)
+{
+    static const char plain[] = "k8s\x00plain-bytes";
+    struct ar_etcd_op op = {.type = AR_ETCD_PUT,
+                            .key = (const uint8_t *)key,
+                            .key_len = strlen(key),
+                            .value = (const uint8_t *)plain,
+                            .value_len = sizeof(plain) - 1};
+
+    assert_int_equal(ar_etcd_sync_put(S, &op, NULL, NULL), 0);
+}
+
 /* ---- tests -------------------------------------------------------------------------------- */
 
 /* New key, old dropped: stage, promote, reencrypt, verify (waits while an object is under
@@ -649,6 +676,71 @@ static void test_full_rotation(void **state)
         assert_null(A[i].sfrom);                          /* saved copies forgotten */
     }
     assert_true(A[0].transitions >= 6); /* created, 4 advances, done */
+    teardown_agents();
+    ar_config_unref(from);
+    ar_config_unref(to);
+}
+
+/* identity dropped for secrets only (from [aescbc key1, identity] to [aescbc key1]): verify
+ * holds prune for what `to` cannot read, per resource. A plaintext secret holds it until it is
+ * rewritten; plaintext configmaps (no rule: read as they are) never do. (Verify summed every
+ * dropped name over every resource, so the configmap held the rotation for ever.) */
+static void test_verify_per_resource(void **state)
+{
+    struct keys k;
+    struct ar_config *from, *to;
+    struct ar_rotation_rec rec;
+    char key[128], buf[1024];
+
+    gen_keys(&k);
+    from = cfg(&k, "k1");
+    to = cfg_id(&k, "k1", false);
+    g_reenc_mode = 1;
+    g_reenc_runs = 0;
+    g_regprefix = "/reg19";
+    seed_secret("/reg19/secrets/default/s1", from); /* under key1: `to` reads it */
+    seed_plain("/reg19/configmaps/default/c1");
+    seed_plain("/reg19/configmaps/default/c2");
+    seed_plain("/reg19/secrets/default/p1"); /* `to` cannot read it */
+    setup_agents("/t19/", from, to, now_ms() - 5000);
+
+    assert_true(run_until(why_has, "/t19/", "1 objects under keys prune would drop", 15000));
+    assert_true(record("/t19/", &rec));
+    etcd_harness_run_for(&LOOP, 600);
+    assert_true(at_phase("/t19/", "verify"));
+    seed_secret("/reg19/secrets/default/p1", from); /* rewritten, as re-encrypt would */
+    assert_true(run_until(no_record, "/t19/", NULL, 10000));
+    snprintf(key, sizeof(key), "/t19/history/%s", rec.id);
+    assert_true(get_kv(key, buf, sizeof(buf)));
+    assert_non_null(strstr(buf, "\"result\":\"done\""));
+    teardown_agents();
+    ar_config_unref(from);
+    ar_config_unref(to);
+}
+
+/* A pass that fails every time is started again after 1, 2, 4 .. s, never in a loop, and the
+ * status says why (it was started again at once, as fast as etcd answered). */
+static void test_reencrypt_failing_backs_off(void **state)
+{
+    struct keys k;
+    struct ar_config *from, *to;
+
+    gen_keys(&k);
+    from = cfg(&k, "k1");
+    to = cfg(&k, "k2,k1");
+    g_reenc_mode = 2;
+    g_reenc_runs = 0;
+    g_regprefix = "/reg20";
+    setup_agents("/t20/", from, to, now_ms() - 5000);
+    assert_true(run_until(at_phase, "/t20/", "reencrypt", 10000));
+    assert_true(
+        run_until(why_has, "/t20/", "re-encrypt failed (etcdserver: permission denied)", 5000));
+    etcd_harness_run_for(&LOOP, 3500);
+    /* started at t, t + 1 s, t + 3 s (and perhaps t + 7 s): not hundreds of times */
+    assert_true(g_reenc_runs >= 2 && g_reenc_runs <= 4);
+    assert_true(at_phase("/t20/", "reencrypt"));
+    g_reenc_mode = 1; /* the cause is fixed: the next try goes through */
+    assert_true(run_until(at_phase, "/t20/", "verify", 10000));
     teardown_agents();
     ar_config_unref(from);
     ar_config_unref(to);
@@ -1152,6 +1244,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_rotation),
+        cmocka_unit_test(test_verify_per_resource),
+        cmocka_unit_test(test_reencrypt_failing_backs_off),
         cmocka_unit_test(test_reencrypt_missing_and_abort_refused),
         cmocka_unit_test(test_reencrypt_kms_goes_to_verify),
         cmocka_unit_test(test_reencrypt_api_mode_with_kms),
