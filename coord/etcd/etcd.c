@@ -853,15 +853,21 @@ int ar_etcd_decode_result(const struct ar_xfer *x, enum ar_etcd_op_type type,
     return 0;
 }
 
+static unsigned hex_val(char c)
+{
+    return c <= '9' ? (unsigned)(c - '0') : (unsigned)(tolower((unsigned char)c) - 'a' + 10);
+}
+
+/* s need not be NUL-terminated: nothing past s[n - 1] is read (sscanf would scan on) */
 void ar_grpc_msg_decode(const char *s, size_t n, char *out, size_t cap)
 {
     size_t o = 0;
 
     for (size_t i = 0; i < n && o + 1 < cap; i++) {
-        unsigned v;
+        if (s[i] == '%' && i + 2 < n && isxdigit((unsigned char)s[i + 1]) &&
+            isxdigit((unsigned char)s[i + 2])) {
+            unsigned v = hex_val(s[i + 1]) << 4 | hex_val(s[i + 2]);
 
-        if (s[i] == '%' && i + 2 < n && sscanf(s + i + 1, "%2x", &v) == 1 &&
-            isxdigit((unsigned char)s[i + 1]) && isxdigit((unsigned char)s[i + 2])) {
             out[o++] = v >= 0x20 && v != 0x7f ? (char)v : '?';
             i += 2;
         } else {

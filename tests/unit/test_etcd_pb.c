@@ -13,6 +13,8 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <curl/curl.h>
 
 #include "coord/etcd/etcd_int.h"
@@ -321,6 +323,22 @@ static void test_status_lines(void **state)
     assert_int_equal(x.grpc_status, 1000);
     ar_grpc_msg_decode("abc%41", 6, out, 4);
     assert_string_equal(out, "abc");
+    ar_grpc_msg_decode("%4a%4A%4", 8, out, sizeof(out));
+    assert_string_equal(out, "JJ%4");
+    {
+        /* the message right before a page nobody may read, no NUL after it: decoding reads
+         * nothing past its n bytes (sscanf("%2x") scanned on to a NUL: SIGSEGV here) */
+        long pg = sysconf(_SC_PAGESIZE);
+        char *m =
+            mmap(NULL, (size_t)pg * 2, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+        assert_true(m != MAP_FAILED);
+        assert_int_equal(mprotect(m + pg, (size_t)pg, PROT_NONE), 0);
+        memcpy(m + pg - 4, "x%41", 4);
+        ar_grpc_msg_decode(m + pg - 4, 4, out, sizeof(out));
+        assert_string_equal(out, "xA");
+        munmap(m, (size_t)pg * 2);
+    }
 }
 
 /* ---- gRPC and the gateway agree, on a real etcd --------------------------------------------- */
