@@ -450,15 +450,18 @@ static size_t write_cb(char *p, size_t size, size_t nmemb, void *ud)
             return CURL_WRITEFUNC_ERROR;
         if (x->resp) {
             memcpy(np, x->resp, x->resp_len);
-            sodium_memzero(x->resp, x->resp_cap);
+            sodium_memzero(x->resp, x->resp_hw);
             free(x->resp);
         }
         x->resp = np;
         x->resp_cap = cap;
+        x->resp_hw = x->resp_len;
     }
     memcpy(x->resp + x->resp_len, p, n);
     x->resp_len += n;
     x->resp[x->resp_len] = 0;
+    if (x->resp_len + 1 > x->resp_hw)
+        x->resp_hw = x->resp_len + 1;
     kick_later(x);
     return n;
 }
@@ -532,8 +535,11 @@ int ar_xfer_start(struct ar_etcd *c, struct ar_xfer *x, const char *path, bool h
     x->resp_len = 0;
     x->resp_too_big = false;
     x->errbuf[0] = 0;
-    if (x->resp)
+    if (x->resp) {
         x->resp[0] = 0;
+        if (!x->resp_hw)
+            x->resp_hw = 1;
+    }
     snprintf(url, sizeof(url), "%s%s", c->endpoints[x->ep], path);
     h = pool_get(c);
     if (!h)
@@ -644,11 +650,11 @@ void ar_xfer_release(struct ar_xfer *x)
     x->body = NULL;
     x->body_locked = false;
     if (x->resp) {
-        sodium_memzero(x->resp, x->resp_cap);
+        sodium_memzero(x->resp, x->resp_hw);
         free(x->resp);
         x->resp = NULL;
     }
-    x->resp_cap = x->resp_len = 0;
+    x->resp_cap = x->resp_len = x->resp_hw = 0;
 }
 
 void ar_xfer_mark_dirty(struct ar_xfer *x)

@@ -62,6 +62,8 @@ struct ar_xfer {
     bool body_locked; /* body is sodium_malloc'd (holds the password): sodium_free */
     char *resp;       /* unary response, NUL-terminated, owned */
     size_t resp_len, resp_cap;
+    size_t resp_hw; /* bytes of resp ever written (what is wiped): a capacity sized from an
+                       untrusted length prefix is never touched beyond what came */
     bool resp_too_big;
     size_t ep; /* endpoint index */
     bool active;
