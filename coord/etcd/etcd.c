@@ -673,6 +673,7 @@ struct req {
     const char *path;
     enum ar_etcd_op_type type;
     bool idempotent, has_leader, is_auth, auth_retried, grant, txn;
+    bool submitting; /* in the call that made it: a failure is reported from the loop */
     ar_etcd_cb cb;
     void *arg;
     uint64_t deadline;
@@ -711,6 +712,13 @@ static void req_finish(struct req *r, int status, struct ar_etcd_result *res,
     req_free(r);
 }
 
+static void on_deferred_fail(uv_timer_t *t)
+{
+    struct req *r = t->data;
+
+    req_finish(r, r->last_err.code, NULL, &r->last_err);
+}
+
 static void req_fail(struct req *r, int status, const struct ar_etcd_error *err)
 {
     struct ar_etcd_error e;
@@ -718,6 +726,18 @@ static void req_fail(struct req *r, int status, const struct ar_etcd_error *err)
     if (!err || !err->code) {
         ar_etcd_set_error(&e, status, r->c->endpoints[r->x.ep], "%s", strerror(-status));
         err = &e;
+    }
+    if (r->submitting) { /* inside the call that made it: the callback comes later (etcd.h) */
+        r->last_err = *err;
+        r->last_err.code = status;
+        if (!r->backoff && (r->backoff = malloc(sizeof(*r->backoff)))) {
+            uv_timer_init(r->c->loop, r->backoff);
+            r->backoff->data = r;
+        }
+        if (r->backoff) {
+            uv_timer_start(r->backoff, on_deferred_fail, 0, 0);
+            return;
+        }
     }
     req_finish(r, status, NULL, err);
 }
@@ -1082,7 +1102,9 @@ static int submit_body(struct ar_etcd *c, const char *path, enum ar_etcd_op_type
     r->grant = flags & GRANT;
     r->txn = flags & TXN;
     r->x.grpc = flags & GRPC;
-    req_submit(r);
+    r->submitting = true;
+    req_submit(r); /* r lives on: a failure in here is reported from the loop */
+    r->submitting = false;
     return 0;
 }
 

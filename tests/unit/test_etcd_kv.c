@@ -455,6 +455,50 @@ static void test_connection_refused(void **state)
     ar_etcd_sync_free(s);
 }
 
+struct late {
+    bool returned, called, called_before_return;
+    int status;
+    char msg[256];
+};
+
+static void late_cb(void *arg, int status, const struct ar_etcd_result *res,
+                    const struct ar_etcd_error *err)
+{
+    struct late *l = arg;
+
+    (void)res;
+    l->called = true;
+    l->called_before_return = !l->returned;
+    l->status = status;
+    snprintf(l->msg, sizeof(l->msg), "%s", err ? err->msg : "");
+}
+
+/* A request that fails before anything is sent (a password that is not UTF-8: authentication
+ * cannot even be asked for) still answers from the loop, after ar_etcd_range returned 0, as
+ * etcd.h says (it answered inside the call, before the caller had counted it in flight). */
+static void test_fail_at_once_answers_later(void **state)
+{
+    struct ar_etcd_settings st = {.endpoints = {"http://127.0.0.1:1"},
+                                  .n_endpoints = 1,
+                                  .request_timeout_ms = 600,
+                                  .username = "u",
+                                  .password = "p\xff"};
+    struct ar_etcd_sync *s = NULL;
+    struct ar_etcd_op op = {.key = K("x")};
+    struct late l = {0};
+
+    assert_int_equal(ar_etcd_sync_new(&st, &s), 0);
+    assert_int_equal(ar_etcd_range(ar_etcd_sync_client(s), &op, late_cb, &l), 0);
+    l.returned = true;
+    for (int i = 0; i < 100 && !l.called; i++)
+        ar_etcd_sync_run_for(s, 10);
+    assert_true(l.called);
+    assert_false(l.called_before_return);
+    assert_int_equal(l.status, -EINVAL);
+    assert_non_null(strstr(l.msg, "not UTF-8"));
+    ar_etcd_sync_free(s);
+}
+
 /* --- leases ------------------------------------------------------------------------------- */
 
 static void test_lease_grant_ttl_revoke(void **state)
@@ -889,6 +933,7 @@ int main(void)
         cmocka_unit_test(test_txn),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_connection_refused),
+        cmocka_unit_test(test_fail_at_once_answers_later),
         cmocka_unit_test(test_lease_grant_ttl_revoke),
         cmocka_unit_test(test_keepalive),
         cmocka_unit_test(test_iterate_10k),
