@@ -589,10 +589,11 @@ static void on_ack_put(void *arg, int status, const struct ar_etcd_result *res,
         maybe_free(r);
         return;
     }
-    if (status < 0)
+    if (status < 0) {
         whyf(r->merr, sizeof(r->merr), "cannot put the ack: %s",
              err && err->msg[0] ? err->msg : strerror(-status));
-    else if (res->succeeded) {
+        member_backoff(r); /* the next try applies and proves again: not in a loop */
+    } else if (res->succeeded) {
         r->lasterr[0] = '\0';
         r->retry_ms = 0;
         r->retry_mono = 0;
