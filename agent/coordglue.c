@@ -162,6 +162,26 @@ void ar_coord_publish(struct agent *a)
     ar_rotation_poke(co->rotation);
 }
 
+const char *ar_coord_first_install_wait(struct agent *a, char *buf, size_t n)
+{
+    struct coord *co = a->coord;
+    bool known = co && co->rotation && ar_rotation_known(co->rotation);
+
+    if (known && ar_rotation_active(co->rotation)) {
+        snprintf(buf, n,
+                 "the first install waits for the running rotation to end (phase %s): the "
+                 "other API servers do not use the desired config yet",
+                 ar_rotation_phase(co->rotation));
+        return buf;
+    }
+    if (!known && !a->first_look_over) {
+        snprintf(buf, n, "the first install waits for etcd (is a rotation running?), at most %u s",
+                 AR_FIRST_LOOK_MS / 1000);
+        return buf;
+    }
+    return NULL;
+}
+
 void ar_coord_desired_changed(struct agent *a)
 {
     ar_coord_publish(a);
@@ -201,6 +221,8 @@ static void on_rotation_status(void *arg)
 
     if (!co || !co->rotation)
         return;
+    if (a->first_install_waits)
+        ar_agent_first_install(a);
     ar_coord_publish(a); /* this member's error travels in its report (sent only on change) */
     phase = ar_rotation_phase(co->rotation);
     if (strcmp(phase, co->rot_phase)) {

@@ -303,6 +303,21 @@ static void on_retry(uv_timer_t *t)
     reload_desired(t->data, true, "retry");
 }
 
+static void on_first_look(uv_timer_t *t)
+{
+    struct agent *a = t->data;
+
+    a->first_look_over = true; /* etcd did not answer in time: install as without a rotation */
+    if (a->first_install_waits)
+        reload_desired(a, true, "first install");
+}
+
+void ar_agent_first_install(struct agent *a)
+{
+    if (a->first_install_waits && !a->stopping) /* from the loop, not inside the caller */
+        uv_timer_start(&a->retry, on_retry, 0, 0);
+}
+
 /* The watch calls back only when the desired file changes, so a valid config that could not be
  * applied (ENOSPC, the effective file's directory missing, ...) is tried again with backoff
  * until it is applied or replaced. */
@@ -398,6 +413,25 @@ static void reload_desired(struct agent *a, bool force, const char *why)
         log_info("desired: the rotation decides when to apply it (etcd configured)");
         ar_coord_desired_changed(a);
         goto out;
+    }
+    if (a->set.n_etcd_endpoints) { /* a first install: not while a rotation runs */
+        const char *wait = ar_coord_first_install_wait(a, err, sizeof(err));
+
+        if (wait) {
+            if (strcmp(wait, a->first_wait_why))
+                log_info("desired: %s", wait);
+            snprintf(a->first_wait_why, sizeof(a->first_wait_why), "%s", wait);
+            if (!a->first_install_waits && !a->first_look_over)
+                uv_timer_start(&a->first_look, on_first_look, AR_FIRST_LOOK_MS, 0);
+            a->first_install_waits = true;
+            ar_state_set_str(&a->st.node_waiting, wait);
+            err[0] = '\0';
+            goto out;
+        }
+        if (a->first_install_waits)
+            ar_state_set_str(&a->st.node_waiting, NULL);
+        a->first_install_waits = false;
+        a->first_wait_why[0] = '\0';
     }
     r = a->node ? ar_node_desired(a->node, cfg) : -ESHUTDOWN; /* node_report tells */
     if (r < 0) {
@@ -768,6 +802,7 @@ static void close_all(struct agent *a)
         uv_close((uv_handle_t *)&a->heartbeat, NULL);
         uv_close((uv_handle_t *)&a->watchdog, NULL);
         uv_close((uv_handle_t *)&a->retry, NULL);
+        uv_close((uv_handle_t *)&a->first_look, NULL);
     }
 }
 
@@ -809,8 +844,9 @@ static int agent_init_loop(struct agent *a)
     uv_timer_init(&a->loop, &a->heartbeat);
     uv_timer_init(&a->loop, &a->watchdog);
     uv_timer_init(&a->loop, &a->retry);
+    uv_timer_init(&a->loop, &a->first_look);
     a->sig_hup.data = a->sig_term.data = a->sig_int.data = a;
-    a->heartbeat.data = a->watchdog.data = a->retry.data = a;
+    a->heartbeat.data = a->watchdog.data = a->retry.data = a->first_look.data = a;
     uv_signal_start(&a->sig_hup, on_signal, SIGHUP);
     uv_signal_start(&a->sig_term, on_signal, SIGTERM);
     uv_signal_start(&a->sig_int, on_signal, SIGINT);

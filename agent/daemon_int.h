@@ -54,7 +54,12 @@ struct agent {
     uv_timer_t heartbeat;
     uv_timer_t watchdog;
     uint64_t watchdog_usec;
-    uv_timer_t retry;  /* re-applies the desired config after AR_RELOAD_FAILED */
+    uv_timer_t retry; /* re-applies the desired config after AR_RELOAD_FAILED */
+    /* a first install (no effective file) with etcd configured waits while etcd shows a
+     * rotation, and at most AR_FIRST_LOOK_MS for etcd's first answer */
+    uv_timer_t first_look;
+    bool first_install_waits, first_look_over;
+    char first_wait_why[256];
     unsigned retry_ms; /* the current backoff (0: no retry pending) */
 
     bool have_desired_sha;
@@ -79,6 +84,15 @@ void ar_coord_publish(struct agent *a);
 void ar_coord_stop(struct agent *a);
 /* A new valid desired config while etcd is configured: publish it, let the rotation look. */
 void ar_coord_desired_changed(struct agent *a);
+/* Why a first install (no effective file yet) must wait, or NULL when it may go: a rotation
+ * runs (the other API servers do not use the desired config yet: S1), or etcd has not answered
+ * yet and AR_FIRST_LOOK_MS have not passed (an etcd that does not answer keeps nothing from
+ * starting, as before). */
+const char *ar_coord_first_install_wait(struct agent *a, char *buf, size_t n);
+#define AR_FIRST_LOOK_MS 2000
+
+/* agent/daemon.c: look at the first install again (from the loop), if it waits. */
+void ar_agent_first_install(struct agent *a);
 
 /* agent/daemon.c: the node operations (coord/node.h) the rotation drives. */
 const struct ar_node_ops *ar_agent_node_ops(void);

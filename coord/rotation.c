@@ -1598,6 +1598,11 @@ bool ar_rotation_active(const struct ar_rotation *r)
     return r && r->snap->valid && r->snap->has_rot;
 }
 
+bool ar_rotation_known(const struct ar_rotation *r)
+{
+    return r && r->snap->valid;
+}
+
 const char *ar_rotation_member_error(const struct ar_rotation *r)
 {
     if (!r || !r->snap || !r->snap->has_rot)

@@ -92,6 +92,8 @@ void ar_rotation_poke(struct ar_rotation *r);
 json_t *ar_rotation_status_json(const struct ar_rotation *r);
 /* A rotation record exists (as last read): the agent must not apply its desired config. */
 bool ar_rotation_active(const struct ar_rotation *r);
+/* etcd was read at least once: ar_rotation_active says what etcd holds, not "nothing yet". */
+bool ar_rotation_known(const struct ar_rotation *r);
 /* The current phase name ("idle" without a rotation, "aborting" while aborting). */
 const char *ar_rotation_phase(const struct ar_rotation *r);
 /* Why this member has not acked its current phase ("" when nothing failed): the last failure,

@@ -1,7 +1,10 @@
 """Agents against a real etcd on loopback: connectivity in /status and /metrics, membership,
 what an agent stores in etcd (never a key: S5), etcd going away and coming back."""
+import base64
+import http.client
 import json
 import signal
+import time
 
 from conftest import enc_config, run_cli, wait_for
 
@@ -150,3 +153,37 @@ def test_one_lease_per_agent(make_agent, make_etcd, keys):
     assert a.stop() == 0
     assert gw(e, "/v3/lease/leases", {}).get("leases", []) == []
     assert sorted(key_leases(e)) == ["/atrest/members/solo"]
+
+
+def etcd_gw(e, path, doc):
+    c = http.client.HTTPConnection("127.0.0.1", e.client_port, timeout=5)
+    try:
+        c.request("POST", path, json.dumps(doc), {"Content-Type": "application/json"})
+        r = c.getresponse()
+        assert r.status == 200, (path, r.status)
+        return json.loads(r.read())
+    finally:
+        c.close()
+
+
+def test_first_install_waits_for_a_running_rotation(make_agent, make_etcd, keys):
+    """A new node (no effective file yet) whose etcd shows a rotation running does not write its
+    desired config: its peers do not use that config yet (S1). It writes it once the rotation
+    has ended."""
+    e = make_etcd().start()
+    rot_key = base64.b64encode(b"/atrest/rotation").decode()
+    etcd_gw(e, "/v3/kv/put", {"key": rot_key, "value": base64.b64encode(b"{}").decode()})
+    a = make_agent(extra=["--etcd-servers", e.endpoint])
+    a.desired.write_text(cfg(keys))
+    a.start(wait_ready=False)  # not ready: nothing in force
+    wait_for(lambda: "waits for the running rotation to end"
+             in (a.status()["apply"]["waiting_for"] or ""), 15, "the first install to wait")
+    time.sleep(2.5)  # past the 2 s an etcd that does not answer would get
+    assert not a.effective.exists()
+    assert a.get("/readyz")[0] == 503
+    assert "the first install waits for the running rotation to end" in a.log()
+    etcd_gw(e, "/v3/kv/deleterange", {"key": rot_key})
+    wait_for(lambda: a.effective.exists(), 15, "the first install once the rotation ended")
+    a.wait_ready()
+    wait_for(lambda: not a.status()["apply"]["waiting_for"], 5, "nothing to wait for")
+    assert a.stop() == 0
