@@ -221,8 +221,13 @@ static void on_rotation_status(void *arg)
 
     if (!co || !co->rotation)
         return;
-    if (a->first_install_waits)
-        ar_agent_first_install(a);
+    if (a->first_install_waits) { /* look again only when the reason to wait changed */
+        char why[256];
+        const char *w = ar_coord_first_install_wait(a, why, sizeof(why));
+
+        if (!w || strcmp(w, a->first_wait_why))
+            ar_agent_first_install(a);
+    }
     ar_coord_publish(a); /* this member's error travels in its report (sent only on change) */
     phase = ar_rotation_phase(co->rotation);
     if (strcmp(phase, co->rot_phase)) {

@@ -756,14 +756,6 @@ static bool set_after(uint8_t *dst, size_t *dlen, const uint8_t *key, size_t len
     return true;
 }
 
-/* a < b, as etcd orders keys */
-static bool key_before(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
-{
-    int c = memcmp(a, b, al < bl ? al : bl);
-
-    return c < 0 || (c == 0 && al < bl);
-}
-
 static void reader_done(struct reader *rd)
 {
     rd->active = false;
@@ -806,7 +798,7 @@ static void on_page(void *arg, int status, const struct ar_etcd_result *res,
     t0 = uv_hrtime();
     if (rd->skip) { /* the page began at a long key's stand-in: up to that key is done */
         while (i0 < res->n_kvs &&
-               !key_before(rd->skip, rd->skip_len, res->kvs[i0].key, res->kvs[i0].key_len))
+               !ar_etcd_key_before(rd->skip, rd->skip_len, res->kvs[i0].key, res->kvs[i0].key_len))
             i0++;
         free(rd->skip);
         rd->skip = NULL;
@@ -957,13 +949,14 @@ static void on_split(void *arg, int status, const struct ar_etcd_result *res,
         const struct ar_etcd_kv *kv = &res->kvs[i * per];
         size_t l = kv->key_len < KEY_MAX ? kv->key_len : KEY_CUT;
 
-        if (key_before(nb + (k - 1) * (KEY_MAX + 1), nl[k - 1], kv->key, l)) {
+        if (ar_etcd_key_before(nb + (k - 1) * (KEY_MAX + 1), nl[k - 1], kv->key, l)) {
             memcpy(nb + k * (KEY_MAX + 1), kv->key, l);
             nl[k++] = l;
         }
     }
     set_after(nb + k * (KEY_MAX + 1), &nl[k], res->kvs[n - 1].key, res->kvs[n - 1].key_len);
-    if (!key_before(nb + (k - 1) * (KEY_MAX + 1), nl[k - 1], nb + k * (KEY_MAX + 1), nl[k])) {
+    if (!ar_etcd_key_before(nb + (k - 1) * (KEY_MAX + 1), nl[k - 1], nb + k * (KEY_MAX + 1),
+                            nl[k])) {
         if (k - 1 == first) {
             fail(r, -ENAMETOOLONG, "re-encrypt: a cut of keys share their first 1399 bytes", NULL);
             return;

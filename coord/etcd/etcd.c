@@ -71,15 +71,17 @@ size_t ar_etcd_prefix_end(const uint8_t *prefix, size_t prefix_len, uint8_t *out
     return 1;
 }
 
+bool ar_etcd_key_before(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
+{
+    int c = memcmp(a, b, al < bl ? al : bl);
+
+    return c < 0 || (c == 0 && al < bl);
+}
+
 /* a < b for keys; an end of "\0" is the end of the key space */
 static bool before_end(const uint8_t *a, size_t al, const uint8_t *b, size_t bl)
 {
-    int c;
-
-    if (bl == 1 && !b[0])
-        return true;
-    c = memcmp(a, b, al < bl ? al : bl);
-    return c < 0 || (c == 0 && al < bl);
+    return (bl == 1 && !b[0]) || ar_etcd_key_before(a, al, b, bl);
 }
 
 size_t ar_etcd_guess_end(const uint8_t *first, size_t first_len, const uint8_t *last,

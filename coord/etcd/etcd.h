@@ -208,6 +208,9 @@ uint64_t ar_etcd_now_ms(void);
  * prefix_len bytes) and returns its length; "\0" (length 1) when every byte is 0xff. */
 size_t ar_etcd_prefix_end(const uint8_t *prefix, size_t prefix_len, uint8_t *out);
 
+/* a < b in etcd's key order (bytes, then the shorter first). */
+bool ar_etcd_key_before(const uint8_t *a, size_t al, const uint8_t *b, size_t bl);
+
 /*
  * etcd 3.4 walks its key index from a range's start to the range's end for every range with a
  * limit, however few keys it returns (a count over 100,000 keys: about 80 ms). A scan that reads
