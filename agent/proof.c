@@ -596,6 +596,24 @@ static const char *want_key(struct ar_proof *p, char *dst, size_t n)
     return dst;
 }
 
+/* type and key_name := secrets' write provider/key in the chain (what pi = ki = 0 writes) */
+static void name_write_key(struct ar_proof *p)
+{
+    struct ar_plist pl;
+    const struct ar_provider *pv;
+    const char *name = NULL;
+
+    ar_chain_lookup(p->chain, "", "secrets", &pl);
+    pv = pl.n ? pl.v[0] : NULL;
+    p->type = pv ? pv->type : AR_P_IDENTITY;
+    if (pv && pv->type == AR_P_KMS)
+        name = pv->kms.name;
+    else if (pv && pv->type != AR_P_IDENTITY && pv->nkeys)
+        name = pv->keys[0].name;
+    free(p->key_name);
+    p->key_name = name ? strdup(name) : NULL;
+}
+
 /* --- metrics ------------------------------------------------------------------------------- */
 
 static void on_metrics(void *arg, int status, long http, const char *body, size_t len,
@@ -646,9 +664,10 @@ static void on_metrics(void *arg, int status, long http, const char *body, size_
                       v.style == AR_METRICS_HASH ? "the loaded hash differs" : "no reload yet");
             return;
         }
-        /* no reload metrics: READ of the config's write key (weaker) */
+        /* no reload metrics: READ of the config's write key (weaker), named as such */
         p->weaker = true;
         p->pi = p->ki = 0;
+        name_write_key(p);
         p->goal = AR_PROVE_READ;
         p->step = S_READ_PUT;
         step_now(p);

@@ -323,4 +323,9 @@ def test_canary_loaded_without_reload_metrics_falls_back_to_reading_the_write_ke
     assert rc == 0, err
     assert out.startswith("proved: kind=canary goal=loaded "), out
     assert "weaker than a metrics proof" in err, err
-    assert e.raw_canary().startswith(b"k8s:enc:aescbc:v1:k2:")
+    assert "the canary reads with aescbc:k2 (the write key" in err, err
+    # the proof removes its canary when it ends (fire and forget; DESIGN 4.3): whether that
+    # delete went out before the CLI stopped its loop depends on timing, so the canary may be
+    # gone; if it is there, it is under the write key
+    raw = e.raw_canary()
+    assert raw is None or raw.startswith(b"k8s:enc:aescbc:v1:k2:"), raw
