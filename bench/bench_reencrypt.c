@@ -230,6 +230,7 @@ static unsigned median_round(const double *load, const double *pass, unsigned n)
 struct child_out {
     double rate;
     uint64_t rewritten, peak_window, ms, range_ms, handle_ms, txn_ms, txns, cpu_ms;
+    uint64_t events, parks; /* socket events, writable parked (ar_etcd_io_counts) */
 };
 
 static uint64_t tv_ms(const struct timeval *tv)
@@ -296,6 +297,7 @@ static int run_pass_child(const struct ar_etcd_settings *st, struct ar_chain *pr
             out.handle_ms = p.handle_ms;
             out.txn_ms = p.txn_ms;
             out.txns = p.txns;
+            ar_etcd_io_counts(ar_etcd_sync_client(s), &out.events, &out.parks);
         }
         ar_etcd_sync_free(s);
         if (write(fd[1], &out, sizeof(out)) != (ssize_t)sizeof(out))
@@ -454,12 +456,13 @@ int main(void)
                 "bench_reencrypt: round %u: pass %llu rewritten at %.0f/s in %llu ms (ratio "
                 "%.2f), peak window %llu objects, peak RSS %.1f MiB; range requests in flight "
                 "%llu ms, values handled on the loop %llu ms, %llu txns of %.1f ms on average; "
-                "CPU: pass %llu ms, etcd %llu ms\n",
+                "CPU: pass %llu ms, etcd %llu ms; socket events %llu (writable parked %llu)\n",
                 i + 1, (unsigned long long)co.rewritten, co.rate, (unsigned long long)co.ms,
                 co.rate / loads[i], (unsigned long long)co.peak_window, r,
                 (unsigned long long)co.range_ms, (unsigned long long)co.handle_ms,
                 (unsigned long long)co.txns, co.txns ? (double)co.txn_ms / (double)co.txns : 0.0,
-                (unsigned long long)co.cpu_ms, (unsigned long long)(e0 - e1));
+                (unsigned long long)co.cpu_ms, (unsigned long long)(e0 - e1),
+                (unsigned long long)co.events, (unsigned long long)co.parks);
     }
     m = median_round(loads, passes, rounds);
     load = loads[m];

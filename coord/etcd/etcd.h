@@ -255,6 +255,10 @@ void ar_etcd_result_free(struct ar_etcd_result *res);
 /* Peak number of kvs held in live results of this client (for memory-bound tests). */
 size_t ar_etcd_kvs_peak(const struct ar_etcd *c);
 void ar_etcd_kvs_peak_reset(struct ar_etcd *c);
+/* Socket events this client handled (loop wakeups for its sockets) and how many times it
+ * stopped watching a socket for writable because libcurl sent nothing on it (for tests and
+ * benchmarks). */
+void ar_etcd_io_counts(const struct ar_etcd *c, uint64_t *events, uint64_t *parks);
 
 /* --- leases ------------------------------------------------------------------------------- */
 

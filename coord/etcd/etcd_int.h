@@ -114,6 +114,7 @@ struct ar_etcd {
     size_t n_pool;
     bool closing;
     size_t kvs_live, kvs_peak;
+    uint64_t sock_events, sock_parks; /* socket events handled; writable parked (etcd.c) */
     bool kv_grpc; /* range/put/delete/txn over gRPC (default), else the JSON gateway */
 };
 
