@@ -24,6 +24,7 @@
 #define RETRY_MIN_MS   1000
 #define RETRY_MAX_MS   16000
 #define VERIFY_PIECES  4 /* pieces of the range the verify scan reads at once */
+#define SWEEPS_MAX     3 /* sweeps a leader runs for one rotation (leader_sweep) */
 
 struct node_view {
     char node[AR_REPORT_NODE_MAX];
@@ -126,6 +127,12 @@ struct ar_rotation {
     int verify_status;    /* the last scan's, 0: none failed */
     char verify_err[256];
     struct ar_reencrypt_progress reenc_prog;
+    /* sweeps: passes again in phase verify when it found objects under keys prune drops */
+    unsigned sweeps;
+    bool sweep_wanted;
+    uint64_t sweep_rewritten;                /* by the last sweep */
+    struct ar_reencrypt_progress sweep_prog; /* the last sweep's */
+    int sweep_status;                        /* the last sweep's (0: none failed) */
     /* a new write key that is a KMS provider: no direct re-encrypt (why; "" none) */
     char kms_for[AR_RECORD_ID_LEN];
     char kms_why[WHY_MAX];
@@ -1000,7 +1007,17 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
                  (unsigned long long)r->verify_undecryptable);
             for (size_t i = 0; i < r->nfirst; i++)
                 appendf(why, n, "%s%s", i ? ", " : " (first: ", r->verify_first[i]);
-            appendf(why, n, "%s; scanning again", r->nfirst ? ")" : "");
+            if (r->nfirst)
+                appendf(why, n, ")");
+            if (r->sweep_wanted || r->reenc)
+                appendf(why, n, "; re-encrypting again (sweep %u of at most %u): %llu of %llu done",
+                        r->sweeps + !r->reenc, SWEEPS_MAX, (unsigned long long)r->sweep_prog.done,
+                        (unsigned long long)r->sweep_prog.total);
+            else
+                appendf(why, n, "; scanning again");
+            if (r->sweep_status < 0)
+                appendf(why, n, " (the last sweep failed: %s)",
+                        r->reenc_err[0] ? r->reenc_err : strerror(-r->sweep_status));
             if (r->kms_why[0] && !strcmp(r->kms_for, rec->id) &&
                 reenc_mode(r, NULL) == AR_NODE_REENC_ETCD)
                 appendf(why, n, " (%s)", r->kms_why);
@@ -1149,7 +1166,7 @@ static int leader_finish(struct ar_rotation *r, bool aborted)
     const struct ar_rotation_rec *rec = &r->snap->rot;
     struct ar_history_rec h = {.aborted = aborted, .finished_ms = wall_ms()};
     char keys[6][KEY_MAX], old[AR_RECORD_HISTORY + 8][KEY_MAX];
-    uint8_t aend[KEY_MAX + 1];
+    uint8_t aend[KEY_MAX + 1], rend[KEY_MAX + 1];
     struct ar_etcd_op ops[5 + AR_RECORD_HISTORY + 8];
     size_t nops = 0, drop;
     char *json = NULL;
@@ -1187,6 +1204,10 @@ static int leader_finish(struct ar_rotation *r, bool aborted)
             .type = AR_ETCD_DELETE, .key = (const uint8_t *)keys[k], .key_len = strlen(keys[k])};
     ops[2].range_end = aend;
     ops[2].range_end_len = ar_etcd_prefix_end(ops[2].key, ops[2].key_len, aend);
+    /* the pass's checkpoint and its sweeps' (".../sweep-<ms>"); ids have one length, so the
+     * prefix is this rotation's alone */
+    ops[3].range_end = rend;
+    ops[3].range_end_len = ar_etcd_prefix_end(ops[3].key, ops[3].key_len, rend);
     /* keep the newest AR_RECORD_HISTORY, counting the one written now */
     drop = r->snap->nhist_keys + 1 > AR_RECORD_HISTORY ? r->snap->nhist_keys + 1 - AR_RECORD_HISTORY
                                                        : 0;
@@ -1206,6 +1227,11 @@ static void verify_clear(struct ar_rotation *r, const char *id)
     snprintf(r->verify_for, sizeof(r->verify_for), "%s", id);
     r->verify_passed = r->verify_ran = false;
     r->verify_under_drops = r->verify_undecryptable = 0;
+    r->sweeps = 0;
+    r->sweep_wanted = false;
+    r->sweep_rewritten = 0;
+    r->sweep_status = 0;
+    memset(&r->sweep_prog, 0, sizeof(r->sweep_prog));
     r->verify_status = 0;
     r->verify_err[0] = '\0';
     r->nfirst = 0;
@@ -1295,9 +1321,86 @@ static void on_verify(void *arg, int status, struct ar_verify_report *rep,
         snprintf(r->verify_first[r->nfirst++], sizeof(r->verify_first[0]), "%s: %s",
                  rep->bad[i].key, rep->bad[i].reason);
     r->verify_passed = !r->verify_under_drops && !r->verify_undecryptable;
+    /* a sweep can help when objects under dropped keys are left and the pass can write the new
+     * key: not through KMS, and not again after a sweep that rewrote nothing */
+    r->sweep_wanted = r->verify_under_drops && reenc_mode(r, NULL) == AR_NODE_REENC_ETCD &&
+                      !(r->kms_why[0] && !strcmp(r->kms_for, r->id)) && r->sweeps < SWEEPS_MAX &&
+                      (!r->sweeps || r->sweep_rewritten || r->sweep_status < 0);
     ar_verify_report_free(rep);
     ar_chain_unref(to);
     read_all(r);
+}
+
+static void on_sweep_progress(void *arg, const struct ar_reencrypt_progress *p)
+{
+    struct ar_rotation *r = arg;
+    r->sweep_prog = *p;
+}
+
+static void on_sweep_done(void *arg, int status, const struct ar_reencrypt_progress *p,
+                          const struct ar_err *err)
+{
+    struct ar_rotation *r = arg;
+
+    r->pending--;
+    r->reenc = NULL;
+    if (r->dead) {
+        maybe_free(r);
+        return;
+    }
+    if (p)
+        r->sweep_prog = *p;
+    r->sweep_status = status;
+    r->sweep_rewritten = status == 0 && p ? p->rewritten : 0;
+    snprintf(r->reenc_err, sizeof(r->reenc_err), "%s",
+             status < 0 ? (err && err->msg[0] ? err->msg : strerror(-status)) : "");
+    /* verify again at once: it decides whether another sweep may help (a failed one counts) */
+    r->sweep_wanted = false;
+    r->verify_next_mono = 0;
+    read_all(r);
+}
+
+/*
+ * A sweep: the re-encrypt pass again, in phase verify, after a scan found objects under keys
+ * prune would drop that the write key can replace. They were missed by the pass or written
+ * after it read them: a write an API server encrypted with the old key just before it loaded
+ * the promote config and committed after (kube-apiserver swaps its transformers while requests
+ * run), or one the pass's serializable reads did not see yet (reencrypt.h). Its checkpoint key
+ * is its own (a new one for each sweep: a finished checkpoint would end a new sweep at once);
+ * leader_finish deletes them with the pass's. At most SWEEPS_MAX a leader, and none after a
+ * sweep that rewrote nothing: then the status says what verify found and the operator
+ * decides (S9). A sweep that failed counts too.
+ */
+static void leader_sweep(struct ar_rotation *r)
+{
+    const struct ar_rotation_rec *rec = &r->snap->rot;
+    struct ar_reencrypt_opts o = {.etcd_prefix = r->etcd_prefix};
+    struct ar_etcd_compare guard;
+    struct ar_chain *chain = NULL;
+    char ckey[KEY_MAX];
+    int rc;
+
+    if (ar_election_guard(r->election, &guard) < 0 ||
+        key_of(r, ckey, "reencrypt/%s/sweep-%lld", rec->id, (long long)wall_ms()) < 0)
+        return;
+    reenc_mode(r, &o.rate_limit);
+    o.selectors = (const char *const *)r->plan->rewrite;
+    o.nselectors = r->plan->nrewrite;
+    o.checkpoint_key = ckey;
+    o.guard = &guard;
+    rc = ar_chain_new(r->plan->phases[rec->index].config, &chain);
+    r->sweeps++;
+    memset(&r->sweep_prog, 0, sizeof(r->sweep_prog));
+    r->pending++; /* before the start: a pass that fails at once calls done inside it */
+    if (rc == 0)
+        rc = ar_reencrypt_start(r->etcd, chain, &o, on_sweep_progress, on_sweep_done, r, &r->reenc);
+    ar_chain_unref(chain);
+    if (rc < 0) {
+        r->pending--;
+        r->sweep_wanted = false;
+        r->sweep_status = rc;
+        r->sweep_rewritten = 0;
+    }
 }
 
 static void leader_verify(struct ar_rotation *r)
@@ -1307,10 +1410,14 @@ static void leader_verify(struct ar_rotation *r)
     const struct ar_rotation_rec *rec = &r->snap->rot;
     int rc;
 
-    if (r->verify || !r->plan_ok || strcmp(r->id, rec->id))
+    if (r->verify || r->reenc || !r->plan_ok || strcmp(r->id, rec->id))
         return;
     if (strcmp(r->verify_for, rec->id))
         verify_clear(r, rec->id);
+    if (r->sweep_wanted) {
+        leader_sweep(r);
+        return;
+    }
     if ((r->verify_ran || r->verify_status < 0) && ar_etcd_now_ms() < r->verify_next_mono)
         return;
     rc = ar_chain_new(r->plan->phases[rec->index].config, &chain);
@@ -1755,7 +1862,7 @@ json_t *ar_rotation_status_json(const struct ar_rotation *r)
     o = json_pack(
         "{s:s?, s:s?, s:s?, s:s, s:o, s:s, s:b, s:s?, s:o, "
         "s:{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:o}, "
-        "s:{s:o, s:I, s:I, s:b, s:o}, s:o}",
+        "s:{s:o, s:I, s:I, s:b, s:o, s:I, s:I}, s:o}",
         "id",
         cur    ? rec->id
         : last ? last->id
@@ -1784,6 +1891,8 @@ json_t *ar_rotation_status_json(const struct ar_rotation *r)
         ver_cur && r->verify_counts ? json_incref(r->verify_counts) : json_object(),
         "under_dropped_keys", (json_int_t)(ver_cur ? r->verify_under_drops : 0), "undecryptable",
         (json_int_t)(ver_cur ? r->verify_undecryptable : 0), "passed", ver_cur && r->verify_passed,
-        "first", first ? first : json_array(), "history", history_json(s));
+        "first", first ? first : json_array(), "sweeps", (json_int_t)(ver_cur ? r->sweeps : 0),
+        "sweep_rewritten", (json_int_t)(ver_cur ? r->sweep_prog.rewritten : 0), "history",
+        history_json(s));
     return o;
 }

@@ -50,14 +50,27 @@ static uv_loop_t LOOP;
 
 static int g_reenc_mode; /* 0: not built (-ENOSYS), 1: completes at once with 7 objects, 2: fails */
 static int g_reenc_runs;
+/* sweeps (the pass again in phase verify, checkpoint ".../sweep-<ms>"): counted; one rewrites
+ * g_sweep_key with g_sweep_cfg when set (and says so), else rewrites nothing */
+static int g_sweeps;
+static const char *g_sweep_key;
+static struct ar_config *g_sweep_cfg;
+static bool g_reenc_sweep;
 static uv_timer_t g_reenc_timer;
 static ar_reencrypt_done_cb g_reenc_done;
 static void *g_reenc_arg;
+
+static void seed_secret(const char *key, struct ar_config *c);
 
 static void reenc_fire(uv_timer_t *t)
 {
     struct ar_reencrypt_progress p = {.done = 7, .total = 7, .eta_s = 0};
     struct ar_err e;
+
+    if (g_reenc_sweep && g_sweep_key) {
+        seed_secret(g_sweep_key, g_sweep_cfg);
+        p.rewritten = 1;
+    }
 
     if (g_reenc_mode == 2) { /* fails every time, as a pass without etcd permissions would */
         ar_err_set(&e, -EACCES, "/reg", "etcdserver: permission denied");
@@ -77,7 +90,19 @@ int ar_reencrypt_start(struct ar_etcd *c, struct ar_chain *chain, const struct a
     assert_non_null(o->guard); /* S7 in every checkpoint txn */
     assert_non_null(o->checkpoint_key);
     assert_true(o->nselectors >= 1);
-    g_reenc_runs++;
+    g_reenc_sweep = strstr(o->checkpoint_key, "/sweep-") != NULL;
+    if (g_reenc_sweep)
+        g_sweeps++;
+    else
+        g_reenc_runs++;
+    { /* a checkpoint, as the pass writes one: the finish must delete it */
+        struct ar_etcd_op ck = {.type = AR_ETCD_PUT,
+                                .key = (const uint8_t *)o->checkpoint_key,
+                                .key_len = strlen(o->checkpoint_key),
+                                .value = (const uint8_t *)"{}",
+                                .value_len = 2};
+        assert_int_equal(ar_etcd_sync_put(S, &ck, NULL, NULL), 0);
+    }
     g_reenc_done = done;
     g_reenc_arg = arg;
     uv_timer_start(&g_reenc_timer, reenc_fire, 10, 0);
@@ -615,6 +640,8 @@ static void test_full_rotation(void **state)
     to = cfg(&k, "k2");
     g_reenc_mode = 1;
     g_reenc_runs = 0;
+    g_sweeps = 0;
+    g_sweep_key = NULL;
     g_regprefix = "/reg1";
     seed_secret("/reg1/secrets/default/s1", from);
     setup_agents("/t1/", from, to, now_ms() - 5000);
@@ -643,6 +670,9 @@ static void test_full_rotation(void **state)
                 json_object_get(json_object_get(v, "counts"), "secrets"), "aescbc:key1")),
             1);
         assert_string_equal(json_string_value(json_object_get(st, "phase")), "verify");
+        /* the sweep that verify started rewrote nothing: not run again */
+        assert_int_equal(json_integer_value(json_object_get(v, "sweeps")), 1);
+        assert_int_equal(g_sweeps, 1);
         json_decref(st);
     }
     /* the object rewritten under key2 (as re-encrypt would): verify passes, prune, done */
@@ -676,6 +706,42 @@ static void test_full_rotation(void **state)
         assert_null(A[i].sfrom);                          /* saved copies forgotten */
     }
     assert_true(A[0].transitions >= 6); /* created, 4 advances, done */
+    teardown_agents();
+    ar_config_unref(from);
+    ar_config_unref(to);
+}
+
+/* An object verify finds under a key prune drops (written with the old key after the pass read
+ * its range) is rewritten by a sweep, and the rotation finishes without the operator; the
+ * checkpoints of the pass and of the sweep go with the record. */
+static void test_verify_sweeps(void **state)
+{
+    struct keys k;
+    struct ar_config *from, *to;
+    struct ar_rotation_rec rec;
+    char key[128], buf[1024];
+
+    gen_keys(&k);
+    from = cfg(&k, "k1");
+    to = cfg(&k, "k2");
+    g_reenc_mode = 1;
+    g_reenc_runs = 0;
+    g_sweeps = 0;
+    g_sweep_key = "/reg21/secrets/default/s1";
+    g_sweep_cfg = to;
+    g_regprefix = "/reg21";
+    seed_secret("/reg21/secrets/default/s1", from);
+    setup_agents("/t21/", from, to, now_ms() - 5000);
+    assert_true(run_until(at_phase, "/t21/", "verify", 15000));
+    assert_true(record("/t21/", &rec));
+    assert_true(run_until(no_record, "/t21/", NULL, 10000));
+    assert_int_equal(g_reenc_runs, 1);
+    assert_int_equal(g_sweeps, 1);
+    snprintf(key, sizeof(key), "/t21/history/%s", rec.id);
+    assert_true(get_kv(key, buf, sizeof(buf)));
+    assert_non_null(strstr(buf, "\"result\":\"done\""));
+    assert_int_equal(count_prefix("/t21/reencrypt/"), 0);
+    g_sweep_key = NULL;
     teardown_agents();
     ar_config_unref(from);
     ar_config_unref(to);
@@ -1245,6 +1311,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_full_rotation),
         cmocka_unit_test(test_verify_per_resource),
+        cmocka_unit_test(test_verify_sweeps),
         cmocka_unit_test(test_reencrypt_failing_backs_off),
         cmocka_unit_test(test_reencrypt_missing_and_abort_refused),
         cmocka_unit_test(test_reencrypt_kms_goes_to_verify),
