@@ -1362,10 +1362,10 @@ static void on_sweep_done(void *arg, int status, const struct ar_reencrypt_progr
 
 /*
  * A sweep: the re-encrypt pass again, in phase verify, after a scan found objects under keys
- * prune would drop that the write key can replace. They were missed by the pass or written
- * after it read them: a write an API server encrypted with the old key just before it loaded
- * the promote config and committed after (kube-apiserver swaps its transformers while requests
- * run), or one the pass's serializable reads did not see yet (reencrypt.h). Its checkpoint key
+ * prune would drop that the write key can replace: written after the pass read them, by an API
+ * server that encrypted with the old key just before it loaded the promote config and
+ * committed after (kube-apiserver swaps its transformers while requests run), or left by a
+ * pass whose write failed (counted in failed). Its checkpoint key
  * is its own (a new one for each sweep: a finished checkpoint would end a new sweep at once);
  * leader_finish deletes them with the pass's. At most SWEEPS_MAX a leader, and none after a
  * sweep that rewrote nothing: then the status says what verify found and the operator
