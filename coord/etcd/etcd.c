@@ -345,14 +345,15 @@ static void check_multi(struct ar_etcd *c)
 
 /* Bytes of its request body a gRPC transfer under way handed to libcurl, -1: not such a
  * transfer, or nothing (the connection is new: what comes first is libcurl's) or all of it
- * sent. */
+ * sent. e is the handle libcurl last named for the socket: libcurl tells the socket's removal
+ * (socket_cb) when a handle leaves the multi, before ar_xfer_stop pools it. */
 static curl_off_t grpc_body_sent(CURL *e)
 {
     struct ar_xfer *x = NULL;
     curl_off_t n = -1;
 
     if (!e || curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&x) != CURLE_OK || !x || !x->grpc ||
-        !x->active || curl_easy_getinfo(e, CURLINFO_SIZE_UPLOAD_T, &n) != CURLE_OK)
+        !x->active || x->h != e || curl_easy_getinfo(e, CURLINFO_SIZE_UPLOAD_T, &n) != CURLE_OK)
         return -1;
     return n > 0 && (size_t)n < x->body_len ? n : -1;
 }
@@ -687,6 +688,7 @@ void ar_xfer_stop(struct ar_xfer *x)
     x->active = false;
     ar_link_del(&x->kick);
     curl_multi_remove_handle(x->c->multi, x->h);
+    curl_easy_setopt(x->h, CURLOPT_PRIVATE, NULL); /* no way back to x from the pool */
     pool_put(x->c, x->h);
     x->h = NULL;
 }
