@@ -10,6 +10,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -200,7 +201,7 @@ int etcd_harness_start_member(struct etcd_harness *h, int i)
     char a_cert[340], a_key[340], a_ca[340], extra[256];
     const char *scheme = h->tls ? "https" : "http";
     int argc = 0;
-    pid_t p;
+    pid_t p, parent;
 
     if (i < 0 || i >= h->n || h->pid[i] > 0)
         return -EINVAL;
@@ -252,12 +253,16 @@ int etcd_harness_start_member(struct etcd_harness *h, int i)
     argv[argc] = NULL;
 
     fflush(NULL);
+    parent = getpid();
     p = fork();
     if (p < 0)
         return -errno;
     if (p == 0) {
         int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 
+        /* a test or bench killed (SIGKILL, a timeout) takes its etcd with it */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+            _exit(127);
         setpgid(0, 0);
         if (fd >= 0) {
             dup2(fd, 1);
