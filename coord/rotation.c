@@ -713,6 +713,28 @@ static void on_applied(void *arg, int status, bool changed, const struct ar_err 
     r->ops.prove(r->agent, &r->req, on_proved, r);
 }
 
+/*
+ * An abort asks every member to write the from config again and ack. A member that has no plan
+ * for the rotation (it could not save its copies, or its files changed before it did) never
+ * wrote anything of it: when its effective config is the record's from, it writes that again
+ * and acks like the others (without this the abort waited for it for ever). Otherwise it
+ * cannot tell what from is, and the abort waits, named in the status (S9).
+ */
+static bool abort_without_plan(struct ar_rotation *r, const struct ar_rotation_rec *rec)
+{
+    struct ar_config *eff;
+    char efp[AR_HASH_STRLEN];
+
+    if (rec->state != AR_ROT_ABORTING || !(eff = r->ops.config(r->agent, false)))
+        return false;
+    ar_config_fingerprint_str(eff, efp);
+    if (strcmp(efp, rec->from))
+        return false;
+    ar_config_unref(r->from);
+    r->from = ar_config_ref(eff);
+    return true;
+}
+
 static void member_step(struct ar_rotation *r)
 {
     const struct snap *s = r->snap;
@@ -731,7 +753,7 @@ static void member_step(struct ar_rotation *r)
     }
     if (!s->rot_ok || r->busy)
         return;
-    if (member_plan(r, rec) < 0)
+    if (member_plan(r, rec) < 0 && !abort_without_plan(r, rec))
         return;
     index = rec->state == AR_ROT_ABORTING ? -1 : rec->index;
     mine = ack_find(s, r->node, index);

@@ -205,6 +205,7 @@ struct fa {
     struct ar_config *sfrom, *sto;
     int proves, transitions, acks;
     bool hold_prove;
+    bool save_fails; /* its state directory cannot be written */
     ar_node_prove_done held;
     void *held_arg;
     enum ar_prove_goal goals[8];
@@ -251,6 +252,8 @@ static int f_save(void *agent, const char *id, struct ar_config *from, struct ar
 {
     struct fa *f = agent;
 
+    if (f->save_fails)
+        return -ENOSPC;
     snprintf(f->saved_id, sizeof(f->saved_id), "%s", id);
     ar_config_unref(f->sfrom);
     ar_config_unref(f->sto);
@@ -1224,6 +1227,49 @@ static void test_abort_before_promote(void **state)
     ar_config_unref(to);
 }
 
+/* A member that cannot take part (it cannot save its copies of from and to) holds the rotation
+ * in stage; an abort then goes through: its effective config is still from, so it acks the
+ * abort like the others (it was waited for for ever). */
+static void test_abort_member_without_plan(void **state)
+{
+    struct keys k;
+    struct ar_config *from, *to;
+    struct ar_rotation_rec rec;
+    struct ar_abort_rec ab = {.by = "operator", .time_ms = 1};
+    char key[128], buf[1024], *s;
+
+    gen_keys(&k);
+    from = cfg(&k, "k1");
+    to = cfg(&k, "k2");
+    g_reenc_mode = 0;
+    g_regprefix = "/reg22";
+    A[2].save_fails = true;
+    setup_agents("/t22/", from, to, now_ms() - 5000);
+    assert_true(run_until(at_phase, "/t22/", "stage", 8000));
+    assert_true(run_until(why_has, "/t22/", "waiting for cp-3", 5000));
+    etcd_harness_run_for(&LOOP, 500);
+    assert_true(at_phase("/t22/", "stage")); /* cp-3 never acks stage */
+    assert_true(record("/t22/", &rec));
+    memcpy(ab.id, rec.id, sizeof(ab.id));
+    assert_int_equal(ar_abort_rec_build(&ab, &s), 0);
+    snprintf(key, sizeof(key), "/t22/abort/%s", rec.id);
+    put_kv(key, s);
+    free(s);
+    assert_true(run_until(no_record, "/t22/", NULL, 8000));
+    snprintf(key, sizeof(key), "/t22/history/%s", rec.id);
+    assert_true(get_kv(key, buf, sizeof(buf)));
+    assert_non_null(strstr(buf, "\"result\":\"aborted\""));
+    for (int i = 0; i < 3; i++) {
+        char a[AR_HASH_STRLEN], b[AR_HASH_STRLEN];
+        fp_of(A[i].effective, a);
+        fp_of(from, b);
+        assert_string_equal(a, b);
+    }
+    teardown_agents();
+    ar_config_unref(from);
+    ar_config_unref(to);
+}
+
 /* A record whose phase hash differs from what a member derives is never acked by it. */
 static void test_hash_mismatch_not_acked(void **state)
 {
@@ -1321,6 +1367,7 @@ int main(void)
         cmocka_unit_test(test_member_down_and_remove),
         cmocka_unit_test(test_restart_and_leader_death),
         cmocka_unit_test(test_abort_before_promote),
+        cmocka_unit_test(test_abort_member_without_plan),
         cmocka_unit_test(test_desired_change_mid_rotation),
         cmocka_unit_test(test_hash_mismatch_not_acked),
     };
