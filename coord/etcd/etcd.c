@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <inttypes.h>
 #include <malloc.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -275,7 +276,24 @@ struct sockctx {
     int want;    /* UV_READABLE | UV_WRITABLE, as libcurl asked */
     bool parked; /* writable not watched until something comes in (on_poll says why) */
     bool removed;
+    struct ar_link plink; /* in c->parked while parked */
 };
+
+static void on_poll(uv_poll_t *p, int status, int events);
+static void on_timeout(uv_timer_t *t);
+
+/* A parked socket is watched for writable again after this at the latest (on_poll). */
+#define PARK_MAX_MS 20
+
+static void unpark(struct sockctx *ctx)
+{
+    if (!ctx->parked)
+        return;
+    ctx->parked = false;
+    ar_link_del(&ctx->plink);
+    if (!ctx->removed)
+        uv_poll_start(&ctx->poll, ctx->want, on_poll);
+}
 
 static void process_dirty(struct ar_etcd *c)
 {
@@ -358,15 +376,28 @@ static curl_off_t grpc_body_sent(CURL *e)
     return n > 0 && (size_t)n < x->body_len ? n : -1;
 }
 
+/* Whether fd's send buffer has room now. */
+static bool fd_writable(curl_socket_t fd)
+{
+    struct pollfd pf = {.fd = fd, .events = POLLOUT};
+
+    return poll(&pf, 1, 0) == 1 && (pf.revents & POLLOUT);
+}
+
 /*
  * libcurl 7.88 (Debian 12) asks for writable while an HTTP/2 request body waits for the
  * server's flow-control window (64 KiB a stream on etcd's gRPC port: every txn of 128 values
  * stops twice), and sends nothing on it: the loop woke for a writable socket about 1,000 times a
  * txn, which cost the re-encrypt pass half its CPU (bench_reencrypt: 800,000 wakeups a pass,
  * client CPU 3.2 s, 1.6 s with this). So a writable event on which a gRPC transfer that has
- * sent part of its body sends no more of it parks the socket: it is watched for reading only. What
- * moves the window (a WINDOW_UPDATE) arrives as something to read; the next event on the socket
- * unparks it and lets libcurl send as well. libcurl telling what it waits for unparks it too.
+ * sent part of its body sends no more of it, while the socket still has room to send, parks the
+ * socket: it is watched for reading only. What moves the window (a WINDOW_UPDATE) arrives as
+ * something to read; the next event on the socket unparks it and lets libcurl send as well.
+ * libcurl telling what it waits for unparks it too. A socket whose send buffer is full is not
+ * parked (libcurl holds part of a frame: writable is what it needs). And as libcurl also reads
+ * and sends in runs driven by its timers, which this does not see, every parked socket is
+ * unparked after each such run and after PARK_MAX_MS at the latest (timer_cb, on_timeout): at
+ * worst a transfer waits that long, never for ever.
  */
 static void on_poll(uv_poll_t *p, int status, int events)
 {
@@ -386,29 +417,35 @@ static void on_poll(uv_poll_t *p, int status, int events)
             flags |= CURL_CSELECT_OUT;
     }
     if (ctx->parked) {
-        ctx->parked = false;
+        unpark(ctx);
         if (!(flags & CURL_CSELECT_ERR))
             flags |= CURL_CSELECT_OUT;
-        uv_poll_start(&ctx->poll, ctx->want, on_poll);
     }
     if (flags == CURL_CSELECT_OUT)
         sent0 = grpc_body_sent(e);
     curl_multi_socket_action(c->multi, ctx->fd, flags, &running);
-    if (sent0 > 0 && !ctx->removed && ctx->e == e && (ctx->want & UV_WRITABLE) &&
-        (sent1 = grpc_body_sent(e)) == sent0) {
+    if (sent0 > 0 && !ctx->removed && !c->closing && ctx->e == e && (ctx->want & UV_WRITABLE) &&
+        (sent1 = grpc_body_sent(e)) == sent0 && fd_writable(ctx->fd)) {
         ctx->parked = true;
+        ar_link_add(&c->parked, &ctx->plink);
         c->sock_parks++;
         uv_poll_start(&ctx->poll, ctx->want & ~UV_WRITABLE, on_poll);
+        if (!uv_is_active((uv_handle_t *)&c->timer) || uv_timer_get_due_in(&c->timer) > PARK_MAX_MS)
+            uv_timer_start(&c->timer, on_timeout, PARK_MAX_MS, 0);
     }
     check_multi(c);
 }
 
+/* libcurl's timer (or PARK_MAX_MS with a socket parked): libcurl's timers run (early is
+ * harmless: it runs what is due), and then every parked socket is watched for writable again. */
 static void on_timeout(uv_timer_t *t)
 {
     struct ar_etcd *c = t->data;
     int running;
 
     curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    while (ar_link_linked(&c->parked))
+        unpark(AR_CONTAINER(c->parked.next, struct sockctx, plink));
     check_multi(c);
 }
 
@@ -425,6 +462,7 @@ static int socket_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sock
 
     if (what == CURL_POLL_REMOVE) {
         if (ctx) {
+            unpark(ctx);
             ctx->removed = true;
             uv_poll_stop(&ctx->poll);
             uv_close((uv_handle_t *)&ctx->poll, free_ctx);
@@ -445,6 +483,7 @@ static int socket_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sock
         ctx->fd = s;
         ctx->c = c;
         ctx->poll.data = ctx;
+        ar_link_init(&ctx->plink);
         curl_multi_assign(c->multi, s, ctx);
     }
     if (what & CURL_POLL_IN)
@@ -453,7 +492,10 @@ static int socket_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sock
         events |= UV_WRITABLE;
     ctx->e = e;
     ctx->want = events;
-    ctx->parked = false;
+    if (ctx->parked) {
+        ctx->parked = false;
+        ar_link_del(&ctx->plink);
+    }
     uv_poll_start(&ctx->poll, events, on_poll);
     return 0;
 }
@@ -463,6 +505,8 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp)
     struct ar_etcd *c = userp;
 
     (void)m;
+    if (ar_link_linked(&c->parked) && (timeout_ms < 0 || timeout_ms > PARK_MAX_MS))
+        timeout_ms = PARK_MAX_MS; /* on_poll */
     if (timeout_ms < 0)
         uv_timer_stop(&c->timer);
     else if (!c->closing)
@@ -1421,6 +1465,7 @@ int ar_etcd_new(uv_loop_t *loop, const struct ar_etcd_settings *s, struct ar_etc
     ar_link_init(&c->streams);
     ar_link_init(&c->dirty);
     ar_link_init(&c->kick);
+    ar_link_init(&c->parked);
     for (size_t i = 0; i < s->n_endpoints; i++) {
         size_t n = strlen(s->endpoints[i]);
 

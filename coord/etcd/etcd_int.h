@@ -110,6 +110,7 @@ struct ar_etcd {
     struct ar_link streams; /* watches and keepers (owned by their users) */
     struct ar_link dirty;
     struct ar_link kick;
+    struct ar_link parked; /* sockets whose writable watch is parked (etcd.c, on_poll) */
     CURL *pool[64];
     size_t n_pool;
     bool closing;
