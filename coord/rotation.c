@@ -129,10 +129,11 @@ struct ar_rotation {
     struct ar_reencrypt_progress reenc_prog;
     /* sweeps: passes again in phase verify when it found objects under keys prune drops */
     unsigned sweeps;
-    bool sweep_wanted;
+    bool sweep_wanted, sweeping;             /* sweeping: r->reenc is a sweep */
     uint64_t sweep_rewritten;                /* by the last sweep */
     struct ar_reencrypt_progress sweep_prog; /* the last sweep's */
     int sweep_status;                        /* the last sweep's (0: none failed) */
+    char sweep_err[256];                     /* its message */
     /* a new write key that is a KMS provider: no direct re-encrypt (why; "" none) */
     char kms_for[AR_RECORD_ID_LEN];
     char kms_why[WHY_MAX];
@@ -1031,15 +1032,28 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
                 appendf(why, n, "%s%s", i ? ", " : " (first: ", r->verify_first[i]);
             if (r->nfirst)
                 appendf(why, n, ")");
-            if (r->sweep_wanted || r->reenc)
-                appendf(why, n, "; re-encrypting again (sweep %u of at most %u): %llu of %llu done",
-                        r->sweeps + !r->reenc, SWEEPS_MAX, (unsigned long long)r->sweep_prog.done,
+            if (r->sweeping)
+                appendf(why, n,
+                        "; re-encrypting them again (sweep %u of at most %u): %llu of %llu done",
+                        r->sweeps, SWEEPS_MAX, (unsigned long long)r->sweep_prog.done,
                         (unsigned long long)r->sweep_prog.total);
+            else if (r->sweep_wanted)
+                appendf(why, n, "; re-encrypting them again (sweep %u of at most %u)",
+                        r->sweeps + 1, SWEEPS_MAX);
+            else if (r->sweeps && r->sweep_status == 0 && r->sweep_rewritten &&
+                     (r->verify || r->sweeps < SWEEPS_MAX))
+                appendf(why, n, "; verifying again after sweep %u", r->sweeps);
+            else if (r->sweeps && r->sweep_status == 0)
+                appendf(why, n,
+                        "; %u sweep%s ran, the last rewrote %llu: the rest needs the operator "
+                        "(rewrite it through the API server or keep its keys); scanning again",
+                        r->sweeps, r->sweeps == 1 ? "" : "s",
+                        (unsigned long long)r->sweep_rewritten);
             else
                 appendf(why, n, "; scanning again");
             if (r->sweep_status < 0)
-                appendf(why, n, " (the last sweep failed: %s)",
-                        r->reenc_err[0] ? r->reenc_err : strerror(-r->sweep_status));
+                appendf(why, n, " (the last sweep failed: %s; again after the next scan)",
+                        r->sweep_err[0] ? r->sweep_err : strerror(-r->sweep_status));
             if (r->kms_why[0] && !strcmp(r->kms_for, rec->id) &&
                 reenc_mode(r, NULL) == AR_NODE_REENC_ETCD)
                 appendf(why, n, " (%s)", r->kms_why);
@@ -1253,6 +1267,7 @@ static void verify_clear(struct ar_rotation *r, const char *id)
     r->sweep_wanted = false;
     r->sweep_rewritten = 0;
     r->sweep_status = 0;
+    r->sweep_err[0] = '\0';
     memset(&r->sweep_prog, 0, sizeof(r->sweep_prog));
     r->verify_status = 0;
     r->verify_err[0] = '\0';
@@ -1359,6 +1374,19 @@ static void on_sweep_progress(void *arg, const struct ar_reencrypt_progress *p)
     r->sweep_prog = *p;
 }
 
+/* A sweep that failed (etcd, a lost guard) does not count: verify scans again after
+ * verify_retry_ms and decides whether to sweep again, as a failed pass is tried again. */
+static void sweep_failed(struct ar_rotation *r, int status, const char *msg)
+{
+    if (r->sweeps)
+        r->sweeps--;
+    r->sweep_status = status;
+    snprintf(r->sweep_err, sizeof(r->sweep_err), "%s", msg);
+    r->sweep_rewritten = 0;
+    r->sweep_wanted = false;
+    r->verify_next_mono = ar_etcd_now_ms() + r->verify_retry_ms;
+}
+
 static void on_sweep_done(void *arg, int status, const struct ar_reencrypt_progress *p,
                           const struct ar_err *err)
 {
@@ -1366,19 +1394,22 @@ static void on_sweep_done(void *arg, int status, const struct ar_reencrypt_progr
 
     r->pending--;
     r->reenc = NULL;
+    r->sweeping = false;
     if (r->dead) {
         maybe_free(r);
         return;
     }
     if (p)
         r->sweep_prog = *p;
-    r->sweep_status = status;
-    r->sweep_rewritten = status == 0 && p ? p->rewritten : 0;
-    snprintf(r->reenc_err, sizeof(r->reenc_err), "%s",
-             status < 0 ? (err && err->msg[0] ? err->msg : strerror(-status)) : "");
-    /* verify again at once: it decides whether another sweep may help (a failed one counts) */
-    r->sweep_wanted = false;
-    r->verify_next_mono = 0;
+    if (status < 0) {
+        sweep_failed(r, status, err && err->msg[0] ? err->msg : strerror(-status));
+    } else {
+        r->sweep_status = 0;
+        r->sweep_err[0] = '\0';
+        r->sweep_rewritten = p ? p->rewritten : 0;
+        r->sweep_wanted = false;
+        r->verify_next_mono = 0; /* verify again at once: it decides whether to sweep again */
+    }
     read_all(r);
 }
 
@@ -1391,7 +1422,8 @@ static void on_sweep_done(void *arg, int status, const struct ar_reencrypt_progr
  * is its own (a new one for each sweep: a finished checkpoint would end a new sweep at once);
  * leader_finish deletes them with the pass's. At most SWEEPS_MAX a leader, and none after a
  * sweep that rewrote nothing: then the status says what verify found and the operator
- * decides (S9). A sweep that failed counts too.
+ * decides (S9). A sweep stops when its leader stops leading or the rotation changes
+ * (evaluate).
  */
 static void leader_sweep(struct ar_rotation *r)
 {
@@ -1413,15 +1445,15 @@ static void leader_sweep(struct ar_rotation *r)
     rc = ar_chain_new(r->plan->phases[rec->index].config, &chain);
     r->sweeps++;
     memset(&r->sweep_prog, 0, sizeof(r->sweep_prog));
+    r->sweeping = true;
     r->pending++; /* before the start: a pass that fails at once calls done inside it */
     if (rc == 0)
         rc = ar_reencrypt_start(r->etcd, chain, &o, on_sweep_progress, on_sweep_done, r, &r->reenc);
     ar_chain_unref(chain);
     if (rc < 0) {
         r->pending--;
-        r->sweep_wanted = false;
-        r->sweep_status = rc;
-        r->sweep_rewritten = 0;
+        r->sweeping = false;
+        sweep_failed(r, rc, strerror(-rc));
     }
 }
 
@@ -1616,6 +1648,13 @@ static void evaluate(struct ar_rotation *r)
     if (r->dead)
         return;
     act = decide(r, r->why, sizeof(r->why));
+    if (r->sweeping &&
+        (!leading(r) || !r->snap->has_rot || strcmp(r->snap->rot.id, r->verify_for))) {
+        ar_reencrypt_stop(r->reenc); /* no done callback after it */
+        r->reenc = NULL;
+        r->sweeping = false;
+        r->pending--;
+    }
     if (!leading(r) && r->reenc_op) { /* a pass through the API has no guard of its own */
         r->ops.reencrypt_stop(r->agent, r->reenc_op);
         r->reenc_op = NULL;
@@ -1914,7 +1953,7 @@ json_t *ar_rotation_status_json(const struct ar_rotation *r)
         "under_dropped_keys", (json_int_t)(ver_cur ? r->verify_under_drops : 0), "undecryptable",
         (json_int_t)(ver_cur ? r->verify_undecryptable : 0), "passed", ver_cur && r->verify_passed,
         "first", first ? first : json_array(), "sweeps", (json_int_t)(ver_cur ? r->sweeps : 0),
-        "sweep_rewritten", (json_int_t)(ver_cur ? r->sweep_prog.rewritten : 0), "history",
+        "sweep_rewritten", (json_int_t)(ver_cur ? r->sweep_rewritten : 0), "history",
         history_json(s));
     return o;
 }

@@ -23,11 +23,14 @@
  *   agreement (4.1, settle_ms) creates the record; a phase advances when every member of the
  *   record's set acked it with the recorded hash; reencrypt runs coord/reencrypt.h first;
  *   verify scans (coord/verify.h) with the phase config's chain and advances only with zero
- *   objects under every dropped provider:key and zero undecryptable (else waits, shows counts
- *   and the first keys, scans again after verify_retry_ms); an abort before promote sets
+ *   objects under every dropped provider:key and zero undecryptable (else shows counts and the
+ *   first keys, sweeps (the pass again: at most 3 a leader, none after one that rewrote
+ *   nothing; a failed one does not count) and scans again after verify_retry_ms); an abort
+ *   before promote sets
  *   state aborting, at or after promote the request is deleted and the refusal recorded in the
  *   record (abort_refused); members whose registration was removed leave the set; the last
- *   step writes history/<id> and deletes the record, acks/<id>/, reencrypt/<id> and abort/<id>
+ *   step writes history/<id> and deletes the record, acks/<id>/, reencrypt/<id>[/sweep-<ms>]
+ *   and abort/<id>
  *   in one txn, keeping the newest AR_RECORD_HISTORY history records. A rotation whose
  *   (from, to) equals the newest history record's and was aborted is not started again until
  *   the desired config changes.

@@ -56,6 +56,8 @@ static int g_sweeps;
 static const char *g_sweep_key;
 static struct ar_config *g_sweep_cfg;
 static bool g_reenc_sweep;
+static bool g_sweep_claims; /* says it rewrote 1 and rewrites nothing */
+static int g_sweep_fails;   /* sweeps that fail before one goes through */
 static uv_timer_t g_reenc_timer;
 static ar_reencrypt_done_cb g_reenc_done;
 static void *g_reenc_arg;
@@ -67,10 +69,18 @@ static void reenc_fire(uv_timer_t *t)
     struct ar_reencrypt_progress p = {.done = 7, .total = 7, .eta_s = 0};
     struct ar_err e;
 
+    if (g_reenc_sweep && g_sweep_fails > 0) {
+        g_sweep_fails--;
+        ar_err_set(&e, -EIO, "/reg", "etcd: connection reset");
+        g_reenc_done(g_reenc_arg, -EIO, &p, &e);
+        return;
+    }
     if (g_reenc_sweep && g_sweep_key) {
         seed_secret(g_sweep_key, g_sweep_cfg);
         p.rewritten = 1;
     }
+    if (g_reenc_sweep && g_sweep_claims)
+        p.rewritten = 1;
 
     if (g_reenc_mode == 2) { /* fails every time, as a pass without etcd permissions would */
         ar_err_set(&e, -EACCES, "/reg", "etcdserver: permission denied");
@@ -750,6 +760,41 @@ static void test_verify_sweeps(void **state)
     ar_config_unref(to);
 }
 
+/* Sweeps that fail are not counted and run again after the next scan; at most 3 count, then
+ * the status says the rest needs the operator and nothing more runs. */
+static void test_sweeps_bounded(void **state)
+{
+    struct keys k;
+    struct ar_config *from, *to;
+
+    gen_keys(&k);
+    from = cfg(&k, "k1");
+    to = cfg(&k, "k2");
+    g_reenc_mode = 1;
+    g_reenc_runs = 0;
+    g_sweeps = 0;
+    g_sweep_key = NULL;
+    g_sweep_claims = true;
+    g_sweep_fails = 2;
+    g_regprefix = "/reg23";
+    seed_secret("/reg23/secrets/default/s1", from);
+    setup_agents("/t23/", from, to, now_ms() - 5000);
+    assert_true(run_until(at_phase, "/t23/", "verify", 15000));
+    assert_true(run_until(why_has, "/t23/", "the last sweep failed: etcd: connection reset", 5000));
+    assert_true(run_until(why_has, "/t23/",
+                          "3 sweeps ran, the last rewrote 1: the rest needs the operator", 10000));
+    assert_int_equal(g_sweeps, 5); /* 2 failed, 3 counted */
+    etcd_harness_run_for(&LOOP, 1000);
+    assert_int_equal(g_sweeps, 5);
+    assert_true(at_phase("/t23/", "verify"));
+    seed_secret("/reg23/secrets/default/s1", to); /* the operator rewrites it */
+    assert_true(run_until(no_record, "/t23/", NULL, 10000));
+    g_sweep_claims = false;
+    teardown_agents();
+    ar_config_unref(from);
+    ar_config_unref(to);
+}
+
 /* identity dropped for secrets only (from [aescbc key1, identity] to [aescbc key1]): verify
  * holds prune for what `to` cannot read, per resource. A plaintext secret holds it until it is
  * rewritten; plaintext configmaps (no rule: read as they are) never do. (Verify summed every
@@ -1358,6 +1403,7 @@ int main(void)
         cmocka_unit_test(test_full_rotation),
         cmocka_unit_test(test_verify_per_resource),
         cmocka_unit_test(test_verify_sweeps),
+        cmocka_unit_test(test_sweeps_bounded),
         cmocka_unit_test(test_reencrypt_failing_backs_off),
         cmocka_unit_test(test_reencrypt_missing_and_abort_refused),
         cmocka_unit_test(test_reencrypt_kms_goes_to_verify),
