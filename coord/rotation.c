@@ -1368,6 +1368,35 @@ static void on_verify(void *arg, int status, struct ar_verify_report *rep,
     read_all(r);
 }
 
+/* The direct-etcd pass over the plan's rewrite list with the current phase config, its
+ * checkpoint at ckey and every checkpoint txn guarded by the lease (S7): 0 (done will be
+ * called, perhaps already) or a negative errno, -EPERM when not leading (no callback). */
+static int start_pass(struct ar_rotation *r, const char *ckey, double rate,
+                      ar_reencrypt_progress_cb progress, ar_reencrypt_done_cb done)
+{
+    const struct ar_rotation_rec *rec = &r->snap->rot;
+    struct ar_reencrypt_opts o = {.etcd_prefix = r->etcd_prefix,
+                                  .selectors = (const char *const *)r->plan->rewrite,
+                                  .nselectors = r->plan->nrewrite,
+                                  .checkpoint_key = ckey,
+                                  .rate_limit = rate};
+    struct ar_etcd_compare guard;
+    struct ar_chain *chain = NULL;
+    int rc;
+
+    if (ar_election_guard(r->election, &guard) < 0)
+        return -EPERM;
+    o.guard = &guard;
+    rc = ar_chain_new(r->plan->phases[rec->index].config, &chain);
+    r->pending++; /* before the start: a pass that fails at once calls done inside it */
+    if (rc == 0)
+        rc = ar_reencrypt_start(r->etcd, chain, &o, progress, done, r, &r->reenc);
+    ar_chain_unref(chain);
+    if (rc < 0)
+        r->pending--;
+    return rc;
+}
+
 static void on_sweep_progress(void *arg, const struct ar_reencrypt_progress *p)
 {
     struct ar_rotation *r = arg;
@@ -1427,33 +1456,22 @@ static void on_sweep_done(void *arg, int status, const struct ar_reencrypt_progr
  */
 static void leader_sweep(struct ar_rotation *r)
 {
-    const struct ar_rotation_rec *rec = &r->snap->rot;
-    struct ar_reencrypt_opts o = {.etcd_prefix = r->etcd_prefix};
-    struct ar_etcd_compare guard;
-    struct ar_chain *chain = NULL;
     char ckey[KEY_MAX];
+    double rate;
     int rc;
 
-    if (ar_election_guard(r->election, &guard) < 0 ||
-        key_of(r, ckey, "reencrypt/%s/sweep-%lld", rec->id, (long long)wall_ms()) < 0)
+    if (key_of(r, ckey, "reencrypt/%s/sweep-%lld", r->snap->rot.id, (long long)wall_ms()) < 0)
         return;
-    reenc_mode(r, &o.rate_limit);
-    o.selectors = (const char *const *)r->plan->rewrite;
-    o.nselectors = r->plan->nrewrite;
-    o.checkpoint_key = ckey;
-    o.guard = &guard;
-    rc = ar_chain_new(r->plan->phases[rec->index].config, &chain);
+    reenc_mode(r, &rate);
     r->sweeps++;
     memset(&r->sweep_prog, 0, sizeof(r->sweep_prog));
     r->sweeping = true;
-    r->pending++; /* before the start: a pass that fails at once calls done inside it */
-    if (rc == 0)
-        rc = ar_reencrypt_start(r->etcd, chain, &o, on_sweep_progress, on_sweep_done, r, &r->reenc);
-    ar_chain_unref(chain);
+    rc = start_pass(r, ckey, rate, on_sweep_progress, on_sweep_done);
     if (rc < 0) {
-        r->pending--;
         r->sweeping = false;
-        sweep_failed(r, rc, strerror(-rc));
+        r->sweeps--;
+        if (rc != -EPERM) /* -EPERM: not leading now (evaluate says so) */
+            sweep_failed(r, rc, strerror(-rc));
     }
 }
 
@@ -1526,14 +1544,10 @@ static void on_reenc_done(void *arg, int status, const struct ar_reencrypt_progr
     read_all(r);
 }
 
-/* The re-encrypt pass (coord/reencrypt.h, or ops.reencrypt when this node's mode is not etcd);
- * kept to this one call site. */
+/* The re-encrypt pass (start_pass, or ops.reencrypt when this node's mode is not etcd). */
 static void leader_reencrypt(struct ar_rotation *r)
 {
     const struct ar_rotation_rec *rec = &r->snap->rot;
-    struct ar_reencrypt_opts o = {.etcd_prefix = r->etcd_prefix};
-    struct ar_etcd_compare guard;
-    struct ar_chain *chain = NULL;
     char ckey[KEY_MAX];
     enum ar_node_reenc_mode mode;
     double rate;
@@ -1567,22 +1581,11 @@ static void leader_reencrypt(struct ar_rotation *r)
             r->reenc_status = rc;
         return;
     }
-    if (ar_election_guard(r->election, &guard) < 0 || key_of(r, ckey, "reencrypt/%s", rec->id) < 0)
+    if (key_of(r, ckey, "reencrypt/%s", rec->id) < 0)
         return;
-    o.rate_limit = rate;
-    o.selectors = (const char *const *)r->plan->rewrite;
-    o.nselectors = r->plan->nrewrite;
-    o.checkpoint_key = ckey;
-    o.guard = &guard;
-    rc = ar_chain_new(r->plan->phases[rec->index].config, &chain);
-    r->pending++; /* before the start: a pass that fails at once calls done inside it */
-    if (rc == 0)
-        rc = ar_reencrypt_start(r->etcd, chain, &o, on_reenc_progress, on_reenc_done, r, &r->reenc);
-    ar_chain_unref(chain);
-    if (rc < 0) {
-        r->pending--;
+    rc = start_pass(r, ckey, rate, on_reenc_progress, on_reenc_done);
+    if (rc < 0 && rc != -EPERM)
         r->reenc_status = rc;
-    }
 }
 
 static void leader_act(struct ar_rotation *r, enum action act)
