@@ -462,8 +462,8 @@ static int socket_cb(CURL *e, curl_socket_t s, int what, void *userp, void *sock
 
     if (what == CURL_POLL_REMOVE) {
         if (ctx) {
-            unpark(ctx);
             ctx->removed = true;
+            unpark(ctx);
             uv_poll_stop(&ctx->poll);
             uv_close((uv_handle_t *)&ctx->poll, free_ctx);
             curl_multi_assign(c->multi, s, NULL);
