@@ -130,7 +130,6 @@ struct ar_rotation {
     /* sweeps: passes again in phase verify when it found objects under keys prune drops */
     unsigned sweeps;
     bool sweep_wanted, sweeping;             /* sweeping: r->reenc is a sweep */
-    uint64_t sweep_rewritten;                /* by the last sweep */
     struct ar_reencrypt_progress sweep_prog; /* the last sweep's */
     int sweep_status;                        /* the last sweep's (0: none failed) */
     char sweep_err[256];                     /* its message */
@@ -1040,7 +1039,7 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
             else if (r->sweep_wanted)
                 appendf(why, n, "; re-encrypting them again (sweep %u of at most %u)",
                         r->sweeps + 1, SWEEPS_MAX);
-            else if (r->sweeps && r->sweep_status == 0 && r->sweep_rewritten &&
+            else if (r->sweeps && r->sweep_status == 0 && r->sweep_prog.rewritten &&
                      (r->verify || r->sweeps < SWEEPS_MAX))
                 appendf(why, n, "; verifying again after sweep %u", r->sweeps);
             else if (r->sweeps && r->sweep_status == 0)
@@ -1048,7 +1047,7 @@ static enum action decide(struct ar_rotation *r, char *why, size_t n)
                         "; %u sweep%s ran, the last rewrote %llu: the rest needs the operator "
                         "(rewrite it through the API server or keep its keys); scanning again",
                         r->sweeps, r->sweeps == 1 ? "" : "s",
-                        (unsigned long long)r->sweep_rewritten);
+                        (unsigned long long)r->sweep_prog.rewritten);
             else
                 appendf(why, n, "; scanning again");
             if (r->sweep_status < 0)
@@ -1265,7 +1264,6 @@ static void verify_clear(struct ar_rotation *r, const char *id)
     r->verify_under_drops = r->verify_undecryptable = 0;
     r->sweeps = 0;
     r->sweep_wanted = false;
-    r->sweep_rewritten = 0;
     r->sweep_status = 0;
     r->sweep_err[0] = '\0';
     memset(&r->sweep_prog, 0, sizeof(r->sweep_prog));
@@ -1362,7 +1360,7 @@ static void on_verify(void *arg, int status, struct ar_verify_report *rep,
      * key: not through KMS, and not again after a sweep that rewrote nothing */
     r->sweep_wanted = r->verify_under_drops && reenc_mode(r, NULL) == AR_NODE_REENC_ETCD &&
                       !(r->kms_why[0] && !strcmp(r->kms_for, r->id)) && r->sweeps < SWEEPS_MAX &&
-                      (!r->sweeps || r->sweep_rewritten || r->sweep_status < 0);
+                      (!r->sweeps || r->sweep_prog.rewritten || r->sweep_status < 0);
     ar_verify_report_free(rep);
     ar_chain_unref(to);
     read_all(r);
@@ -1411,7 +1409,6 @@ static void sweep_failed(struct ar_rotation *r, int status, const char *msg)
         r->sweeps--;
     r->sweep_status = status;
     snprintf(r->sweep_err, sizeof(r->sweep_err), "%s", msg);
-    r->sweep_rewritten = 0;
     r->sweep_wanted = false;
     r->verify_next_mono = ar_etcd_now_ms() + r->verify_retry_ms;
 }
@@ -1435,7 +1432,6 @@ static void on_sweep_done(void *arg, int status, const struct ar_reencrypt_progr
     } else {
         r->sweep_status = 0;
         r->sweep_err[0] = '\0';
-        r->sweep_rewritten = p ? p->rewritten : 0;
         r->sweep_wanted = false;
         r->verify_next_mono = 0; /* verify again at once: it decides whether to sweep again */
     }
@@ -1456,6 +1452,7 @@ static void on_sweep_done(void *arg, int status, const struct ar_reencrypt_progr
  */
 static void leader_sweep(struct ar_rotation *r)
 {
+    struct ar_reencrypt_progress last;
     char ckey[KEY_MAX];
     double rate;
     int rc;
@@ -1463,6 +1460,7 @@ static void leader_sweep(struct ar_rotation *r)
     if (key_of(r, ckey, "reencrypt/%s/sweep-%lld", r->snap->rot.id, (long long)wall_ms()) < 0)
         return;
     reenc_mode(r, &rate);
+    last = r->sweep_prog;
     r->sweeps++;
     memset(&r->sweep_prog, 0, sizeof(r->sweep_prog));
     r->sweeping = true;
@@ -1470,8 +1468,10 @@ static void leader_sweep(struct ar_rotation *r)
     if (rc < 0) {
         r->sweeping = false;
         r->sweeps--;
-        if (rc != -EPERM) /* -EPERM: not leading now (evaluate says so) */
+        if (rc != -EPERM) /* -EPERM: not leading now (evaluate says so); nothing changed */
             sweep_failed(r, rc, strerror(-rc));
+        else
+            r->sweep_prog = last;
     }
 }
 
@@ -1956,7 +1956,7 @@ json_t *ar_rotation_status_json(const struct ar_rotation *r)
         "under_dropped_keys", (json_int_t)(ver_cur ? r->verify_under_drops : 0), "undecryptable",
         (json_int_t)(ver_cur ? r->verify_undecryptable : 0), "passed", ver_cur && r->verify_passed,
         "first", first ? first : json_array(), "sweeps", (json_int_t)(ver_cur ? r->sweeps : 0),
-        "sweep_rewritten", (json_int_t)(ver_cur ? r->sweep_rewritten : 0), "history",
+        "sweep_rewritten", (json_int_t)(ver_cur ? r->sweep_prog.rewritten : 0), "history",
         history_json(s));
     return o;
 }

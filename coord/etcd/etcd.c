@@ -404,7 +404,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
     struct sockctx *ctx = p->data;
     struct ar_etcd *c = ctx->c;
     CURL *e = ctx->e;
-    curl_off_t sent0 = -1, sent1;
+    curl_off_t sent0 = -1;
     int flags = 0, running;
 
     c->sock_events++;
@@ -425,7 +425,7 @@ static void on_poll(uv_poll_t *p, int status, int events)
         sent0 = grpc_body_sent(e);
     curl_multi_socket_action(c->multi, ctx->fd, flags, &running);
     if (sent0 > 0 && !ctx->removed && !c->closing && ctx->e == e && (ctx->want & UV_WRITABLE) &&
-        (sent1 = grpc_body_sent(e)) == sent0 && fd_writable(ctx->fd)) {
+        grpc_body_sent(e) == sent0 && fd_writable(ctx->fd)) {
         ctx->parked = true;
         ar_link_add(&c->parked, &ctx->plink);
         c->sock_parks++;

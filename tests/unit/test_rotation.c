@@ -51,7 +51,8 @@ static uv_loop_t LOOP;
 static int g_reenc_mode; /* 0: not built (-ENOSYS), 1: completes at once with 7 objects, 2: fails */
 static int g_reenc_runs;
 /* sweeps (the pass again in phase verify, checkpoint ".../sweep-<ms>"): counted; one rewrites
- * g_sweep_key with g_sweep_cfg when set (and says so), else rewrites nothing */
+ * g_sweep_key with g_sweep_cfg when set (and says so), else rewrites nothing. after_test
+ * resets these. */
 static int g_sweeps;
 static const char *g_sweep_key;
 static struct ar_config *g_sweep_cfg;
@@ -653,8 +654,6 @@ static void test_full_rotation(void **state)
     to = cfg(&k, "k2");
     g_reenc_mode = 1;
     g_reenc_runs = 0;
-    g_sweeps = 0;
-    g_sweep_key = NULL;
     g_regprefix = "/reg1";
     seed_secret("/reg1/secrets/default/s1", from);
     setup_agents("/t1/", from, to, now_ms() - 5000);
@@ -739,7 +738,6 @@ static void test_verify_sweeps(void **state)
     to = cfg(&k, "k2");
     g_reenc_mode = 1;
     g_reenc_runs = 0;
-    g_sweeps = 0;
     g_sweep_key = "/reg21/secrets/default/s1";
     g_sweep_cfg = to;
     g_regprefix = "/reg21";
@@ -754,7 +752,6 @@ static void test_verify_sweeps(void **state)
     assert_true(get_kv(key, buf, sizeof(buf)));
     assert_non_null(strstr(buf, "\"result\":\"done\""));
     assert_int_equal(count_prefix("/t21/reencrypt/"), 0);
-    g_sweep_key = NULL;
     teardown_agents();
     ar_config_unref(from);
     ar_config_unref(to);
@@ -772,8 +769,6 @@ static void test_sweeps_bounded(void **state)
     to = cfg(&k, "k2");
     g_reenc_mode = 1;
     g_reenc_runs = 0;
-    g_sweeps = 0;
-    g_sweep_key = NULL;
     g_sweep_claims = true;
     g_sweep_fails = 2;
     g_regprefix = "/reg23";
@@ -789,7 +784,6 @@ static void test_sweeps_bounded(void **state)
     assert_true(at_phase("/t23/", "verify"));
     seed_secret("/reg23/secrets/default/s1", to); /* the operator rewrites it */
     assert_true(run_until(no_record, "/t23/", NULL, 10000));
-    g_sweep_claims = false;
     teardown_agents();
     ar_config_unref(from);
     ar_config_unref(to);
@@ -1404,6 +1398,7 @@ static int after_test(void **state)
 {
     (void)state;
     teardown_agents();
+    g_sweeps = 0;
     g_sweep_key = NULL;
     g_sweep_claims = false;
     g_sweep_fails = 0;
